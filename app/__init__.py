@@ -1,0 +1,1 @@
+"""A self-hosted coding-assistant playground."""

@@ -1,0 +1,72 @@
+"""``python -m app``: start the playground (optionally with the embedded engine)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import uvicorn
+
+from app.engine import EngineError, embedded_engine
+from app.server import create_app
+from app.settings import SettingsError, load_settings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description=(
+            "Start the coding-assistant playground at http://APP_HOST:APP_PORT. Settings come "
+            "from environment variables and the env file (see the README's settings table)."
+        ),
+    )
+    parser.add_argument(
+        "--engine",
+        action="store_true",
+        help="also start the embedded llama.cpp engine (ENGINE_MODEL_PATH on ENGINE_PORT) and "
+        "chat with it instead of BACKEND_URL; it stops when the app stops",
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="read settings from this file instead of ./.env (the environment still wins)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+        if args.engine:
+            settings = load_settings(args.env_file, backend_url=settings.engine_url)
+    except SettingsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    with ExitStack() as stack:
+        if args.engine:
+            log = Path("volumes/data/engine.log")
+            print(f"Starting the embedded engine with {settings.engine_model_path} ...", flush=True)
+            try:
+                stack.enter_context(embedded_engine(settings, log))
+            except EngineError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+        app = create_app(settings)
+        print(
+            f"Starting the playground at http://{settings.app_host}:{settings.app_port} "
+            "(Ctrl-C stops it)",
+            flush=True,
+        )
+        uvicorn.run(
+            app, host=settings.app_host, port=settings.app_port, access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

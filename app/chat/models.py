@@ -1,0 +1,57 @@
+"""The conversation as the app keeps it: exchanges of a user message and a reply with its stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Finish = Literal["stop", "length", "stopped", "interrupted"]
+
+FINISH_TEXT: dict[Finish, str] = {
+    "stop": "finished",
+    "length": "cut at the token limit",
+    "stopped": "stopped by you",
+    "interrupted": "interrupted",
+}
+
+
+def finish_from_backend(reason: str | None) -> Finish:
+    """Map a server's ``finish_reason`` (OpenAI's or TGI's words) onto ours."""
+    if reason == "length":
+        return "length"
+    if reason in ("stop", "eos_token", "stop_sequence", "tool_calls"):
+        return "stop"
+    return "interrupted"
+
+
+@dataclass(frozen=True)
+class TurnStats:
+    tokens: int
+    time_to_first_token: float | None
+    tokens_per_second: float | None
+    finish: Finish
+    model: str
+    backend: str
+
+    def line(self) -> str:
+        parts = [f"{self.tokens} tokens"]
+        if self.time_to_first_token is not None:
+            parts.append(f"first token {self.time_to_first_token:.2f} s")
+        if self.tokens_per_second is not None:
+            parts.append(f"{self.tokens_per_second:.1f} tokens/s")
+        parts.append(FINISH_TEXT[self.finish])
+        return " · ".join(parts)
+
+
+@dataclass
+class Exchange:
+    """One user message and the reply to it, with the reply's stats as they grow.
+
+    ``done`` turns true when the reply ends for any reason: finished, cut, stopped or failed.
+    """
+
+    user: str
+    reply: str = ""
+    stats: TurnStats | None = None
+    error: str | None = None
+    done: bool = False

@@ -1,0 +1,1 @@
+"""Model fetching into the shared cache; also the downloader container's entry point."""
