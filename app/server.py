@@ -26,4 +26,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     demo.queue(
         default_concurrency_limit=settings.queue_concurrency, max_size=settings.queue_max_size
     )
-    return gr.mount_gradio_app(api, demo, path="/", footer_links=["api", "settings"])
+    # show_error=False: an unexpected exception shows as a generic error, never its text;
+    # the messages meant for users are raised as gr.Error and always shown.
+    app: FastAPI = gr.mount_gradio_app(
+        api, demo, path="/", footer_links=["api", "settings"], show_error=False
+    )
+    return app

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
 
     backend_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8080")
     backend_token: SecretStr | None = None
-    backend_connect_timeout: float = Field(5.0, gt=0)
+    backend_probe_timeout: float = Field(5.0, gt=0)
     backend_read_timeout: float = Field(120.0, gt=0)
     context_tokens: int = Field(2048, ge=256)
 
@@ -78,7 +78,7 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     try:
         if env_file is None:
             return Settings(**overrides)
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as err:
         lines = []
         for problem in err.errors():

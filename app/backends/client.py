@@ -9,7 +9,7 @@ iterator (the user pressed Stop) closes the upstream HTTP stream.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,6 +17,7 @@ from typing import Any, Literal
 import httpx
 import httpx2
 from huggingface_hub import AsyncInferenceClient
+from huggingface_hub.errors import GenerationError as HubGenerationError
 from huggingface_hub.errors import (
     HfHubHTTPError,
     InferenceTimeoutError,
@@ -24,7 +25,6 @@ from huggingface_hub.errors import (
     TextGenerationError,
     ValidationError,
 )
-from huggingface_hub.errors import GenerationError as HubGenerationError
 
 from app.backends.errors import (
     BackendError,
@@ -96,7 +96,7 @@ class Delta:
 class BackendClient:
     url: str
     token: str | None = None
-    connect_timeout: float = 5.0
+    probe_timeout: float = 5.0
     read_timeout: float = 120.0
     context_tokens: int = 2048
     _headers: dict[str, str] = field(init=False, repr=False)
@@ -107,7 +107,7 @@ class BackendClient:
 
     async def probe(self) -> BackendInfo:
         """Ask the server what it is. Raises ``BackendError`` when nothing usable answers."""
-        timeout = httpx.Timeout(self.connect_timeout)
+        timeout = httpx.Timeout(self.probe_timeout)
         try:
             async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as http:
                 info = await http.get(f"{self.url}/info")
@@ -116,7 +116,7 @@ class BackendClient:
                 models = await http.get(f"{self.url}/v1/models")
         except httpx.TimeoutException as err:
             raise BackendTimeout(
-                f"The backend at {self.url} did not answer within {self.connect_timeout:g} s."
+                f"The backend at {self.url} did not answer within {self.probe_timeout:g} s."
             ) from err
         except httpx.TransportError as err:
             raise BackendUnreachable(f"The backend at {self.url} is unreachable.") from err
@@ -161,7 +161,7 @@ class BackendClient:
         messages: Sequence[Mapping[str, str]],
         params: GenerationParams,
         info: BackendInfo,
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta]:
         """Stream one reply. Raises a ``BackendError`` subclass on any failure."""
         extra: dict[str, Any] = {}
         if params.top_k is not None and "top_k" in info.controls:
@@ -203,11 +203,22 @@ class BackendClient:
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[AsyncInferenceClient]:
+        # The client gets its own HTTP session: huggingface_hub's default one refuses every
+        # request when HF_HUB_OFFLINE=1, which air-gapped deployments set, although the
+        # backend is a server of the user's own and no Hub call is made.
+        session = httpx2.AsyncClient(event_hooks={"response": [_read_error_body]})
         client = AsyncInferenceClient(
             base_url=f"{self.url}/v1", api_key=self.token, timeout=self.read_timeout
         )
-        async with client:
+        client._async_client = session
+        async with session, client:
             yield client
+
+
+async def _read_error_body(response: httpx2.Response) -> None:
+    """Read an error response's body before it is raised, so its message can be shown."""
+    if response.status_code >= 400:
+        await response.aread()
 
 
 @asynccontextmanager
@@ -246,7 +257,7 @@ def _http_error(url: str, err: HfHubHTTPError) -> BackendError:
 
 
 def _error_detail(err: HfHubHTTPError) -> str:
-    """The server's own message: TGI's ``{"error": ".."}`` or OpenAI's ``{"error": {"message"}}``."""
+    """The server's own message: TGI's ``{"error": ".."}``, OpenAI's ``{"error": {"message"}}``."""
     try:
         body = json.loads(err.response.content or b"null")
     except (json.JSONDecodeError, httpx2.ResponseNotRead):

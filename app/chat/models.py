@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Literal
 
 Finish = Literal["stop", "length", "stopped", "interrupted"]
@@ -47,7 +48,8 @@ class TurnStats:
 class Exchange:
     """One user message and the reply to it, with the reply's stats as they grow.
 
-    ``done`` turns true when the reply ends for any reason: finished, cut, stopped or failed.
+    ``done`` turns true when the reply ends for any reason: finished, cut, stopped or failed;
+    setting ``stop`` asks the reply in progress to end.
     """
 
     user: str
@@ -55,3 +57,4 @@ class Exchange:
     stats: TurnStats | None = None
     error: str | None = None
     done: bool = False
+    stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
 
 from app.backends import (
@@ -45,7 +46,7 @@ class ChatService:
         self.client = client or BackendClient(
             url=settings.backend_root,
             token=settings.backend_token.get_secret_value() if settings.backend_token else None,
-            connect_timeout=settings.backend_connect_timeout,
+            probe_timeout=settings.backend_probe_timeout,
             read_timeout=settings.backend_read_timeout,
             context_tokens=settings.context_tokens,
         )
@@ -70,19 +71,24 @@ class ChatService:
         return fit_messages(system_prompt, history, user_text, budget)
 
     async def stream_reply(
-        self, info: BackendInfo, messages: list[dict[str, str]], params: GenerationParams
-    ) -> AsyncIterator[Progress]:
+        self,
+        info: BackendInfo,
+        messages: list[dict[str, str]],
+        params: GenerationParams,
+        stop: asyncio.Event,
+    ) -> AsyncGenerator[Progress]:
         """Yield the growing reply at most every ``STREAM_INTERVAL`` seconds, then its stats.
 
-        A backend failure ends the stream with a last update that carries the error and keeps
-        the partial text; closing this iterator closes the upstream stream.
+        Setting ``stop`` ends the reply at once, even while the backend is silent, and closes
+        the upstream stream. A backend failure ends it with a last update that carries the
+        error and keeps the partial text.
         """
         meter = _Meter(self._clock(), info)
         last_emit = meter.start
         parts: list[str] = []
         try:
             async with aclosing(self.client.stream_chat(messages, params, info)) as stream:
-                async for delta in stream:
+                while (delta := await _next_unless_stopped(stream, stop)) is not None:
                     now = self._clock()
                     meter.add(delta, now)
                     if delta.text:
@@ -90,6 +96,8 @@ class ChatService:
                         if now - last_emit >= self.settings.stream_interval:
                             last_emit = now
                             yield Progress("".join(parts), meter.stats())
+            if stop.is_set():
+                meter.finish = "stopped"
         except BackendError as err:
             if self.settings.debug:
                 raise
@@ -99,6 +107,28 @@ class ChatService:
             yield Progress("".join(parts), meter.stats(), done=True, error=err)
             return
         yield Progress("".join(parts), meter.stats(), done=True)
+
+
+async def _next_unless_stopped(
+    stream: AsyncGenerator[Delta], stop: asyncio.Event
+) -> Delta | None:
+    """The next delta; None when the stream ends or ``stop`` is set first.
+
+    A stop cancels the pending read inside the stream, which closes its HTTP response.
+    """
+    if stop.is_set():
+        return None
+    step = asyncio.ensure_future(anext(stream, None))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not step.done():
+            step.cancel()
+            with suppress(asyncio.CancelledError):
+                await step
+    return None if step.cancelled() else step.result()
 
 
 @dataclass

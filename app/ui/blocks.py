@@ -3,7 +3,6 @@ controls. Handlers are async generators; they know the chat service, never HTTP.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from app.backends import BackendError, BackendInfo, GenerationParams
-from app.chat import ChatService, ContextOverflow, Exchange, TurnStats
+from app.chat import ChatService, ContextOverflow, Exchange
 from app.chat.context import input_budget
 from app.ui.render import chat_messages, dropped_notice, header_markdown
 
@@ -121,20 +120,19 @@ class PlaygroundUI:
             yield chat_messages(conversation), conversation, "", "", header
             return
         params = self._params(info, controls)
+        max_new = params.max_new_tokens
         try:
-            fitted = self.service.fit(info, system_prompt, conversation, text, params.max_new_tokens)
+            fitted = self.service.fit(info, system_prompt, conversation, text, max_new)
         except ContextOverflow as err:
             raise gr.Error(str(err)) from err
-        budget = input_budget(info.max_input_tokens, info.max_total_tokens, params.max_new_tokens)
+        budget = input_budget(info.max_input_tokens, info.max_total_tokens, max_new)
         notice = dropped_notice(fitted.dropped_exchanges, budget)
         exchange = Exchange(user=text)
         conversation.append(exchange)
         yield chat_messages(conversation), conversation, "", notice, header
-        stream = self.service.stream_reply(info, fitted.messages, params)
+        stream = self.service.stream_reply(info, fitted.messages, params, exchange.stop)
         async with aclosing(stream):
             async for progress in stream:
-                if exchange.done:  # Stop was pressed; leaving the loop closes the stream.
-                    break
                 exchange.reply = progress.text
                 exchange.stats = progress.stats
                 if progress.error is not None:
@@ -142,24 +140,24 @@ class PlaygroundUI:
                 exchange.done = progress.done
                 yield chat_messages(conversation), conversation, gr.skip(), gr.skip(), gr.skip()
 
-    def stop(self, conversation: Conversation) -> tuple[Any, Conversation]:
-        """Mark the reply in progress as stopped; its stream is cancelled by the event."""
-        if conversation and not conversation[-1].done:
-            last = conversation[-1]
-            stats = last.stats or TurnStats(0, None, None, "stopped", "", "")
-            last.stats = dataclasses.replace(stats, finish="stopped")
-            last.done = True
-        return chat_messages(conversation), conversation
+    async def stop(self, conversation: Conversation) -> None:
+        """Ask the reply in progress to end; its handler shows it as stopped."""
+        for exchange in conversation:
+            exchange.stop.set()
 
-    def undo(self, conversation: Conversation) -> tuple[Any, Conversation, str]:
+    async def undo(self, conversation: Conversation) -> tuple[Any, Conversation, str]:
         """Take back the last exchange and put its message in the box for editing."""
         if not conversation:
             return gr.skip(), conversation, gr.skip()
+        await self.stop(conversation)
         last = conversation.pop()
         return chat_messages(conversation), conversation, last.user
 
-    def clear(self) -> tuple[list[Any], Conversation, str]:
-        return [], [], ""
+    async def clear(self, conversation: Conversation) -> tuple[list[Any], Conversation, str]:
+        """Empty the conversation in place, so that a reply still streaming ends in it too."""
+        await self.stop(conversation)
+        conversation.clear()
+        return [], conversation, ""
 
     # -- layout --------------------------------------------------------------------------
 
@@ -182,9 +180,9 @@ class PlaygroundUI:
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Row():
-                retry = gr.Button("🔄 Retry", size="sm", elem_id="retry")
-                undo = gr.Button("↩️ Undo", size="sm", elem_id="undo")
-                clear = gr.Button("🗑️ Clear", size="sm", elem_id="clear")
+                retry = gr.Button("Retry", size="sm", elem_id="retry")
+                undo = gr.Button("Undo", size="sm", elem_id="undo")
+                clear = gr.Button("Clear", size="sm", elem_id="clear")
             gr.Examples(EXAMPLES, inputs=[message], label="Try one")
             with gr.Accordion("System prompt and generation settings", open=False):
                 system_prompt = gr.Textbox(s.system_prompt, label="System prompt", lines=4)
@@ -201,31 +199,32 @@ class PlaygroundUI:
                     gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Frequency penalty"),
                     gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Presence penalty"),
                     gr.Textbox("", label="Stop sequences", lines=2, info="One per line"),
-                    gr.Number(-1, label="Seed", precision=0, minimum=-1, info="-1 for a random seed"),
+                    gr.Number(
+                        -1, label="Seed", precision=0, minimum=-1, info="-1 for a random seed"
+                    ),
                 ]
 
             reply_outputs = [chatbot, conversation, message, notice, header]
             send_inputs = [message, conversation, system_prompt, *controls]
-            sent = gr.on(
+            gr.on(
                 [message.submit, send.click], self.send, send_inputs, reply_outputs,
                 api_name="chat",
             )
-            retried = retry.click(
+            retry.click(
                 self.retry, [conversation, system_prompt, *controls], reply_outputs,
                 api_name="retry",
             )
-            running = [sent, retried]
-            stop.click(
-                self.stop, [conversation], [chatbot, conversation], cancels=running, queue=False,
-                api_name="stop",
-            )
+            # Stop, Undo and Clear signal the streaming handler rather than cancel it, so that
+            # its last update (the reply marked stopped) is the one the page keeps.
+            stop.click(self.stop, [conversation], None, queue=False, api_name="stop")
             undo.click(
-                self.undo, [conversation], [chatbot, conversation, message],
-                cancels=running, queue=False, api_name="undo",
+                self.undo, [conversation], [chatbot, conversation, message], queue=False,
+                api_name="undo",
             )
             clear.click(
-                self.clear, None, [chatbot, conversation, message], cancels=running, queue=False,
+                self.clear, [conversation], [chatbot, conversation, message], queue=False,
                 api_name="clear",
             )
             demo.load(self.on_load, None, [header, *controls], api_name="backend_info")
-        return demo
+        blocks: gr.Blocks = demo
+        return blocks

@@ -55,6 +55,6 @@ def dropped_notice(dropped: int, budget: int) -> str:
         return ""
     turns = "exchange was" if dropped == 1 else "exchanges were"
     return (
-        f"ℹ️ The {dropped} oldest {turns} left out so the conversation fits the model's "
+        f"The {dropped} oldest {turns} left out so the conversation fits the model's "
         f"input budget of {budget} tokens."
     )

@@ -1,0 +1,74 @@
+"""The page in a real browser (Debian's chromium driven by Playwright), against the fake
+backend standing in for TGI with a slow, long reply."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from app.server import create_app
+from tests.conftest import OUTPUT, settings_for
+from tests.fake_backend import FakeBackend
+from tests.servers import ServerThread
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+REPLY = ["Here", " is", " the", " code", ":\n\n", "```python\n", "def add(a, b):\n",
+         "    return a + b\n", "```\n\n"] + [f"word{i} " for i in range(400)]
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, backend: ServerThread, fake: FakeBackend) -> Iterator[Page]:
+    fake.tokens = REPLY
+    fake.token_delay = 0.02
+    app = create_app(settings_for(backend.url, stream_interval=0.05))
+    with ServerThread(app) as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 1100})
+        page.goto(server.url)
+        yield page
+        page.close()
+
+
+def bot_text(page: Page) -> str:
+    text: str = page.locator("#chat .message.bot").last.inner_text()
+    return text
+
+
+def test_type_watch_the_reply_grow_and_stop_it(page: Page, fake: FakeBackend) -> None:
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    page.locator("#message textarea").fill("Write an add function in Python.")
+    page.locator("#send").click()
+    expect(page.locator("#chat .message.bot")).to_contain_text("word1 ", timeout=15_000)
+    first = len(bot_text(page))
+    time.sleep(0.5)
+    second = len(bot_text(page))
+    assert second > first, "the reply grows while it streams"
+    expect(page.locator("#chat .message.bot pre code").first).to_contain_text("return a + b")
+    page.locator("#stop").click()
+    expect(page.locator("#chat .message.bot")).to_contain_text("stopped by you")
+    deadline = time.monotonic() + 5
+    while not fake.cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.cancelled == 1, "Stop closed the upstream stream"
+    assert fake.completed == 0
+    stopped_at = len(bot_text(page))
+    time.sleep(0.5)
+    assert len(bot_text(page)) == stopped_at, "nothing more arrives after Stop"
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-stop.png"), full_page=True)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, SettingsError, load_settings
+from tests.conftest import REPO
+
+
+def test_defaults_run_on_the_embedded_engine() -> None:
+    settings = load_settings()
+    assert settings.backend_root == "http://127.0.0.1:8080" == settings.engine_url
+    assert (settings.app_host, settings.app_port) == ("127.0.0.1", 7860)
+    assert settings.queue_concurrency > 1
+
+
+def test_env_file_is_read_and_the_shell_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("APP_PORT=9000\nMAX_NEW_TOKENS=64\n")
+    monkeypatch.setenv("MAX_NEW_TOKENS", "128")
+    settings = load_settings()
+    assert (settings.app_port, settings.max_new_tokens) == (9000, 128)
+
+
+def test_another_env_file_can_be_named(tmp_path: Path) -> None:
+    other = tmp_path / "prod.env"
+    other.write_text("BACKEND_URL=http://tgi:8081\n")
+    assert load_settings(other).backend_root == "http://tgi:8081"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("APP_PORT", "seventy", "APP_PORT: Input should be a valid integer"),
+        ("APP_PORT", "70000", "APP_PORT: Input should be less than or equal to 65535"),
+        ("BACKEND_URL", "localhost:8080", "BACKEND_URL: "),
+        ("BACKEND_URL", "http://127.0.0.1:8080/v1", "without /v1 or another path"),
+        ("QUEUE_CONCURRENCY", "0", "QUEUE_CONCURRENCY: Input should be greater than or equal"),
+        ("DEBUG", "maybe", "DEBUG: Input should be a valid boolean"),
+    ],
+)
+def test_a_wrong_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings()
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.MULTILINE))
+    assert table == {name.upper() for name in Settings.model_fields}
+
+
+def test_the_app_refuses_to_start_with_a_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=tmp_path, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "APP_PORT": "http"},
+        timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert "APP_PORT: Input should be a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr
