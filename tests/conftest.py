@@ -1,18 +1,24 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.settings import Settings, load_settings
 from tests.fake_backend import FakeBackend
-from tests.servers import ServerThread
+from tests.servers import ServerThread, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output"
+MODEL = REPO / "volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +43,46 @@ def fake() -> FakeBackend:
 def backend(fake: FakeBackend) -> Iterator[ServerThread]:
     with ServerThread(fake.app()) as server:
         yield server
+
+
+@dataclass
+class RunningApp:
+    process: subprocess.Popen[str]
+    url: str
+    engine_url: str
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture
+def running_app(tmp_path: Path) -> Iterator[RunningApp]:
+    if not MODEL.is_file():
+        pytest.fail(f"{MODEL} is missing: scripts/test fetches it with python -m app.downloader")
+    app_port, engine_port = free_port(), free_port()
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO), "APP_PORT": str(app_port),
+        "ENGINE_PORT": str(engine_port), "ENGINE_MODEL_PATH": str(MODEL),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "--engine"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    running = RunningApp(process, f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{engine_port}")
+    deadline = time.monotonic() + 120
+    while not answers(f"{running.url}/healthz"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the app did not start:\n{process.communicate()[0]}")
+        time.sleep(0.2)
+    yield running
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.server import create_app
-from tests.conftest import OUTPUT, settings_for
+from tests.conftest import OUTPUT, RunningApp, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
 
@@ -72,3 +72,22 @@ def test_type_watch_the_reply_grow_and_stop_it(page: Page, fake: FakeBackend) ->
     assert len(bot_text(page)) == stopped_at, "nothing more arrives after Stop"
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-stop.png"), full_page=True)
+
+
+@pytest.mark.engine
+def test_a_real_reply_in_the_page(browser: Browser, running_app: RunningApp) -> None:
+    """The whole path a newcomer takes: the page, the real engine, the default model."""
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(running_app.url)
+    expect(page.locator("#header")).to_contain_text("SmolLM2-135M-Instruct")
+    page.locator("#message textarea").fill("Write a Python function that reverses a string.")
+    page.locator("#message textarea").press("Enter")
+    reply = page.locator("#chat .message.bot").last
+    expect(reply).to_contain_text("tokens/s", timeout=60_000)
+    expect(reply.locator("pre code").first).to_contain_text("def ")
+    stats = reply.locator("em").last.inner_text()
+    OUTPUT.mkdir(exist_ok=True)
+    (OUTPUT / "engine-reply-stats.txt").write_text(stats + "\n")
+    page.screenshot(path=str(OUTPUT / "engine-reply.png"), full_page=True)
+    assert "first token" in stats
+    page.close()

@@ -3,69 +3,20 @@ through the app's own Gradio API as a browser would."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from gradio_client import Client
 
-from tests.conftest import REPO
-from tests.servers import free_port
+from tests.conftest import RunningApp, answers
 
 pytestmark = pytest.mark.engine
 
-MODEL = REPO / "volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 # max_new_tokens, temperature, top_p, top_k, repeat_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (160, 0.0, 0.95, 40, 1.1, 0.0, 0.0, "", 1)
-
-
-@dataclass
-class RunningApp:
-    process: subprocess.Popen[str]
-    url: str
-    engine_url: str
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@pytest.fixture
-def running_app(tmp_path: Path) -> Iterator[RunningApp]:
-    if not MODEL.is_file():
-        pytest.fail(f"{MODEL} is missing: scripts/test fetches it with python -m app.downloader")
-    app_port, engine_port = free_port(), free_port()
-    env = {
-        **os.environ, "PYTHONPATH": str(REPO), "APP_PORT": str(app_port),
-        "ENGINE_PORT": str(engine_port), "ENGINE_MODEL_PATH": str(MODEL),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--engine"], cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    running = RunningApp(process, f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{engine_port}")
-    deadline = time.monotonic() + 120
-    while not answers(f"{running.url}/healthz"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the app did not start:\n{process.communicate()[0]}")
-        time.sleep(0.2)
-    yield running
-    if process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 def chat(url: str, prompt: str) -> list[str]:

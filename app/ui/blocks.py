@@ -174,7 +174,7 @@ class PlaygroundUI:
             with gr.Row():
                 message = gr.Textbox(
                     placeholder="Type a message; Enter sends, Shift+Enter adds a line",
-                    show_label=False, lines=2, max_lines=12, scale=8, elem_id="message",
+                    show_label=False, lines=1, max_lines=12, scale=8, elem_id="message",
                 )
                 with gr.Column(scale=1, min_width=120):
                     send = gr.Button("Send", variant="primary", elem_id="send")
