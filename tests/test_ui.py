@@ -199,3 +199,13 @@ async def test_too_many_stop_sequences_for_tgi(backend: ServerThread) -> None:
     controls = (*CONTROLS[:7], "a\nb\nc\nd\ne", -1)
     with pytest.raises(gr.Error, match="at most 4 stop sequences"):
         await drain(make_ui(backend.url).send("hi", [], "", *controls))
+
+
+async def test_a_refused_retry_keeps_the_reply_it_would_replace(backend: ServerThread) -> None:
+    ui = make_ui(backend.url)
+    conversation: list[Exchange] = []
+    await drain(ui.send("first", conversation, "", *CONTROLS))
+    too_many_stops = (*CONTROLS[:7], "a\nb\nc\nd\ne", -1)
+    with pytest.raises(gr.Error, match="at most 4 stop sequences"):
+        await drain(ui.retry(conversation, "", *too_many_stops))
+    assert [(ex.user, ex.reply) for ex in conversation] == [("first", "Hello, world!")]

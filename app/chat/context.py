@@ -27,6 +27,7 @@ class FittedContext:
     messages: list[dict[str, str]]
     dropped_exchanges: int
     estimated_tokens: int
+    budget: int
 
 
 def input_budget(max_input_tokens: int, max_total_tokens: int, max_new_tokens: int) -> int:
@@ -64,4 +65,4 @@ def fit_messages(
         turns.append({"role": "user", "content": exchange.user})
         turns.append({"role": "assistant", "content": exchange.reply})
     messages = [*system, *turns, {"role": "user", "content": user_text}]
-    return FittedContext(messages, len(usable) - len(kept), used)
+    return FittedContext(messages, len(usable) - len(kept), used, budget)

@@ -11,7 +11,6 @@ import gradio as gr
 
 from app.backends import BackendError, BackendInfo, GenerationParams
 from app.chat import ChatService, ContextOverflow, Exchange
-from app.chat.context import input_budget
 from app.ui.render import chat_messages, dropped_notice, header_markdown
 
 EXAMPLES = [
@@ -49,10 +48,10 @@ class PlaygroundUI:
                 raise
             return None, err
 
-    def _params(self, info: BackendInfo | None, values: tuple[Any, ...]) -> GenerationParams:
+    def _params(self, info: BackendInfo, values: tuple[Any, ...]) -> GenerationParams:
         given = dict(zip(CONTROL_NAMES, values, strict=True))
         stops = tuple(line for line in str(given.pop("stop") or "").splitlines() if line)
-        if info and info.max_stop_sequences is not None and len(stops) > info.max_stop_sequences:
+        if info.max_stop_sequences is not None and len(stops) > info.max_stop_sequences:
             raise gr.Error(
                 f"This backend takes at most {info.max_stop_sequences} stop sequences; "
                 f"you gave {len(stops)}. Remove some (one per line)."
@@ -101,32 +100,40 @@ class PlaygroundUI:
     async def retry(
         self, conversation: Conversation, system_prompt: str, *controls: Any
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Ask again for the last message, dropping its reply."""
+        """Ask again for the last message; its reply is replaced once the new one starts."""
         if not conversation or not conversation[-1].done:
             yield (gr.skip(),) * 5
             return
-        last = conversation.pop()
-        async for update in self._reply(last.user, conversation, system_prompt, controls):
+        last = conversation[-1]
+        async for update in self._reply(
+            last.user, conversation, system_prompt, controls, replaces_last=True
+        ):
             yield update
 
     async def _reply(
-        self, text: str, conversation: Conversation, system_prompt: str, controls: tuple[Any, ...]
+        self, text: str, conversation: Conversation, system_prompt: str,
+        controls: tuple[Any, ...], replaces_last: bool = False,
     ) -> AsyncIterator[tuple[Any, ...]]:
+        """Stream a reply to ``text``; a refusal (gr.Error) leaves the conversation as it was."""
+        history = conversation[:-1] if replaces_last else conversation
         info, error = await self._info()
         header = header_markdown(info, error, self.settings.backend_root)
         if info is None:
-            failed = Exchange(user=text, error=str(error), done=True)
-            conversation.append(failed)
+            if replaces_last:
+                conversation.pop()
+            conversation.append(Exchange(user=text, error=str(error), done=True))
             yield chat_messages(conversation), conversation, "", "", header
             return
         params = self._params(info, controls)
-        max_new = params.max_new_tokens
         try:
-            fitted = self.service.fit(info, system_prompt, conversation, text, max_new)
+            fitted = self.service.fit(
+                info, system_prompt, history, text, params.max_new_tokens
+            )
         except ContextOverflow as err:
             raise gr.Error(str(err)) from err
-        budget = input_budget(info.max_input_tokens, info.max_total_tokens, max_new)
-        notice = dropped_notice(fitted.dropped_exchanges, budget)
+        notice = dropped_notice(fitted.dropped_exchanges, fitted.budget)
+        if replaces_last:
+            conversation.pop()
         exchange = Exchange(user=text)
         conversation.append(exchange)
         yield chat_messages(conversation), conversation, "", notice, header
