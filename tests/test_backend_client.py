@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
 from app.backends import (
     BackendClient,
@@ -131,3 +134,12 @@ async def test_unreachable_while_streaming(backend: ServerThread) -> None:
     with pytest.raises(BackendUnreachable):
         async for _ in client.stream_chat([{"role": "user", "content": "hi"}], PARAMS, info):
             pass
+
+
+async def test_probe_of_something_else_says_so() -> None:
+    async def page(request: object) -> HTMLResponse:
+        return HTMLResponse("<html>a web page</html>")
+
+    site = Starlette(routes=[Route("/{path:path}", page)])
+    with ServerThread(site) as server, pytest.raises(BackendError, match="check BACKEND_URL"):
+        await BackendClient(server.url).probe()

@@ -120,12 +120,16 @@ class BackendClient:
             ) from err
         except httpx.TransportError as err:
             raise BackendUnreachable(f"The backend at {self.url} is unreachable.") from err
+        not_a_backend = BackendError(
+            f"The backend at {self.url} does not answer like TGI or an OpenAI-compatible server"
+            f" (GET /v1/models gave HTTP {models.status_code}); check BACKEND_URL."
+        )
         if models.status_code != 200:
-            raise BackendError(
-                f"The backend at {self.url} answered HTTP {models.status_code} to GET /v1/models;"
-                " is it TGI or an OpenAI-compatible server?"
-            )
-        return self._openai_info(models.json())
+            raise not_a_backend
+        try:
+            return self._openai_info(models.json())
+        except (ValueError, AttributeError) as err:
+            raise not_a_backend from err
 
     def _tgi_info(self, body: dict[str, Any]) -> BackendInfo:
         total = int(body["max_total_tokens"])
@@ -140,7 +144,7 @@ class BackendClient:
             max_stop_sequences=body.get("max_stop_sequences"),
         )
 
-    def _openai_info(self, body: dict[str, Any]) -> BackendInfo:
+    def _openai_info(self, body: Any) -> BackendInfo:
         models = body.get("data") or []
         if not models:
             raise BackendError(f"The backend at {self.url} serves no model (GET /v1/models).")
