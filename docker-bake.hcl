@@ -1,5 +1,55 @@
-# Placeholder: the Docker stack (app image, downloader, TGI on CPU or CUDA) is built in a later
-# step; until then this file defines no targets and `docker buildx bake` has nothing to build.
+# Builds the app image (the downloader runs from the same image with its own command).
+#   docker buildx bake                      # local build for this machine, cache in .buildx-cache
+#   REGISTRY=ghcr.io/me/ TAG=0.2.0 docker buildx bake --push release
+# TGI is not built here: the Compose file uses its official images.
+
+variable "REGISTRY" {
+  # Image name prefix with a trailing slash (e.g. ghcr.io/me/); empty for a local image.
+  default = ""
+}
+
+variable "TAG" {
+  default = "0.1.0"
+}
+
+variable "PYTHON_VERSION" {
+  default = "3.11"
+}
+
+variable "CACHE_DIR" {
+  # Local build cache, used when no registry is set.
+  default = ".buildx-cache"
+}
+
+function "cache_ref" {
+  params = []
+  result = "${REGISTRY}coding-playground:buildcache"
+}
+
 group "default" {
-  targets = []
+  targets = ["app"]
+}
+
+target "app" {
+  context    = "."
+  dockerfile = "containers/Dockerfile"
+  target     = "app"
+  tags       = ["${REGISTRY}coding-playground:${TAG}"]
+  args = {
+    PYTHON_VERSION = PYTHON_VERSION
+    VERSION        = TAG
+  }
+  labels = {
+    "org.opencontainers.image.title"   = "coding-playground"
+    "org.opencontainers.image.version" = TAG
+    "org.opencontainers.image.licenses" = "Apache-2.0"
+  }
+  cache-from = [REGISTRY == "" ? "type=local,src=${CACHE_DIR}" : "type=registry,ref=${cache_ref()}"]
+  cache-to   = [REGISTRY == "" ? "type=local,dest=${CACHE_DIR},mode=max" : "type=registry,ref=${cache_ref()},mode=max"]
+}
+
+# Both platforms, for a registry (a multi-platform image cannot be loaded into the local engine).
+target "release" {
+  inherits  = ["app"]
+  platforms = ["linux/amd64", "linux/arm64"]
 }

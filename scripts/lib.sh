@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/run and scripts/test (sourced, not run): the project's virtualenv.
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
@@ -33,7 +34,7 @@ ensure_venv() {
         echo "Installing the playground with [$extras] into $VENV ..."
         echo "(the first install builds llama-cpp-python: about 8 minutes on 2 cores; pip caches it)"
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-        "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$REPO[$extras]" \
+        "$VENV/bin/python" -m pip install --disable-pip-version-check -e "${REPO}[${extras}]" \
             || fail "installing the project failed; see pip's message above."
         echo "$want" >"$stamp"
     fi

@@ -1,0 +1,70 @@
+# shellcheck shell=bash
+# Shared by the Docker scripts (sourced, not run): checks for the tools and the compose call.
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+COMPOSE_FILE="$REPO/containers/compose.yaml"
+ENV_FILE="$REPO/containers/service.env"
+PROFILES=(cpu cuda)
+
+fail() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+require_docker() {
+    command -v docker >/dev/null 2>&1 ||
+        fail "docker is not installed. Install Docker Engine: https://docs.docker.com/engine/install/"
+    docker info >/dev/null 2>&1 ||
+        fail "the Docker engine is not running or not reachable (docker info failed). Start it, or add your user to the docker group."
+}
+
+require_compose() {
+    require_docker
+    docker compose version >/dev/null 2>&1 ||
+        fail "Docker Compose v2 is missing (docker compose). Install the docker-compose-plugin package."
+}
+
+require_buildx() {
+    require_docker
+    docker buildx version >/dev/null 2>&1 ||
+        fail "Docker Buildx is missing (docker buildx). Install the docker-buildx-plugin package."
+}
+
+# check_profile NAME: exit with a clear message unless NAME is a known profile.
+check_profile() {
+    local profile
+    for profile in "${PROFILES[@]}"; do
+        [ "$1" = "$profile" ] && return 0
+    done
+    fail "unknown profile '$1': use one of ${PROFILES[*]}"
+}
+
+# load_env: export service.env's defaults for the variables the shell has not set.
+load_env() {
+    local line name
+    while IFS= read -r line || [ -n "$line" ]; do
+        case "$line" in '' | '#'*) continue ;; esac
+        name="${line%%=*}"
+        [ -n "${!name+set}" ] || export "${line?}"
+    done <"$ENV_FILE"
+}
+
+# model_cache: the host folder of the shared model cache (MODEL_CACHE is relative to containers/).
+model_cache() {
+    case "$MODEL_CACHE" in
+        /*) echo "$MODEL_CACHE" ;;
+        *) echo "$REPO/containers/$MODEL_CACHE" ;;
+    esac
+}
+
+# prepare_cache: create the cache folder; the downloader writes it as the user running this.
+prepare_cache() {
+    HOST_UID="$(id -u)"
+    HOST_GID="$(id -g)"
+    export HOST_UID HOST_GID
+    mkdir -p "$(model_cache)"
+}
+
+# compose ARGS...: docker compose on the project's file, with every profile known to it.
+compose() {
+    docker compose --project-directory "$REPO/containers" -f "$COMPOSE_FILE" --env-file "$ENV_FILE" "$@"
+}

@@ -1,0 +1,366 @@
+"""The Docker stack, checked without a Docker engine (none runs here or in CI): the Compose
+file, the env file, the Dockerfile and the bake file are read and linted; the scripts run
+against a stand-in for the docker CLI that records what it is asked and answers as told."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+import yaml
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tests.conftest import REPO
+from tests.servers import ServerThread
+
+CONTAINERS = REPO / "containers"
+SCRIPTS = REPO / "scripts"
+DOCKER_SCRIPTS = ["build", "up", "down", "logs", "download", "status", "doctor"]
+GIB = 1024**3
+
+FAKE_DOCKER = r"""#!/usr/bin/env bash
+# Stand-in for the docker CLI: records each call, answers as the FAKE_* variables say.
+echo "$*" >>"$FAKE_DOCKER_LOG"
+case "$1" in
+    --version) echo "Docker version 28.2.2, build e6534b4" ;;
+    info)
+        [ -z "${FAKE_NO_ENGINE:-}" ] || { echo "Cannot connect to the Docker daemon" >&2; exit 1; }
+        [ -z "${FAKE_NVIDIA_RUNTIME:-}" ] || echo '{"nvidia":{"path":"nvidia-container-runtime"}}'
+        ;;
+    compose)
+        [ -z "${FAKE_NO_COMPOSE:-}" ] || { echo "unknown command: docker compose" >&2; exit 1; }
+        [ "$2" != version ] || echo "2.40.3"
+        ;;
+    buildx)
+        [ -z "${FAKE_NO_BUILDX:-}" ] || { echo "unknown command: docker buildx" >&2; exit 1; }
+        [ "$2" != version ] || echo "github.com/docker/buildx v0.29.1"
+        ;;
+    image) [ -z "${FAKE_NO_IMAGE:-}" ] || { echo "No such image" >&2; exit 1; } ;;
+esac
+"""
+
+FAKE_NVIDIA_SMI = r"""#!/usr/bin/env bash
+# Stand-in for nvidia-smi: one GPU with FAKE_GPU_MIB of memory.
+case "$*" in
+    *memory.total*) echo "${FAKE_GPU_MIB}" ;;
+    *) echo "NVIDIA L4, 570.86.15" ;;
+esac
+"""
+
+
+def read_env_file() -> dict[str, str]:
+    pairs = {}
+    for line in (CONTAINERS / "service.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name] = value
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CONTAINERS / "compose.yaml").read_text())
+    return loaded
+
+
+def test_services_and_profiles(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    profiles = {name: service.get("profiles") for name, service in services.items()}
+    assert profiles == {
+        "downloader-cpu": ["cpu"], "downloader-cuda": ["cuda"],
+        "tgi-cpu": ["cpu"], "tgi-cuda": ["cuda"], "app": None,
+    }
+
+
+@pytest.mark.parametrize("profile", ["cpu", "cuda"])
+def test_tgi_starts_after_the_downloader_offline_from_the_shared_cache(
+    compose: dict[str, Any], profile: str
+) -> None:
+    services = compose["services"]
+    tgi, downloader = services[f"tgi-{profile}"], services[f"downloader-{profile}"]
+    assert tgi["depends_on"] == {
+        f"downloader-{profile}": {"condition": "service_completed_successfully"}
+    }
+    assert tgi["environment"]["HF_HUB_OFFLINE"] == "1"
+    assert tgi["volumes"] == ["${MODEL_CACHE}:/data"] == downloader["volumes"]
+    assert downloader["environment"]["MODEL_CACHE_DIR"] == "/data"
+    assert downloader["command"] == ["python", "-m", "app.downloader", "hub"]
+    prefix = profile.upper()
+    assert downloader["environment"]["MODEL_ID"] == f"${{{prefix}_MODEL_ID}}"
+    assert f"--model-id ${{{prefix}_MODEL_ID}}" in tgi["command"]
+    assert f"--revision ${{{prefix}_MODEL_REVISION}}" in tgi["command"]
+    assert "/health" in " ".join(tgi["healthcheck"]["test"])
+    assert tgi["shm_size"] == "1g"
+    assert tgi["networks"]["default"]["aliases"] == ["tgi"]
+
+
+def test_tgi_images_are_pinned_release_tags(compose: dict[str, Any]) -> None:
+    image = "ghcr.io/huggingface/text-generation-inference:${TGI_VERSION}"
+    assert compose["services"]["tgi-cuda"]["image"] == image
+    assert compose["services"]["tgi-cpu"]["image"] == image + "-intel-cpu"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", read_env_file()["TGI_VERSION"])
+
+
+def test_cuda_reserves_nvidia_gpus(compose: dict[str, Any]) -> None:
+    devices = compose["services"]["tgi-cuda"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert "${CUDA_QUANTIZE:+--quantize ${CUDA_QUANTIZE}}" in compose["services"]["tgi-cuda"][
+        "command"
+    ]
+
+
+def test_the_app_waits_for_a_healthy_tgi_and_talks_to_it(compose: dict[str, Any]) -> None:
+    app = compose["services"]["app"]
+    assert app["depends_on"] == {
+        name: {"condition": "service_healthy", "required": False}
+        for name in ("tgi-cpu", "tgi-cuda")
+    }
+    assert app["environment"]["BACKEND_URL"] == "http://tgi:80"
+    assert app["ports"] == ["${PUBLISH_ADDRESS}:${APP_PORT}:7860"]
+    assert app["image"] == "${REGISTRY}coding-playground:${TAG}"
+
+
+def test_every_compose_variable_has_a_default_and_every_default_is_used() -> None:
+    lines = (CONTAINERS / "compose.yaml").read_text().splitlines()
+    compose_text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    used = set(re.findall(r"\$\{([A-Z_]+)", compose_text))
+    inline_defaults = set(re.findall(r"\$\{([A-Z_]+):-", compose_text))
+    defaults = read_env_file()
+    assert used - inline_defaults <= set(defaults)
+    elsewhere = "".join(path.read_text() for path in SCRIPTS.iterdir()) + compose_text
+    assert [name for name in defaults if name not in elsewhere] == []
+
+
+def test_the_dockerfile_is_lint_clean_slim_and_non_root() -> None:
+    dockerfile = CONTAINERS / "Dockerfile"
+    lint = subprocess.run(
+        [REPO / ".venv/bin/hadolint", dockerfile], capture_output=True, text=True, check=False
+    )
+    assert lint.returncode == 0, lint.stdout
+    text = dockerfile.read_text()
+    assert len(re.findall(r"^FROM .*-slim AS ", text, flags=re.MULTILINE)) == 2
+    user = re.findall(r"^USER (.+)$", text, flags=re.MULTILINE)
+    assert user
+    assert user[-1].split(":")[0] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", text, flags=re.MULTILINE)
+    declared = re.findall(r"^(?:ARG|ENV)\s+(.*)$", text, flags=re.MULTILINE)
+    assert not [d for d in declared if re.search(r"TOKEN|PASSWORD|SECRET", d, re.IGNORECASE)]
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert ignore[1] == "*", "the build context admits only what the image needs"
+
+
+def test_the_bake_file_builds_the_image_compose_runs() -> None:
+    bake = hcl2.load((REPO / "docker-bake.hcl").open())
+
+    def unquote(value: str) -> str:
+        return value.strip('"')
+
+    variables = {unquote(name) for block in bake["variable"] for name in block}
+    assert {"REGISTRY", "TAG", "PYTHON_VERSION"} <= variables
+    targets = {unquote(name): body for block in bake["target"] for name, body in block.items()}
+    groups = {unquote(name): body for block in bake["group"] for name, body in block.items()}
+    assert [unquote(t) for t in groups["default"]["targets"]] == ["app"]
+    app = targets["app"]
+    assert (REPO / unquote(app["dockerfile"])).is_file()
+    assert unquote(app["tags"][0]) == "${REGISTRY}coding-playground:${TAG}"
+    labels = {unquote(k) for k in app["labels"]}
+    assert {"org.opencontainers.image.title", "org.opencontainers.image.version"} <= labels
+    assert "type=local" in app["cache-from"][0]
+    assert "type=registry" in app["cache-from"][0]
+    assert "type=local" in app["cache-to"][0]
+    assert "type=registry" in app["cache-to"][0]
+    release = targets["release"]
+    assert [unquote(t) for t in release["inherits"]] == ["app"]
+    assert [unquote(p) for p in release["platforms"]] == ["linux/amd64", "linux/arm64"]
+
+
+def test_the_scripts_pass_shellcheck() -> None:
+    scripts = sorted(str(path) for path in SCRIPTS.iterdir())
+    lint = subprocess.run(
+        [REPO / ".venv/bin/shellcheck", "--source-path=SCRIPTDIR", "-x", *scripts,
+         str(REPO / ".ci/run")],
+        capture_output=True, text=True, check=False,
+    )
+    assert lint.returncode == 0, lint.stdout
+
+
+# -- the scripts, against the stand-in docker CLI -------------------------------------------
+
+
+@pytest.fixture
+def fake_bin(tmp_path: Path) -> Path:
+    """A folder of stand-ins, first on PATH."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, text in (("docker", FAKE_DOCKER), ("nvidia-smi", FAKE_NVIDIA_SMI)):
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def run(
+    script: str, *args: str, path: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {"PATH": path, "HOME": os.environ.get("HOME", "/root"), **(env or {})}
+    return subprocess.run(
+        [str(SCRIPTS / script), *args], capture_output=True, text=True, env=environment,
+        timeout=120, check=False,
+    )
+
+
+def with_fake(fake_bin: Path) -> str:
+    return f"{fake_bin}:/usr/bin:/bin"
+
+
+def without_docker(tmp_path: Path) -> str:
+    """A PATH that has everything /usr/bin and /bin have, except docker and nvidia-smi."""
+    folder = tmp_path / "nodocker"
+    folder.mkdir()
+    for source in (Path("/usr/bin"), Path("/bin")):
+        for tool in source.iterdir():
+            target = folder / tool.name
+            if tool.name not in ("docker", "nvidia-smi") and not target.exists():
+                target.symlink_to(tool)
+    return str(folder)
+
+
+@pytest.mark.parametrize("script", [*DOCKER_SCRIPTS, "run", "test"])
+def test_every_script_explains_itself(script: str) -> None:
+    result = run(script, "--help", path="/usr/bin:/bin")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"Usage: scripts/{script}")
+
+
+@pytest.mark.parametrize("script", ["build", "up", "down", "logs", "download", "status"])
+def test_without_docker_each_script_says_so(script: str, tmp_path: Path) -> None:
+    result = run(script, path=without_docker(tmp_path))
+    assert result.returncode == 1
+    assert "docker is not installed" in result.stderr
+    assert "line " not in result.stderr, "a clear message, not a bash error"
+
+
+@pytest.mark.parametrize(
+    ("script", "missing", "message"),
+    [
+        ("down", "FAKE_NO_ENGINE", "the Docker engine is not running"),
+        ("down", "FAKE_NO_COMPOSE", "Docker Compose v2 is missing"),
+        ("download", "FAKE_NO_COMPOSE", "Docker Compose v2 is missing"),
+        ("build", "FAKE_NO_BUILDX", "Docker Buildx is missing"),
+    ],
+)
+def test_a_missing_plugin_or_engine_is_named(
+    fake_bin: Path, tmp_path: Path, script: str, missing: str, message: str
+) -> None:
+    log = tmp_path / "docker.log"
+    result = run(script, path=with_fake(fake_bin), env={"FAKE_DOCKER_LOG": str(log), missing: "1"})
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_an_unknown_profile_is_refused(fake_bin: Path, tmp_path: Path) -> None:
+    result = run("up", "tpu", path=with_fake(fake_bin), env={"FAKE_DOCKER_LOG": "/dev/null"})
+    assert result.returncode == 1
+    assert "unknown profile 'tpu': use one of cpu cuda" in result.stderr
+
+
+@pytest.fixture
+def healthy_app() -> Iterator[ServerThread]:
+    """Stands for the app container answering on its published port."""
+
+    async def healthz(request: object) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    with ServerThread(Starlette(routes=[Route("/healthz", healthz)])) as server:
+        yield server
+
+
+def compose_calls(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith("compose --project")]
+
+
+def test_up_checks_the_machine_then_starts_the_profile(
+    fake_bin: Path, tmp_path: Path, healthy_app: ServerThread
+) -> None:
+    log = tmp_path / "docker.log"
+    env = {
+        "FAKE_DOCKER_LOG": str(log), "APP_PORT": str(healthy_app.port),
+        "MODEL_CACHE": str(tmp_path / "cache"),
+    }
+    result = run("up", "cpu", path=with_fake(fake_bin), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Ready for profile cpu." in result.stdout
+    assert f"The playground is at http://127.0.0.1:{healthy_app.port}" in result.stdout
+    project = f"--project-directory {CONTAINERS} -f {CONTAINERS / 'compose.yaml'}"
+    assert compose_calls(log) == [
+        f"compose {project} --env-file {CONTAINERS / 'service.env'} --profile cpu up --detach"
+    ]
+    assert (tmp_path / "cache").is_dir()
+
+
+def test_up_without_the_image_says_to_build_it(fake_bin: Path, tmp_path: Path) -> None:
+    log = tmp_path / "docker.log"
+    env = {"FAKE_DOCKER_LOG": str(log), "FAKE_NO_IMAGE": "1", "TAG": "9.9"}
+    result = run("up", path=with_fake(fake_bin), env=env)
+    assert result.returncode == 1
+    assert "coding-playground:9.9 is not built yet: run scripts/build first" in result.stderr
+    assert compose_calls(log) == []
+
+
+def test_download_runs_the_profiles_downloader(fake_bin: Path, tmp_path: Path) -> None:
+    log = tmp_path / "docker.log"
+    env = {"FAKE_DOCKER_LOG": str(log), "MODEL_CACHE": str(tmp_path / "cache")}
+    result = run("download", "cuda", path=with_fake(fake_bin), env=env)
+    assert result.returncode == 0, result.stderr
+    assert compose_calls(log)[0].endswith("--profile cuda run --rm downloader-cuda")
+
+
+def make_cached_model(cache: Path, model_id: str, weight_bytes: int) -> None:
+    """A model in the Hugging Face cache layout whose weights are a sparse file of that size."""
+    snapshot = cache / f"models--{model_id.replace('/', '--')}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    with (snapshot / "model.safetensors").open("wb") as weights:
+        weights.truncate(weight_bytes)
+
+
+def test_doctor_stops_a_model_too_big_for_the_ram(fake_bin: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    make_cached_model(cache, "big/coder-70b", 140 * GIB)
+    log = tmp_path / "docker.log"
+    env = {"FAKE_DOCKER_LOG": str(log), "MODEL_CACHE": str(cache), "CPU_MODEL_ID": "big/coder-70b"}
+    doctor = run("doctor", "cpu", path=with_fake(fake_bin), env=env)
+    assert doctor.returncode == 1
+    assert "big/coder-70b needs about 170 GiB (from its 143360 MiB of weights)" in doctor.stderr
+    assert "TGI would be killed for lack of memory" in doctor.stderr
+    up = run("up", "cpu", path=with_fake(fake_bin), env=env)
+    assert up.returncode == 1
+    assert compose_calls(log) == [], "nothing is started"
+
+
+def test_doctor_uses_the_env_file_figure_until_the_model_is_cached(
+    fake_bin: Path, tmp_path: Path
+) -> None:
+    env = {"FAKE_DOCKER_LOG": "/dev/null", "MODEL_CACHE": str(tmp_path), "CPU_MEMORY_GIB": "9999"}
+    doctor = run("doctor", path=with_fake(fake_bin), env=env)
+    assert doctor.returncode == 1
+    assert "needs about 9999 GiB (from CPU_MEMORY_GIB in containers/service.env" in doctor.stderr
+
+
+def test_doctor_checks_the_gpu_and_the_nvidia_toolkit(fake_bin: Path, tmp_path: Path) -> None:
+    env = {"FAKE_DOCKER_LOG": "/dev/null", "MODEL_CACHE": str(tmp_path), "FAKE_GPU_MIB": "4096"}
+    doctor = run("doctor", "cuda", path=with_fake(fake_bin), env=env)
+    assert doctor.returncode == 1
+    assert "the NVIDIA container toolkit is not registered with Docker" in doctor.stderr
+    assert "needs about 8 GiB (from CUDA_MEMORY_GIB" in doctor.stderr
+    assert "the GPU memory is 4 GiB" in doctor.stderr
+    env |= {"FAKE_GPU_MIB": "24576", "FAKE_NVIDIA_RUNTIME": "1"}
+    doctor = run("doctor", "cuda", path=with_fake(fake_bin), env=env)
+    assert doctor.returncode == 0, doctor.stdout
+    assert "Ready for profile cuda." in doctor.stdout
