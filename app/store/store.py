@@ -1,0 +1,283 @@
+"""Conversations that last: one ``Store`` over SQLite (the default, in WAL mode) or PostgreSQL.
+
+Every read and write names the user, and a conversation of another user is ``NotFound``, the
+same as one that does not exist. Calls are synchronous and short; async callers run them in a
+thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.store.models import Conversation, Message, User, now
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+LOCAL_USER = "local"
+INTERRUPTED_BY_RESTART = "The app stopped while this reply was streaming."
+
+
+class StoreError(Exception):
+    """Base class for store failures."""
+
+
+class NotFound(StoreError):
+    """The conversation does not exist, or belongs to another user."""
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    id: str
+    title: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredReply:
+    id: int
+    content: str
+    status: str
+    error: str | None
+    tokens: int | None
+    time_to_first_token: float | None
+    tokens_per_second: float | None
+    model: str | None
+    backend: str | None
+
+
+@dataclass(frozen=True)
+class StoredExchange:
+    """A user message and the latest version of the reply to it."""
+
+    user_message_id: int
+    user: str
+    reply: StoredReply | None
+
+
+@dataclass(frozen=True)
+class ConversationRecord:
+    id: str
+    title: str
+    system_prompt: str
+    model: str | None
+    backend: str | None
+    language: str | None
+    settings: dict[str, Any]
+    exchanges: list[StoredExchange]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        options: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            options["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **options)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (creating it in an empty database)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def recover_interrupted(self) -> int:
+        """Mark replies left streaming by a crash as interrupted; returns how many."""
+        with self._session() as session:
+            result = session.execute(
+                update(Message)
+                .where(Message.status == "streaming")
+                .values(status="interrupted", error=INTERRUPTED_BY_RESTART, updated_at=now())
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def user_id(self, name: str = LOCAL_USER) -> int:
+        """The id of the user with this name, created on first use."""
+        with self._session() as session:
+            found = session.scalar(select(User.id).where(User.name == name))
+            if found is not None:
+                return found
+            user = User(name=name)
+            session.add(user)
+            session.flush()
+            return user.id
+
+    # -- conversations -------------------------------------------------------------------
+
+    def create_conversation(
+        self, user_id: int, title: str, system_prompt: str = "", **fields: Any
+    ) -> str:
+        with self._session() as session:
+            conversation = Conversation(
+                user_id=user_id, title=title, system_prompt=system_prompt, **fields
+            )
+            session.add(conversation)
+            session.flush()
+            return conversation.id
+
+    def list_conversations(
+        self, user_id: int, search: str = "", limit: int = 200
+    ) -> list[ConversationSummary]:
+        """Newest first; ``search`` matches titles and message text, ignoring case."""
+        query = select(Conversation).where(Conversation.user_id == user_id)
+        if search.strip():
+            pattern = f"%{_escape_like(search.strip())}%"
+            in_messages = select(Message.conversation_id).where(
+                Message.content.ilike(pattern, escape="\\")
+            )
+            query = query.where(
+                or_(Conversation.title.ilike(pattern, escape="\\"),
+                    Conversation.id.in_(in_messages))
+            )
+        query = query.order_by(Conversation.updated_at.desc()).limit(limit)
+        with self._session() as session:
+            return [
+                ConversationSummary(c.id, c.title, c.updated_at) for c in session.scalars(query)
+            ]
+
+    def get_conversation(self, user_id: int, conversation_id: str) -> ConversationRecord:
+        with self._session() as session:
+            conversation = self._owned(session, user_id, conversation_id)
+            messages = session.scalars(
+                select(Message).where(Message.conversation_id == conversation_id)
+                .order_by(Message.id)
+            ).all()
+            latest: dict[int, Message] = {}
+            for message in messages:
+                if message.role == "assistant" and message.reply_to_id is not None:
+                    latest[message.reply_to_id] = message
+            exchanges = [
+                StoredExchange(m.id, m.content, _reply(latest.get(m.id)))
+                for m in messages if m.role == "user"
+            ]
+            return ConversationRecord(
+                id=conversation.id, title=conversation.title,
+                system_prompt=conversation.system_prompt, model=conversation.model,
+                backend=conversation.backend, language=conversation.language,
+                settings=dict(conversation.settings or {}), exchanges=exchanges,
+            )
+
+    def rename(self, user_id: int, conversation_id: str, title: str) -> None:
+        with self._session() as session:
+            self._owned(session, user_id, conversation_id).title = title
+
+    def update_settings(
+        self, user_id: int, conversation_id: str, system_prompt: str, settings: dict[str, Any]
+    ) -> None:
+        with self._session() as session:
+            conversation = self._owned(session, user_id, conversation_id)
+            conversation.system_prompt = system_prompt
+            conversation.settings = settings
+
+    def delete(self, user_id: int, conversation_id: str) -> None:
+        with self._session() as session:
+            session.delete(self._owned(session, user_id, conversation_id))
+
+    # -- messages ------------------------------------------------------------------------
+
+    def add_user_message(self, user_id: int, conversation_id: str, content: str) -> int:
+        with self._session() as session:
+            conversation = self._owned(session, user_id, conversation_id)
+            conversation.updated_at = now()
+            message = Message(conversation_id=conversation_id, role="user", content=content)
+            session.add(message)
+            session.flush()
+            return message.id
+
+    def start_reply(
+        self, user_id: int, conversation_id: str, reply_to: int, model: str, backend: str
+    ) -> int:
+        """A new version of the reply to ``reply_to``, streaming; earlier versions are kept."""
+        with self._session() as session:
+            conversation = self._owned(session, user_id, conversation_id)
+            conversation.model, conversation.backend = model, backend
+            message = Message(
+                conversation_id=conversation_id, role="assistant", reply_to_id=reply_to,
+                status="streaming", model=model, backend=backend,
+            )
+            session.add(message)
+            session.flush()
+            return message.id
+
+    def save_reply(self, reply_id: int, content: str, **final: Any) -> None:
+        """Store the reply so far; with ``status`` (and stats) it is the final version."""
+        with self._session() as session:
+            session.execute(
+                update(Message).where(Message.id == reply_id)
+                .values(content=content, updated_at=now(), **final)
+            )
+
+    def delete_exchange(self, user_id: int, conversation_id: str, user_message_id: int) -> None:
+        """Take back a user message with every version of its reply."""
+        with self._session() as session:
+            self._owned(session, user_id, conversation_id)
+            message = session.get(Message, user_message_id)
+            if message is None or message.conversation_id != conversation_id:
+                raise NotFound(f"No message {user_message_id} in this conversation.")
+            for reply in session.scalars(
+                select(Message).where(Message.reply_to_id == user_message_id)
+            ):
+                session.delete(reply)
+            session.delete(message)
+
+    def count_messages(self, user_id: int) -> int:
+        with self._session() as session:
+            total = session.scalar(
+                select(func.count(Message.id)).join(Conversation)
+                .where(Conversation.user_id == user_id)
+            )
+            return int(total or 0)
+
+    @staticmethod
+    def _owned(session: Session, user_id: int, conversation_id: str) -> Conversation:
+        conversation = session.get(Conversation, conversation_id)
+        if conversation is None or conversation.user_id != user_id:
+            raise NotFound(f"No conversation {conversation_id}.")
+        return conversation
+
+
+def _reply(message: Message | None) -> StoredReply | None:
+    if message is None:
+        return None
+    return StoredReply(
+        id=message.id, content=message.content, status=message.status, error=message.error,
+        tokens=message.tokens, time_to_first_token=message.time_to_first_token,
+        tokens_per_second=message.tokens_per_second, model=message.model,
+        backend=message.backend,
+    )
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
