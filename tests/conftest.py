@@ -14,6 +14,7 @@ import pytest
 
 from app.settings import Settings, load_settings
 from tests.fake_backend import FakeBackend
+from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.servers import ServerThread, free_port
 
 REPO = Path(__file__).resolve().parent.parent

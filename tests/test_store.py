@@ -1,0 +1,402 @@
+"""The store's behaviour through its public API, on SQLite (a file) and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.store import NotFound, Store
+from app.store.store import INTERRUPTED_BY_RESTART
+from tests.postgres import PostgresMissing, find_bin_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'store.db'}"
+    database_url: str = request.getfixturevalue("postgres_url")
+    return database_url
+
+
+@pytest.fixture
+def open_store(url: str) -> Iterator[Callable[[], Store]]:
+    """Open (and later close) stores on the test's database, not migrated."""
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        opened.append(Store(url))
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        store.engine.dispose()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], Store]) -> Store:
+    store = open_store()
+    store.migrate()
+    return store
+
+
+def exchange_with_reply(
+    store: Store, user: int, conversation: str, text: str, reply: str, status: str = "stop"
+) -> tuple[int, int]:
+    message = store.add_user_message(user, conversation, text)
+    reply_id = store.start_reply(user, conversation, message, "smol", "llama.cpp")
+    store.save_reply(reply_id, reply, status=status)
+    return message, reply_id
+
+
+# -- schema and users ------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_schema_and_running_it_again_changes_nothing(
+    open_store: Callable[[], Store],
+) -> None:
+    store = open_store()
+    store.migrate()
+    user = store.user_id()
+    conversation = store.create_conversation(user, "Before the second migration")
+    exchange_with_reply(store, user, conversation, "hello", "hi")
+
+    store.migrate()
+    again = open_store()
+    again.migrate()
+
+    assert [c.id for c in again.list_conversations(user)] == [conversation]
+    record = again.get_conversation(user, conversation)
+    assert [(e.user, e.reply and e.reply.content) for e in record.exchanges] == [("hello", "hi")]
+
+
+def test_the_local_user_is_created_once(store: Store, open_store: Callable[[], Store]) -> None:
+    local = store.user_id()
+    assert store.user_id() == local
+    assert store.user_id("local") == local
+    assert open_store().user_id() == local
+    other = store.user_id("someone-else")
+    assert other != local
+    assert store.user_id("someone-else") == other
+
+
+# -- conversations ---------------------------------------------------------------------------
+
+
+def test_create_list_get_rename_and_delete_a_conversation(store: Store) -> None:
+    user = store.user_id()
+    first = store.create_conversation(
+        user, "First", "You are terse.", model="smol", backend="tgi", language="python",
+        settings={"temperature": 0.2, "stop": ["```"]},
+    )
+    second = store.create_conversation(user, "Second")
+
+    assert [(c.id, c.title) for c in store.list_conversations(user)] == [
+        (second, "Second"), (first, "First"),
+    ]
+    record = store.get_conversation(user, first)
+    assert (record.id, record.title, record.system_prompt) == (first, "First", "You are terse.")
+    assert (record.model, record.backend, record.language) == ("smol", "tgi", "python")
+    assert record.settings == {"temperature": 0.2, "stop": ["```"]}
+    assert record.exchanges == []
+    empty = store.get_conversation(user, second)
+    assert (empty.system_prompt, empty.model, empty.settings) == ("", None, {})
+
+    store.add_user_message(user, first, "a new message moves it to the top")
+    assert [c.id for c in store.list_conversations(user)] == [first, second]
+
+    store.rename(user, first, "Renamed")
+    assert store.get_conversation(user, first).title == "Renamed"
+    assert {c.title for c in store.list_conversations(user)} == {"Renamed", "Second"}
+
+    store.delete(user, first)
+    with pytest.raises(NotFound):
+        store.get_conversation(user, first)
+    assert [c.id for c in store.list_conversations(user)] == [second]
+
+
+def test_an_unknown_conversation_is_not_found(store: Store) -> None:
+    user = store.user_id()
+    with pytest.raises(NotFound):
+        store.get_conversation(user, "0" * 32)
+    with pytest.raises(NotFound):
+        store.delete(user, "no-such-id")
+
+
+def test_search_matches_titles_and_message_text_ignoring_case(store: Store) -> None:
+    user = store.user_id()
+    by_title = store.create_conversation(user, "Quicksort in Python")
+    by_message = store.create_conversation(user, "Strings")
+    store.add_user_message(user, by_message, "How do I REVERSE a string?")
+    by_reply = store.create_conversation(user, "Regex")
+    exchange_with_reply(store, user, by_reply, "match digits", "Use \\d+ with re.findall")
+    unrelated = store.create_conversation(user, "Unrelated")
+
+    def found(search: str) -> set[str]:
+        return {c.id for c in store.list_conversations(user, search=search)}
+
+    assert found("quicksort") == {by_title}
+    assert found("QUICKSORT in") == {by_title}
+    assert found("reverse a STRING") == {by_message}
+    assert found("RE.FINDALL") == {by_reply}
+    assert found("\\d+") == {by_reply}
+    assert found("  python  ") == {by_title}
+    assert found("nothing like this") == set()
+    assert found("") == found("   ") == {by_title, by_message, by_reply, unrelated}
+
+
+def test_percent_and_underscore_in_a_search_are_literal(store: Store) -> None:
+    user = store.user_id()
+    percent = store.create_conversation(user, "Make it 100% faster")
+    no_percent = store.create_conversation(user, "Make it 1000 times faster")
+    underscore = store.create_conversation(user, "Naming")
+    store.add_user_message(user, underscore, "snake_case or camelCase?")
+    no_underscore = store.create_conversation(user, "Snakes")
+    store.add_user_message(user, no_underscore, "a snakeXcase of mistaken identity")
+    backslash = store.create_conversation(user, "Paths like C:\\temp")
+
+    def found(search: str) -> set[str]:
+        return {c.id for c in store.list_conversations(user, search=search)}
+
+    assert found("%") == {percent}
+    assert found("100%") == {percent}
+    assert found("100% faster") == {percent}
+    assert found("_") == {underscore}
+    assert found("e_c") == {underscore}
+    assert found("C:\\t") == {backslash}
+    assert no_percent not in found("1%0") | found("10_0")
+
+
+# -- users see only their own conversations ----------------------------------------------
+
+
+def test_another_user_cannot_see_or_touch_a_conversation(store: Store) -> None:
+    alice, bob = store.user_id("alice"), store.user_id("bob")
+    conversation = store.create_conversation(alice, "Alice's secret plan")
+    message, _reply = exchange_with_reply(store, alice, conversation, "the plan", "ok")
+
+    with pytest.raises(NotFound):
+        store.get_conversation(bob, conversation)
+    with pytest.raises(NotFound):
+        store.rename(bob, conversation, "mine now")
+    with pytest.raises(NotFound):
+        store.delete(bob, conversation)
+    with pytest.raises(NotFound):
+        store.add_user_message(bob, conversation, "hello?")
+    with pytest.raises(NotFound):
+        store.start_reply(bob, conversation, message, "smol", "llama.cpp")
+    with pytest.raises(NotFound):
+        store.delete_exchange(bob, conversation, message)
+    assert store.list_conversations(bob) == []
+    assert store.list_conversations(bob, search="plan") == []
+    assert store.count_messages(bob) == 0
+
+    record = store.get_conversation(alice, conversation)
+    assert record.title == "Alice's secret plan"
+    assert [(e.user, e.reply and e.reply.content) for e in record.exchanges] == [
+        ("the plan", "ok"),
+    ]
+    assert store.count_messages(alice) == 2
+
+
+# -- messages and replies --------------------------------------------------------------------
+
+
+def test_a_retry_keeps_both_versions_and_shows_the_latest(store: Store) -> None:
+    user = store.user_id()
+    conversation = store.create_conversation(user, "Retry")
+    message = store.add_user_message(user, conversation, "write fizzbuzz")
+    first = store.start_reply(user, conversation, message, "smol", "llama.cpp")
+    store.save_reply(first, "first try", status="stop")
+    second = store.start_reply(user, conversation, message, "bigger", "tgi")
+    store.save_reply(second, "second try", status="stop")
+
+    assert second != first
+    record = store.get_conversation(user, conversation)
+    assert len(record.exchanges) == 1
+    reply = record.exchanges[0].reply
+    assert reply is not None
+    assert (reply.id, reply.content, reply.model, reply.backend) == (
+        second, "second try", "bigger", "tgi",
+    )
+    assert (record.model, record.backend) == ("bigger", "tgi")
+    assert store.count_messages(user) == 3  # the question and both versions of the answer
+
+
+def test_a_reply_is_saved_partial_then_final_with_its_stats(store: Store) -> None:
+    user = store.user_id()
+    conversation = store.create_conversation(user, "Stream")
+    message = store.add_user_message(user, conversation, "count to three")
+    reply_id = store.start_reply(user, conversation, message, "smol", "llama.cpp")
+
+    def reply() -> tuple[object, ...]:
+        stored = store.get_conversation(user, conversation).exchanges[0].reply
+        assert stored is not None
+        return (
+            stored.id, stored.content, stored.status, stored.error, stored.tokens,
+            stored.time_to_first_token, stored.tokens_per_second, stored.model, stored.backend,
+        )
+
+    assert reply() == (reply_id, "", "streaming", None, None, None, None, "smol", "llama.cpp")
+    store.save_reply(reply_id, "one, ")
+    assert reply() == (
+        reply_id, "one, ", "streaming", None, None, None, None, "smol", "llama.cpp",
+    )
+    store.save_reply(
+        reply_id, "one, two, three", status="stop", tokens=6, time_to_first_token=0.25,
+        tokens_per_second=12.5,
+    )
+    assert reply() == (reply_id, "one, two, three", "stop", None, 6, 0.25, 12.5, "smol",
+                       "llama.cpp")
+
+    failed = store.start_reply(user, conversation, message, "smol", "llama.cpp")
+    store.save_reply(failed, "one, t", status="interrupted", error="The backend went away.")
+    assert reply()[:4] == (failed, "one, t", "interrupted", "The backend went away.")
+
+
+def test_recover_interrupted_marks_streaming_replies_and_leaves_finished_ones(
+    store: Store,
+) -> None:
+    alice, bob = store.user_id("alice"), store.user_id("bob")
+    mine = store.create_conversation(alice, "Cut off")
+    _, streaming = exchange_with_reply(store, alice, mine, "long answer please", "half of",
+                                       status="streaming")
+    _, finished = exchange_with_reply(store, alice, mine, "short one", "done", status="stop")
+    _, stopped = exchange_with_reply(store, alice, mine, "another", "sto", status="stopped")
+    theirs = store.create_conversation(bob, "Also cut off")
+    exchange_with_reply(store, bob, theirs, "hi", "", status="streaming")
+
+    assert store.recover_interrupted() == 2
+
+    replies = {
+        e.reply.id: e.reply for e in store.get_conversation(alice, mine).exchanges if e.reply
+    }
+    assert (replies[streaming].status, replies[streaming].error) == (
+        "interrupted", INTERRUPTED_BY_RESTART,
+    )
+    assert replies[streaming].content == "half of"
+    assert (replies[finished].status, replies[finished].error) == ("stop", None)
+    assert (replies[stopped].status, replies[stopped].error) == ("stopped", None)
+    bobs = store.get_conversation(bob, theirs).exchanges[0].reply
+    assert bobs is not None
+    assert (bobs.status, bobs.error) == ("interrupted", INTERRUPTED_BY_RESTART)
+    assert store.recover_interrupted() == 0
+
+
+def test_deleting_a_conversation_deletes_its_messages(store: Store) -> None:
+    user = store.user_id()
+    doomed = store.create_conversation(user, "Doomed")
+    message, _ = exchange_with_reply(store, user, doomed, "q1", "a1")
+    store.start_reply(user, doomed, message, "smol", "llama.cpp")  # a retry
+    exchange_with_reply(store, user, doomed, "q2", "a2")
+    kept = store.create_conversation(user, "Kept")
+    exchange_with_reply(store, user, kept, "q", "a")
+    assert store.count_messages(user) == 7
+
+    store.delete(user, doomed)
+
+    assert store.count_messages(user) == 2
+    assert [e.user for e in store.get_conversation(user, kept).exchanges] == ["q"]
+
+
+def test_delete_exchange_removes_the_message_and_every_version_of_its_reply(
+    store: Store,
+) -> None:
+    user = store.user_id()
+    conversation = store.create_conversation(user, "Undo")
+    exchange_with_reply(store, user, conversation, "keep me", "kept")
+    message, _ = exchange_with_reply(store, user, conversation, "take me back", "v1")
+    retry = store.start_reply(user, conversation, message, "smol", "llama.cpp")
+    store.save_reply(retry, "v2", status="stop")
+    assert store.count_messages(user) == 5
+
+    store.delete_exchange(user, conversation, message)
+
+    record = store.get_conversation(user, conversation)
+    assert [(e.user, e.reply and e.reply.content) for e in record.exchanges] == [
+        ("keep me", "kept"),
+    ]
+    assert store.count_messages(user) == 2
+    with pytest.raises(NotFound):
+        store.delete_exchange(user, conversation, message)
+
+
+def test_delete_exchange_refuses_a_message_of_another_conversation(store: Store) -> None:
+    user = store.user_id()
+    here = store.create_conversation(user, "Here")
+    there = store.create_conversation(user, "There")
+    message, _ = exchange_with_reply(store, user, there, "not here", "right")
+
+    with pytest.raises(NotFound):
+        store.delete_exchange(user, here, message)
+    assert [e.user for e in store.get_conversation(user, there).exchanges] == ["not here"]
+
+
+def test_unicode_and_a_one_megabyte_message_round_trip_exactly(store: Store) -> None:
+    user = store.user_id("Zoë 🦀")
+    title = "Ünïcödé — 日本語 · עברית · 🐍🦀 e\u0301"
+    conversation = store.create_conversation(user, title, "Réponds en français. 🇫🇷")
+    text = "print('héllo, 世界')\r\n\tλ x: x ** 2  # ∑ 🧮 \U0001f9ea\u200d\n  trailing  "
+    reply = "".join(chr(code) for code in range(0x20, 0x3000) if not 0xD800 <= code < 0xE000)
+    chunk = "def f(x):\n    return 'ÿ€😀'  # 1 MB\n"
+    huge = chunk * (1024 * 1024 // len(chunk.encode()) + 1)
+    assert len(huge.encode()) >= 1024 * 1024
+
+    exchange_with_reply(store, user, conversation, text, reply)
+    exchange_with_reply(store, user, conversation, huge, huge)
+
+    record = store.get_conversation(user, conversation)
+    assert (record.title, record.system_prompt) == (title, "Réponds en français. 🇫🇷")
+    assert [(e.user, e.reply and e.reply.content) for e in record.exchanges] == [
+        (text, reply), (huge, huge),
+    ]
+    assert [c.title for c in store.list_conversations(user, search="日本語")] == [title]
+    assert store.user_id("Zoë 🦀") == user
+
+
+# -- the PostgreSQL fixture and the benchmark harness -----------------------------------------
+
+
+def test_missing_postgres_binaries_name_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "15" / "bin").mkdir(parents=True)
+    (tmp_path / "15" / "bin" / "psql").touch()  # a client alone is not enough
+    with pytest.raises(PostgresMissing, match="scripts/test installs them"):
+        find_bin_dir(tmp_path)
+    for name in ("initdb", "pg_ctl", "postgres"):
+        for version in ("9.6", "15", "16"):
+            (tmp_path / version / "bin").mkdir(parents=True, exist_ok=True)
+            (tmp_path / version / "bin" / name).touch()
+    assert find_bin_dir(tmp_path) == tmp_path / "16" / "bin"
+
+
+
+@pytest.mark.postgres
+def test_the_store_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
+    output = tmp_path / "store.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.store", "--quick", "--output", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| database |" in result.stdout
+    report = json.loads(output.read_text())
+    assert report["mode"] == "quick"
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1
+    assert machine["memory_gib"] > 0
+    assert machine["sqlite_version"]
+    assert "PostgreSQL" in machine["postgres_version"]
+    databases = [row["database"] for row in report["results"]]
+    assert databases[0].startswith("sqlite")
+    assert any(name.startswith("postgresql") for name in databases)
+    for row in report["results"]:
+        assert row["writes"] > 0
+        assert row["writes_per_second"] > 0
+        assert row["load_messages"] == report["parameters"]["load_messages"]
+        assert row["load_ms_median"] > 0
