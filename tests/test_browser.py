@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from app.server import create_app
+from app.server import create_app, open_store
+from app.store import Accounts
 from tests.conftest import OUTPUT, RunningApp, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
@@ -91,3 +93,62 @@ def test_a_real_reply_in_the_page(browser: Browser, running_app: RunningApp) -> 
     page.screenshot(path=str(OUTPUT / "engine-reply.png"), full_page=True)
     assert "first token" in stats
     page.close()
+
+
+def test_conversations_in_the_sidebar(page: Page, fake: FakeBackend) -> None:
+    fake.tokens = ["Hello", ",", " world", "!"]
+    fake.token_delay = 0.0
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    page.locator("#message textarea").fill("first question")
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+    page.locator("#new-chat").click()
+    expect(page.locator("#chat .message")).to_have_count(0)
+    page.locator("#message textarea").fill("second question")
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+    listed = page.locator("#conversations label")
+    expect(listed).to_have_count(2)
+    expect(listed.first).to_contain_text("second question")
+    page.locator("#conversations").get_by_text("first question").click()
+    expect(page.locator("#chat .message.user")).to_have_text(["first question"])
+    page.locator("#delete").click()
+    page.locator("#confirm").click()
+    expect(listed).to_have_count(1)
+    expect(listed.first).to_contain_text("second question")
+    expect(page.locator("#chat .message")).to_have_count(0)
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-conversations.png"), full_page=True)
+
+
+def sign_in(browser: Browser, url: str, name: str, password: str) -> Page:
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    return page
+
+
+def test_accounts_see_only_their_own_conversations(
+    browser: Browser, backend: ServerThread, tmp_path: Path
+) -> None:
+    settings = settings_for(backend.url, auth_mode="password")
+    accounts = Accounts(open_store(settings))
+    accounts.signup("alice", "correct horse")
+    accounts.signup("bob", "battery staple")
+    with ServerThread(create_app(settings)) as server:
+        refused = sign_in(browser, server.url, "alice", "wrong password")
+        expect(refused.get_by_text("Incorrect Credentials")).to_be_visible()
+        alice = sign_in(browser, server.url, "alice", "correct horse")
+        alice.locator("#message textarea").fill("alice's secret plan")
+        alice.locator("#message textarea").press("Enter")
+        expect(alice.locator("#chat .message.bot")).to_contain_text("finished")
+        expect(alice.locator("#conversations label")).to_have_count(1)
+        bob = sign_in(browser, server.url, "bob", "battery staple")
+        expect(bob.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+        expect(bob.locator("#conversations label")).to_have_count(0)
+        bob.locator("#search input, #search textarea").first.fill("secret")
+        expect(bob.locator("#conversations label")).to_have_count(0)
+        OUTPUT.mkdir(exist_ok=True)
+        alice.screenshot(path=str(OUTPUT / "browser-signed-in.png"), full_page=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pytest
+from sqlalchemy import text
 
-from app.chat import ChatService, Exchange
+from app.chat import Chat, ChatService, Exchange
+from app.server import open_store
 from app.ui import PlaygroundUI
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
@@ -20,7 +23,9 @@ CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 
 
 def make_ui(url: str, **overrides: Any) -> PlaygroundUI:
-    return PlaygroundUI(ChatService(settings_for(url, **overrides)))
+    """The page's handlers, their store a SQLite file in the test's own folder."""
+    settings = settings_for(url, **overrides)
+    return PlaygroundUI(ChatService(settings), open_store(settings))
 
 
 async def drain(updates: AsyncIterator[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -34,8 +39,8 @@ def last_reply(update: tuple[Any, ...]) -> str:
 
 async def test_a_reply_streams_with_its_stats(backend: ServerThread, fake: FakeBackend) -> None:
     fake.tokens = ["def", " f", "():", "\n", "    pass"]
-    conversation: list[Exchange] = []
-    updates = await drain(make_ui(backend.url).send("write f", conversation, "sys", *CONTROLS))
+    chat = Chat()
+    updates = await drain(make_ui(backend.url).send(None, "write f", chat, "sys", *CONTROLS))
     assert len(updates) >= 3, "the reply grows in several updates"
     assert updates[0][2] == "", "the message box is cleared once the message is taken"
     final = last_reply(updates[-1])
@@ -43,32 +48,32 @@ async def test_a_reply_streams_with_its_stats(backend: ServerThread, fake: FakeB
     assert "5 tokens" in final
     assert "tokens/s" in final
     assert "finished" in final
-    assert conversation[0].reply == "def f():\n    pass"
+    assert chat.exchanges[0].reply == "def f():\n    pass"
     assert fake.requests[-1]["messages"][0] == {"role": "system", "content": "sys"}
 
 
 async def test_a_reply_cut_at_max_new_tokens_says_so(backend: ServerThread) -> None:
     controls = (2, *CONTROLS[1:])
-    updates = await drain(make_ui(backend.url).send("hi", [], "", *controls))
+    updates = await drain(make_ui(backend.url).send(None, "hi", Chat(), "", *controls))
     assert "cut at the token limit" in last_reply(updates[-1])
 
 
 async def test_an_empty_message_sends_nothing(backend: ServerThread, fake: FakeBackend) -> None:
-    conversation: list[Exchange] = []
-    updates = await drain(make_ui(backend.url).send("   \n", conversation, "", *CONTROLS))
-    assert updates == [(gr.skip(),) * 5]
-    assert conversation == []
+    chat = Chat()
+    updates = await drain(make_ui(backend.url).send(None, "   \n", chat, "", *CONTROLS))
+    assert updates == [(gr.skip(),) * 6]
+    assert chat.exchanges == []
     assert fake.requests == []
 
 
 async def test_a_message_over_the_limit_is_refused_and_kept(
     backend: ServerThread, fake: FakeBackend
 ) -> None:
-    conversation = [Exchange("earlier", "reply", done=True)]
+    chat = Chat(None, [Exchange("earlier", "reply", done=True)])
     ui = make_ui(backend.url, max_message_chars=10)
     with pytest.raises(gr.Error, match="11 characters; the limit is 10"):
-        await drain(ui.send("x" * 11, conversation, "", *CONTROLS))
-    assert conversation == [Exchange("earlier", "reply", done=True)]
+        await drain(ui.send(None, "x" * 11, chat, "", *CONTROLS))
+    assert chat.exchanges == [Exchange("earlier", "reply", done=True)]
     assert fake.requests == []
 
 
@@ -76,10 +81,10 @@ async def test_a_message_too_long_for_the_context_is_refused(
     fake: FakeBackend, backend: ServerThread
 ) -> None:
     fake.max_input_tokens, fake.max_total_tokens = 100, 200
-    conversation: list[Exchange] = []
+    chat = Chat()
     with pytest.raises(gr.Error, match="Shorten the message"):
-        await drain(make_ui(backend.url).send("word " * 200, conversation, "", *CONTROLS))
-    assert conversation == []
+        await drain(make_ui(backend.url).send(None, "word " * 200, chat, "", *CONTROLS))
+    assert chat.exchanges == []
     assert fake.requests == []
 
 
@@ -87,9 +92,9 @@ async def test_older_turns_left_out_are_announced(
     fake: FakeBackend, backend: ServerThread
 ) -> None:
     fake.max_input_tokens, fake.max_total_tokens = 300, 400
-    conversation = [Exchange("q" * 150, "a" * 150, done=True) for _ in range(4)]
+    chat = Chat(None, [Exchange("q" * 150, "a" * 150, done=True) for _ in range(4)])
     controls = (100, *CONTROLS[1:])
-    updates = await drain(make_ui(backend.url).send("next", conversation, "", *controls))
+    updates = await drain(make_ui(backend.url).send(None, "next", chat, "", *controls))
     # Each exchange is estimated at 116 tokens: two fit the budget of 300 beside the message.
     assert "The 2 oldest exchanges were left out" in updates[0][3]
     assert len(fake.requests[-1]["messages"]) == 5
@@ -99,42 +104,42 @@ async def test_backend_down_then_back_without_a_restart(fake: FakeBackend) -> No
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ui = make_ui(url)
-    header = (await ui.on_load())[0]
+    header = (await ui.on_load(None))[0]
     assert f"The backend at {url} is unreachable" in header
-    conversation: list[Exchange] = []
-    updates = await drain(ui.send("hello?", conversation, "", *CONTROLS))
+    chat = Chat()
+    updates = await drain(ui.send(None, "hello?", chat, "", *CONTROLS))
     assert f"⚠️ The backend at {url} is unreachable" in last_reply(updates[-1])
     assert "Traceback" not in last_reply(updates[-1])
     with ServerThread(fake.app(), port=port):
-        updates = await drain(ui.send("hello again", conversation, "", *CONTROLS))
+        updates = await drain(ui.send(None, "hello again", chat, "", *CONTROLS))
     assert last_reply(updates[-1]).startswith("Hello, world!")
     assert fake.requests[-1]["messages"][-1]["content"] == "hello again"
-    assert [ex.user for ex in conversation] == ["hello?", "hello again"]
+    assert [ex.user for ex in chat.exchanges] == ["hello?", "hello again"]
 
 
 async def test_backend_dying_mid_stream_keeps_the_partial_reply(
     fake: FakeBackend, backend: ServerThread
 ) -> None:
     fake.mode = "die_mid_stream"
-    conversation: list[Exchange] = []
-    updates = await drain(make_ui(backend.url).send("hi", conversation, "", *CONTROLS))
+    chat = Chat()
+    updates = await drain(make_ui(backend.url).send(None, "hi", chat, "", *CONTROLS))
     final = last_reply(updates[-1])
     assert final.startswith("Hello,")
     assert "broke before the reply was finished" in final
     assert "interrupted" in final
-    assert conversation[0].reply == "Hello,"
-    assert conversation[0].done
+    assert chat.exchanges[0].reply == "Hello,"
+    assert chat.exchanges[0].done
 
 
 async def test_stop_closes_the_upstream_stream(fake: FakeBackend, backend: ServerThread) -> None:
     fake.tokens = [f"t{i} " for i in range(200)]
     fake.token_delay = 0.02
     ui = make_ui(backend.url)
-    conversation: list[Exchange] = []
-    updates = ui.send("go on", conversation, "", *CONTROLS)
+    chat = Chat()
+    updates = ui.send(None, "go on", chat, "", *CONTROLS)
     await anext(updates)
     partial = last_reply(await anext(updates))
-    await ui.stop(conversation)
+    await ui.stop(chat)
     rest = await drain(updates)
     assert len(rest) == 1, "the handler ends at once with the reply marked stopped"
     assert last_reply(rest[0]).endswith("stopped by you_")
@@ -148,11 +153,11 @@ async def test_stop_works_while_the_backend_is_silent(
 ) -> None:
     fake.mode = "stall"
     ui = make_ui(backend.url)
-    conversation: list[Exchange] = []
-    updates = ui.send("go on", conversation, "", *CONTROLS)
+    chat = Chat()
+    updates = ui.send(None, "go on", chat, "", *CONTROLS)
     await anext(updates)
     await anext(updates)
-    asyncio.get_running_loop().call_later(0.2, conversation[-1].stop.set)
+    asyncio.get_running_loop().call_later(0.2, chat.exchanges[-1].stop.set)
     final = last_reply((await drain(updates))[-1])
     assert final.startswith("Hello,")
     assert final.endswith("stopped by you_")
@@ -167,18 +172,98 @@ async def wait_for(condition: Callable[[], bool]) -> None:
     raise AssertionError("the fake backend never saw the stream closed")
 
 
-async def test_retry_undo_and_clear(backend: ServerThread, fake: FakeBackend) -> None:
+async def test_retry_undo_and_new_chat(backend: ServerThread, fake: FakeBackend) -> None:
     ui = make_ui(backend.url)
-    conversation: list[Exchange] = []
-    await drain(ui.send("first", conversation, "", *CONTROLS))
-    await drain(ui.retry(conversation, "", *CONTROLS))
-    assert [ex.user for ex in conversation] == ["first"]
+    chat = Chat()
+    await drain(ui.send(None, "first", chat, "", *CONTROLS))
+    await drain(ui.retry(None, chat, "", *CONTROLS))
+    assert [ex.user for ex in chat.exchanges] == ["first"]
     assert [r["messages"][-1]["content"] for r in fake.requests] == ["first", "first"]
     assert len(fake.requests[-1]["messages"]) == 1, "the retried reply is not sent back"
-    shown, conversation, box = await ui.undo(conversation)
-    assert (shown, conversation, box) == ([], [], "first")
-    await drain(ui.send("again", conversation, "", *CONTROLS))
-    assert await ui.clear(conversation) == ([], [], "")
+    store = ui.store
+    with store.engine.connect() as db:
+        replies = db.execute(text("SELECT count(*) FROM messages WHERE role = 'assistant'"))
+        assert replies.scalar() == 2, "the store keeps the earlier version of a retried reply"
+    conversation_id = chat.id
+    assert conversation_id is not None
+    shown, chat, box = await ui.undo(None, chat)
+    assert (shown, chat.exchanges, box) == ([], [], "first")
+    local = await ui.history_for(None)
+    assert store.get_conversation(local.user_id, conversation_id).exchanges == []
+    await drain(ui.send(None, "again", chat, "", *CONTROLS))
+    shown, fresh, box, _ = await ui.new_chat(chat)
+    assert (shown, fresh, box) == ([], Chat(), "")
+    assert [title for title, _ in await local.choices()] == ["first"]
+
+
+async def test_the_message_is_stored_first_and_the_reply_as_it_streams(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    fake.tokens = [f"t{i} " for i in range(12)]
+    fake.token_delay = 0.2
+    ui = make_ui(backend.url)
+    chat = Chat()
+    updates = ui.send(None, "keep me", chat, "", *CONTROLS)
+    await anext(updates)
+    assert chat.id is not None
+    local = await ui.history_for(None)
+    stored = ui.store.get_conversation(local.user_id, chat.id).exchanges
+    assert [(e.user, e.reply and e.reply.status) for e in stored] == [("keep me", "streaming")]
+    async for _ in updates:
+        reply = ui.store.get_conversation(local.user_id, chat.id).exchanges[0].reply
+        if reply is not None and reply.content:
+            break
+    assert reply is not None
+    assert reply.status == "streaming"
+    assert reply.content.startswith("t0 t1 t2"), "saved while streaming, at least every second"
+    await drain(updates)
+    final = ui.store.get_conversation(local.user_id, chat.id).exchanges[0].reply
+    assert final is not None
+    assert (final.status, final.tokens, final.content) == ("stop", 12, "".join(fake.tokens))
+
+
+async def test_a_conversation_reopens_with_its_prompt_and_settings(
+    backend: ServerThread,
+) -> None:
+    ui = make_ui(backend.url)
+    chat = Chat()
+    controls = (64, 0.7, 0.9, 40, 1.1, 0.0, 0.0, "END", 7)
+    await drain(ui.send(None, "Write fizzbuzz\nin Python", chat, "be terse", *controls))
+    assert chat.id is not None
+    shown, opened, prompt, title, *values = await ui.open_chat(None, chat.id, Chat())
+    assert opened.id == chat.id
+    assert [ex.reply for ex in opened.exchanges] == ["Hello, world!"]
+    assert shown[-1]["content"].startswith("Hello, world!\n\n_4 tokens · first token")
+    assert shown[-1]["content"].endswith(" · finished_")
+    assert (prompt, title, tuple(values)) == ("be terse", "Write fizzbuzz", controls)
+
+
+async def test_search_rename_and_delete(backend: ServerThread) -> None:
+    ui = make_ui(backend.url)
+    first, second = Chat(), Chat()
+    await drain(ui.send(None, "sort a list in Go", first, "", *CONTROLS))
+    await drain(ui.send(None, "reverse a string", second, "", *CONTROLS))
+    found = await ui.search(None, "GO", second)
+    assert [title for title, _ in found["choices"]] == ["sort a list in Go"]
+    found = await ui.search(None, "world", second)  # the replies' text
+    assert len(found["choices"]) == 2
+    renamed = await ui.rename(None, "String tricks", second)
+    assert [title for title, _ in renamed["choices"]] == ["String tricks", "sort a list in Go"]
+    _, _, _, remaining, _ = await ui.delete(None, second)
+    assert [title for title, _ in remaining["choices"]] == ["sort a list in Go"]
+
+
+async def test_another_users_conversation_cannot_be_opened(backend: ServerThread) -> None:
+    ui = make_ui(backend.url, auth_mode="password")
+    chat = Chat()
+    alice, mallory = gr.Request(username="alice"), gr.Request(username="mallory")
+    await drain(ui.send(alice, "mine", chat, "", *CONTROLS))
+    assert chat.id is not None
+    with pytest.raises(gr.Error, match="no longer exists"):
+        await ui.open_chat(mallory, chat.id, Chat())
+    assert await (await ui.history_for(mallory)).choices() == []
+    with pytest.raises(gr.Error, match="Sign in first"):
+        await ui.history_for(None)
 
 
 @pytest.mark.parametrize(("kind", "top_k_visible"), [("tgi", False), ("llama.cpp", True)])
@@ -187,9 +272,9 @@ async def test_controls_the_backend_ignores_are_hidden(
 ) -> None:
     fake.kind = kind  # type: ignore[assignment]
     with ServerThread(fake.app()) as server:
-        header, max_new, *_, top_k, _rp, _fp, _pp, _stop, _seed = await make_ui(
+        header, _list, max_new, *_, top_k, _rp, _fp, _pp, _stop, _seed = await make_ui(
             server.url
-        ).on_load()
+        ).on_load(None)
     assert f"Model **{fake.model_id}**" in header
     assert top_k["visible"] is top_k_visible
     assert max_new["maximum"] == 2047
@@ -198,14 +283,32 @@ async def test_controls_the_backend_ignores_are_hidden(
 async def test_too_many_stop_sequences_for_tgi(backend: ServerThread) -> None:
     controls = (*CONTROLS[:7], "a\nb\nc\nd\ne", -1)
     with pytest.raises(gr.Error, match="at most 4 stop sequences"):
-        await drain(make_ui(backend.url).send("hi", [], "", *controls))
+        await drain(make_ui(backend.url).send(None, "hi", Chat(), "", *controls))
 
 
 async def test_a_refused_retry_keeps_the_reply_it_would_replace(backend: ServerThread) -> None:
     ui = make_ui(backend.url)
-    conversation: list[Exchange] = []
-    await drain(ui.send("first", conversation, "", *CONTROLS))
+    chat = Chat()
+    await drain(ui.send(None, "first", chat, "", *CONTROLS))
     too_many_stops = (*CONTROLS[:7], "a\nb\nc\nd\ne", -1)
     with pytest.raises(gr.Error, match="at most 4 stop sequences"):
-        await drain(ui.retry(conversation, "", *too_many_stops))
-    assert [(ex.user, ex.reply) for ex in conversation] == [("first", "Hello, world!")]
+        await drain(ui.retry(None, chat, "", *too_many_stops))
+    assert [(ex.user, ex.reply) for ex in chat.exchanges] == [("first", "Hello, world!")]
+
+
+async def test_export_then_import_through_the_page(backend: ServerThread, tmp_path: Path) -> None:
+    ui = make_ui(backend.url)
+    chat = Chat()
+    await drain(ui.send(None, "export me", chat, "", *CONTROLS))
+    markdown = Path(await ui.export(None, chat, "markdown"))
+    assert markdown.read_text().startswith("# export me")
+    everything = Path(await ui.export(None, chat, "all"))
+    listed = await ui.import_file(None, str(everything), chat)
+    assert [title for title, _ in listed["choices"]] == ["export me", "export me"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(gr.Error, match="Nothing was imported: "):
+        await ui.import_file(None, str(bad), chat)
+    assert len(await (await ui.history_for(None)).choices()) == 2
+    with pytest.raises(gr.Error, match="nothing to export yet"):
+        await ui.export(None, Chat(), "json")

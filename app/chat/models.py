@@ -57,4 +57,15 @@ class Exchange:
     stats: TurnStats | None = None
     error: str | None = None
     done: bool = False
+    user_message_id: int | None = None
+    reply_id: int | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+
+@dataclass
+class Chat:
+    """The conversation open in one browser tab; ``id`` is None until its first message is
+    stored."""
+
+    id: str | None = None
+    exchanges: list[Exchange] = field(default_factory=list)

@@ -7,7 +7,7 @@ thread (``asyncio.to_thread``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from app.store.models import Conversation, Message, User, now
 
@@ -217,12 +217,14 @@ class Store:
             return message.id
 
     def start_reply(
-        self, user_id: int, conversation_id: str, reply_to: int, model: str, backend: str
+        self, user_id: int, conversation_id: str, reply_to: int, model: str | None,
+        backend: str | None,
     ) -> int:
         """A new version of the reply to ``reply_to``, streaming; earlier versions are kept."""
         with self._session() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            conversation.model, conversation.backend = model, backend
+            if model is not None:
+                conversation.model, conversation.backend = model, backend
             message = Message(
                 conversation_id=conversation_id, role="assistant", reply_to_id=reply_to,
                 status="streaming", model=model, backend=backend,
@@ -250,6 +252,7 @@ class Store:
                 select(Message).where(Message.reply_to_id == user_message_id)
             ):
                 session.delete(reply)
+            session.flush()  # the replies first: the unit of work would delete by id order
             session.delete(message)
 
     def count_messages(self, user_id: int) -> int:
@@ -259,6 +262,56 @@ class Store:
                 .where(Conversation.user_id == user_id)
             )
             return int(total or 0)
+
+    # -- whole conversations, for export and import (app.store.transfer) -------------------
+
+    def conversation_rows(
+        self, user_id: int, conversation_id: str | None = None
+    ) -> list[Conversation]:
+        """The user's conversations (one, or all oldest first) as detached rows, each with
+        every message loaded in id order.
+
+        Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
+        """
+        query = (
+            select(Conversation).where(Conversation.user_id == user_id)
+            .options(selectinload(Conversation.messages))
+            .order_by(Conversation.created_at, Conversation.id)
+        )
+        if conversation_id is not None:
+            query = query.where(Conversation.id == conversation_id)
+        with self._session() as session:
+            rows = list(session.scalars(query))
+        if conversation_id is not None and not rows:
+            raise NotFound(f"No conversation {conversation_id}.")
+        return rows
+
+    def add_conversations(
+        self,
+        user_id: int,
+        conversations: Iterable[tuple[Conversation, Sequence[tuple[Message, Message | None]]]],
+    ) -> list[str]:
+        """Add whole conversations for the user in one transaction: all of them, or none.
+
+        Each conversation comes with its messages in order, each paired with the earlier user
+        message of the same conversation that it answers (or ``None``); ids follow that order.
+        The rows are consumed inside the transaction, so a failure while building or writing
+        any of them rolls back every row. Returns the new conversation ids.
+        """
+        with self._session() as session:
+            ids = []
+            for conversation, messages in conversations:
+                conversation.user_id = user_id
+                session.add(conversation)
+                for message, answers in messages:
+                    if answers is not None:
+                        if answers.id is None:
+                            session.flush()  # the message answered needs its id
+                        message.reply_to_id = answers.id
+                    conversation.messages.append(message)
+                session.flush()
+                ids.append(conversation.id)
+            return ids
 
     @staticmethod
     def _owned(session: Session, user_id: int, conversation_id: str) -> Conversation:

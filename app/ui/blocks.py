@@ -3,14 +3,19 @@ controls. Handlers are async generators; they know the chat service, never HTTP.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from app.backends import BackendError, BackendInfo, GenerationParams
-from app.chat import ChatService, ContextOverflow, Exchange
+from app.chat import Chat, ChatService, ContextOverflow, Exchange
+from app.chat.history import History
+from app.store import NotFound, Store, transfer
+from app.store.store import LOCAL_USER
 from app.ui.render import chat_messages, dropped_notice, header_markdown
 
 EXAMPLES = [
@@ -30,13 +35,32 @@ CONTROL_NAMES = (
     "frequency_penalty", "presence_penalty", "stop", "seed",
 )
 
-Conversation = list[Exchange]
+# Outputs of the handlers that stream a reply, in this order.
+REPLY_OUTPUTS = ("chatbot", "chat", "message", "notice", "header", "conversations")
+
+
+def skip_all() -> tuple[Any, ...]:
+    return (gr.skip(),) * len(REPLY_OUTPUTS)
 
 
 class PlaygroundUI:
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatService, store: Store) -> None:
         self.service = service
+        self.store = store
         self.settings = service.settings
+        self._user_ids: dict[str, int] = {}
+
+    async def history_for(self, request: gr.Request | None) -> History:
+        """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
+        if self.settings.auth_mode == "none":
+            name = LOCAL_USER
+        elif request is None or not request.username:
+            raise gr.Error("Sign in first.")
+        else:
+            name = request.username
+        if name not in self._user_ids:
+            self._user_ids[name] = await asyncio.to_thread(self.store.user_id, name)
+        return History(self.store, self._user_ids[name])
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -66,27 +90,34 @@ class PlaygroundUI:
             **{name: float(value) for name, value in given.items()},
         )
 
+    @staticmethod
+    async def _list(history: History, chat: Chat, search: str = "") -> Any:
+        return gr.update(choices=await history.choices(search), value=chat.id)
+
     # -- events --------------------------------------------------------------------------
 
-    async def on_load(self) -> list[Any]:
+    async def on_load(self, request: gr.Request | None) -> list[Any]:
         info, error = await self._info()
         header = header_markdown(info, error, self.settings.backend_root)
+        history = await self.history_for(request)
+        conversations = gr.update(choices=await history.choices())
         if info is None:
-            return [header, *(gr.update() for _ in CONTROL_NAMES)]
+            return [header, conversations, *(gr.update() for _ in CONTROL_NAMES)]
         updates = []
         for name in CONTROL_NAMES:
             if name == "max_new_tokens":
                 updates.append(gr.update(maximum=info.max_total_tokens - 1, visible=True))
             else:
                 updates.append(gr.update(visible=name in info.controls))
-        return [header, *updates]
+        return [header, conversations, *updates]
 
     async def send(
-        self, text: str, conversation: Conversation, system_prompt: str, *controls: Any
+        self, request: gr.Request | None, text: str, chat: Chat, system_prompt: str,
+        *controls: Any,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Send a new message: outputs (chatbot, conversation, message box, notice, header)."""
+        """Send a new message; outputs as in ``REPLY_OUTPUTS``."""
         if not text.strip():
-            yield (gr.skip(),) * 5
+            yield skip_all()
             return
         limit = self.settings.max_message_chars
         if len(text) > limit:
@@ -94,84 +125,187 @@ class PlaygroundUI:
                 f"Your message has {len(text)} characters; the limit is {limit}. "
                 "Shorten it or split it into parts. Nothing was sent."
             )
-        async for update in self._reply(text, conversation, system_prompt, controls):
+        history = await self.history_for(request)
+        async for update in self._reply(history, text, chat, system_prompt, controls):
             yield update
 
     async def retry(
-        self, conversation: Conversation, system_prompt: str, *controls: Any
+        self, request: gr.Request | None, chat: Chat, system_prompt: str, *controls: Any
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Ask again for the last message; its reply is replaced once the new one starts."""
-        if not conversation or not conversation[-1].done:
-            yield (gr.skip(),) * 5
+        """Ask again for the last message; its reply is replaced once the new one starts (the
+        store keeps the earlier version)."""
+        if not chat.exchanges or not chat.exchanges[-1].done:
+            yield skip_all()
             return
-        last = conversation[-1]
+        last = chat.exchanges[-1]
+        history = await self.history_for(request)
         async for update in self._reply(
-            last.user, conversation, system_prompt, controls, replaces_last=True
+            history, last.user, chat, system_prompt, controls, retried=last
         ):
             yield update
 
     async def _reply(
-        self, text: str, conversation: Conversation, system_prompt: str,
-        controls: tuple[Any, ...], replaces_last: bool = False,
+        self, history: History, text: str, chat: Chat, system_prompt: str,
+        controls: tuple[Any, ...], retried: Exchange | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Stream a reply to ``text``; a refusal (gr.Error) leaves the conversation as it was."""
-        history = conversation[:-1] if replaces_last else conversation
+        """Stream a reply to ``text``, storing the message first and the reply as it grows.
+
+        A refusal (gr.Error) leaves the conversation, shown and stored, as it was.
+        """
+        earlier = chat.exchanges[:-1] if retried else chat.exchanges
         info, error = await self._info()
         header = header_markdown(info, error, self.settings.backend_root)
-        if info is None:
-            if replaces_last:
-                conversation.pop()
-            conversation.append(Exchange(user=text, error=str(error), done=True))
-            yield chat_messages(conversation), conversation, "", "", header
+        params = None if info is None else self._params(info, controls)
+        fitted = None
+        if info is not None and params is not None:
+            try:
+                fitted = self.service.fit(
+                    info, system_prompt, earlier, text, params.max_new_tokens
+                )
+            except ContextOverflow as err:
+                raise gr.Error(str(err)) from err
+        settings = dict(zip(CONTROL_NAMES, controls, strict=True))
+        exchange = await history.begin(
+            chat, text, info, system_prompt, settings, retried=retried
+        )
+        conversations = await self._list(history, chat) if retried is None else gr.skip()
+        if fitted is None or params is None or info is None:
+            exchange.error, exchange.done = str(error), True
+            await history.save_final(exchange)
+            yield chat_messages(chat.exchanges), chat, "", "", header, conversations
             return
-        params = self._params(info, controls)
-        try:
-            fitted = self.service.fit(
-                info, system_prompt, history, text, params.max_new_tokens
-            )
-        except ContextOverflow as err:
-            raise gr.Error(str(err)) from err
         notice = dropped_notice(fitted.dropped_exchanges, fitted.budget)
-        if replaces_last:
-            conversation.pop()
-        exchange = Exchange(user=text)
-        conversation.append(exchange)
-        yield chat_messages(conversation), conversation, "", notice, header
-        stream = self.service.stream_reply(info, fitted.messages, params, exchange.stop)
-        async with aclosing(stream):
-            async for progress in stream:
-                exchange.reply = progress.text
-                exchange.stats = progress.stats
-                if progress.error is not None:
-                    exchange.error = str(progress.error)
-                exchange.done = progress.done
-                yield chat_messages(conversation), conversation, gr.skip(), gr.skip(), gr.skip()
+        yield chat_messages(chat.exchanges), chat, "", notice, header, conversations
+        updates = history.stream_and_save(
+            self.service, exchange, info, fitted.messages, params
+        )
+        async with aclosing(updates):
+            async for _ in updates:
+                yield chat_messages(chat.exchanges), chat, *(gr.skip(),) * 4
 
-    async def stop(self, conversation: Conversation) -> None:
+    async def stop(self, chat: Chat) -> None:
         """Ask the reply in progress to end; its handler shows it as stopped."""
-        for exchange in conversation:
+        for exchange in chat.exchanges:
             exchange.stop.set()
 
-    async def undo(self, conversation: Conversation) -> tuple[Any, Conversation, str]:
-        """Take back the last exchange and put its message in the box for editing."""
-        if not conversation:
-            return gr.skip(), conversation, gr.skip()
-        await self.stop(conversation)
-        last = conversation.pop()
-        return chat_messages(conversation), conversation, last.user
+    async def undo(self, request: gr.Request | None, chat: Chat) -> tuple[Any, Chat, str]:
+        """Take back the last exchange (from the store too) and put its message in the box."""
+        if not chat.exchanges:
+            return gr.skip(), chat, gr.skip()
+        await self.stop(chat)
+        last = chat.exchanges.pop()
+        await (await self.history_for(request)).forget(chat, last)
+        return chat_messages(chat.exchanges), chat, last.user
 
-    async def clear(self, conversation: Conversation) -> tuple[list[Any], Conversation, str]:
-        """Empty the conversation in place, so that a reply still streaming ends in it too."""
-        await self.stop(conversation)
-        conversation.clear()
-        return [], conversation, ""
+    async def new_chat(self, chat: Chat) -> tuple[list[Any], Chat, str, Any]:
+        """Start an empty conversation; the one on screen stays in the list. A reply still
+        streaming ends (stopped) and is kept."""
+        await self.stop(chat)
+        return [], Chat(), "", gr.update(value=None)
+
+    async def open_chat(
+        self, request: gr.Request | None, conversation_id: str | None, chat: Chat
+    ) -> tuple[Any, ...]:
+        """Show a stored conversation with its system prompt and settings."""
+        if not conversation_id or conversation_id == chat.id:
+            return (gr.skip(),) * (4 + len(CONTROL_NAMES))
+        await self.stop(chat)
+        try:
+            record, opened = await (await self.history_for(request)).open(conversation_id)
+        except NotFound as err:
+            raise gr.Error("That conversation no longer exists.") from err
+        values = [record.settings.get(name, gr.skip()) for name in CONTROL_NAMES]
+        return (chat_messages(opened.exchanges), opened, record.system_prompt, record.title,
+                *values)
+
+    async def search(self, request: gr.Request | None, text: str, chat: Chat) -> Any:
+        return await self._list(await self.history_for(request), chat, text)
+
+    async def rename(self, request: gr.Request | None, title: str, chat: Chat) -> Any:
+        if chat.id is None:
+            raise gr.Error("Send a first message before naming the conversation.")
+        if not title.strip():
+            raise gr.Error("Give the conversation a title.")
+        history = await self.history_for(request)
+        await history.rename(chat.id, title.strip()[:200])
+        return await self._list(history, chat)
+
+    async def export_json(self, request: gr.Request | None, chat: Chat) -> str:
+        return await self.export(request, chat, "json")
+
+    async def export_markdown(self, request: gr.Request | None, chat: Chat) -> str:
+        return await self.export(request, chat, "markdown")
+
+    async def export_all(self, request: gr.Request | None, chat: Chat) -> str:
+        return await self.export(request, chat, "all")
+
+    async def export(self, request: gr.Request | None, chat: Chat, which: str) -> str:
+        """A file to download: this conversation (JSON or Markdown) or all of them (JSON)."""
+        if which != "all" and chat.id is None:
+            raise gr.Error("This conversation is empty; there is nothing to export yet.")
+        conversation_id = None if which == "all" else chat.id
+        history = await self.history_for(request)
+        return str(await history.export(conversation_id, markdown=which == "markdown"))
+
+    async def import_file(self, request: gr.Request | None, path: str, chat: Chat) -> Any:
+        history = await self.history_for(request)
+        try:
+            added = await history.import_file(Path(path))
+        except transfer.TransferError as err:
+            raise gr.Error(f"Nothing was imported: {err}") from err
+        gr.Info(f"Imported {len(added)} conversation(s).")
+        return await self._list(history, chat)
+
+    async def delete(
+        self, request: gr.Request | None, chat: Chat
+    ) -> tuple[list[Any], Chat, str, Any, Any]:
+        """Delete the conversation on screen (after the user confirmed)."""
+        await self.stop(chat)
+        history = await self.history_for(request)
+        if chat.id is not None:
+            await history.delete(chat.id)
+        empty = Chat()
+        return [], empty, "", await self._list(history, empty), gr.update(visible=False)
 
     # -- layout --------------------------------------------------------------------------
 
     def build(self) -> gr.Blocks:
         s = self.settings
         with gr.Blocks(title="Coding Playground") as demo:
-            conversation = gr.State([])
+            chat = gr.State(Chat())
+            with gr.Sidebar(label="Conversations", open=True):
+                new = gr.Button("New conversation", elem_id="new-chat")
+                if s.auth_mode == "password":
+                    gr.Button("Sign out", link="/logout", size="sm", elem_id="sign-out")
+                search = gr.Textbox(
+                    placeholder="Search titles and messages", show_label=False,
+                    elem_id="search",
+                )
+                conversations = gr.Radio(
+                    [], label="Conversations", show_label=False, elem_id="conversations"
+                )
+                title = gr.Textbox(
+                    label="Title", placeholder="A new title, then Rename", elem_id="title"
+                )
+                with gr.Row():
+                    rename = gr.Button("Rename", size="sm", elem_id="rename")
+                    delete = gr.Button("Delete", size="sm", variant="stop", elem_id="delete")
+                with gr.Row(visible=False) as confirm_row:
+                    gr.Markdown("Delete this conversation for good?")
+                    confirm = gr.Button("Delete", size="sm", variant="stop", elem_id="confirm")
+                    cancel = gr.Button("Keep", size="sm", elem_id="cancel")
+                with gr.Accordion("Export and import", open=False):
+                    exports = {
+                        "json": gr.Button("This one as JSON", size="sm", elem_id="export-json"),
+                        "markdown": gr.Button(
+                            "This one as Markdown", size="sm", elem_id="export-markdown"
+                        ),
+                        "all": gr.Button("All as JSON", size="sm", elem_id="export-all"),
+                    }
+                    exported = gr.File(label="Download", interactive=False, elem_id="exported")
+                    upload = gr.UploadButton(
+                        "Import JSON", file_types=[".json"], size="sm", elem_id="import"
+                    )
             header = gr.Markdown(header_markdown(None, None, s.backend_root), elem_id="header")
             chatbot = gr.Chatbot(
                 height=520, buttons=["copy", "copy_all"], elem_id="chat", show_label=False,
@@ -211,27 +345,53 @@ class PlaygroundUI:
                     ),
                 ]
 
-            reply_outputs = [chatbot, conversation, message, notice, header]
-            send_inputs = [message, conversation, system_prompt, *controls]
+            reply_outputs = [chatbot, chat, message, notice, header, conversations]
             gr.on(
-                [message.submit, send.click], self.send, send_inputs, reply_outputs,
-                api_name="chat",
+                [message.submit, send.click], self.send,
+                [message, chat, system_prompt, *controls], reply_outputs, api_name="chat",
             )
             retry.click(
-                self.retry, [conversation, system_prompt, *controls], reply_outputs,
-                api_name="retry",
+                self.retry, [chat, system_prompt, *controls], reply_outputs, api_name="retry"
             )
-            # Stop, Undo and Clear signal the streaming handler rather than cancel it, so that
-            # its last update (the reply marked stopped) is the one the page keeps.
-            stop.click(self.stop, [conversation], None, queue=False, api_name="stop")
+            # Stop, Undo and the conversation switches signal the streaming handler rather
+            # than cancel it, so that its last update (the reply marked stopped) is saved.
+            stop.click(self.stop, [chat], None, queue=False, api_name="stop")
             undo.click(
-                self.undo, [conversation], [chatbot, conversation, message], queue=False,
-                api_name="undo",
+                self.undo, [chat], [chatbot, chat, message], queue=False, api_name="undo"
             )
-            clear.click(
-                self.clear, [conversation], [chatbot, conversation, message], queue=False,
-                api_name="clear",
+            gr.on(
+                [clear.click, new.click], self.new_chat, [chat],
+                [chatbot, chat, title, conversations], queue=False, api_name="new_chat",
             )
-            demo.load(self.on_load, None, [header, *controls], api_name="backend_info")
+            conversations.input(
+                self.open_chat, [conversations, chat],
+                [chatbot, chat, system_prompt, title, *controls], api_name="open_chat",
+            )
+            search.change(
+                self.search, [search, chat], [conversations], queue=False, api_name="search"
+            )
+            rename.click(
+                self.rename, [title, chat], [conversations], queue=False, api_name="rename"
+            )
+            delete.click(lambda: gr.update(visible=True), None, [confirm_row], queue=False,
+                         api_visibility="private")
+            cancel.click(lambda: gr.update(visible=False), None, [confirm_row], queue=False,
+                         api_visibility="private")
+            confirm.click(
+                self.delete, [chat], [chatbot, chat, title, conversations, confirm_row],
+                queue=False, api_name="delete",
+            )
+            handlers = {
+                "json": self.export_json, "markdown": self.export_markdown,
+                "all": self.export_all,
+            }
+            for which, button in exports.items():
+                button.click(handlers[which], [chat], [exported], api_name=f"export_{which}")
+            upload.upload(
+                self.import_file, [upload, chat], [conversations], api_name="import_file"
+            )
+            demo.load(
+                self.on_load, None, [header, conversations, *controls], api_name="backend_info"
+            )
         blocks: gr.Blocks = demo
         return blocks

@@ -7,16 +7,11 @@ from typing import Any
 
 from app.backends import BackendError, BackendInfo
 from app.chat import Exchange
+from app.markdown import close_open_fence
 
 TITLE = "## Coding Playground"
 
 KIND_NAMES = {"tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatible server"}
-
-
-def close_open_fence(text: str) -> str:
-    """Close a code fence the reply left open, so the stats line is not drawn inside it."""
-    fences = sum(1 for line in text.splitlines() if line.lstrip().startswith("```"))
-    return f"{text}\n```" if fences % 2 else text
 
 
 def assistant_markdown(exchange: Exchange) -> str:

@@ -1,0 +1,202 @@
+"""One user's conversations between the store and ``Chat`` objects, for the page and the API.
+
+Store calls are short and synchronous; they run in a worker thread so that streams keep
+flowing. A failed save while a reply streams is logged and retried at the next save; only
+the final save of a reply reports its failure to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.backends import BackendInfo, GenerationParams
+from app.chat.models import FINISH_TEXT, Chat, Exchange, TurnStats
+from app.chat.service import ChatService
+from app.store import ConversationRecord, Store, StoredReply, transfer
+
+log = logging.getLogger(__name__)
+
+TITLE_CHARS = 60
+# Replies are written to the store at least this often while they stream.
+SAVE_INTERVAL_SECONDS = 1.0
+
+
+def title_from(text: str) -> str:
+    """A conversation's automatic title: the first line of its first message, shortened."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "New conversation")
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def exchange_from(user_message_id: int, user: str, reply: StoredReply | None) -> Exchange:
+    if reply is None:
+        return Exchange(user=user, user_message_id=user_message_id, done=True)
+    finish = reply.status if reply.status in FINISH_TEXT else None
+    stats = None
+    if finish is not None:
+        stats = TurnStats(
+            tokens=reply.tokens or 0, time_to_first_token=reply.time_to_first_token,
+            tokens_per_second=reply.tokens_per_second, finish=finish,
+            model=reply.model or "", backend=reply.backend or "",
+        )
+    return Exchange(
+        user=user, reply=reply.content, stats=stats, error=reply.error,
+        done=reply.status != "streaming", user_message_id=user_message_id, reply_id=reply.id,
+    )
+
+
+class History:
+    def __init__(self, store: Store, user_id: int) -> None:
+        self.store = store
+        self.user_id = user_id
+
+    async def choices(self, search: str = "") -> list[tuple[str, str]]:
+        """(title, id) of the user's conversations, newest first."""
+        found = await asyncio.to_thread(self.store.list_conversations, self.user_id, search)
+        return [(summary.title, summary.id) for summary in found]
+
+    async def open(self, conversation_id: str) -> tuple[ConversationRecord, Chat]:
+        """Raises ``NotFound`` for a conversation that is gone or not the user's."""
+        record = await asyncio.to_thread(
+            self.store.get_conversation, self.user_id, conversation_id
+        )
+        exchanges = [exchange_from(e.user_message_id, e.user, e.reply) for e in record.exchanges]
+        return record, Chat(record.id, exchanges)
+
+    async def begin(
+        self, chat: Chat, text: str, info: BackendInfo | None, system_prompt: str,
+        settings: dict[str, Any], retried: Exchange | None = None,
+    ) -> Exchange:
+        """The new exchange at the end of ``chat``, stored with an empty reply that streams.
+
+        The user's message is stored first (for a retry, the retried exchange's message is
+        answered again and its earlier reply kept in the store).
+        """
+        exchange = Exchange(user=text)
+        if retried is not None:
+            chat.exchanges.remove(retried)
+            exchange.user_message_id = retried.user_message_id
+        else:
+            await self.add_message(chat, exchange, system_prompt, settings)
+        chat.exchanges.append(exchange)
+        await self.start_reply(chat, exchange, info)
+        return exchange
+
+    async def stream_and_save(
+        self, service: ChatService, exchange: Exchange, info: BackendInfo,
+        messages: list[dict[str, str]], params: GenerationParams,
+    ) -> AsyncGenerator[None]:
+        """Stream the reply into ``exchange``, yielding after each update; it is saved at
+        least every ``SAVE_INTERVAL_SECONDS`` and, with its stats, when it ends."""
+        saved_at = time.monotonic()
+        stream = service.stream_reply(info, messages, params, exchange.stop)
+        async with aclosing(stream):
+            async for progress in stream:
+                exchange.reply = progress.text
+                exchange.stats = progress.stats
+                if progress.error is not None:
+                    exchange.error = str(progress.error)
+                if progress.done:
+                    await self.save_final(exchange)
+                    exchange.done = True
+                elif time.monotonic() - saved_at >= SAVE_INTERVAL_SECONDS:
+                    saved_at = time.monotonic()
+                    await self.save_progress(exchange)
+                yield
+
+    async def add_message(
+        self, chat: Chat, exchange: Exchange, system_prompt: str, settings: dict[str, Any]
+    ) -> None:
+        """Store the user's message (creating the conversation on its first one)."""
+        if chat.id is None:
+            chat.id = await asyncio.to_thread(
+                self.store.create_conversation, self.user_id, title_from(exchange.user),
+                system_prompt, settings=settings,
+            )
+        else:
+            await asyncio.to_thread(
+                self.store.update_settings, self.user_id, chat.id, system_prompt, settings
+            )
+        exchange.user_message_id = await asyncio.to_thread(
+            self.store.add_user_message, self.user_id, chat.id, exchange.user
+        )
+
+    async def start_reply(self, chat: Chat, exchange: Exchange, info: BackendInfo | None) -> None:
+        if chat.id is None or exchange.user_message_id is None:
+            raise ValueError("start_reply needs the stored conversation and message")
+        exchange.reply_id = await asyncio.to_thread(
+            self.store.start_reply, self.user_id, chat.id, exchange.user_message_id,
+            info.model_id if info else None, info.kind if info else None,
+        )
+
+    async def save_progress(self, exchange: Exchange) -> None:
+        if exchange.reply_id is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.save_reply, exchange.reply_id, exchange.reply)
+        except SQLAlchemyError:
+            log.warning("Could not save reply %s while it streams; retrying at the next save",
+                        exchange.reply_id, exc_info=True)
+
+    async def save_final(self, exchange: Exchange) -> None:
+        """The reply as it ended, with its stats; a failure is added to the reply's error."""
+        if exchange.reply_id is None:
+            return
+        stats = exchange.stats
+        final: dict[str, Any] = {"status": stats.finish if stats else "interrupted",
+                                 "error": exchange.error}
+        if stats is not None:
+            final |= {"tokens": stats.tokens, "time_to_first_token": stats.time_to_first_token,
+                      "tokens_per_second": stats.tokens_per_second}
+        try:
+            await asyncio.to_thread(
+                self.store.save_reply, exchange.reply_id, exchange.reply, **final
+            )
+        except SQLAlchemyError:
+            log.exception("Could not save reply %s", exchange.reply_id)
+            exchange.error = " ".join(
+                filter(None, [exchange.error, "This reply could not be saved."])
+            )
+
+    async def forget(self, chat: Chat, exchange: Exchange) -> None:
+        if chat.id is not None and exchange.user_message_id is not None:
+            await asyncio.to_thread(
+                self.store.delete_exchange, self.user_id, chat.id, exchange.user_message_id
+            )
+
+    async def rename(self, conversation_id: str, title: str) -> None:
+        await asyncio.to_thread(self.store.rename, self.user_id, conversation_id, title)
+
+    async def delete(self, conversation_id: str) -> None:
+        await asyncio.to_thread(self.store.delete, self.user_id, conversation_id)
+
+    async def export(self, conversation_id: str | None, markdown: bool) -> Path:
+        """One conversation (or all, for None) written to a new file, JSON or Markdown."""
+        return await asyncio.to_thread(self._export, conversation_id, markdown)
+
+    async def import_file(self, path: Path) -> list[str]:
+        """Raises ``TransferError`` (nothing imported) for a file that is not a good export."""
+        return await asyncio.to_thread(self._import, path)
+
+    def _export(self, conversation_id: str | None, markdown: bool) -> Path:
+        exporter = transfer.export_markdown if markdown else transfer.export_json
+        document = exporter(self.store, self.user_id, conversation_id)
+        name = "conversation" if conversation_id else "conversations"
+        path = Path(tempfile.mkdtemp(prefix="export-")) / f"{name}.{'md' if markdown else 'json'}"
+        path.write_text(document, encoding="utf-8")
+        return path
+
+    def _import(self, path: Path) -> list[str]:
+        if path.stat().st_size > transfer.DEFAULT_MAX_BYTES:
+            raise transfer.TransferError(
+                f"The file is larger than {transfer.DEFAULT_MAX_BYTES // 2**20} MiB."
+            )
+        return transfer.import_json(self.store, self.user_id, path.read_bytes())

@@ -1,0 +1,422 @@
+"""Export and import of a user's conversations.
+
+JSON is the exchange format: a versioned document holding everything needed to restore the
+conversations exactly (every version of a retried reply included, with the reply→user-message
+links as ids local to each conversation). Markdown is a readable export only.
+
+Import reads untrusted files: the document is size-limited, parsed and validated against the
+models below (unknown fields refused, lengths and counts bounded), its links are checked, and
+only then written, in one transaction. Any problem with the file raises ``TransferError``,
+whose message names the place (``conversations[2].messages[5].role: ...``); nothing is
+written then. Text is stored verbatim: making it safe to show is the UI's job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
+
+from app.markdown import close_open_fence, fenced
+from app.store.models import Conversation, Message, now
+from app.store.store import Store, StoreError
+
+FORMAT = "coding-playground.conversations"
+VERSION = 1
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+MAX_CONVERSATIONS = 1_000
+MAX_MESSAGES = 10_000  # per conversation
+MAX_TITLE_CHARS = 200  # the column's size
+MAX_TEXT_CHARS = 1_000_000  # a message's content or error, a system prompt
+MAX_SETTINGS_BYTES = 64 * 1024
+MAX_SETTINGS_DEPTH = 4
+MAX_ERRORS_SHOWN = 3
+
+USER_STATUSES = frozenset({"complete"})
+REPLY_STATUSES = frozenset({"streaming", "stop", "length", "stopped", "interrupted"})
+STREAMING_AT_EXPORT = "This reply was still streaming when the conversation was exported."
+
+# Mirrors app.chat.models.FINISH_TEXT; the store does not depend on the chat package.
+FINISH_TEXT = {
+    "stop": "finished",
+    "length": "cut at the token limit",
+    "stopped": "stopped by you",
+    "interrupted": "interrupted",
+    "streaming": "still streaming when exported",
+}
+
+
+class TransferError(StoreError):
+    """An import document is not a valid conversations export; nothing was written."""
+
+
+# -- the document ---------------------------------------------------------------------------
+
+
+def _storable(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("NUL characters cannot be stored")
+    return text
+
+
+def _utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the date is out of range in UTC") from None
+
+
+Title = Annotated[str, Field(max_length=MAX_TITLE_CHARS), AfterValidator(_storable)]
+Name = Annotated[str, Field(max_length=200), AfterValidator(_storable)]  # a model's id
+Kind = Annotated[str, Field(max_length=50), AfterValidator(_storable)]  # backend, language
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(_storable)]
+Moment = Annotated[AwareDatetime, AfterValidator(_utc)]
+LocalId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class MessageDoc(_Strict):
+    """One message; ``id`` is local to its conversation, ``reply_to`` names such an id."""
+
+    id: LocalId
+    role: Literal["user", "assistant"]
+    content: Text
+    reply_to: LocalId | None = None
+    status: Literal["complete", "streaming", "stop", "length", "stopped", "interrupted"]
+    error: Text | None = None
+    tokens: int | None = Field(None, ge=0, le=2**31 - 1)
+    time_to_first_token: float | None = Field(None, ge=0)
+    tokens_per_second: float | None = Field(None, ge=0)
+    model: Name | None = None
+    backend: Kind | None = None
+    created_at: Moment
+    updated_at: Moment
+
+
+class ConversationDoc(_Strict):
+    """One conversation; ``id`` is the exporting store's and is not used by an import."""
+
+    id: str | None = Field(None, max_length=64)
+    title: Title
+    model: Name | None = None
+    backend: Kind | None = None
+    language: Kind | None = None
+    system_prompt: Text = ""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    created_at: Moment
+    updated_at: Moment
+    messages: list[MessageDoc] = Field(default_factory=list, max_length=MAX_MESSAGES)
+
+    @field_validator("settings")
+    @classmethod
+    def _bounded_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _depth(value) > MAX_SETTINGS_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_SETTINGS_DEPTH} levels")
+        try:
+            size = len(json.dumps(value, allow_nan=False).encode())
+        except ValueError:
+            raise ValueError("numbers must be finite") from None
+        if size > MAX_SETTINGS_BYTES:
+            raise ValueError(f"{size} bytes as JSON; the limit is {MAX_SETTINGS_BYTES}")
+        return value
+
+
+class ExportDoc(_Strict):
+    format: str
+    version: int
+    exported_at: Moment
+    conversations: list[ConversationDoc] = Field(max_length=MAX_CONVERSATIONS)
+
+    @field_validator("format")
+    @classmethod
+    def _our_format(cls, value: str) -> str:
+        if value != FORMAT:
+            raise ValueError(f"not a conversations export (expected {FORMAT!r})")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != VERSION:
+            raise ValueError(f"version {value} is not supported; this app reads version {VERSION}")
+        return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (a scalar is 0), without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level + 1)
+            pending.extend((child, level + 1) for child in
+                           (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+def export_json(store: Store, user_id: int, conversation_id: str | None = None) -> str:
+    """The user's conversations (one, or all oldest first) as a JSON export document.
+
+    Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
+    """
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "exported_at": _iso(now()),
+        "conversations": [
+            _conversation_dict(c) for c in store.conversation_rows(user_id, conversation_id)
+        ],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2)
+
+
+def _conversation_dict(conversation: Conversation) -> dict[str, Any]:
+    local_ids = {message.id: n for n, message in enumerate(conversation.messages, start=1)}
+    return {
+        "id": conversation.id,
+        "title": conversation.title,
+        "model": conversation.model,
+        "backend": conversation.backend,
+        "language": conversation.language,
+        "system_prompt": conversation.system_prompt,
+        "settings": conversation.settings or {},
+        "created_at": _iso(conversation.created_at),
+        "updated_at": _iso(conversation.updated_at),
+        "messages": [_message_dict(m, local_ids) for m in conversation.messages],
+    }
+
+
+def _message_dict(message: Message, local_ids: dict[int, int]) -> dict[str, Any]:
+    return {
+        "id": local_ids[message.id],
+        "role": message.role,
+        "content": message.content,
+        "reply_to": None if message.reply_to_id is None else local_ids[message.reply_to_id],
+        "status": message.status,
+        "error": message.error,
+        "tokens": message.tokens,
+        "time_to_first_token": _finite(message.time_to_first_token),
+        "tokens_per_second": _finite(message.tokens_per_second),
+        "model": message.model,
+        "backend": message.backend,
+        "created_at": _iso(message.created_at),
+        "updated_at": _iso(message.updated_at),
+    }
+
+
+def _iso(moment: datetime) -> str:
+    """UTC in ISO 8601; SQLite hands back naive datetimes, which the store writes in UTC."""
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.isoformat()
+
+
+def _finite(number: float | None) -> float | None:
+    return number if number is not None and math.isfinite(number) else None
+
+
+def export_markdown(store: Store, user_id: int, conversation_id: str | None = None) -> str:
+    """The user's conversations (one, or all oldest first) as a readable Markdown document:
+    each user message with the latest version of its reply. Export only.
+
+    What people typed (system prompt, user messages) is shown verbatim in a code fence longer
+    than any backtick run inside it; replies are Markdown already and are kept as written, with
+    a code fence the reply left open closed.
+
+    Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
+    """
+    rows = store.conversation_rows(user_id, conversation_id)
+    return "\n\n---\n\n".join(_conversation_markdown(c) for c in rows) + "\n"
+
+
+def _conversation_markdown(conversation: Conversation) -> str:
+    title = " ".join(conversation.title.split()) or "Untitled conversation"
+    parts = [f"# {title}", _about(conversation)]
+    if conversation.system_prompt:
+        parts += ["**System prompt**", fenced(conversation.system_prompt)]
+    latest = {m.reply_to_id: m for m in conversation.messages if m.role == "assistant"}
+    for message in conversation.messages:
+        if message.role == "user":
+            parts += ["## You", fenced(message.content)]
+            if (reply := latest.get(message.id)) is not None:
+                parts += ["## Assistant", *_reply_markdown(reply)]
+    return "\n\n".join(parts)
+
+
+def _about(conversation: Conversation) -> str:
+    facts = [f"Started {_iso(conversation.created_at)[:16].replace('T', ' ')} UTC"]
+    if conversation.model:
+        facts.append(f"model `{conversation.model}`")
+    if conversation.backend:
+        facts.append(f"backend {conversation.backend}")
+    return " · ".join(facts)
+
+
+def _reply_markdown(reply: Message) -> list[str]:
+    parts = [close_open_fence(reply.content)] if reply.content else []
+    if reply.error:
+        parts.append(f"⚠️ {reply.error}")
+    parts.append(f"_{stats_line(reply)}_")
+    return parts
+
+
+def stats_line(reply: Message) -> str:
+    """Tokens, speed and how the reply ended, as the chat shows them."""
+    parts = [] if reply.tokens is None else [f"{reply.tokens} tokens"]
+    if reply.time_to_first_token is not None:
+        parts.append(f"first token {reply.time_to_first_token:.2f} s")
+    if reply.tokens_per_second is not None:
+        parts.append(f"{reply.tokens_per_second:.1f} tokens/s")
+    parts.append(FINISH_TEXT.get(reply.status, reply.status))
+    if reply.model:
+        parts.append(reply.model)
+    return " · ".join(parts)
+
+
+# -- import ---------------------------------------------------------------------------------
+
+
+def import_json(
+    store: Store, user_id: int, data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> list[str]:
+    """Add the conversations of a JSON export document for the user; returns their new ids.
+
+    All of them are written in one transaction, or none. A reply still streaming when it was
+    exported is stored as interrupted.
+
+    Raises ``TransferError`` when the document is too big, not JSON, not an export of a version
+    this app reads, or breaks the schema, a limit or a reply link; ``SQLAlchemyError`` when the
+    database fails. Nothing is written in either case.
+    """
+    document = read_document(data, max_bytes=max_bytes)
+    return store.add_conversations(user_id, (_rows(c) for c in document.conversations))
+
+
+def read_document(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ExportDoc:
+    """Parse and check a JSON export document without writing anything.
+
+    Raises ``TransferError`` as ``import_json`` does.
+    """
+    raw = _bounded_bytes(data, max_bytes)
+    try:
+        document = ExportDoc.model_validate_json(raw.removeprefix(b"\xef\xbb\xbf"))
+    except ValidationError as err:
+        raise TransferError(_describe(err.errors(include_input=False))) from None
+    for index, conversation in enumerate(document.conversations):
+        _check_links(conversation, f"conversations[{index}]")
+    return document
+
+
+def _bounded_bytes(data: str | bytes, max_bytes: int) -> bytes:
+    if isinstance(data, str):
+        if len(data) > max_bytes:  # each character is at least one byte
+            raise TransferError(f"The file is over the limit of {max_bytes} bytes.")
+        try:
+            data = data.encode()
+        except UnicodeEncodeError:
+            raise TransferError("The file is not valid UTF-8 text.") from None
+    if len(data) > max_bytes:
+        raise TransferError(f"The file has {len(data)} bytes; the limit is {max_bytes}.")
+    return data
+
+
+def _describe(errors: Sequence[ErrorDetails]) -> str:
+    """The first few problems as ``place: what is wrong``; a wrong format or version alone."""
+    header = [e for e in errors if e["loc"] in (("format",), ("version",))]
+    chosen = header or list(errors)
+    lines = [f"{_place(e['loc'])}: {e['msg']}" for e in chosen[:MAX_ERRORS_SHOWN]]
+    if len(chosen) > MAX_ERRORS_SHOWN:
+        lines.append(f"and {len(chosen) - MAX_ERRORS_SHOWN} more problems")
+    return "; ".join(lines)
+
+
+def _place(loc: tuple[int | str, ...]) -> str:
+    place = ""
+    for part in loc:
+        place += f"[{part}]" if isinstance(part, int) else f".{part}" if place else str(part)
+    return place or "document"
+
+
+def _check_links(conversation: ConversationDoc, where: str) -> None:
+    """Roles, statuses and reply links agree: a reply answers an earlier user message."""
+    roles: dict[int, str] = {}
+    for index, message in enumerate(conversation.messages):
+        place = f"{where}.messages[{index}]"
+        if message.id in roles:
+            raise TransferError(f"{place}.id: {message.id} is used by an earlier message")
+        roles[message.id] = message.role
+        kind, statuses = (
+            ("a user message", USER_STATUSES) if message.role == "user"
+            else ("a reply", REPLY_STATUSES)
+        )
+        if message.status not in statuses:
+            raise TransferError(
+                f"{place}.status: {kind} has one of {', '.join(sorted(statuses))}, "
+                f"not {message.status!r}"
+            )
+        _check_reply_to(message, roles, place)
+
+
+def _check_reply_to(message: MessageDoc, roles: dict[int, str], place: str) -> None:
+    target = message.reply_to
+    if message.role == "user":
+        if target is not None:
+            raise TransferError(f"{place}.reply_to: a user message answers no other message")
+        return
+    if target is None:
+        raise TransferError(f"{place}.reply_to: a reply must name the user message it answers")
+    if target not in roles or target == message.id:
+        raise TransferError(f"{place}.reply_to: no earlier message has id {target}")
+    if roles[target] != "user":
+        raise TransferError(f"{place}.reply_to: message {target} is a reply, not a user message")
+
+
+def _rows(
+    document: ConversationDoc,
+) -> tuple[Conversation, list[tuple[Message, Message | None]]]:
+    conversation = Conversation(
+        title=document.title, model=document.model, backend=document.backend,
+        language=document.language, system_prompt=document.system_prompt,
+        settings=document.settings, created_at=document.created_at,
+        updated_at=document.updated_at,
+    )
+    by_id: dict[int, Message] = {}
+    messages = []
+    for item in document.messages:
+        message = _message_row(item)
+        by_id[item.id] = message
+        messages.append((message, None if item.reply_to is None else by_id[item.reply_to]))
+    return conversation, messages
+
+
+def _message_row(document: MessageDoc) -> Message:
+    status, error = document.status, document.error
+    if status == "streaming":  # no stream will ever finish it here
+        status, error = "interrupted", error or STREAMING_AT_EXPORT
+    return Message(
+        role=document.role, content=document.content, status=status, error=error,
+        tokens=document.tokens, time_to_first_token=document.time_to_first_token,
+        tokens_per_second=document.tokens_per_second, model=document.model,
+        backend=document.backend, created_at=document.created_at,
+        updated_at=document.updated_at,
+    )
+

@@ -1,0 +1,129 @@
+"""Nothing lost: the app as its own process, killed hard mid-reply, and two tabs on one
+conversation. The backend is the fake TGI (tests/fake_backend.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client
+
+from app.store import Store
+from tests.conftest import REPO, answers
+from tests.fake_backend import FakeBackend
+from tests.servers import ServerThread, free_port
+
+# max_new_tokens, temperature, top_p, top_k, repeat_penalty, frequency, presence, stop, seed
+CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
+
+
+class AppProcess:
+    """``python -m app`` on a free port with its database in a folder of the test's."""
+
+    def __init__(self, backend_url: str, folder: Path) -> None:
+        self.port = free_port()
+        self.database = f"sqlite:///{folder / 'playground.db'}"
+        self.env = {
+            **os.environ, "PYTHONPATH": str(REPO), "APP_PORT": str(self.port),
+            "BACKEND_URL": backend_url, "DATABASE_URL": self.database,
+        }
+        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> AppProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=self.folder, env=self.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not answers(f"{self.url}/healthz"):
+            assert self.process.poll() is None, "the app exited while starting"
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.1)
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def slow_backend(fake: FakeBackend) -> Iterator[ServerThread]:
+    fake.tokens = [f"word{i} " for i in range(200)]
+    fake.token_delay = 0.05
+    with ServerThread(fake.app()) as server:
+        yield server
+
+
+def test_a_reply_cut_by_sigkill_is_kept_and_marked(
+    slow_backend: ServerThread, fake: FakeBackend, tmp_path: Path
+) -> None:
+    app = AppProcess(slow_backend.url, tmp_path).start()
+    try:
+        Client(app.url, verbose=False).submit("count for me", "", *CONTROLS, api_name="/chat")
+        deadline = time.monotonic() + 30
+        while not fake.requests:
+            assert time.monotonic() < deadline, "the reply never started"
+            time.sleep(0.1)
+        time.sleep(2.5)  # about 50 tokens, past at least two saves
+        app.kill()
+    finally:
+        app.kill()
+    app.start()  # the restart marks what was cut off
+    try:
+        store = Store(app.database)
+        user = store.user_id()
+        [summary] = store.list_conversations(user)
+        [exchange] = store.get_conversation(user, summary.id).exchanges
+        assert exchange.user == "count for me"
+        assert exchange.reply is not None
+        assert exchange.reply.status == "interrupted"
+        assert exchange.reply.error == "The app stopped while this reply was streaming."
+        assert exchange.reply.content.startswith("word0 word1 ")
+        assert "".join(fake.tokens).startswith(exchange.reply.content)
+    finally:
+        app.kill()
+
+
+def test_two_tabs_on_one_conversation_lose_and_double_nothing(
+    slow_backend: ServerThread, fake: FakeBackend, tmp_path: Path
+) -> None:
+    fake.tokens = fake.tokens[:20]
+    app = AppProcess(slow_backend.url, tmp_path).start()
+    try:
+        first = Client(app.url, verbose=False)
+        first.predict("opening message", "", *CONTROLS, api_name="/chat")
+        store = Store(app.database)
+        user = store.user_id()
+        [summary] = store.list_conversations(user)
+        tabs = [Client(app.url, verbose=False) for _ in range(2)]
+        for tab in tabs:  # as a browser tab does: the page loads, then the user picks one
+            tab.predict(api_name="/backend_info")
+            tab.predict(summary.id, api_name="/open_chat")
+
+        def send(pair: tuple[Client, str]) -> Any:
+            tab, text = pair
+            return tab.predict(text, "", *CONTROLS, api_name="/chat")
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(send, [(tabs[0], "from tab one"), (tabs[1], "from tab two")]))
+        exchanges = store.get_conversation(user, summary.id).exchanges
+        users = sorted(exchange.user for exchange in exchanges)
+        assert users == ["from tab one", "from tab two", "opening message"]
+        assert all(e.reply is not None and e.reply.status == "stop" for e in exchanges)
+        assert {e.reply.content for e in exchanges if e.reply} == {"".join(fake.tokens)}
+    finally:
+        app.kill()

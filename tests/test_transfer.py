@@ -1,0 +1,409 @@
+"""Export and import of conversations: exact JSON round trips, Markdown, hostile files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+
+from app import markdown
+from app.store import NotFound, Store, transfer
+from app.store.models import Conversation, Message
+from app.store.transfer import (
+    DEFAULT_MAX_BYTES,
+    MAX_CONVERSATIONS,
+    MAX_MESSAGES,
+    TransferError,
+    export_json,
+    export_markdown,
+    import_json,
+)
+
+CODE_QUESTION = "Why does this fail? ¿Qué pasa? 日本語 🚀\n```python\nprint('héllo')\n```\n"
+FIRST_ANSWER = "Use `repr`:\n\n```python\nprint(repr('héllo'))\n```\n"
+SECOND_ANSWER = "Try this instead:\n\n````markdown\n```python\nx = 1\n```\n````\n\n```python\ny ="
+SCRIPT = 'Is <script>alert("x")</script> safe? <img src=x onerror=alert(1)> & &amp;'
+
+
+def new_store(tmp_path: Path, name: str = "db") -> Store:
+    store = Store(f"sqlite:///{tmp_path}/{name}.sqlite")
+    store.migrate()
+    return store
+
+
+def fill(store: Store, user_id: int) -> list[str]:
+    """Two conversations: one with a retried reply (the retry interrupted), one plain."""
+    first = store.create_conversation(
+        user_id, "Ünïcode & code 🐍", "You are terse.\n```\nfenced rules\n```",
+        language="python", settings={"temperature": 0.2, "stop": "END\nSTOP", "seed": None,
+                                     "max_new_tokens": 512},
+    )
+    question = store.add_user_message(user_id, first, CODE_QUESTION)
+    reply = store.start_reply(user_id, first, question, "smollm2", "llama.cpp")
+    store.save_reply(reply, FIRST_ANSWER, status="stop", tokens=17,
+                     time_to_first_token=0.1234, tokens_per_second=41.5)
+    retry = store.start_reply(user_id, first, question, "qwen-coder", "tgi")
+    store.save_reply(retry, SECOND_ANSWER, status="interrupted", error="The server went away.",
+                     tokens=9, time_to_first_token=0.5, tokens_per_second=12.25)
+    follow_up = store.add_user_message(user_id, first, SCRIPT)
+    answer = store.start_reply(user_id, first, follow_up, "qwen-coder", "tgi")
+    store.save_reply(answer, f"It is text: {SCRIPT}", status="length", tokens=3)
+    second = store.create_conversation(user_id, "Empty-ish")
+    store.add_user_message(user_id, second, "no reply yet")
+    return [first, second]
+
+
+def comparable(document: str) -> dict[str, Any]:
+    """The export without what an import changes: its time and the conversation ids."""
+    parsed: dict[str, Any] = json.loads(document)
+    del parsed["exported_at"]
+    for conversation in parsed["conversations"]:
+        del conversation["id"]
+    return parsed
+
+
+def snapshot(store: Store) -> list[list[tuple[Any, ...]]]:
+    with store.engine.connect() as connection:
+        return [
+            [tuple(row) for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY 1"))]
+            for table in ("users", "conversations", "messages")
+        ]
+
+
+def document(*conversations: dict[str, Any]) -> dict[str, Any]:
+    return {"format": transfer.FORMAT, "version": 1, "exported_at": "2026-01-02T03:04:05Z",
+            "conversations": list(conversations)}
+
+
+def conversation(*messages: dict[str, Any], title: str = "ok") -> dict[str, Any]:
+    return {"title": title, "created_at": "2026-01-01T00:00:00+00:00",
+            "updated_at": "2026-01-01T00:00:00+00:00", "messages": list(messages)}
+
+
+def message(
+    local_id: int, role: str = "user", reply_to: int | None = None, **fields: Any
+) -> dict[str, Any]:
+    status = "complete" if role == "user" else "stop"
+    return {"id": local_id, "role": role, "content": f"message {local_id}", "reply_to": reply_to,
+            "status": status, "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z", **fields}
+
+
+def good() -> dict[str, Any]:
+    return document(conversation(message(1), message(2, "assistant", reply_to=1)))
+
+
+# -- JSON round trip ----------------------------------------------------------------------------
+
+
+def test_export_import_export_gives_the_same_document(tmp_path: Path) -> None:
+    source = new_store(tmp_path, "source")
+    alice = source.user_id("alice")
+    ids = fill(source, alice)
+    exported = export_json(source, alice)
+
+    target = new_store(tmp_path, "target")
+    new_ids = import_json(target, target.user_id(), exported)
+    assert len(new_ids) == 2
+    assert not set(new_ids) & set(ids)
+    assert comparable(export_json(target, target.user_id())) == comparable(exported)
+
+    bob = source.user_id("bob")  # the same store, another user
+    assert comparable(export_json(source, bob)) == {**comparable(exported), "conversations": []}
+    import_json(source, bob, exported.encode())
+    assert comparable(export_json(source, bob)) == comparable(exported)
+    assert export_json(source, alice) != export_json(source, bob)
+    assert comparable(export_json(source, alice)) == comparable(exported)
+
+
+def test_the_json_holds_every_reply_version_with_local_links(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    first, _ = fill(store, user)
+    exported = json.loads(export_json(store, user, first))
+
+    assert exported["format"] == "coding-playground.conversations"
+    assert exported["version"] == 1
+    [only] = exported["conversations"]
+    assert only["id"] == first
+    assert only["title"] == "Ünïcode & code 🐍"
+    assert only["settings"]["stop"] == "END\nSTOP"
+    assert only["language"] == "python"
+    messages = only["messages"]
+    assert [(m["id"], m["role"], m["reply_to"]) for m in messages] == [
+        (1, "user", None), (2, "assistant", 1), (3, "assistant", 1), (4, "user", None),
+        (5, "assistant", 4),
+    ]
+    assert [m["content"] for m in messages[:3]] == [CODE_QUESTION, FIRST_ANSWER, SECOND_ANSWER]
+    assert messages[2]["status"] == "interrupted"
+    assert messages[2]["error"] == "The server went away."
+    assert (messages[1]["model"], messages[2]["model"]) == ("smollm2", "qwen-coder")
+    assert messages[1]["time_to_first_token"] == 0.1234
+    assert messages[0]["created_at"].endswith("+00:00")
+
+
+def test_an_imported_retry_keeps_the_latest_reply_on_top(tmp_path: Path) -> None:
+    source = new_store(tmp_path, "source")
+    user = source.user_id()
+    first, _ = fill(source, user)
+    target = new_store(tmp_path, "target")
+    [new_id] = import_json(target, target.user_id(), export_json(source, user, first))
+
+    record = target.get_conversation(target.user_id(), new_id)
+    assert [e.user for e in record.exchanges] == [CODE_QUESTION, SCRIPT]
+    reply = record.exchanges[0].reply
+    assert reply is not None
+    assert reply.content == SECOND_ANSWER
+    assert reply.status == "interrupted"
+    assert reply.tokens_per_second == 12.25
+
+
+def test_script_tags_are_stored_and_exported_verbatim(tmp_path: Path) -> None:
+    source = new_store(tmp_path, "source")
+    user = source.user_id()
+    fill(source, user)
+    target = new_store(tmp_path, "target")
+    import_json(target, target.user_id(), export_json(source, user))
+
+    with target.engine.connect() as connection:
+        stored = set(connection.scalars(select(Message.content)))
+    assert SCRIPT in stored
+    assert f"It is text: {SCRIPT}" in stored
+    assert SCRIPT in json.loads(export_json(target, target.user_id()))["conversations"][0][
+        "messages"][3]["content"]
+
+
+def test_export_is_scoped_to_the_user(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    alice, bob = store.user_id("alice"), store.user_id("bob")
+    first, _ = fill(store, alice)
+    with pytest.raises(NotFound):
+        export_json(store, bob, first)
+    with pytest.raises(NotFound):
+        export_markdown(store, bob, first)
+    assert json.loads(export_json(store, bob))["conversations"] == []
+
+
+def test_a_reply_still_streaming_is_imported_as_interrupted(tmp_path: Path) -> None:
+    streaming = message(2, "assistant", reply_to=1, status="streaming", content="half")
+    store = new_store(tmp_path)
+    [new_id] = import_json(store, store.user_id(), json.dumps(document(
+        conversation(message(1), streaming))))
+    reply = store.get_conversation(store.user_id(), new_id).exchanges[0].reply
+    assert reply is not None
+    assert (reply.status, reply.content) == ("interrupted", "half")
+    assert reply.error == transfer.STREAMING_AT_EXPORT
+
+
+# -- Markdown -----------------------------------------------------------------------------------
+
+
+def test_markdown_shows_each_message_with_its_latest_reply(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    first, _ = fill(store, user)
+    markdown = export_markdown(store, user, first)
+
+    assert markdown.startswith("# Ünïcode & code 🐍\n")
+    assert "**System prompt**\n\n````text\nYou are terse.\n```\nfenced rules\n```\n````" in markdown
+    # the longer outer fence: the question's own ``` cannot close it
+    assert f"## You\n\n````text\n{CODE_QUESTION.rstrip()}\n````" in markdown
+    assert FIRST_ANSWER not in markdown  # only the latest version of a reply
+    assert f"## Assistant\n\n{SECOND_ANSWER}\n```\n\n⚠️ The server went away." in markdown
+    assert "_9 tokens · first token 0.50 s · 12.2 tokens/s · interrupted · qwen-coder_" in markdown
+    assert f"```text\n{SCRIPT}\n```" in markdown
+    assert "_3 tokens · cut at the token limit · qwen-coder_" in markdown
+
+
+def test_markdown_of_all_conversations(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    fill(store, user)
+    markdown = export_markdown(store, user)
+    assert markdown.index("# Ünïcode & code 🐍") < markdown.index("\n---\n") < markdown.index(
+        "# Empty-ish")
+    assert markdown.endswith("## You\n\n```text\nno reply yet\n```\n")
+
+
+@pytest.mark.parametrize(
+    ("reply", "closed"),
+    [
+        ("done\n```py\nx\n```", "done\n```py\nx\n```"),
+        ("open\n```py\nx = 1\n", "open\n```py\nx = 1\n```"),
+        ("long\n````\n```\nstill inside", "long\n````\n```\nstill inside\n````"),
+        ("tilde\n~~~\n```\n", "tilde\n~~~\n```\n~~~"),
+        ("inline ``` code ``` is no fence", "inline ``` code ``` is no fence"),
+    ],
+)
+def test_close_open_fence(reply: str, closed: str) -> None:
+    assert markdown.close_open_fence(reply) == closed
+
+
+def test_fenced_outlasts_any_backtick_run() -> None:
+    assert markdown.fenced("plain") == "```text\nplain\n```"
+    assert markdown.fenced("a `````b") == "``````text\na `````b\n``````"
+
+
+# -- hostile and malformed files ----------------------------------------------------------------
+
+
+def with_message(**fields: Any) -> dict[str, Any]:
+    bad = good()
+    bad["conversations"][0]["messages"][1].update(fields)
+    return bad
+
+
+def deeply_nested() -> dict[str, Any]:
+    junk = good()
+    junk["conversations"][0]["settings"] = {"a": [[[[["deep"]]]]]}
+    return junk
+
+
+BAD_DOCUMENTS: list[tuple[str, str | bytes | dict[str, Any], str]] = [
+    ("not json", "this is not JSON", "document: Invalid JSON"),
+    ("not utf-8", b'{"format": "\xff"}', "document: Invalid JSON"),
+    ("not an object", "[1, 2]", "document: Input should be an object"),
+    ("another format", {**good(), "format": "chatgpt"}, "format: Value error, not a conv"),
+    ("another version", {**good(), "version": 2}, "version: Value error, version 2 is not sup"),
+    ("no version", {k: v for k, v in good().items() if k != "version"}, "version: Field req"),
+    ("unknown field", {**good(), "extra": 1}, "extra: Extra inputs are not permitted"),
+    ("system role", with_message(role="system"), "conversations[0].messages[1].role: Input sh"),
+    ("unknown status", with_message(status="done"), "conversations[0].messages[1].status: In"),
+    ("user status on a reply", with_message(status="complete"), "messages[1].status: a reply has"),
+    ("link to a missing message", with_message(reply_to=7), "messages[1].reply_to: no earlier"),
+    ("link to itself", with_message(reply_to=2), "messages[1].reply_to: no earlier message"),
+    ("reply without link", with_message(reply_to=None), "messages[1].reply_to: a reply must"),
+    ("duplicate id", with_message(id=1), "conversations[0].messages[1].id: 1 is used"),
+    ("negative tokens", with_message(tokens=-1), "messages[1].tokens: Input should be greater"),
+    ("string tokens", with_message(tokens="12"), "messages[1].tokens: Input should be a valid"),
+    ("NaN speed", json.dumps(with_message(tokens_per_second=1.5)).replace("1.5", "NaN"),
+     "messages[1].tokens_per_second: Input should be a finite number"),
+    ("infinite speed", json.dumps(with_message(tokens_per_second=1.5)).replace("1.5", "1e999"),
+     "messages[1].tokens_per_second: Input should be a finite number"),
+    ("naive time", with_message(created_at="2026-01-01T00:00:00"), "messages[1].created_at: In"),
+    ("NUL in content", with_message(content="a\x00b"), "messages[1].content: Value error, NUL"),
+    ("long title", document(conversation(title="t" * 201)), "conversations[0].title: String sh"),
+    ("long content", with_message(content="x" * (transfer.MAX_TEXT_CHARS + 1)), "content: Str"),
+    ("too many messages", document(conversation(*(message(n) for n in range(
+        1, MAX_MESSAGES + 2)))), "conversations[0].messages: List should have at most"),
+    ("too many conversations", document(*[conversation()] * (MAX_CONVERSATIONS + 1)),
+     "conversations: List should have at most 1000 items"),
+    ("NaN setting", json.dumps(document(conversation() | {"settings": {"t": 1.5}})).replace(
+        "1.5", "NaN"),
+     "conversations[0].settings: Value error, numbers must be finite"),
+    ("deep settings", deeply_nested(), "conversations[0].settings: Value error, nested deeper"),
+    ("deeply nested junk", "[" * 100_000 + "]" * 100_000, "document: Invalid JSON: recursion"),
+    ("nested junk in a field", json.dumps(good()).replace('"message 1"', "[" * 5000 + "]" * 5000),
+     "document: Invalid JSON: recursion"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"), [case[1:] for case in BAD_DOCUMENTS], ids=[c[0] for c in BAD_DOCUMENTS]
+)
+def test_a_bad_file_is_refused_with_its_place_and_nothing_is_written(
+    tmp_path: Path, data: str | bytes | dict[str, Any], problem: str
+) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    fill(store, user)
+    before = snapshot(store)
+    raw = json.dumps(data) if isinstance(data, dict) else data
+    with pytest.raises(TransferError) as refused:
+        import_json(store, user, raw)
+    assert problem in str(refused.value)
+    assert snapshot(store) == before
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    raw = json.dumps(good())
+    with pytest.raises(TransferError, match=f"the limit is {len(raw) - 1}"):
+        import_json(store, store.user_id(), raw.encode(), max_bytes=len(raw) - 1)
+    with pytest.raises(TransferError, match="over the limit of 10 bytes"):
+        import_json(store, store.user_id(), raw, max_bytes=10)
+    with pytest.raises(TransferError, match="limit is"):  # characters under, bytes over
+        import_json(store, store.user_id(), raw.replace("message 1", "é" * 9), max_bytes=len(raw))
+    assert DEFAULT_MAX_BYTES == 20 * 1024 * 1024
+    assert import_json(store, store.user_id(), raw, max_bytes=len(raw))
+
+
+def test_many_problems_are_summed_up(tmp_path: Path) -> None:
+    bad = document(*[conversation(message(1, role="robot"))] * 5)
+    with pytest.raises(TransferError) as refused:
+        import_json(new_store(tmp_path), 1, json.dumps(bad))
+    assert str(refused.value).endswith("; and 2 more problems")
+    assert str(refused.value).startswith("conversations[0].messages[0].role: Input should be")
+
+
+def test_a_bad_third_conversation_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    fill(store, user)
+    before = snapshot(store)
+    fine = conversation(message(1), message(2, "assistant", reply_to=1))
+    bad = conversation(message(1), message(2), message(3, "assistant", reply_to=9))
+    with pytest.raises(TransferError, match=r"^conversations\[2\]\.messages\[2\]\.reply_to: no"):
+        import_json(store, user, json.dumps(document(fine, fine, bad, fine)))
+    assert snapshot(store) == before
+
+
+def test_a_database_failure_midway_rolls_back_every_conversation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first two conversations are flushed when the third breaks a constraint."""
+    store = new_store(tmp_path)
+    user = store.user_id()
+    fill(store, user)
+    before = snapshot(store)
+    build = transfer._rows
+    built: list[Conversation] = []
+
+    def failing_third(doc: transfer.ConversationDoc) -> Any:
+        rows = build(doc)
+        built.append(rows[0])
+        if len(built) == 3:
+            rows[0].title = None  # type: ignore[assignment]  # NOT NULL
+        return rows
+
+    monkeypatch.setattr(transfer, "_rows", failing_third)
+    fine = conversation(message(1), message(2, "assistant", reply_to=1))
+    with pytest.raises(IntegrityError):
+        import_json(store, user, json.dumps(document(fine, fine, fine, fine)))
+    assert len(built) == 3
+    assert built[0].id
+    assert snapshot(store) == before
+
+
+@pytest.mark.postgres
+def test_round_trip_through_postgresql(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Times (timestamptz), floats and settings (json) come back exactly from PostgreSQL too."""
+    source = new_store(tmp_path)
+    user = source.user_id()
+    fill(source, user)
+    exported = export_json(source, user)
+    target = Store(postgres_url)
+    target.migrate()
+    import_json(target, target.user_id(), exported)
+    assert comparable(export_json(target, target.user_id())) == comparable(exported)
+
+    before = snapshot(target)
+    build = transfer._rows
+    calls = iter(range(10))
+
+    def failing_second(doc: transfer.ConversationDoc) -> Any:
+        rows = build(doc)
+        if next(calls) == 1:
+            rows[1][0][0].role = None  # type: ignore[assignment]  # NOT NULL
+        return rows
+
+    monkeypatch.setattr(transfer, "_rows", failing_second)
+    with pytest.raises(IntegrityError):
+        import_json(target, target.user_id(), exported)
+    assert snapshot(target) == before
