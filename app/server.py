@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import gradio as gr
 from fastapi import FastAPI
 
+from app.api import install_api
 from app.chat import ChatService
 from app.settings import Settings
+from app.store import Accounts, Store
 from app.ui import PlaygroundUI
+
+log = logging.getLogger(__name__)
+
+
+def open_store(settings: Settings) -> Store:
+    """The store at DATABASE_URL, migrated, with replies cut off by a crash marked as such."""
+    store = Store(settings.database_url.get_secret_value())
+    store.migrate()
+    recovered = store.recover_interrupted()
+    if recovered:
+        log.warning("Marked %d reply(ies) cut off by the last shutdown as interrupted", recovered)
+    return store
 
 
 def create_app(settings: Settings, service: ChatService | None = None) -> FastAPI:
     service = service or ChatService(settings)
+    store = open_store(settings)
     api = FastAPI(title="Coding Playground", docs_url="/api/docs", openapi_url="/api/openapi.json")
 
     @api.get("/healthz")
@@ -19,7 +37,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         """The app is up; it says nothing about the backend, which may come and go."""
         return {"status": "ok"}
 
-    demo = PlaygroundUI(service).build()
+    install_api(api, settings, service, store)
+
+    demo = PlaygroundUI(service, store).build()
     # Gradio caps concurrent events at ``max_threads`` even for async handlers; raise the cap
     # together with the per-event limit so that users do not wait for one another.
     demo.max_threads = settings.queue_concurrency
@@ -29,6 +49,17 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     # show_error=False: an unexpected exception shows as a generic error, never its text;
     # the messages meant for users are raised as gr.Error and always shown.
     app: FastAPI = gr.mount_gradio_app(
-        api, demo, path="/", footer_links=["api", "settings"], show_error=False
+        api, demo, path="/", footer_links=["api", "settings"], show_error=False,
+        auth=page_login(Accounts(store)) if settings.auth_mode == "password" else None,
+        auth_message="Sign in with your playground account.",
     )
     return app
+
+
+def page_login(accounts: Accounts) -> Callable[[str, str], bool]:
+    """Gradio's login check: a name and password of an account in the database."""
+
+    def check(name: str, password: str) -> bool:
+        return accounts.check_password(name, password) is not None
+
+    return check

@@ -7,7 +7,7 @@ environment wins over the file. Every field here has a row in the README's setti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
@@ -21,7 +21,7 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-SECRET_SETTINGS = frozenset({"BACKEND_TOKEN", "HF_TOKEN"})
+SECRET_SETTINGS = frozenset({"BACKEND_TOKEN", "HF_TOKEN", "DATABASE_URL"})
 
 
 class SettingsError(Exception):
@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     model_revision: str = Field("main", min_length=1)
     model_cache_dir: Path = Path("volumes/models/model_cache")
     hf_token: SecretStr | None = None
+
+    database_url: SecretStr = SecretStr("sqlite:///volumes/data/playground.db")
+    auth_mode: Literal["none", "password"] = "none"
+    allow_signup: bool = False
+    token_ttl_hours: float = Field(24 * 7, gt=0)
 
     debug: bool = False
 

@@ -1,5 +1,6 @@
 """Persistence: users, conversations and messages (SQLAlchemy 2, Alembic migrations)."""
 
+from app.store.accounts import AccountError, Accounts, InvalidAccount, NameTaken
 from app.store.store import (
     ConversationRecord,
     ConversationSummary,
@@ -11,8 +12,12 @@ from app.store.store import (
 )
 
 __all__ = [
+    "AccountError",
+    "Accounts",
     "ConversationRecord",
     "ConversationSummary",
+    "InvalidAccount",
+    "NameTaken",
     "NotFound",
     "Store",
     "StoreError",

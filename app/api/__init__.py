@@ -1,0 +1,29 @@
+"""The REST API under ``/api/v1``, described by the app's OpenAPI schema (``/api/docs``).
+
+    models.py    request and response bodies
+    errors.py    ``ApiError`` and the ``{"error", "detail"}`` shape of every failure
+    routes.py    the endpoints and who may call them (``AUTH_MODE``)
+    dialogue.py  one turn on the page's own path (``History``, ``ChatService``), streamed
+                 as server-sent events or answered whole
+"""
+
+from fastapi import FastAPI
+
+from app.api.errors import ApiError, install_error_handlers
+from app.api.routes import PREFIX, RestApi
+from app.chat import ChatService
+from app.settings import Settings
+from app.store import Accounts, Store
+
+__all__ = ["PREFIX", "ApiError", "RestApi", "install_api"]
+
+
+def install_api(
+    app: FastAPI, settings: Settings, service: ChatService, store: Store,
+    accounts: Accounts | None = None,
+) -> RestApi:
+    """Add the API's routes and error answers to ``app`` (before the page is mounted at /)."""
+    api = RestApi(settings, service, store, accounts)
+    install_error_handlers(app)
+    app.include_router(api.router())
+    return api

@@ -1,0 +1,194 @@
+"""What the REST API reads and writes: request and response bodies, described for OpenAPI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from app.backends import BackendKind
+from app.chat.models import Finish
+
+# Bounds that keep a request's cost predictable; the store's own rules (a name's characters,
+# a password's length) and the settings (MAX_MESSAGE_CHARS) give their own messages.
+MAX_NAME_CHARS = 200
+MAX_PASSWORD_CHARS = 1024
+MAX_PROMPT_CHARS = 200_000
+MAX_ID_CHARS = 64
+
+
+def _storable(text: str) -> str:
+    """Text every database keeps: no NUL character, nothing UTF-8 cannot encode."""
+    if "\x00" in text:
+        raise ValueError("the text holds a NUL character, which cannot be stored")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the text holds characters UTF-8 cannot encode") from None
+    return text
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive times; every time the store writes is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers, whatever its status."""
+
+    error: str = Field(description="One line saying what went wrong and what to do about it.")
+    detail: Any = Field(
+        None, description="Machine-readable detail, when there is some (e.g. the fields of an "
+        "invalid request, without the values sent).",
+    )
+
+
+# -- accounts -------------------------------------------------------------------------------
+
+
+class Credentials(Body):
+    name: str = Field(
+        max_length=MAX_NAME_CHARS,
+        description="Account name: 3-50 characters, letters a-z or A-Z, digits, '.', '_' or '-'."
+        " Names are unique ignoring case.",
+        examples=["ada"],
+    )
+    password: str = Field(
+        max_length=MAX_PASSWORD_CHARS,
+        description="At least 8 characters. Never stored or logged; only its argon2 hash is kept.",
+        examples=["correct horse battery staple"],
+    )
+
+
+class UserOut(BaseModel):
+    id: int = Field(description="The user's id.")
+    name: str = Field(description="The account name (`local` when AUTH_MODE=none).")
+
+
+class TokenOut(BaseModel):
+    token: str = Field(
+        description="Bearer token: send it as `Authorization: Bearer <token>`. It is shown "
+        "once; only its hash is stored."
+    )
+    expires_at: UtcTime = Field(description="When the token stops working (UTC).")
+
+
+# -- the backend ----------------------------------------------------------------------------
+
+
+class ModelOut(BaseModel):
+    model: str = Field(description="The model the backend serves (its Hub id or file name).")
+    backend: BackendKind = Field(description="What answers at BACKEND_URL.")
+    max_input_tokens: int = Field(description="Most tokens a prompt may have.")
+    max_total_tokens: int = Field(description="Most tokens of prompt and reply together.")
+    version: str | None = Field(None, description="The server's version, when it says (TGI).")
+    controls: list[str] = Field(
+        description="Generation settings this backend honours (the API sends only these)."
+    )
+
+
+# -- dialogues ------------------------------------------------------------------------------
+
+
+class DialogueIn(Body):
+    message: StorableText = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS,
+        description="Your message. At most MAX_MESSAGE_CHARS characters (8000 by default).",
+        examples=["Write a Python function that reverses a string."],
+    )
+    dialogue_id: str | None = Field(
+        None, max_length=MAX_ID_CHARS,
+        description="Continue this conversation of yours; leave out to start a new one.",
+    )
+    system_prompt: StorableText | None = Field(
+        None, max_length=MAX_PROMPT_CHARS,
+        description="System prompt. Default: the conversation's own when continuing one, "
+        "else the app's SYSTEM_PROMPT. It is kept with the conversation.",
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=2**31 - 1,
+        description="Most tokens in the reply. Default: the conversation's setting, else "
+        "MAX_NEW_TOKENS. A value that leaves no room for the prompt is refused (422).",
+    )
+    temperature: float | None = Field(
+        None, ge=0, le=2, allow_inf_nan=False,
+        description="Sampling temperature; 0 picks the likeliest token every time.",
+    )
+    top_p: float | None = Field(
+        None, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling: keep the "
+        "smallest set of tokens whose probabilities add up to this.",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Seed for reproducible sampling.",
+    )
+    stream: bool = Field(
+        False, description="Answer with server-sent events (as does `Accept: "
+        "text/event-stream`): `{\"dialogue_id\"}` first, then `{\"delta\"}` pieces of the "
+        "reply, then `{\"done\": true, \"message_id\", \"stats\", \"error\"}`.",
+    )
+
+
+class StatsOut(BaseModel):
+    tokens: int = Field(description="Tokens in the reply.")
+    time_to_first_token: float | None = Field(
+        description="Seconds from the request to the first token."
+    )
+    tokens_per_second: float | None = Field(description="Generation speed after the first token.")
+    finish: Finish = Field(
+        description="Why the reply ended: `stop` (finished), `length` (cut at max_new_tokens), "
+        "`stopped` (the client went away) or `interrupted` (an error)."
+    )
+
+
+class DialogueOut(BaseModel):
+    dialogue_id: str = Field(description="The conversation; send it back to continue it.")
+    message_id: int | None = Field(description="The stored reply's id.")
+    reply: str = Field(description="The reply (partial when it was interrupted).")
+    stats: StatsOut | None = Field(description="The reply's stats.")
+    error: str | None = Field(
+        description="Why the reply was interrupted (e.g. the backend failed mid-way); null "
+        "when it was not."
+    )
+
+
+class DialogueSummary(BaseModel):
+    id: str = Field(description="The conversation's id.")
+    title: str = Field(description="Its title (from its first message unless renamed).")
+    updated_at: UtcTime = Field(description="When a message was last added.")
+
+
+class ReplyOut(BaseModel):
+    id: int = Field(description="The reply's message id.")
+    content: str = Field(description="The reply's text.")
+    status: str = Field(
+        description="`streaming` while it is being written, then how it ended (see stats)."
+    )
+    error: str | None = Field(description="Why it was interrupted, if it was.")
+    stats: StatsOut | None = Field(description="Its stats, once it has ended.")
+    model: str | None = Field(description="The model that wrote it.")
+    backend: str | None = Field(description="The kind of backend that served it.")
+
+
+class ExchangeOut(BaseModel):
+    user_message_id: int = Field(description="The user message's id.")
+    user: str = Field(description="The user's message.")
+    reply: ReplyOut | None = Field(description="The latest version of the reply (a retry in "
+                                   "the page keeps earlier ones in the store).")
+
+
+class MessagesOut(BaseModel):
+    dialogue_id: str = Field(description="The conversation's id.")
+    title: str = Field(description="Its title.")
+    system_prompt: str = Field(description="Its system prompt.")
+    exchanges: list[ExchangeOut] = Field(description="Its exchanges, oldest first.")

@@ -1,0 +1,259 @@
+"""The endpoints under ``/api/v1`` and who may call them.
+
+With ``AUTH_MODE=none`` every request is the local user and no token is needed (sign-up and
+login answer 403). With ``AUTH_MODE=password`` every endpoint but ``/signup`` and ``/login``
+needs ``Authorization: Bearer <token>``; a missing, unknown, expired or malformed token gets
+the same 401. A dialogue of another user is 404, the same as one that does not exist.
+"""
+
+import asyncio
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import StreamingResponse
+
+from app.api.dialogue import Dialogues, check_id, exchange_out, not_found
+from app.api.errors import ApiError
+from app.api.models import (
+    MAX_ID_CHARS,
+    Credentials,
+    DialogueIn,
+    DialogueOut,
+    DialogueSummary,
+    ErrorBody,
+    MessagesOut,
+    ModelOut,
+    TokenOut,
+    UserOut,
+)
+from app.backends import BackendError
+from app.chat import ChatService
+from app.settings import Settings
+from app.store import AccountError, Accounts, NameTaken, NotFound, Store
+
+PREFIX = "/api/v1"
+UNAUTHORIZED = (
+    "A valid token is needed: log in with POST /api/v1/login and send it as "
+    "'Authorization: Bearer <token>'."
+)
+ACCOUNTS_OFF = (
+    "Accounts are off (AUTH_MODE=none): every request is the local user, no token needed."
+)
+SIGNUP_CLOSED = (
+    "Sign-up is closed on this server (ALLOW_SIGNUP=false); ask its operator for an account."
+)
+WRONG_LOGIN = "Wrong name or password."
+SSE = "text/event-stream"
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+class RestApi:
+    def __init__(
+        self, settings: Settings, service: ChatService, store: Store,
+        accounts: Accounts | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.store = store
+        self.accounts = accounts or Accounts(store)
+        self.dialogues = Dialogues(settings, service, store)
+        self.local_user = store.user_id() if settings.auth_mode == "none" else None
+        self.bearer = HTTPBearer(
+            auto_error=False, scheme_name="token",
+            description="A token from POST /api/v1/login (AUTH_MODE=password only).",
+        )
+
+    # -- who is asking -------------------------------------------------------------------
+
+    def _unauthorized(self) -> ApiError:
+        return ApiError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+
+    async def user(self, credentials: HTTPAuthorizationCredentials | None) -> int:
+        """The caller's user id; raises 401 (password mode) without a valid token."""
+        if self.local_user is not None:
+            return self.local_user
+        if credentials is None:
+            raise self._unauthorized()
+        user_id = await asyncio.to_thread(self.accounts.user_for_token, credentials.credentials)
+        if user_id is None:
+            raise self._unauthorized()
+        return user_id
+
+    def _accounts_on(self) -> None:
+        if self.settings.auth_mode != "password":
+            raise ApiError(403, ACCOUNTS_OFF)
+
+    # -- the router ----------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix=PREFIX, tags=["v1"])
+        Token = Annotated[HTTPAuthorizationCredentials | None, Depends(self.bearer)]
+
+        async def current_user(credentials: Token) -> int:
+            return await self.user(credentials)
+
+        # Routes taking a User need a token in password mode (and say so in the docs).
+        User = Annotated[int, Depends(current_user)]
+
+        @router.post(
+            "/signup", status_code=201, response_model=UserOut,
+            responses=_errors(400, 403, 409, 422), summary="Create an account",
+        )
+        async def signup(body: Credentials) -> UserOut:
+            """Only with AUTH_MODE=password and ALLOW_SIGNUP=true; 403 otherwise. 409 when
+            the name is taken, 422 when the name or password breaks the rules."""
+            self._accounts_on()
+            if not self.settings.allow_signup:
+                raise ApiError(403, SIGNUP_CLOSED)
+            try:
+                user_id = await asyncio.to_thread(self.accounts.signup, body.name, body.password)
+            except NameTaken as err:
+                raise ApiError(409, str(err)) from err
+            except AccountError as err:
+                raise ApiError(422, str(err)) from err
+            return UserOut(id=user_id, name=body.name)
+
+        @router.post(
+            "/login", response_model=TokenOut, responses=_errors(400, 401, 403, 422),
+            summary="Get a bearer token",
+        )
+        async def login(body: Credentials) -> TokenOut:
+            """Trade a name and password for a token valid TOKEN_TTL_HOURS (403 with
+            AUTH_MODE=none, where no token is needed)."""
+            self._accounts_on()
+            user_id = await asyncio.to_thread(
+                self.accounts.check_password, body.name, body.password
+            )
+            if user_id is None:
+                raise ApiError(401, WRONG_LOGIN, headers={"WWW-Authenticate": "Bearer"})
+            ttl = timedelta(hours=self.settings.token_ttl_hours)
+            token = await asyncio.to_thread(self.accounts.issue_token, user_id, ttl)
+            info = await asyncio.to_thread(self.accounts.token_info, token)
+            assert info is not None, "a token just issued is valid"
+            return TokenOut(token=token, expires_at=info.expires_at)
+
+        @router.get(
+            "/me", response_model=UserOut, responses=_errors(401),
+            summary="Who the token belongs to",
+        )
+        async def me(user_id: User) -> UserOut:
+            try:
+                name = await asyncio.to_thread(self.accounts.name, user_id)
+            except NotFound as err:  # the account was removed while the token was valid
+                raise self._unauthorized() from err
+            return UserOut(id=user_id, name=name)
+
+        @router.get(
+            "/models", response_model=ModelOut, responses=_errors(401, 503),
+            dependencies=[Depends(current_user)], summary="The backend's model",
+        )
+        async def models() -> ModelOut:
+            """What answers at BACKEND_URL, asked afresh; 503 with the reason when nothing
+            usable does."""
+            try:
+                info = await self.service.backend_info(refresh=True)
+            except BackendError as err:
+                if self.settings.debug:
+                    raise
+                raise ApiError(503, str(err)) from err
+            return ModelOut(
+                model=info.model_id, backend=info.kind, max_input_tokens=info.max_input_tokens,
+                max_total_tokens=info.max_total_tokens, version=info.version,
+                controls=sorted(info.controls),
+            )
+
+        @router.post(
+            "/dialogue", response_model=DialogueOut,
+            responses={
+                200: {"content": {SSE: {"schema": {
+                    "type": "string", "description": "With stream=true or Accept: "
+                    "text/event-stream: `data: {json}` events, see the `stream` field.",
+                }}}},
+                **_errors(400, 401, 404, 422, 503),
+            },
+            summary="Send a message and get the reply",
+        )
+        async def dialogue(body: DialogueIn, request: Request, user_id: User) -> Any:
+            """Start a conversation, or continue one of yours with `dialogue_id`. The
+            message is stored first, then the reply as it streams, with its stats."""
+            turn = await self.dialogues.start(user_id, body)
+            if body.stream or SSE in request.headers.get("accept", ""):
+                return StreamingResponse(
+                    self.dialogues.events(turn, request), media_type=SSE,
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            return await self.dialogues.reply(turn, request)
+
+        @router.get(
+            "/dialogues", response_model=list[DialogueSummary], responses=_errors(401, 422),
+            summary="Your conversations, newest first",
+        )
+        async def dialogues(
+            user_id: User,
+            search: Annotated[str, Query(
+                max_length=200, description="Only those whose title or messages hold this "
+                "text (ignoring case).",
+            )] = "",
+            limit: Annotated[int, Query(ge=1, le=200, description="At most this many.")] = 50,
+        ) -> list[DialogueSummary]:
+            if "\x00" in search:  # no stored text holds one (PostgreSQL refuses them)
+                return []
+            found = await asyncio.to_thread(
+                self.store.list_conversations, user_id, search, limit
+            )
+            return [DialogueSummary(id=c.id, title=c.title, updated_at=c.updated_at)
+                    for c in found]
+
+        @router.get(
+            "/messages", response_model=MessagesOut, responses=_errors(401, 404, 422),
+            summary="The exchanges of one conversation",
+        )
+        async def messages(
+            user_id: User,
+            dialogue_id: Annotated[str, Query(
+                max_length=MAX_ID_CHARS, description="One of your conversations."
+            )],
+        ) -> MessagesOut:
+            """Each user message with the latest version of its reply, oldest first."""
+            try:
+                record = await asyncio.to_thread(
+                    self.store.get_conversation, user_id, check_id(dialogue_id)
+                )
+            except NotFound as err:
+                raise not_found(dialogue_id) from err
+            return MessagesOut(
+                dialogue_id=record.id, title=record.title, system_prompt=record.system_prompt,
+                exchanges=[exchange_out(e) for e in record.exchanges],
+            )
+
+        @router.delete(
+            "/dialogues/{dialogue_id}", status_code=204, response_class=Response,
+            responses=_errors(401, 404, 422), summary="Delete one of your conversations",
+        )
+        async def delete_dialogue(
+            user_id: User,
+            dialogue_id: Annotated[str, Path(
+                max_length=MAX_ID_CHARS, description="One of your conversations."
+            )],
+        ) -> Response:
+            try:
+                await asyncio.to_thread(self.store.delete, user_id, check_id(dialogue_id))
+            except NotFound as err:
+                raise not_found(dialogue_id) from err
+            return Response(status_code=204)
+
+        @router.api_route(
+            "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            include_in_schema=False,
+        )
+        async def unknown(path: str, request: Request) -> None:
+            raise ApiError(
+                404, f"No endpoint {request.method} {PREFIX}/{path}; see /api/docs."
+            )
+
+        return router

@@ -1,0 +1,532 @@
+"""The REST API (/api/v1) of the real app, served on a loopback port, against a fake TGI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
+
+from app.server import create_app
+from app.store import Accounts, Store
+from tests.conftest import settings_for
+from tests.fake_backend import FakeBackend
+from tests.servers import ServerThread, free_port
+
+PASSWORD = "a long enough passphrase"
+SSE = "text/event-stream"
+
+
+@dataclass
+class Api:
+    """One running app and an HTTP client for its API."""
+
+    server: ServerThread
+    database_url: str
+    http: httpx.Client
+
+    def signup(self, name: str, password: str = PASSWORD) -> httpx.Response:
+        return self.http.post("/signup", json={"name": name, "password": password})
+
+    def login(self, name: str, password: str = PASSWORD) -> httpx.Response:
+        return self.http.post("/login", json={"name": name, "password": password})
+
+    def user(self, name: str) -> dict[str, str]:
+        """Sign up and log in; the headers that authenticate as this user."""
+        assert self.signup(name).status_code == 201
+        token = self.login(name).json()["token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    def say(self, headers: dict[str, str], message: str, **fields: Any) -> httpx.Response:
+        return self.http.post("/dialogue", headers=headers, json={"message": message, **fields})
+
+    def messages(self, headers: dict[str, str], dialogue_id: str) -> httpx.Response:
+        return self.http.get("/messages", headers=headers, params={"dialogue_id": dialogue_id})
+
+
+@pytest.fixture
+def start_api(backend: ServerThread, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    """Start the whole app (page and API) with accounts on, unless told otherwise."""
+    with ExitStack() as stack:
+
+        def start(**overrides: Any) -> Api:
+            database_url = f"sqlite:///{tmp_path / f'api-{free_port()}.db'}"
+            options = {"database_url": database_url, "auth_mode": "password",
+                       "allow_signup": True, **overrides}
+            server = stack.enter_context(ServerThread(create_app(
+                settings_for(backend.url, **options)
+            )))
+            http = stack.enter_context(httpx.Client(base_url=f"{server.url}/api/v1", timeout=30))
+            return Api(server, options["database_url"], http)
+
+        yield start
+
+
+@pytest.fixture
+def api(start_api: Callable[..., Api]) -> Api:
+    return start_api()
+
+
+def events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of a server-sent event stream, one per ``data:`` line."""
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            yield json.loads(line.removeprefix("data: "))
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def assert_error_shape(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) <= {"error", "detail"}
+    assert isinstance(body["error"], str)
+    assert body["error"]
+    assert "Traceback" not in response.text
+    return body
+
+
+# -- accounts -------------------------------------------------------------------------------
+
+
+def test_sign_up_log_in_and_ask_who_i_am(api: Api) -> None:
+    created = api.signup("alice")
+    assert created.status_code == 201
+    assert created.json() == {"id": created.json()["id"], "name": "alice"}
+
+    login = api.login("alice")
+    assert login.status_code == 200
+    body = login.json()
+    assert set(body) == {"token", "expires_at"}
+    expires = datetime.fromisoformat(body["expires_at"])
+    assert abs(expires - (datetime.now(UTC) + timedelta(hours=168))) < timedelta(minutes=1)
+
+    me = api.http.get("/me", headers={"Authorization": f"Bearer {body['token']}"})
+    assert me.json() == created.json()
+
+
+def test_sign_up_refusals_say_what_to_change(api: Api) -> None:
+    api.signup("alice")
+    taken = assert_error_shape(api.signup("Alice", "another passphrase"), 409)
+    assert "taken" in taken["error"]
+    weak = assert_error_shape(api.signup("bob", "pw"), 422)
+    assert "8 to 1024 characters" in weak["error"]
+    bad_name = assert_error_shape(api.signup("b b", PASSWORD), 422)
+    assert "letters" in bad_name["error"]
+    assert api.login("bob").status_code == 401, "nothing was created"
+
+
+def test_a_wrong_password_and_an_unknown_name_get_the_same_401(api: Api) -> None:
+    api.signup("alice")
+    wrong = api.login("alice", "not the passphrase")
+    unknown = api.login("nobody", PASSWORD)
+    for response in (wrong, unknown):
+        assert_error_shape(response, 401)
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert "token" not in response.json()
+        assert "not the passphrase" not in response.text
+    assert wrong.json() == unknown.json() == {"error": "Wrong name or password."}
+
+
+def test_missing_forged_expired_and_malformed_tokens_get_the_same_401(api: Api) -> None:
+    alice = api.user("alice")
+    store = Store(api.database_url)
+    accounts = Accounts(store)
+    user_id = api.http.get("/me", headers=alice).json()["id"]
+    expired = accounts.issue_token(user_id, timedelta(seconds=-1))
+    revoked = accounts.issue_token(user_id, timedelta(hours=1))
+    accounts.revoke(revoked)
+    store.engine.dispose()
+    attempts: list[dict[str, str]] = [
+        {},
+        {"Authorization": f"Bearer {secrets.token_urlsafe(32)}"},
+        {"Authorization": f"Bearer {expired}"},
+        {"Authorization": f"Bearer {revoked}"},
+        {"Authorization": "Bearer not a token!"},
+        {"Authorization": alice["Authorization"].replace("Bearer", "Basic")},
+        {"Authorization": alice["Authorization"] + "x"},
+    ]
+    answers = [api.http.get("/me", headers=headers) for headers in attempts]
+    for response in answers:
+        assert_error_shape(response, 401)
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert len({response.text for response in answers}) == 1, "nothing tells them apart"
+    for path in ("/models", "/dialogues"):
+        assert api.http.get(path).status_code == 401
+    assert api.http.post("/dialogue", json={"message": "hi"}).status_code == 401
+    assert api.http.get("/me", headers=alice).status_code == 200, "the real token still works"
+
+
+def test_sign_up_can_be_closed(start_api: Callable[..., Api]) -> None:
+    api = start_api(allow_signup=False)
+    closed = assert_error_shape(api.signup("alice"), 403)
+    assert "ALLOW_SIGNUP" in closed["error"]
+    store = Store(api.database_url)
+    Accounts(store).signup("carol", PASSWORD)  # made by an operator
+    store.engine.dispose()
+    assert api.login("carol").status_code == 200
+
+
+def test_without_accounts_every_request_is_the_local_user(
+    start_api: Callable[..., Api], fake: FakeBackend
+) -> None:
+    api = start_api(auth_mode="none")
+    me = api.http.get("/me")
+    assert me.status_code == 200
+    assert me.json()["name"] == "local"
+    reply = api.say({}, "hello")
+    assert reply.status_code == 200
+    assert reply.json()["reply"] == "Hello, world!"
+    listed = api.http.get("/dialogues", headers={"Authorization": "Bearer ignored"})
+    assert [d["id"] for d in listed.json()] == [reply.json()["dialogue_id"]]
+    for response in (api.signup("alice"), api.login("alice")):
+        assert "Accounts are off" in assert_error_shape(response, 403)["error"]
+
+
+# -- dialogues ------------------------------------------------------------------------------
+
+
+def test_a_reply_is_returned_whole_and_stored(api: Api, fake: FakeBackend) -> None:
+    fake.tokens = ["def", " f", "():", "\n", "    pass"]
+    alice = api.user("alice")
+    response = api.say(alice, "write f\nplease", system_prompt="Be terse.")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["reply"] == "def f():\n    pass"
+    assert body["error"] is None
+    assert body["stats"]["tokens"] == 5
+    assert body["stats"]["finish"] == "stop"
+    assert body["stats"]["time_to_first_token"] >= 0
+    assert fake.requests[-1]["messages"] == [
+        {"role": "system", "content": "Be terse."}, {"role": "user", "content": "write f\nplease"},
+    ]
+
+    listed = api.http.get("/dialogues", headers=alice).json()
+    assert [(d["id"], d["title"]) for d in listed] == [(body["dialogue_id"], "write f")]
+    assert datetime.fromisoformat(listed[0]["updated_at"]).tzinfo is not None
+    stored = api.messages(alice, body["dialogue_id"]).json()
+    assert stored["system_prompt"] == "Be terse."
+    [exchange] = stored["exchanges"]
+    assert exchange["user"] == "write f\nplease"
+    assert exchange["reply"]["id"] == body["message_id"]
+    assert exchange["reply"]["content"] == "def f():\n    pass"
+    assert exchange["reply"]["status"] == "stop"
+    assert exchange["reply"]["stats"] == body["stats"]
+    assert exchange["reply"]["model"] == fake.model_id
+
+
+def test_a_streamed_reply_arrives_as_ordered_events(api: Api, fake: FakeBackend) -> None:
+    fake.tokens = ["Sure", ":", " `x", "[::-1]", "`"]
+    alice = api.user("alice")
+    with api.http.stream(
+        "POST", "/dialogue", headers=alice, json={"message": "reverse x", "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(SSE)
+        received = list(events(response))
+    first, *deltas, last = received
+    assert set(first) == {"dialogue_id"}
+    assert all(set(event) == {"delta"} and event["delta"] for event in deltas)
+    assert "".join(event["delta"] for event in deltas) == "Sure: `x[::-1]`"
+    assert last["done"] is True
+    assert last["error"] is None
+    assert last["stats"]["tokens"] == 5
+    assert last["stats"]["finish"] == "stop"
+    [exchange] = api.messages(alice, first["dialogue_id"]).json()["exchanges"]
+    assert exchange["reply"]["id"] == last["message_id"]
+    assert exchange["reply"]["content"] == "Sure: `x[::-1]`"
+
+
+def test_accept_event_stream_asks_for_events_too(api: Api) -> None:
+    alice = api.user("alice")
+    headers = {**alice, "Accept": SSE}
+    with api.http.stream("POST", "/dialogue", headers=headers, json={"message": "hi"}) as reply:
+        received = list(events(reply))
+    assert received[-1]["done"] is True
+    assert "".join(e.get("delta", "") for e in received) == "Hello, world!"
+
+
+def test_continuing_a_dialogue_sends_the_earlier_turns(api: Api, fake: FakeBackend) -> None:
+    alice = api.user("alice")
+    first = api.say(alice, "first question", system_prompt="Be terse.", max_new_tokens=3)
+    dialogue_id = first.json()["dialogue_id"]
+    assert first.json()["reply"] == "Hello, world"
+    assert first.json()["stats"]["finish"] == "length"
+    second = api.say(alice, "second question", dialogue_id=dialogue_id)
+    assert second.json()["dialogue_id"] == dialogue_id
+    sent = fake.requests[-1]
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "Hello, world"},
+        {"role": "user", "content": "second question"},
+    ]
+    assert sent["max_tokens"] == 3, "the dialogue's settings are kept with it"
+    stored = api.messages(alice, dialogue_id).json()["exchanges"]
+    assert [e["user"] for e in stored] == ["first question", "second question"]
+
+
+def test_a_conversation_from_the_page_continues_with_its_settings(
+    api: Api, fake: FakeBackend
+) -> None:
+    alice = api.user("alice")
+    user_id = api.http.get("/me", headers=alice).json()["id"]
+    store = Store(api.database_url)
+    # As the page stores its controls: stop sequences one per line, -1 for a random seed.
+    page_settings = {"max_new_tokens": 2, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
+                     "stop": "END\nSTOP", "seed": -1, "frequency_penalty": 0.5}
+    dialogue_id = store.create_conversation(user_id, "From the page", "Be kind.",
+                                            settings=page_settings)
+    store.engine.dispose()
+
+    body = api.say(alice, "go on", dialogue_id=dialogue_id, temperature=0.1).json()
+    assert body["reply"] == "Hello,"
+    sent = fake.requests[-1]
+    assert sent["messages"][0] == {"role": "system", "content": "Be kind."}
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (2, 0.1, 0.9)
+    assert (sent["stop"], sent["frequency_penalty"]) == (["END", "STOP"], 0.5)
+    assert sent.get("seed") is None
+    assert "top_k" not in sent, "TGI's Messages API takes no top-k; it is not sent"
+    stored = api.messages(alice, dialogue_id).json()
+    assert stored["title"] == "From the page"
+    assert stored["system_prompt"] == "Be kind."
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_reply(api: Api, fake: FakeBackend) -> None:
+    fake.tokens = [f"token{i} " for i in range(200)]
+    fake.token_delay = 0.02
+    alice = api.user("alice")
+    with api.http.stream(
+        "POST", "/dialogue", headers=alice, json={"message": "long one", "stream": True}
+    ) as response:
+        received = events(response)
+        dialogue_id = next(received)["dialogue_id"]
+        assert "delta" in next(received)
+    # Leaving the block closes the connection before the reply has ended.
+    wait_for(lambda: fake.cancelled == 1)
+    assert fake.completed == 0
+
+    def reply() -> dict[str, Any]:
+        exchange: dict[str, Any] = api.messages(alice, dialogue_id).json()["exchanges"][0]
+        return dict(exchange["reply"])
+
+    wait_for(lambda: reply()["status"] != "streaming")
+    stopped = reply()
+    assert stopped["status"] == "stopped"
+    assert stopped["stats"]["finish"] == "stopped"
+    assert stopped["content"].startswith("token0 ")
+    assert len(stopped["content"]) < len("".join(fake.tokens))
+
+
+def test_a_client_that_gives_up_waiting_stops_the_reply(api: Api, fake: FakeBackend) -> None:
+    fake.tokens = [f"token{i} " for i in range(200)]
+    fake.token_delay = 0.02
+    alice = api.user("alice")
+    with pytest.raises(httpx.ReadTimeout):
+        api.http.post(
+            "/dialogue", headers=alice, json={"message": "long one"},
+            timeout=httpx.Timeout(10, read=0.5),
+        )
+    wait_for(lambda: fake.cancelled == 1)
+    [dialogue] = api.http.get("/dialogues", headers=alice).json()
+    wait_for(lambda: api.messages(alice, dialogue["id"]).json()["exchanges"][0]["reply"]
+             ["status"] == "stopped")
+
+
+def test_a_backend_failure_mid_reply_is_reported_and_kept(api: Api, fake: FakeBackend) -> None:
+    fake.mode = "error_event"
+    alice = api.user("alice")
+    body = api.say(alice, "hi").json()
+    assert body["reply"] == "Hello,"
+    assert "boom" in body["error"]
+    assert body["stats"]["finish"] == "interrupted"
+    stored = api.messages(alice, body["dialogue_id"]).json()["exchanges"][0]["reply"]
+    assert (stored["status"], stored["content"]) == ("interrupted", "Hello,")
+    assert "boom" in stored["error"]
+
+
+def test_messages_that_cannot_be_sent_are_refused_and_not_stored(
+    start_api: Callable[..., Api], fake: FakeBackend
+) -> None:
+    api = start_api(max_message_chars=50)
+    alice = api.user("alice")
+    too_long = assert_error_shape(api.say(alice, "x" * 51), 422)
+    assert "51 characters; the limit is 50" in too_long["error"]
+    assert "empty" in assert_error_shape(api.say(alice, "  \n "), 422)["error"]
+    overflow = assert_error_shape(api.say(alice, "hi", max_new_tokens=2048), 422)
+    assert "lower max new tokens" in overflow["error"]
+    invalid = assert_error_shape(api.say(alice, "hi", temperature=9, colour="blue"), 422)
+    assert [problem["loc"] for problem in invalid["detail"]] == [
+        ["body", "temperature"], ["body", "colour"],
+    ]
+    assert all("input" not in problem for problem in invalid["detail"])
+    nul = assert_error_shape(api.say(alice, "a\x00b"), 422)
+    assert "NUL" in nul["error"]
+    broken = api.http.post(
+        "/dialogue", headers={**alice, "Content-Type": "application/json"}, content=b"{nope",
+    )
+    assert_error_shape(broken, 422)
+    assert fake.requests == []
+    assert api.http.get("/dialogues", headers=alice).json() == []
+
+
+def test_the_backends_model_or_why_there_is_none(
+    start_api: Callable[..., Api], fake: FakeBackend, backend: ServerThread
+) -> None:
+    api = start_api()
+    alice = api.user("alice")
+    model = api.http.get("/models", headers=alice).json()
+    assert (model["model"], model["backend"]) == (fake.model_id, "tgi")
+    assert (model["max_input_tokens"], model["max_total_tokens"]) == (1024, 2048)
+    assert "temperature" in model["controls"]
+
+    backend.stop()
+    unreachable = assert_error_shape(api.http.get("/models", headers=alice), 503)
+    assert "unreachable" in unreachable["error"]
+    refused = assert_error_shape(api.say(alice, "hi"), 503)
+    assert "unreachable" in refused["error"]
+    assert api.http.get("/dialogues", headers=alice).json() == [], "nothing stored"
+
+
+def test_users_cannot_reach_each_others_dialogues(api: Api, fake: FakeBackend) -> None:
+    alice, bob = api.user("alice"), api.user("bob")
+    dialogue_id = api.say(alice, "alice's secret").json()["dialogue_id"]
+    sent = len(fake.requests)
+
+    assert api.http.get("/dialogues", headers=bob).json() == []
+    missing = secrets.token_hex(16)
+    for target in (dialogue_id, missing):
+        answers = [
+            api.messages(bob, target),
+            api.say(bob, "let me in", dialogue_id=target),
+            api.http.delete(f"/dialogues/{target}", headers=bob),
+        ]
+        for response in answers:
+            body = assert_error_shape(response, 404)
+            assert body["error"] == f"No dialogue {target!r} among yours."
+            assert "alice" not in response.text
+    assert len(fake.requests) == sent, "nothing went to the backend"
+    stored = api.messages(alice, dialogue_id).json()
+    assert [e["user"] for e in stored["exchanges"]] == ["alice's secret"]
+
+    assert api.http.delete(f"/dialogues/{dialogue_id}", headers=alice).status_code == 204
+    assert api.messages(alice, dialogue_id).status_code == 404
+    assert api.http.get("/dialogues", headers=alice).json() == []
+
+
+def test_unknown_endpoints_answer_in_the_api_shape(api: Api) -> None:
+    body = assert_error_shape(api.http.get("/nothing/here"), 404)
+    assert "/api/v1/nothing/here" in body["error"]
+    assert httpx.get(f"{api.server.url}/api/openapi.json").status_code == 200
+
+
+def test_passwords_and_tokens_stay_out_of_logs_and_responses(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    responses = [
+        api.signup("alice"),
+        api.signup("alice", "an other passphrase"),
+        api.signup("bob", "tiny"),
+        api.login("alice", "a wrong passphrase"),
+        api.login("alice", "z" * 1025),
+        api.http.post("/login", json={"name": "alice", "password": PASSWORD, "extra": 1}),
+    ]
+    login = api.login("alice")
+    token = login.json()["token"]
+    alice = {"Authorization": f"Bearer {token}"}
+    responses += [
+        api.http.get("/me", headers=alice),
+        api.say(alice, "hi"),
+        api.say(alice, 5),  # type: ignore[arg-type]
+        api.http.get("/me", headers={"Authorization": f"Bearer {token}x"}),
+    ]
+    secrets_sent = [PASSWORD, "an other passphrase", "tiny", "a wrong passphrase", "z" * 1025]
+    for response in responses:
+        for secret in [*secrets_sent, token]:
+            assert secret not in response.text
+    assert token in login.text
+    for secret in [*secrets_sent, token]:
+        assert secret not in caplog.text
+
+
+# -- fuzzing --------------------------------------------------------------------------------
+
+
+@dataclass
+class Fuzzed:
+    url: str
+    token: str
+
+
+@pytest.fixture
+def fuzzed_app(start_api: Callable[..., Api]) -> Fuzzed:
+    api = start_api()
+    return Fuzzed(api.server.url, api.user("fuzzer")["Authorization"].removeprefix("Bearer "))
+
+
+FUZZ_EXAMPLES = 30  # per endpoint and generation mode
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_input_makes_the_api_fail(
+    fuzzed_app: Fuzzed, fake: FakeBackend, mode: GenerationMode
+) -> None:
+    """Requests generated from the app's own OpenAPI schema, fitting it (positive) or not
+    (negative), get an answer and never a 5xx, authenticated with a real token."""
+    schema = schemathesis.openapi.from_url(f"{fuzzed_app.url}/api/openapi.json")
+    auth = {"Authorization": f"Bearer {fuzzed_app.token}"}
+    answers: dict[str, Counter[int]] = {}
+    no_invalid_input: set[str] = set()  # operations without parameters or body
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        operation = result.ok()
+        answers[operation.label] = Counter()
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        def call(case: schemathesis.Case[Any]) -> None:
+            response = case.call_and_validate(
+                base_url=fuzzed_app.url, headers=auth, checks=[not_a_server_error], timeout=30
+            )
+            answers[case.operation.label][response.status_code] += 1
+
+        try:
+            call()
+        except Unsatisfiable:
+            assert mode is GenerationMode.NEGATIVE, operation.label
+            no_invalid_input.add(operation.label)
+    assert set(answers) == {
+        "POST /api/v1/signup", "POST /api/v1/login", "GET /api/v1/me", "GET /api/v1/models",
+        "POST /api/v1/dialogue", "GET /api/v1/dialogues", "GET /api/v1/messages",
+        "DELETE /api/v1/dialogues/{dialogue_id}", "GET /healthz",
+    }
+    assert no_invalid_input <= {"GET /api/v1/me", "GET /api/v1/models", "GET /healthz"}
+    assert all(answers[label] for label in set(answers) - no_invalid_input), answers
+    if mode is GenerationMode.POSITIVE:
+        assert answers["POST /api/v1/dialogue"][200] > 0, "some replies came from the backend"
+        assert fake.requests
