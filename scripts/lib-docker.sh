@@ -48,20 +48,21 @@ load_env() {
     done <"$ENV_FILE"
 }
 
-# model_cache: the host folder of the shared model cache (MODEL_CACHE is relative to containers/).
-model_cache() {
-    case "$MODEL_CACHE" in
-        /*) echo "$MODEL_CACHE" ;;
-        *) echo "$REPO/containers/$MODEL_CACHE" ;;
+# host_path PATH: a folder named in service.env (relative to containers/, as Compose reads it).
+host_path() {
+    case "$1" in
+        /*) echo "$1" ;;
+        *) echo "$REPO/containers/$1" ;;
     esac
 }
 
-# prepare_cache: create the cache folder; the downloader writes it as the user running this.
+# prepare_cache: create the cache and data folders; the downloader and the app write them as
+# the user running this.
 prepare_cache() {
     HOST_UID="$(id -u)"
     HOST_GID="$(id -g)"
     export HOST_UID HOST_GID
-    mkdir -p "$(model_cache)"
+    mkdir -p "$(host_path "$MODEL_CACHE")" "$(host_path "$APP_DATA")"
 }
 
 # compose ARGS...: docker compose on the project's file, with every profile known to it.

@@ -141,6 +141,8 @@ def test_the_app_waits_for_a_healthy_tgi_and_talks_to_it(compose: dict[str, Any]
         for name in ("tgi-cpu", "tgi-cuda")
     }
     assert app["environment"]["BACKEND_URL"] == "http://tgi:80"
+    assert app["environment"]["DATABASE_URL"] == "sqlite:////data/playground.db"
+    assert app["volumes"] == ["${APP_DATA}:/data"], "the database outlives the container"
     assert app["ports"] == ["${PUBLISH_ADDRESS}:${APP_PORT}:7860"]
     assert app["image"] == "${REGISTRY}coding-playground:${TAG}"
 
@@ -310,7 +312,7 @@ def test_up_checks_the_machine_then_starts_the_profile(
     log = tmp_path / "docker.log"
     env = {
         "FAKE_DOCKER_LOG": str(log), "APP_PORT": str(healthy_app.port),
-        "MODEL_CACHE": str(tmp_path / "cache"),
+        "MODEL_CACHE": str(tmp_path / "cache"), "APP_DATA": str(tmp_path / "data"),
     }
     result = run("up", "cpu", path=with_fake(fake_bin), env=env)
     assert result.returncode == 0, result.stderr
@@ -321,6 +323,7 @@ def test_up_checks_the_machine_then_starts_the_profile(
         f"compose {project} --env-file {CONTAINERS / 'service.env'} --profile cpu up --detach"
     ]
     assert (tmp_path / "cache").is_dir()
+    assert (tmp_path / "data").is_dir()
 
 
 def test_up_without_the_image_says_to_build_it(fake_bin: Path, tmp_path: Path) -> None:
