@@ -22,13 +22,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from tests.servers import free_port
+from tests.servers import Running, free_port
 
 INSTALL_HINT = (
     "scripts/test installs them (apt-get install postgresql); "
@@ -65,7 +64,7 @@ def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", name))
 
 
-class PostgresServer:
+class PostgresServer(Running):
     """One PostgreSQL server in a temporary folder, for as long as the ``with`` block lasts."""
 
     def __init__(self, settings: dict[str, str] | None = None) -> None:
@@ -129,15 +128,6 @@ class PostgresServer:
         with self._admin(name) as connection:
             connection.execute("DROP SCHEMA IF EXISTS public CASCADE")
             connection.execute("CREATE SCHEMA public")
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- setting up ------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -18,7 +18,26 @@ def free_port() -> int:
         return port
 
 
-class ServerThread:
+class Running:
+    """A server that runs inside a ``with`` block: ``start()`` on entry, ``stop()`` on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ServerThread(Running):
     """Serve an ASGI app on 127.0.0.1:port until ``stop()``; it can be started again."""
 
     def __init__(self, app: Any, port: int | None = None) -> None:
@@ -52,12 +71,3 @@ class ServerThread:
             self._thread.join(timeout=10)
         self._server = None
         self._thread = None
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
