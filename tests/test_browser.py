@@ -3,6 +3,7 @@ backend standing in for TGI with a slow, long reply."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,57 @@ def test_accounts_see_only_their_own_conversations(
         expect(bob.locator("#conversations label")).to_have_count(0)
         OUTPUT.mkdir(exist_ok=True)
         alice.screenshot(path=str(OUTPUT / "browser-signed-in.png"), full_page=True)
+
+
+PAYLOADS = [
+    '<img src=x onerror="window.pwned=1">',
+    "<script>window.pwned=1</script>",
+    '<svg onload="window.pwned=1"></svg>',
+    '<a href="javascript:window.pwned=1">click</a>',
+]
+
+
+def test_html_in_messages_replies_titles_and_imports_shows_as_text(
+    page: Page, fake: FakeBackend, tmp_path: Path
+) -> None:
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    fake.tokens = ["Reply with ", *PAYLOADS]
+    fake.token_delay = 0.0
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    page.locator("#message textarea").fill(" ".join(PAYLOADS))
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+    for payload in PAYLOADS:
+        expect(page.locator("#chat .message.user")).to_contain_text(payload)
+        expect(page.locator("#chat .message.bot")).to_contain_text(payload)
+    expect(page.locator("#conversations label").first).to_contain_text(PAYLOADS[0])
+    document = {
+        "format": "coding-playground.conversations", "version": 1,
+        "exported_at": "2026-11-23T00:00:00+00:00",
+        "conversations": [{
+            "id": "x", "title": PAYLOADS[1], "model": None, "backend": None, "language": None,
+            "system_prompt": "", "settings": {},
+            "created_at": "2026-11-23T00:00:00+00:00", "updated_at": "2026-11-23T00:00:01+00:00",
+            "messages": [{
+                "id": 1, "role": "user", "content": PAYLOADS[2], "reply_to": None,
+                "status": "complete", "error": None, "tokens": None,
+                "time_to_first_token": None, "tokens_per_second": None, "model": None,
+                "backend": None, "created_at": "2026-11-23T00:00:00+00:00",
+                "updated_at": "2026-11-23T00:00:00+00:00",
+            }],
+        }],
+    }
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(document))
+    page.get_by_text("Export and import").click()
+    with page.expect_file_chooser() as chooser:
+        page.locator("#import").click()
+    chooser.value.set_files(str(hostile))
+    expect(page.locator("#conversations label")).to_have_count(2)
+    page.locator("#conversations").get_by_text(PAYLOADS[1]).click()
+    expect(page.locator("#chat .message.user")).to_contain_text(PAYLOADS[2])
+    assert page.evaluate("window.pwned") is None, "no payload ran"
+    assert dialogs == []
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-xss.png"), full_page=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from app.backends import BackendError, BackendInfo
 from app.chat import Exchange
-from app.markdown import close_open_fence
+from app.markdown import close_open_fence, escape_html
 
 TITLE = "## Coding Playground"
 
@@ -15,9 +15,9 @@ KIND_NAMES = {"tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatib
 
 
 def assistant_markdown(exchange: Exchange) -> str:
-    parts = [close_open_fence(exchange.reply)] if exchange.reply else []
+    parts = [escape_html(close_open_fence(exchange.reply))] if exchange.reply else []
     if exchange.error:
-        parts.append(f"⚠️ {exchange.error}")
+        parts.append(f"⚠️ {escape_html(exchange.error)}")
     if exchange.stats is not None and exchange.done:
         parts.append(f"_{exchange.stats.line()}_")
     return "\n\n".join(parts)
@@ -26,7 +26,7 @@ def assistant_markdown(exchange: Exchange) -> str:
 def chat_messages(conversation: Sequence[Exchange]) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for exchange in conversation:
-        messages.append({"role": "user", "content": exchange.user})
+        messages.append({"role": "user", "content": escape_html(exchange.user)})
         body = assistant_markdown(exchange)
         if body:
             messages.append({"role": "assistant", "content": body})
