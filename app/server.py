@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app.api import install_api
 from app.chat import ChatService
+from app.chat.guard import Guard
 from app.settings import Settings
 from app.store import Accounts, Store
 from app.ui import PlaygroundUI
@@ -37,9 +38,10 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         """The app is up; it says nothing about the backend, which may come and go."""
         return {"status": "ok"}
 
-    install_api(api, settings, service, store)
+    guard = Guard(settings)
+    install_api(api, settings, service, store, guard)
 
-    demo = PlaygroundUI(service, store).build()
+    demo = PlaygroundUI(service, store, guard).build()
     # Gradio caps concurrent events at ``max_threads`` even for async handlers; raise the cap
     # together with the per-event limit so that users do not wait for one another.
     demo.max_threads = settings.queue_concurrency

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_new_tokens: int = Field(512, ge=1)
     max_message_chars: int = Field(8000, ge=1)
+    max_message_tokens: int = Field(4000, ge=1)
+    rate_limit_per_minute: int = Field(30, ge=0)
 
     queue_concurrency: int = Field(256, ge=1)
     queue_max_size: int | None = Field(None, ge=1)

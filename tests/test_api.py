@@ -530,3 +530,16 @@ def test_no_input_makes_the_api_fail(
     if mode is GenerationMode.POSITIVE:
         assert answers["POST /api/v1/dialogue"][200] > 0, "some replies came from the backend"
         assert fake.requests
+
+
+def test_over_the_rate_limit_the_api_answers_429_with_retry_after(
+    start_api: Callable[..., Api], fake: FakeBackend
+) -> None:
+    api = start_api(rate_limit_per_minute=2)
+    alice = api.user("alice")
+    assert [api.say(alice, f"message {i}").status_code for i in range(2)] == [200, 200]
+    refused = api.say(alice, "one too many")
+    body = assert_error_shape(refused, 429)
+    assert "2 messages in the last minute" in body["error"]
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert len(fake.requests) == 2, "the refused message never reached the backend"

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from app.chat import Chat, ChatService, Exchange
+from app.chat.guard import Guard
 from app.server import open_store
 from app.ui import PlaygroundUI
 from tests.conftest import settings_for
@@ -25,7 +26,7 @@ CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 def make_ui(url: str, **overrides: Any) -> PlaygroundUI:
     """The page's handlers, their store a SQLite file in the test's own folder."""
     settings = settings_for(url, **overrides)
-    return PlaygroundUI(ChatService(settings), open_store(settings))
+    return PlaygroundUI(ChatService(settings), open_store(settings), Guard(settings))
 
 
 async def drain(updates: AsyncIterator[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -312,3 +313,16 @@ async def test_export_then_import_through_the_page(backend: ServerThread, tmp_pa
     assert len(await (await ui.history_for(None)).choices()) == 2
     with pytest.raises(gr.Error, match="nothing to export yet"):
         await ui.export(None, Chat(), "json")
+
+
+async def test_over_the_rate_limit_nothing_is_sent_or_stored(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    ui = make_ui(backend.url, rate_limit_per_minute=2)
+    chat = Chat()
+    for message in ("one", "two"):
+        await drain(ui.send(None, message, chat, "", *CONTROLS))
+    with pytest.raises(gr.Error, match="2 messages in the last minute"):
+        await drain(ui.send(None, "three", chat, "", *CONTROLS))
+    assert [ex.user for ex in chat.exchanges] == ["one", "two"]
+    assert len(fake.requests) == 2

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from app.api.errors import ApiError, install_error_handlers
 from app.api.routes import PREFIX, RestApi
 from app.chat import ChatService
+from app.chat.guard import Guard
 from app.settings import Settings
 from app.store import Accounts, Store
 
@@ -19,11 +20,11 @@ __all__ = ["PREFIX", "ApiError", "RestApi", "install_api"]
 
 
 def install_api(
-    app: FastAPI, settings: Settings, service: ChatService, store: Store,
+    app: FastAPI, settings: Settings, service: ChatService, store: Store, guard: Guard,
     accounts: Accounts | None = None,
 ) -> RestApi:
     """Add the API's routes and error answers to ``app`` (before the page is mounted at /)."""
-    api = RestApi(settings, service, store, accounts)
+    api = RestApi(settings, service, store, guard, accounts)
     install_error_handlers(app)
     app.include_router(api.router())
     return api

@@ -29,6 +29,7 @@ from app.api.errors import ApiError
 from app.api.models import DialogueIn, DialogueOut, ExchangeOut, ReplyOut, StatsOut
 from app.backends import BackendError, BackendInfo, GenerationParams
 from app.chat import Chat, ChatService, ContextOverflow, Exchange, TurnStats
+from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
 from app.chat.models import FINISH_TEXT
 from app.settings import Settings
@@ -151,28 +152,31 @@ class Turn:
 
 
 class Dialogues:
-    def __init__(self, settings: Settings, service: ChatService, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, service: ChatService, store: Store, guard: Guard
+    ) -> None:
         self.settings = settings
         self.service = service
         self.store = store
+        self.guard = guard
         self._running: set[asyncio.Task[None]] = set()
 
     async def start(self, user_id: int, body: DialogueIn) -> Turn:
         """Check the request, store the message and start the reply.
 
         Raises ``ApiError``: 404 for a dialogue that is not the user's, 422 for a message
-        refused (empty, too long, too long for the context), 503 when the backend does not
-        answer. Nothing is stored when it raises.
+        refused (empty, too long, too long for the context), 429 over the rate limit (with
+        Retry-After), 503 when the backend does not answer. Nothing is stored when it raises.
         """
         text = body.message
-        if not text.strip():
-            raise ApiError(422, "The message is empty; nothing was sent.")
-        limit = self.settings.max_message_chars
-        if len(text) > limit:
+        try:
+            self.guard.check(user_id, text)
+        except MessageRefused as err:
+            if err.retry_after is None:
+                raise ApiError(422, str(err)) from err
             raise ApiError(
-                422, f"Your message has {len(text)} characters; the limit is {limit}. "
-                "Shorten it or split it into parts. Nothing was sent.",
-            )
+                429, str(err), headers={"Retry-After": str(int(err.retry_after))}
+            ) from err
         history = History(self.store, user_id)
         record: ConversationRecord | None = None
         chat = Chat()

@@ -30,6 +30,7 @@ from app.api.models import (
 )
 from app.backends import BackendError
 from app.chat import ChatService
+from app.chat.guard import Guard
 from app.settings import Settings
 from app.store import AccountError, Accounts, NameTaken, NotFound, Store
 
@@ -54,14 +55,14 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 class RestApi:
     def __init__(
-        self, settings: Settings, service: ChatService, store: Store,
+        self, settings: Settings, service: ChatService, store: Store, guard: Guard,
         accounts: Accounts | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.store = store
         self.accounts = accounts or Accounts(store)
-        self.dialogues = Dialogues(settings, service, store)
+        self.dialogues = Dialogues(settings, service, store, guard)
         self.local_user = store.user_id() if settings.auth_mode == "none" else None
         self.bearer = HTTPBearer(
             auto_error=False, scheme_name="token",
@@ -174,7 +175,7 @@ class RestApi:
                     "type": "string", "description": "With stream=true or Accept: "
                     "text/event-stream: `data: {json}` events, see the `stream` field.",
                 }}}},
-                **_errors(400, 401, 404, 422, 503),
+                **_errors(400, 401, 404, 422, 429, 503),
             },
             summary="Send a message and get the reply",
         )

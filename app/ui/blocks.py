@@ -13,6 +13,7 @@ import gradio as gr
 
 from app.backends import BackendError, BackendInfo, GenerationParams
 from app.chat import Chat, ChatService, ContextOverflow, Exchange
+from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
@@ -44,9 +45,10 @@ def skip_all() -> tuple[Any, ...]:
 
 
 class PlaygroundUI:
-    def __init__(self, service: ChatService, store: Store) -> None:
+    def __init__(self, service: ChatService, store: Store, guard: Guard) -> None:
         self.service = service
         self.store = store
+        self.guard = guard
         self.settings = service.settings
         self._user_ids: dict[str, int] = {}
 
@@ -90,6 +92,12 @@ class PlaygroundUI:
             **{name: float(value) for name, value in given.items()},
         )
 
+    def _check(self, history: History, text: str) -> None:
+        try:
+            self.guard.check(history.user_id, text)
+        except MessageRefused as err:
+            raise gr.Error(str(err)) from err
+
     @staticmethod
     async def _list(history: History, chat: Chat, search: str = "") -> Any:
         return gr.update(choices=await history.choices(search), value=chat.id)
@@ -119,13 +127,8 @@ class PlaygroundUI:
         if not text.strip():
             yield skip_all()
             return
-        limit = self.settings.max_message_chars
-        if len(text) > limit:
-            raise gr.Error(
-                f"Your message has {len(text)} characters; the limit is {limit}. "
-                "Shorten it or split it into parts. Nothing was sent."
-            )
         history = await self.history_for(request)
+        self._check(history, text)
         async for update in self._reply(history, text, chat, system_prompt, controls):
             yield update
 
@@ -139,6 +142,7 @@ class PlaygroundUI:
             return
         last = chat.exchanges[-1]
         history = await self.history_for(request)
+        self._check(history, last.user)
         async for update in self._reply(
             history, last.user, chat, system_prompt, controls, retried=last
         ):
