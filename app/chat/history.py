@@ -73,7 +73,7 @@ class History:
 
     async def begin(
         self, chat: Chat, text: str, info: BackendInfo | None, system_prompt: str,
-        settings: dict[str, Any], retried: Exchange | None = None,
+        settings: dict[str, Any], retried: Exchange | None = None, language: str | None = None,
     ) -> Exchange:
         """The new exchange at the end of ``chat``, stored with an empty reply that streams.
 
@@ -85,7 +85,7 @@ class History:
             chat.exchanges.remove(retried)
             exchange.user_message_id = retried.user_message_id
         else:
-            await self.add_message(chat, exchange, system_prompt, settings)
+            await self.add_message(chat, exchange, system_prompt, settings, language)
         chat.exchanges.append(exchange)
         await self.start_reply(chat, exchange, info)
         return exchange
@@ -113,17 +113,20 @@ class History:
                 yield
 
     async def add_message(
-        self, chat: Chat, exchange: Exchange, system_prompt: str, settings: dict[str, Any]
+        self, chat: Chat, exchange: Exchange, system_prompt: str, settings: dict[str, Any],
+        language: str | None = None,
     ) -> None:
-        """Store the user's message (creating the conversation on its first one)."""
+        """Store the user's message (creating the conversation on its first one), with the
+        conversation's prompt, settings and language (None: the language as it is)."""
         if chat.id is None:
             chat.id = await asyncio.to_thread(
                 self.store.create_conversation, self.user_id, title_from(exchange.user),
-                system_prompt, settings=settings,
+                system_prompt, settings=settings, language=language or None,
             )
         else:
             await asyncio.to_thread(
-                self.store.update_settings, self.user_id, chat.id, system_prompt, settings
+                self.store.update_settings, self.user_id, chat.id, system_prompt, settings,
+                language,
             )
         exchange.user_message_id = await asyncio.to_thread(
             self.store.add_user_message, self.user_id, chat.id, exchange.user

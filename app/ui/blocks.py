@@ -15,6 +15,7 @@ from app.backends import BackendError, BackendInfo, GenerationParams
 from app.chat import Chat, ChatService, ContextOverflow, Exchange
 from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
+from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
 from app.ui.render import chat_messages, dropped_notice, header_markdown
@@ -121,7 +122,7 @@ class PlaygroundUI:
 
     async def send(
         self, request: gr.Request | None, text: str, chat: Chat, system_prompt: str,
-        *controls: Any,
+        language: str, *controls: Any,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Send a new message; outputs as in ``REPLY_OUTPUTS``."""
         if not text.strip():
@@ -129,11 +130,14 @@ class PlaygroundUI:
             return
         history = await self.history_for(request)
         self._check(history, text)
-        async for update in self._reply(history, text, chat, system_prompt, controls):
+        async for update in self._reply(
+            history, text, chat, system_prompt, language, controls
+        ):
             yield update
 
     async def retry(
-        self, request: gr.Request | None, chat: Chat, system_prompt: str, *controls: Any
+        self, request: gr.Request | None, chat: Chat, system_prompt: str, language: str,
+        *controls: Any,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Ask again for the last message; its reply is replaced once the new one starts (the
         store keeps the earlier version)."""
@@ -144,12 +148,12 @@ class PlaygroundUI:
         history = await self.history_for(request)
         self._check(history, last.user)
         async for update in self._reply(
-            history, last.user, chat, system_prompt, controls, retried=last
+            history, last.user, chat, system_prompt, language, controls, retried=last
         ):
             yield update
 
     async def _reply(
-        self, history: History, text: str, chat: Chat, system_prompt: str,
+        self, history: History, text: str, chat: Chat, system_prompt: str, language: str,
         controls: tuple[Any, ...], retried: Exchange | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Stream a reply to ``text``, storing the message first and the reply as it grows.
@@ -164,13 +168,14 @@ class PlaygroundUI:
         if info is not None and params is not None:
             try:
                 fitted = self.service.fit(
-                    info, system_prompt, earlier, text, params.max_new_tokens
+                    info, system_prompt_for(system_prompt, language), earlier, text,
+                    params.max_new_tokens,
                 )
             except ContextOverflow as err:
                 raise gr.Error(str(err)) from err
         settings = dict(zip(CONTROL_NAMES, controls, strict=True))
         exchange = await history.begin(
-            chat, text, info, system_prompt, settings, retried=retried
+            chat, text, info, system_prompt, settings, retried=retried, language=language
         )
         conversations = await self._list(history, chat) if retried is None else gr.skip()
         if fitted is None or params is None or info is None:
@@ -212,14 +217,15 @@ class PlaygroundUI:
     ) -> tuple[Any, ...]:
         """Show a stored conversation with its system prompt and settings."""
         if not conversation_id or conversation_id == chat.id:
-            return (gr.skip(),) * (4 + len(CONTROL_NAMES))
+            return (gr.skip(),) * (5 + len(CONTROL_NAMES))
         await self.stop(chat)
         try:
             record, opened = await (await self.history_for(request)).open(conversation_id)
         except NotFound as err:
             raise gr.Error("That conversation no longer exists.") from err
         values = [record.settings.get(name, gr.skip()) for name in CONTROL_NAMES]
-        return (chat_messages(opened.exchanges), opened, record.system_prompt, record.title,
+        return (chat_messages(opened.exchanges), opened, record.system_prompt,
+                record.language or "", record.title,
                 *values)
 
     async def search(self, request: gr.Request | None, text: str, chat: Chat) -> Any:
@@ -324,7 +330,12 @@ class PlaygroundUI:
                 with gr.Column(scale=1, min_width=120):
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Row():
+            with gr.Row(equal_height=True):
+                language = gr.Dropdown(
+                    [("Any language", ""), *((name, key) for key, name in LANGUAGE_NAMES.items())],
+                    value="", label="Language", show_label=False, scale=2, min_width=160,
+                    elem_id="language",
+                )
                 retry = gr.Button("Retry", size="sm", elem_id="retry")
                 undo = gr.Button("Undo", size="sm", elem_id="undo")
                 clear = gr.Button("Clear", size="sm", elem_id="clear")
@@ -352,10 +363,12 @@ class PlaygroundUI:
             reply_outputs = [chatbot, chat, message, notice, header, conversations]
             gr.on(
                 [message.submit, send.click], self.send,
-                [message, chat, system_prompt, *controls], reply_outputs, api_name="chat",
+                [message, chat, system_prompt, language, *controls], reply_outputs,
+                api_name="chat",
             )
             retry.click(
-                self.retry, [chat, system_prompt, *controls], reply_outputs, api_name="retry"
+                self.retry, [chat, system_prompt, language, *controls], reply_outputs,
+                api_name="retry",
             )
             # Stop, Undo and the conversation switches signal the streaming handler rather
             # than cancel it, so that its last update (the reply marked stopped) is saved.
@@ -369,7 +382,8 @@ class PlaygroundUI:
             )
             conversations.input(
                 self.open_chat, [conversations, chat],
-                [chatbot, chat, system_prompt, title, *controls], api_name="open_chat",
+                [chatbot, chat, system_prompt, language, title, *controls],
+                api_name="open_chat",
             )
             search.change(
                 self.search, [search, chat], [conversations], queue=False, api_name="search"
