@@ -21,6 +21,8 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
 SECRET_SETTINGS = frozenset({"BACKEND_TOKEN", "HF_TOKEN", "DATABASE_URL"})
 
 
@@ -67,6 +69,8 @@ class Settings(BaseSettings):
     allow_signup: bool = False
     token_ttl_hours: float = Field(24 * 7, gt=0)
 
+    snippet_runs: Literal["auto", "on", "off"] = "auto"
+
     debug: bool = False
 
     @field_validator("backend_url")
@@ -91,6 +95,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, token: SecretStr | None) -> SecretStr | None:
         return token if token is not None and token.get_secret_value() else None
+
+    @property
+    def runs_allowed(self) -> bool:
+        """Whether snippets may run in the sandbox: SNIPPET_RUNS, where ``auto`` allows them
+        only while the app listens on this machine alone."""
+        if self.snippet_runs == "auto":
+            return self.app_host in LOOPBACK_HOSTS
+        return self.snippet_runs == "on"
 
     @property
     def backend_root(self) -> str:

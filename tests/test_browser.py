@@ -207,3 +207,41 @@ def test_html_in_messages_replies_titles_and_imports_shows_as_text(
     assert dialogs == []
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-xss.png"), full_page=True)
+
+
+FIRST_VERSION = ["Here:\n\n", "```python\n", "def add(a, b):\n", "    return a + b\n", "\n",
+                 "print(add(2, 3))\n", "```\n"]
+SECOND_VERSION = ["```python\n", "def add(a, b, c=0):\n", "    return a + b + c\n", "\n",
+                  "print(add(2, 3, 4))\n", "```\n", "It takes a third number now."]
+
+
+def test_the_coding_loop_ask_save_refine_diff_run(page: Page, fake: FakeBackend) -> None:
+    fake.tokens, fake.token_delay = FIRST_VERSION, 0.0
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    page.locator("#message textarea").fill("Write an add function in Python.")
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+    page.get_by_text("Save code from this conversation").click()
+    page.locator("#find-code").click()
+    expect(page.locator("#code-blocks input")).to_have_value("#1 python: def add(a, b):")
+    page.locator("#snippet-title textarea").fill("add numbers")
+    page.locator("#save-code").click()
+    expect(page.get_by_text("Saved to the snippet library.")).to_be_visible()
+
+    page.get_by_role("tab", name="Snippets").click()
+    page.locator("#snippets").get_by_text("add numbers (python, v1)").click()
+    expect(page.locator("#code")).to_contain_text("return a + b")
+    fake.tokens = SECOND_VERSION
+    page.locator("#instruction textarea").fill("Take an optional third number.")
+    page.locator("#refine").click()
+    expect(page.locator("#snippets")).to_contain_text("add numbers (python, v2)")
+    expect(page.locator("#code")).to_contain_text("return a + b + c")
+    expect(page.locator("#diff")).to_contain_text("+def add(a, b, c=0):")
+    expect(page.locator("#diff")).to_contain_text("-def add(a, b):")
+    assert "Take an optional third number." in fake.requests[-1]["messages"][-1]["content"]
+
+    page.locator("#run").click()
+    expect(page.locator("#run-output")).to_contain_text("exit code 0")
+    expect(page.locator("#run-output")).to_contain_text("9")
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-coding-loop.png"), full_page=True)

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -94,3 +94,51 @@ class ApiToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Snippet(Base):
+    """A piece of code a user kept (app.snippets.library), with every version of it.
+
+    It may point at the conversation and the reply it came from; deleting those leaves the
+    snippet, with the pointer set to null.
+    """
+
+    __tablename__ = "snippets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    language: Mapped[str] = mapped_column(String(20))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), default=None, index=True
+    )
+    message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), default=None, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=now, index=True
+    )
+
+    versions: Mapped[list[SnippetVersion]] = relationship(
+        back_populates="snippet", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="SnippetVersion.number",
+    )
+
+
+class SnippetVersion(Base):
+    """One version of a snippet's code: number 1 as saved, each later one made on request
+    (``instruction``)."""
+
+    __tablename__ = "snippet_versions"
+    __table_args__ = (UniqueConstraint("snippet_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    snippet_id: Mapped[int] = mapped_column(ForeignKey("snippets.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    code: Mapped[str] = mapped_column(Text)
+    instruction: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+    snippet: Mapped[Snippet] = relationship(back_populates="versions")

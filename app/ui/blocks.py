@@ -19,6 +19,7 @@ from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
 from app.ui.render import chat_messages, dropped_notice, header_markdown
+from app.ui.snippets import SnippetsUI
 
 EXAMPLES = [
     "Write a Python function that checks whether a string is a palindrome, ignoring case and "
@@ -281,6 +282,7 @@ class PlaygroundUI:
 
     def build(self) -> gr.Blocks:
         s = self.settings
+        snippets = SnippetsUI(self.service, self.guard, self.history_for, s.runs_allowed)
         with gr.Blocks(title="Coding Playground") as demo:
             chat = gr.State(Chat())
             with gr.Sidebar(label="Conversations", open=True):
@@ -317,48 +319,101 @@ class PlaygroundUI:
                         "Import JSON", file_types=[".json"], size="sm", elem_id="import"
                     )
             header = gr.Markdown(header_markdown(None, None, s.backend_root), elem_id="header")
-            chatbot = gr.Chatbot(
-                height=520, buttons=["copy", "copy_all"], elem_id="chat", show_label=False,
-                placeholder="Ask for code, a fix, or an explanation.",
-            )
-            notice = gr.Markdown(elem_id="notice")
-            with gr.Row():
-                message = gr.Textbox(
-                    placeholder="Type a message; Enter sends, Shift+Enter adds a line",
-                    show_label=False, lines=1, max_lines=12, scale=8, elem_id="message",
-                )
-                with gr.Column(scale=1, min_width=120):
-                    send = gr.Button("Send", variant="primary", elem_id="send")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Row(equal_height=True):
-                language = gr.Dropdown(
-                    [("Any language", ""), *((name, key) for key, name in LANGUAGE_NAMES.items())],
-                    value="", label="Language", show_label=False, scale=2, min_width=160,
-                    elem_id="language",
-                )
-                retry = gr.Button("Retry", size="sm", elem_id="retry")
-                undo = gr.Button("Undo", size="sm", elem_id="undo")
-                clear = gr.Button("Clear", size="sm", elem_id="clear")
-            gr.Examples(EXAMPLES, inputs=[message], label="Try one")
-            with gr.Accordion("System prompt and generation settings", open=False):
-                system_prompt = gr.Textbox(s.system_prompt, label="System prompt", lines=4)
-                controls = [
-                    gr.Slider(1, s.context_tokens - 1, value=s.max_new_tokens, step=1,
-                              label="Max new tokens"),
-                    gr.Slider(0.0, 2.0, value=0.2, step=0.05, label="Temperature",
-                              info="0 picks the likeliest token every time"),
-                    gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p"),
-                    gr.Slider(0, 200, value=40, step=1, label="Top-k", visible=False,
-                              info="0 turns it off"),
-                    gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repeat penalty",
-                              visible=False),
-                    gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Frequency penalty"),
-                    gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Presence penalty"),
-                    gr.Textbox("", label="Stop sequences", lines=2, info="One per line"),
-                    gr.Number(
-                        -1, label="Seed", precision=0, minimum=-1, info="-1 for a random seed"
-                    ),
-                ]
+            with gr.Tabs():
+                with gr.Tab("Chat", elem_id="chat-tab"):
+                    chatbot = gr.Chatbot(
+                        height=520, buttons=["copy", "copy_all"], elem_id="chat", show_label=False,
+                        placeholder="Ask for code, a fix, or an explanation.",
+                    )
+                    notice = gr.Markdown(elem_id="notice")
+                    with gr.Row():
+                        message = gr.Textbox(
+                            placeholder="Type a message; Enter sends, Shift+Enter adds a line",
+                            show_label=False, lines=1, max_lines=12, scale=8, elem_id="message",
+                        )
+                        with gr.Column(scale=1, min_width=120):
+                            send = gr.Button("Send", variant="primary", elem_id="send")
+                            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    with gr.Row(equal_height=True):
+                        language = gr.Dropdown(
+                            [("Any language", ""),
+                             *((name, key) for key, name in LANGUAGE_NAMES.items())],
+                            value="", label="Language", show_label=False, scale=2,
+                            min_width=160, elem_id="language",
+                        )
+                        retry = gr.Button("Retry", size="sm", elem_id="retry")
+                        undo = gr.Button("Undo", size="sm", elem_id="undo")
+                        clear = gr.Button("Clear", size="sm", elem_id="clear")
+                    gr.Examples(EXAMPLES, inputs=[message], label="Try one")
+                    with gr.Accordion("System prompt and generation settings", open=False):
+                        system_prompt = gr.Textbox(s.system_prompt, label="System prompt", lines=4)
+                        controls = [
+                            gr.Slider(1, s.context_tokens - 1, value=s.max_new_tokens, step=1,
+                                      label="Max new tokens"),
+                            gr.Slider(0.0, 2.0, value=0.2, step=0.05, label="Temperature",
+                                      info="0 picks the likeliest token every time"),
+                            gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p"),
+                            gr.Slider(0, 200, value=40, step=1, label="Top-k", visible=False,
+                                      info="0 turns it off"),
+                            gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repeat penalty",
+                                      visible=False),
+                            gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Frequency penalty"),
+                            gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Presence penalty"),
+                            gr.Textbox("", label="Stop sequences", lines=2, info="One per line"),
+                            gr.Number(
+                                -1, label="Seed", precision=0, minimum=-1,
+                                info="-1 for a random seed",
+                            ),
+                        ]
+
+                    with gr.Accordion("Save code from this conversation", open=False):
+                        with gr.Row(equal_height=True):
+                            find = gr.Button("Find code blocks", size="sm", elem_id="find-code")
+                            found = gr.Dropdown(
+                                [], label="Code block", scale=3, elem_id="code-blocks"
+                            )
+                        with gr.Row(equal_height=True):
+                            new_title = gr.Textbox(label="Title", elem_id="snippet-title")
+                            new_tags = gr.Textbox(label="Tags, comma-separated",
+                                                  elem_id="snippet-tags")
+                            keep = gr.Button("Save to library", size="sm", elem_id="save-code")
+                with gr.Tab("Snippets", elem_id="snippets-tab"):
+                    snippet = gr.State(None)
+                    with gr.Row():
+                        with gr.Column(scale=1, min_width=220):
+                            snippet_search = gr.Textbox(
+                                placeholder="Search titles, tags and code", show_label=False,
+                                elem_id="snippet-search",
+                            )
+                            library = gr.Radio([], show_label=False, elem_id="snippets")
+                        with gr.Column(scale=3):
+                            with gr.Row(equal_height=True):
+                                snippet_title = gr.Textbox(label="Title", elem_id="open-title")
+                                snippet_tags = gr.Textbox(label="Tags", elem_id="open-tags")
+                                retitle = gr.Button("Save title and tags", size="sm",
+                                                    elem_id="retitle")
+                            code = gr.Code(label="Code", interactive=False, elem_id="code")
+                            with gr.Row(equal_height=True):
+                                version = gr.Dropdown([], label="Version", elem_id="version")
+                                download = gr.DownloadButton("Download", elem_id="download")
+                                forget = gr.Button("Delete", variant="stop", size="sm",
+                                                   elem_id="delete-snippet")
+                            with gr.Row(visible=False) as forget_row:
+                                gr.Markdown("Delete this snippet and all its versions?")
+                                forget_yes = gr.Button("Delete", variant="stop", size="sm",
+                                                       elem_id="confirm-snippet")
+                                forget_no = gr.Button("Keep", size="sm")
+                            with gr.Row(equal_height=True):
+                                instruction = gr.Textbox(
+                                    label="What to change", scale=4, elem_id="instruction",
+                                )
+                                refine = gr.Button("Refine", variant="primary", size="sm",
+                                                   elem_id="refine")
+                            diff = gr.Code(label="Changes from the version before",
+                                           interactive=False, elem_id="diff")
+                            run = gr.Button("Run in the sandbox", visible=False, size="sm",
+                                            elem_id="run")
+                            output = gr.Markdown(elem_id="run-output")
 
             reply_outputs = [chatbot, chat, message, notice, header, conversations]
             gr.on(
@@ -407,6 +462,31 @@ class PlaygroundUI:
                 button.click(handlers[which], [chat], [exported], api_name=f"export_{which}")
             upload.upload(
                 self.import_file, [upload, chat], [conversations], api_name="import_file"
+            )
+            shown = [snippet, snippet_title, snippet_tags, code, version, diff, download, run]
+            find.click(snippets.code_blocks, [chat], [found], queue=False,
+                       api_name="code_blocks")
+            keep.click(snippets.save, [chat, found, new_title, new_tags], [library, new_title],
+                       api_name="save_snippet")
+            snippet_search.change(snippets.search, [snippet_search], [library], queue=False,
+                                  api_name="search_snippets")
+            library.input(snippets.open, [library], shown, api_name="open_snippet")
+            version.input(snippets.show_version, [snippet, version], shown,
+                          api_name="show_version")
+            retitle.click(snippets.rename, [snippet, snippet_title, snippet_tags], [library],
+                          api_name="rename_snippet")
+            forget.click(lambda: gr.update(visible=True), None, [forget_row], queue=False,
+                         api_visibility="private")
+            forget_no.click(lambda: gr.update(visible=False), None, [forget_row],
+                            queue=False, api_visibility="private")
+            forget_yes.click(
+                snippets.delete, [snippet], [library, *shown], api_name="delete_snippet"
+            ).then(lambda: gr.update(visible=False), None, [forget_row], api_visibility="private")
+            refine.click(snippets.refine, [snippet, instruction], [*shown, library, instruction],
+                         api_name="refine")
+            run.click(snippets.run, [snippet, version], [output], api_name="run")
+            demo.load(
+                snippets.search, [snippet_search], [library], api_visibility="private"
             )
             demo.load(
                 self.on_load, None, [header, conversations, *controls], api_name="backend_info"

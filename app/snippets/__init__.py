@@ -1,0 +1,38 @@
+"""Snippets: code blocks taken out of replies, the library of code a user keeps, and runs of
+snippets in a sandbox."""
+
+from app.snippets.extract import LANGUAGES, CodeBlock, Language, extract_blocks, guess_language
+from app.snippets.library import (
+    InvalidSnippet,
+    SnippetLibrary,
+    SnippetRecord,
+    SnippetSummary,
+    StoredVersion,
+    filename,
+)
+from app.snippets.sandbox import (
+    RunLimits,
+    RunResult,
+    SandboxUnavailable,
+    languages,
+    run_snippet,
+)
+
+__all__ = [
+    "LANGUAGES",
+    "CodeBlock",
+    "InvalidSnippet",
+    "Language",
+    "RunLimits",
+    "RunResult",
+    "SandboxUnavailable",
+    "SnippetLibrary",
+    "SnippetRecord",
+    "SnippetSummary",
+    "StoredVersion",
+    "extract_blocks",
+    "filename",
+    "guess_language",
+    "languages",
+    "run_snippet",
+]

@@ -1,0 +1,253 @@
+"""The snippet side of the page: save code blocks from replies, then in the library open,
+search, rename, tag, download, delete, refine with the model (each refinement a new version,
+shown as a diff) and run in the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import tempfile
+from collections.abc import Callable, Coroutine
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app.backends import BackendError, GenerationParams
+from app.chat import Chat, ChatService
+from app.chat.guard import Guard, MessageRefused
+from app.chat.history import History
+from app.snippets.extract import CodeBlock, extract_blocks
+from app.snippets.library import SnippetLibrary, SnippetRecord, filename
+from app.snippets.sandbox import RunLimits, RunResult, SandboxUnavailable, languages, run_snippet
+from app.store import NotFound, StoreError
+
+REFINE_PROMPT = (
+    "You revise code. Answer with the complete new version of the code in one fenced code "
+    "block tagged {language}, then at most two sentences on what changed."
+)
+
+
+def block_label(block: CodeBlock) -> str:
+    first = next((line.strip() for line in block.code.splitlines() if line.strip()), "(empty)")
+    return f"#{block.index + 1} {block.language}: {first[:60]}"
+
+
+def diff_text(old: str, new: str, old_name: str, new_name: str) -> str:
+    lines = difflib.unified_diff(
+        old.splitlines(), new.splitlines(), old_name, new_name, lineterm=""
+    )
+    return "\n".join(lines) or "(no change)"
+
+
+def result_markdown(result: RunResult) -> str:
+    """What a run printed and how it ended, with the output shown as text."""
+    ending = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
+    if result.stopped:
+        ending = f"stopped: {result.stopped}"
+    parts = [f"**{ending}** · {result.seconds:.2f} s"]
+    for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if text:
+            parts.append(f"{name}:\n````text\n{text.replace('````', '` ` ` `')}\n````")
+    if result.truncated:
+        parts.append("_(output cut at the limit)_")
+    return "\n\n".join(parts)
+
+
+class SnippetsUI:
+    def __init__(
+        self, service: ChatService, guard: Guard,
+        history_for: Callable[[gr.Request | None], Coroutine[Any, Any, History]],
+        runs_allowed: bool,
+    ) -> None:
+        self.service = service
+        self.guard = guard
+        self.history_for = history_for
+        self.runs_allowed = runs_allowed
+
+    async def _library(self, request: gr.Request | None) -> tuple[SnippetLibrary, int]:
+        history = await self.history_for(request)
+        return SnippetLibrary(history.store), history.user_id
+
+    async def _open(self, request: gr.Request | None, snippet_id: int | None) -> SnippetRecord:
+        if snippet_id is None:
+            raise gr.Error("Open a snippet from the library first.")
+        library, user_id = await self._library(request)
+        try:
+            return await asyncio.to_thread(library.get, user_id, snippet_id)
+        except NotFound as err:
+            raise gr.Error("That snippet no longer exists.") from err
+
+    async def _choices(self, request: gr.Request | None, search: str = "") -> list[Any]:
+        library, user_id = await self._library(request)
+        found = await asyncio.to_thread(library.list, user_id, search)
+        return [(f"{s.title} ({s.language}, v{s.latest_version})", s.id) for s in found]
+
+    # -- saving code from the conversation ------------------------------------------------
+
+    async def code_blocks(self, chat: Chat) -> Any:
+        """The code blocks of the conversation's replies, newest first."""
+        found = [
+            (f"{block_label(block)}", f"{position}:{block.index}")
+            for position, exchange in enumerate(chat.exchanges)
+            for block in extract_blocks(exchange.reply)
+        ]
+        found.reverse()
+        return gr.update(choices=found, value=found[0][1] if found else None)
+
+    async def save(
+        self, request: gr.Request | None, chat: Chat, choice: str | None, title: str, tags: str,
+    ) -> tuple[Any, Any]:
+        if not choice:
+            raise gr.Error("Pick a code block first (Find code blocks).")
+        position, index = (int(part) for part in choice.split(":"))
+        exchange = chat.exchanges[position]
+        block = extract_blocks(exchange.reply)[index]
+        library, user_id = await self._library(request)
+        try:
+            await asyncio.to_thread(
+                library.save, user_id, title.strip() or block_label(block), block.language,
+                block.code, [tag.strip() for tag in tags.split(",") if tag.strip()],
+                chat.id, exchange.reply_id,
+            )
+        except StoreError as err:
+            raise gr.Error(str(err)) from err
+        gr.Info("Saved to the snippet library.")
+        return gr.update(choices=await self._choices(request)), ""
+
+    # -- the library ----------------------------------------------------------------------
+
+    async def search(self, request: gr.Request | None, text: str) -> Any:
+        return gr.update(choices=await self._choices(request, text))
+
+    async def open(
+        self, request: gr.Request | None, snippet_id: int | None
+    ) -> tuple[Any, ...]:
+        record = await self._open(request, snippet_id)
+        return self._show(record, record.versions[-1].number)
+
+    def _show(self, record: SnippetRecord, number: int) -> tuple[Any, ...]:
+        version = record.versions[number - 1]
+        numbers = [(f"v{v.number}" + (f": {v.instruction[:50]}" if v.instruction else ""),
+                    v.number) for v in record.versions]
+        diff = ""
+        if number > 1:
+            before = record.versions[number - 2]
+            diff = diff_text(before.code, version.code, f"v{before.number}", f"v{number}")
+        return (
+            record.id, record.title, ", ".join(record.tags),
+            gr.update(value=version.code, language=_code_language(record.language)),
+            gr.update(choices=numbers, value=number), diff, self._download(record, number),
+            gr.update(visible=self.runs_allowed and record.language in languages()),
+        )
+
+    async def show_version(
+        self, request: gr.Request | None, snippet_id: int | None, number: int | None
+    ) -> tuple[Any, ...]:
+        record = await self._open(request, snippet_id)
+        return self._show(record, number or record.versions[-1].number)
+
+    @staticmethod
+    def _download(record: SnippetRecord, number: int) -> str:
+        folder = Path(tempfile.mkdtemp(prefix="snippet-"))
+        path = folder / filename(record)
+        path.write_text(record.versions[number - 1].code, encoding="utf-8")
+        return str(path)
+
+    async def rename(
+        self, request: gr.Request | None, snippet_id: int | None, title: str, tags: str
+    ) -> Any:
+        record = await self._open(request, snippet_id)
+        library, user_id = await self._library(request)
+        try:
+            await asyncio.to_thread(library.rename, user_id, record.id, title)
+            await asyncio.to_thread(
+                library.set_tags, user_id, record.id,
+                [tag.strip() for tag in tags.split(",") if tag.strip()],
+            )
+        except StoreError as err:
+            raise gr.Error(str(err)) from err
+        return gr.update(choices=await self._choices(request), value=record.id)
+
+    async def delete(self, request: gr.Request | None, snippet_id: int | None) -> tuple[Any, ...]:
+        record = await self._open(request, snippet_id)
+        library, user_id = await self._library(request)
+        await asyncio.to_thread(library.delete, user_id, record.id)
+        return (gr.update(choices=await self._choices(request), value=None), None, "", "",
+                gr.update(value=""), gr.update(choices=[], value=None), "", None,
+                gr.update(visible=False))
+
+    # -- refine and run -------------------------------------------------------------------
+
+    async def refine(
+        self, request: gr.Request | None, snippet_id: int | None, instruction: str
+    ) -> tuple[Any, ...]:
+        """Ask the model for a new version; it is kept as the snippet's next version."""
+        record = await self._open(request, snippet_id)
+        if not instruction.strip():
+            raise gr.Error("Say what to change first.")
+        history = await self.history_for(request)
+        try:
+            self.guard.check(history.user_id, instruction)
+        except MessageRefused as err:
+            raise gr.Error(str(err)) from err
+        fence = "`" * 4
+        messages = [
+            {"role": "system", "content": REFINE_PROMPT.format(language=record.language)},
+            {"role": "user", "content": f"{fence}{record.language}\n{record.code}\n{fence}\n\n"
+                                        f"Change: {instruction}"},
+        ]
+        reply = await self._generate(messages)
+        blocks = extract_blocks(reply)
+        if not blocks:
+            raise gr.Error("The model answered without a code block; try again or rephrase.")
+        block = next((b for b in blocks if b.language == record.language), blocks[0])
+        library, user_id = await self._library(request)
+        try:
+            await asyncio.to_thread(
+                library.add_version, user_id, record.id, block.code, instruction.strip()
+            )
+        except StoreError as err:
+            raise gr.Error(str(err)) from err
+        updated = await self._open(request, record.id)
+        return (*self._show(updated, updated.versions[-1].number),
+                gr.update(choices=await self._choices(request), value=record.id), "")
+
+    async def _generate(self, messages: list[dict[str, str]]) -> str:
+        try:
+            info = await self.service.backend_info()
+        except BackendError as err:
+            raise gr.Error(str(err)) from err
+        params = GenerationParams(max_new_tokens=self.service.settings.max_new_tokens,
+                                  temperature=0.2)
+        text = ""
+        stream = self.service.stream_reply(info, messages, params, asyncio.Event())
+        async with aclosing(stream):
+            async for progress in stream:
+                text = progress.text
+                if progress.error is not None:
+                    raise gr.Error(str(progress.error))
+        return text
+
+    async def run(
+        self, request: gr.Request | None, snippet_id: int | None, number: int | None
+    ) -> str:
+        if not self.runs_allowed:
+            raise gr.Error("Runs are off here (SNIPPET_RUNS).")
+        record = await self._open(request, snippet_id)
+        code = record.versions[(number or len(record.versions)) - 1].code
+        try:
+            result = await run_snippet(code, record.language, RunLimits())
+        except (SandboxUnavailable, ValueError) as err:
+            raise gr.Error(str(err)) from err
+        return result_markdown(result)
+
+
+# gr.Code's names for the languages it highlights; the others show as plain text.
+CODE_HIGHLIGHT = {"python": "python", "javascript": "javascript", "typescript": "typescript",
+                  "bash": "shell", "sql": "sql", "c": "c", "cpp": "cpp"}
+
+
+def _code_language(language: str) -> str | None:
+    return CODE_HIGHLIGHT.get(language)

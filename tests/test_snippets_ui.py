@@ -1,0 +1,82 @@
+"""The snippet handlers of the page against the fake backend: save, refine, versions, refusals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pytest
+
+from app.chat import Chat, ChatService
+from app.chat.guard import Guard
+from app.server import open_store
+from app.ui import PlaygroundUI
+from app.ui.snippets import SnippetsUI, diff_text
+from tests.conftest import settings_for
+from tests.fake_backend import FakeBackend
+from tests.servers import ServerThread
+
+CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
+REPLY = ["Two blocks:\n", "```python\n", "x = 1\n", "```\n", "~~~bash\n", "echo hi\n", "~~~\n"]
+
+
+async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
+    settings = settings_for(url)
+    service = ChatService(settings)
+    ui = PlaygroundUI(service, open_store(settings), Guard(settings))
+    snippets = SnippetsUI(service, ui.guard, ui.history_for, runs_allowed=True)
+    fake.tokens = REPLY
+    chat = Chat()
+    async for _ in ui.send(None, "show me", chat, "", "", *CONTROLS):
+        pass
+    found = await snippets.code_blocks(chat)
+    assert [label for label, _ in found["choices"]] == ["#2 bash: echo hi", "#1 python: x = 1"]
+    listed, _ = await snippets.save(None, chat, found["choices"][1][1], "one", "demo, x")
+    [(label, snippet_id)] = listed["choices"]
+    assert label == "one (python, v1)"
+    return snippets, snippet_id
+
+
+async def test_save_then_refine_keeps_versions_and_shows_the_diff(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    snippets, snippet_id = await saved_snippet(backend.url, fake)
+    fake.tokens = ["```python\n", "x = 2\n", "```\n"]
+    shown = await snippets.refine(None, snippet_id, "make it two")
+    _, title, tags, code, version, diff, download, _run, listed, instruction = shown
+    assert (title, tags, code["value"], version["value"]) == ("one", "demo, x", "x = 2", 2)
+    assert diff == diff_text("x = 1", "x = 2", "v1", "v2")
+    assert "-x = 1" in diff
+    assert "+x = 2" in diff
+    assert download.endswith("one.py")
+    assert instruction == ""
+    assert listed["choices"][0][0] == "one (python, v2)"
+    older = await snippets.show_version(None, snippet_id, 1)
+    assert older[3]["value"] == "x = 1"
+
+
+async def test_a_refinement_without_code_is_refused_and_keeps_the_versions(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    snippets, snippet_id = await saved_snippet(backend.url, fake)
+    fake.tokens = ["I would rather not."]
+    with pytest.raises(gr.Error, match="without a code block"):
+        await snippets.refine(None, snippet_id, "make it two")
+    with pytest.raises(gr.Error, match="Say what to change"):
+        await snippets.refine(None, snippet_id, "  ")
+    assert (await snippets.open(None, snippet_id))[4]["value"] == 1
+
+
+async def test_runs_can_be_turned_off(backend: ServerThread, fake: FakeBackend) -> None:
+    snippets, snippet_id = await saved_snippet(backend.url, fake)
+    snippets.runs_allowed = False
+    assert (await snippets.open(None, snippet_id))[7]["visible"] is False
+    with pytest.raises(gr.Error, match="Runs are off here"):
+        await snippets.run(None, snippet_id, 1)
+
+
+def test_runs_are_off_by_default_when_others_can_reach_the_app() -> None:
+    assert settings_for("http://x:1").runs_allowed
+    assert not settings_for("http://x:1", app_host="0.0.0.0").runs_allowed
+    assert settings_for("http://x:1", app_host="0.0.0.0", snippet_runs="on").runs_allowed
+    assert not settings_for("http://x:1", snippet_runs="off").runs_allowed
