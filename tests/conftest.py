@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from app.settings import Settings, load_settings
+from app.store import Store
 from tests.fake_backend import FakeBackend
 from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.servers import ServerThread, free_port
@@ -88,3 +89,36 @@ def running_app(tmp_path: Path) -> Iterator[RunningApp]:
 
 def settings_for(url: str, **overrides: Any) -> Settings:
     return load_settings(**{"backend_url": url, "stream_interval": 0, **overrides})
+
+
+# The store's tests run on both databases: SQLite (a file in the test's folder) and the real
+# PostgreSQL server of tests/postgres.py.
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'store.db'}"
+    database_url: str = request.getfixturevalue("postgres_url")
+    return database_url
+
+
+@pytest.fixture
+def open_store(url: str) -> Iterator[Callable[[], Store]]:
+    """Open (and later close) stores on the test's database, not migrated."""
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        opened.append(Store(url))
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        store.engine.dispose()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], Store]) -> Store:
+    store = open_store()
+    store.migrate()
+    return store

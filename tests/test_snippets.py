@@ -4,10 +4,9 @@ migration 0003; download file names."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,33 +31,6 @@ from app.store.store import MIGRATIONS
 SNIPPET_TABLES = {"snippets", "snippet_versions"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'data' / 'store.db'}"
-    database_url: str = request.getfixturevalue("postgres_url")
-    return database_url
-
-
-@pytest.fixture
-def open_store(url: str) -> Iterator[Callable[[], Store]]:
-    """Open (and later close) stores on the test's database, not migrated."""
-    opened: list[Store] = []
-
-    def open_one() -> Store:
-        opened.append(Store(url))
-        return opened[-1]
-
-    yield open_one
-    for store in opened:
-        store.engine.dispose()
-
-
-@pytest.fixture
-def store(open_store: Callable[[], Store]) -> Store:
-    store = open_store()
-    store.migrate()
-    return store
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,33 +17,6 @@ from tests.postgres import PostgresMissing, find_bin_dir
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'data' / 'store.db'}"
-    database_url: str = request.getfixturevalue("postgres_url")
-    return database_url
-
-
-@pytest.fixture
-def open_store(url: str) -> Iterator[Callable[[], Store]]:
-    """Open (and later close) stores on the test's database, not migrated."""
-    opened: list[Store] = []
-
-    def open_one() -> Store:
-        opened.append(Store(url))
-        return opened[-1]
-
-    yield open_one
-    for store in opened:
-        store.engine.dispose()
-
-
-@pytest.fixture
-def store(open_store: Callable[[], Store]) -> Store:
-    store = open_store()
-    store.migrate()
-    return store
 
 
 def exchange_with_reply(
