@@ -168,7 +168,7 @@ def test_html_in_messages_replies_titles_and_imports_shows_as_text(
 ) -> None:
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: dialogs.append(dialog.message))
-    fake.tokens = ["Reply with ", *PAYLOADS]
+    fake.tokens = ["Reply with ", *PAYLOADS, "\n\n```python\nprint('<b>kept</b>')\n```\n"]
     fake.token_delay = 0.0
     expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
     page.locator("#message textarea").fill(" ".join(PAYLOADS))
@@ -203,6 +203,17 @@ def test_html_in_messages_replies_titles_and_imports_shows_as_text(
     expect(page.locator("#conversations label")).to_have_count(2)
     page.locator("#conversations").get_by_text(PAYLOADS[1]).click()
     expect(page.locator("#chat .message.user")).to_contain_text(PAYLOADS[2])
+    page.locator("#new-chat").click()
+    page.locator("#message textarea").fill("again")
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+    page.get_by_text("Save code from this conversation").click()
+    page.locator("#find-code").click()
+    page.locator("#snippet-title textarea").fill(PAYLOADS[3])
+    page.locator("#save-code").click()
+    page.get_by_role("tab", name="Snippets").click()
+    page.locator("#snippets").get_by_text(PAYLOADS[3], exact=False).click()
+    expect(page.locator("#code")).to_contain_text("print('<b>kept</b>')")
     assert page.evaluate("window.pwned") is None, "no payload ran"
     assert dialogs == []
     OUTPUT.mkdir(exist_ok=True)
