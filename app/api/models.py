@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.backends import BackendKind
 from app.chat.models import Finish
+from app.store.models import as_utc
 
 # Bounds that keep a request's cost predictable; the store's own rules (a name's characters,
 # a password's length) and the settings (MAX_MESSAGE_CHARS) give their own messages.
@@ -32,12 +33,8 @@ def _storable(text: str) -> str:
 StorableText = Annotated[str, AfterValidator(_storable)]
 
 
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands back naive times; every time the store writes is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
-
-UtcTime = Annotated[datetime, AfterValidator(_utc)]
+UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class Body(BaseModel):

@@ -25,7 +25,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import String, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -33,7 +33,15 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.snippets.extract import LANGUAGES, TEXT
-from app.store.models import Conversation, Message, Snippet, SnippetVersion, now
+from app.store.models import (
+    Conversation,
+    Message,
+    Snippet,
+    SnippetVersion,
+    as_utc,
+    escape_like,
+    now,
+)
 from app.store.store import NotFound, Store, StoreError
 
 MAX_TITLE_CHARS = 200
@@ -138,7 +146,7 @@ class SnippetLibrary:
             .order_by(Snippet.updated_at.desc(), Snippet.id.desc())
         )
         if search.strip():
-            pattern = f"%{_escape_like(search.strip())}%"
+            pattern = f"%{escape_like(search.strip())}%"
             query = query.where(or_(
                 Snippet.title.ilike(pattern, escape="\\"),
                 self._tag_matches(pattern),
@@ -154,7 +162,7 @@ class SnippetLibrary:
                     id=snippet.id, title=snippet.title, language=snippet.language,
                     tags=tuple(snippet.tags), latest_version=number,
                     conversation_id=snippet.conversation_id,
-                    updated_at=_aware(snippet.updated_at),
+                    updated_at=as_utc(snippet.updated_at),
                 )
                 for snippet, number in session.execute(query)
             ]
@@ -166,10 +174,10 @@ class SnippetLibrary:
             return SnippetRecord(
                 id=snippet.id, title=snippet.title, language=snippet.language,
                 tags=tuple(snippet.tags), conversation_id=snippet.conversation_id,
-                message_id=snippet.message_id, created_at=_aware(snippet.created_at),
-                updated_at=_aware(snippet.updated_at),
+                message_id=snippet.message_id, created_at=as_utc(snippet.created_at),
+                updated_at=as_utc(snippet.updated_at),
                 versions=[
-                    StoredVersion(v.number, v.code, v.instruction, _aware(v.created_at))
+                    StoredVersion(v.number, v.code, v.instruction, as_utc(v.created_at))
                     for v in snippet.versions
                 ],
             )
@@ -363,12 +371,3 @@ def _latest_number() -> ColumnElement[int]:
         select(func.max(version.number)).where(version.snippet_id == Snippet.id)
         .correlate(Snippet).scalar_subquery()
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time stored here is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

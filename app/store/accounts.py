@@ -26,14 +26,14 @@ import secrets
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.store.models import ApiToken, User, now
+from app.store.models import ApiToken, User, as_utc, now
 from app.store.store import LOCAL_USER, NotFound, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,6 @@ class TokenInfo:
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time stored here is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _encodable(password: str) -> bool:
@@ -190,7 +186,7 @@ class Accounts:
             ).one_or_none()
         if row is None:
             return None
-        expires_at = _aware(row.expires_at)
+        expires_at = as_utc(row.expires_at)
         if expires_at <= self.clock():
             return None
         return TokenInfo(row.user_id, expires_at)

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from app.store.models import Conversation, Message, User, now
+from app.store.models import Conversation, Message, User, escape_like, now
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCAL_USER = "local"
@@ -153,7 +153,7 @@ class Store:
         """Newest first; ``search`` matches titles and message text, ignoring case."""
         query = select(Conversation).where(Conversation.user_id == user_id)
         if search.strip():
-            pattern = f"%{_escape_like(search.strip())}%"
+            pattern = f"%{escape_like(search.strip())}%"
             in_messages = select(Message.conversation_id).where(
                 Message.content.ilike(pattern, escape="\\")
             )
@@ -335,7 +335,3 @@ def _reply(message: Message | None) -> StoredReply | None:
         tokens_per_second=message.tokens_per_second, model=message.model,
         backend=message.backend,
     )
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
