@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from app.engine import EngineError, embedded_engine
+from app.logs import configure_logging
 from app.server import create_app
 from app.settings import SettingsError, load_settings
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as err:
         print(err, file=sys.stderr)
         return 2
+    configure_logging(settings.secrets(), settings.log_level, settings.log_format == "json")
     with ExitStack() as stack:
         if args.engine:
             log = Path("volumes/data/engine.log")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         uvicorn.run(
             app, host=settings.app_host, port=settings.app_port, access_log=False,
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=5, log_config=None,
         )
     return 0
 

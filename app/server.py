@@ -1,16 +1,21 @@
-"""The ASGI app: FastAPI with the Gradio page mounted at ``/`` and a health route."""
+"""The ASGI app: FastAPI with the Gradio page mounted at ``/``, a health route and the
+Prometheus metrics; the backends are probed in the background while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 
 import gradio as gr
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import install_api
 from app.chat import ChatService
 from app.chat.guard import Guard
+from app.logs import RequestIdMiddleware
 from app.settings import Settings
 from app.store import Accounts, Store
 from app.ui import PlaygroundUI
@@ -29,19 +34,41 @@ def open_store(settings: Settings) -> Store:
 
 
 def create_app(settings: Settings, service: ChatService | None = None) -> FastAPI:
-    service = service or ChatService(settings)
+    chat = service or ChatService(settings)
     store = open_store(settings)
-    api = FastAPI(title="Coding Playground", docs_url="/api/docs", openapi_url="/api/openapi.json")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        checks = asyncio.create_task(chat.router.run_checks(), name="backend checks")
+        try:
+            yield
+        finally:
+            checks.cancel()
+            with suppress(asyncio.CancelledError):
+                await checks
+
+    api = FastAPI(
+        title="Coding Playground", docs_url="/api/docs", openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
+    api.add_middleware(RequestIdMiddleware)
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
-        """The app is up; it says nothing about the backend, which may come and go."""
+        """The app is up; it says nothing about the backends, which may come and go (see
+        /metrics and the page's Backends panel)."""
         return {"status": "ok"}
 
-    guard = Guard(settings)
-    install_api(api, settings, service, store, guard)
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics: replies, active streams, time to first token, tokens/s,
+        backend errors by kind, backends up or down, response cache."""
+        return Response(chat.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    demo = PlaygroundUI(service, store, guard).build()
+    guard = Guard(settings)
+    install_api(api, settings, chat, store, guard)
+
+    demo = PlaygroundUI(chat, store, guard).build()
     # Gradio caps concurrent events at ``max_threads`` even for async handlers; raise the cap
     # together with the per-event limit so that users do not wait for one another.
     demo.max_threads = settings.queue_concurrency

@@ -11,8 +11,19 @@ from typing import Any, Literal
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful, concise coding assistant. Answer with working code in fenced code "
@@ -25,9 +36,61 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 SECRET_SETTINGS = frozenset({"BACKEND_TOKEN", "HF_TOKEN", "DATABASE_URL"})
 
+# Hugging Face Inference Providers: one OpenAI-compatible router in front of every provider.
+HF_ROUTER_URL = "https://router.huggingface.co"
+
+BackendConfigKind = Literal["auto", "tgi", "openai", "hf"]
+
+
+def _root_url(url: AnyHttpUrl | None) -> AnyHttpUrl | None:
+    if url is not None and url.path not in (None, "", "/"):
+        raise ValueError(
+            "give the server's root URL (like http://host:8080), without /v1 or another path"
+        )
+    return url
+
 
 class SettingsError(Exception):
     """A setting has a wrong value; the message names the variable and the fix."""
+
+
+class BackendConfig(BaseModel):
+    """One entry of BACKENDS: an inference server the playground may use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: BackendConfigKind = "auto"
+    url: AnyHttpUrl | None = None
+    token: SecretStr | None = None
+    models: list[str] = Field(default_factory=list)
+    provider: str | None = Field(None, pattern=r"^[a-z0-9-]+$")
+    timeout: float | None = Field(None, gt=0)
+    context_tokens: int | None = Field(None, ge=256)
+
+    @field_validator("url")
+    @classmethod
+    def _root(cls, url: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        return _root_url(url)
+
+    @model_validator(mode="after")
+    def _complete(self) -> BackendConfig:
+        if self.kind == "hf":
+            if not self.models:
+                raise ValueError(
+                    "an `hf` backend needs `models`: the Hub model ids to use through "
+                    "Inference Providers"
+                )
+            self.url = self.url or AnyHttpUrl(HF_ROUTER_URL)
+        elif self.url is None:
+            raise ValueError(f"a `{self.kind}` backend needs `url`, the server's root URL")
+        elif self.provider is not None:
+            raise ValueError("`provider` applies only to `hf` backends")
+        return self
+
+    @property
+    def root(self) -> str:
+        return str(self.url).rstrip("/")
 
 
 class Settings(BaseSettings):
@@ -43,6 +106,13 @@ class Settings(BaseSettings):
     backend_probe_timeout: float = Field(5.0, gt=0)
     backend_read_timeout: float = Field(120.0, gt=0)
     context_tokens: int = Field(2048, ge=256)
+    backends: list[BackendConfig] = Field(default_factory=list)
+    default_model: str | None = None
+    backend_retries: int = Field(2, ge=0, le=10)
+    backend_retry_backoff: float = Field(0.5, ge=0)
+    backend_failure_threshold: int = Field(3, ge=1)
+    backend_check_interval: float = Field(15.0, gt=0)
+    response_cache_size: int = Field(0, ge=0)
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_new_tokens: int = Field(512, ge=1)
@@ -71,16 +141,54 @@ class Settings(BaseSettings):
 
     snippet_runs: Literal["auto", "on", "off"] = "auto"
 
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     debug: bool = False
 
     @field_validator("backend_url")
     @classmethod
     def _no_trailing_path(cls, url: AnyHttpUrl) -> AnyHttpUrl:
-        if url.path not in (None, "", "/"):
+        checked = _root_url(url)
+        assert checked is not None
+        return checked
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, level: Any) -> Any:
+        return level.upper() if isinstance(level, str) else level
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _each_backend(cls, raw: Any) -> list[BackendConfig]:
+        if not isinstance(raw, list):
             raise ValueError(
-                "give the server's root URL (like http://host:8080), without /v1 or another path"
+                'give a JSON list of objects, like [{"name": "gpu", "kind": "tgi", '
+                '"url": "http://gpu:8080"}]'
             )
-        return url
+        entries = []
+        for number, item in enumerate(raw, start=1):
+            try:
+                entries.append(BackendConfig.model_validate(item))
+            except ValidationError as err:
+                raise ValueError(_entry_problem(number, item, err)) from None
+        return entries
+
+    @model_validator(mode="after")
+    def _unique_backend_names(self) -> Settings:
+        seen: dict[str, int] = {}
+        for number, backend in enumerate(self.backends, start=1):
+            if backend.name in seen:
+                raise ValueError(
+                    f"BACKENDS entries {seen[backend.name]} and {number} are both named "
+                    f"{backend.name!r}; give each backend its own name"
+                )
+            seen[backend.name] = number
+            if backend.kind == "hf" and backend.token is None and self.hf_token is None:
+                raise ValueError(
+                    f"BACKENDS entry {number} ({backend.name!r}) uses Inference Providers and "
+                    "needs a Hugging Face token: set HF_TOKEN or give the entry a `token`"
+                )
+        return self
 
     @field_validator("model_id")
     @classmethod
@@ -109,6 +217,25 @@ class Settings(BaseSettings):
         return str(self.backend_url).rstrip("/")
 
     @property
+    def backend_list(self) -> list[BackendConfig]:
+        """BACKENDS, or when it is empty one backend at BACKEND_URL whose kind is probed."""
+        if self.backends:
+            return self.backends
+        return [BackendConfig(name="default", url=self.backend_url, token=self.backend_token)]
+
+    def backend_token_for(self, backend: BackendConfig) -> str | None:
+        """The entry's own token; Inference Providers fall back to HF_TOKEN."""
+        token = backend.token or (self.hf_token if backend.kind == "hf" else None)
+        return token.get_secret_value() if token else None
+
+    def secrets(self) -> list[str]:
+        """Every secret value the settings hold, for scrubbing logs and messages."""
+        values = [self.backend_token, self.hf_token, *(b.token for b in self.backends)]
+        found = [v.get_secret_value() for v in values if v is not None]
+        found.append(self.database_url.get_secret_value())
+        return [value for value in found if len(value) >= 4]
+
+    @property
     def engine_url(self) -> str:
         return f"http://{self.engine_host}:{self.engine_port}"
 
@@ -119,13 +246,44 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         if env_file is None:
             return Settings(**overrides)
         return Settings(_env_file=env_file, **overrides)
+    except SourceError as err:
+        raise SettingsError(
+            f"Invalid setting: BACKENDS is not valid JSON ({err.__cause__ or err}); give a "
+            'JSON list of objects, like [{"name": "gpu", "kind": "tgi", "url": "http://gpu:8080"}].'
+        ) from err
     except ValidationError as err:
-        lines = []
-        for problem in err.errors():
-            name = str(problem["loc"][0]).upper() if problem["loc"] else "settings"
-            shown = "hidden" if name in SECRET_SETTINGS else repr(problem.get("input"))
-            lines.append(f"{name}: {problem['msg']} (got {shown})")
+        lines = [_problem_line(problem) for problem in err.errors()]
         raise SettingsError(
             "Invalid setting(s); fix the environment variable or the env file:\n  "
             + "\n  ".join(lines)
         ) from err
+
+
+def _problem_line(problem: ErrorDetails) -> str:
+    loc = problem["loc"]
+    message = problem["msg"].removeprefix("Value error, ")
+    if not loc:
+        return message
+    name = str(loc[0]).upper()
+    if name == "BACKENDS":
+        # The entries may hold tokens: the message names the entry and field instead.
+        return f"{name}: {message}"
+    shown = "hidden" if name in SECRET_SETTINGS else repr(problem.get("input"))
+    return f"{name}: {message} (got {shown})"
+
+
+def _entry_problem(number: int, item: Any, err: ValidationError) -> str:
+    """What is wrong with one BACKENDS entry, named by its number and name; no token shown."""
+    label = f"entry {number}"
+    if isinstance(item, dict) and isinstance(item.get("name"), str):
+        label += f" ({item['name']!r})"
+    parts = []
+    for problem in err.errors():
+        field = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        if not field:
+            parts.append(message)
+        else:
+            shown = "hidden" if field == "token" else repr(problem.get("input"))
+            parts.append(f"{field}: {message} (got {shown})")
+    return f"{label}: " + "; ".join(parts)

@@ -51,7 +51,7 @@ async def test_probe_falls_back_to_openai_models(fake: FakeBackend, kind: str) -
 
 async def test_probe_of_a_closed_port_says_unreachable_with_the_url() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(BackendUnreachable, match=f"The backend at {url} is unreachable"):
+    with pytest.raises(BackendUnreachable, match=f"The backend 'default' at {url} is unreachable"):
         await BackendClient(url).probe()
 
 
@@ -89,7 +89,7 @@ async def test_llama_cpp_gets_its_own_sampling_knobs(fake: FakeBackend) -> None:
         ("error_event", GenerationError, "failed while generating: Request failed during"),
         ("unknown_error_event", StreamError, "error inside the stream"),
         ("die_mid_stream", StreamError, "broke before the reply was finished"),
-        ("malformed", StreamError, "broke before the reply was finished"),
+        ("malformed", StreamError, "malformed data in the stream"),
         ("http_422", BackendValidationError, "must be <= 2048"),
         ("http_424", GenerationError, "CUDA out of memory"),
         ("http_429", BackendOverloaded, "overloaded; try again"),
@@ -141,5 +141,6 @@ async def test_probe_of_something_else_says_so() -> None:
         return HTMLResponse("<html>a web page</html>")
 
     site = Starlette(routes=[Route("/{path:path}", page)])
-    with ServerThread(site) as server, pytest.raises(BackendError, match="check BACKEND_URL"):
+    not_one = "does not answer like TGI or an OpenAI-compatible server"
+    with ServerThread(site) as server, pytest.raises(BackendError, match=not_one):
         await BackendClient(server.url).probe()

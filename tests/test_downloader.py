@@ -317,7 +317,7 @@ def test_a_full_disk_says_where_and_how_much(hub: FakeHub, tmp_path: Path) -> No
 def test_a_wrong_setting_stops_before_the_hub_is_asked(hub: FakeHub, tmp_path: Path) -> None:
     result = download(hub, tmp_path, HF_TOKEN=GOOD_TOKEN, MODEL_ID="acme/not a name")
     assert result.returncode == 2
-    assert "MODEL_ID: Value error, give a Hub model id like org/name" in result.stderr
+    assert "MODEL_ID: give a Hub model id like org/name" in result.stderr
     assert GOOD_TOKEN not in result.stdout + result.stderr
     assert hub.requests == []
 

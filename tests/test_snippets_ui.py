@@ -27,7 +27,7 @@ async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
     snippets = SnippetsUI(service, ui.guard, ui.history_for, runs_allowed=True)
     fake.tokens = REPLY
     chat = Chat()
-    async for _ in ui.send(None, "show me", chat, "", "", *CONTROLS):
+    async for _ in ui.send(None, "show me", chat, "", "", None, *CONTROLS):
         pass
     found = await snippets.code_blocks(chat)
     assert [label for label, _ in found["choices"]] == ["#2 bash: echo hi", "#1 python: x = 1"]

@@ -11,6 +11,7 @@ import gradio as gr
 import pytest
 from sqlalchemy import text
 
+from app.backends.router import RECHECK_SECONDS
 from app.chat import Chat, ChatService, Exchange
 from app.chat.guard import Guard
 from app.server import open_store
@@ -41,7 +42,8 @@ def last_reply(update: tuple[Any, ...]) -> str:
 async def test_a_reply_streams_with_its_stats(backend: ServerThread, fake: FakeBackend) -> None:
     fake.tokens = ["def", " f", "():", "\n", "    pass"]
     chat = Chat()
-    updates = await drain(make_ui(backend.url).send(None, "write f", chat, "sys", "", *CONTROLS))
+    ui = make_ui(backend.url)
+    updates = await drain(ui.send(None, "write f", chat, "sys", "", None, *CONTROLS))
     assert len(updates) >= 3, "the reply grows in several updates"
     assert updates[0][2] == "", "the message box is cleared once the message is taken"
     final = last_reply(updates[-1])
@@ -55,13 +57,13 @@ async def test_a_reply_streams_with_its_stats(backend: ServerThread, fake: FakeB
 
 async def test_a_reply_cut_at_max_new_tokens_says_so(backend: ServerThread) -> None:
     controls = (2, *CONTROLS[1:])
-    updates = await drain(make_ui(backend.url).send(None, "hi", Chat(), "", "", *controls))
+    updates = await drain(make_ui(backend.url).send(None, "hi", Chat(), "", "", None, *controls))
     assert "cut at the token limit" in last_reply(updates[-1])
 
 
 async def test_an_empty_message_sends_nothing(backend: ServerThread, fake: FakeBackend) -> None:
     chat = Chat()
-    updates = await drain(make_ui(backend.url).send(None, "   \n", chat, "", "", *CONTROLS))
+    updates = await drain(make_ui(backend.url).send(None, "   \n", chat, "", "", None, *CONTROLS))
     assert updates == [(gr.skip(),) * 6]
     assert chat.exchanges == []
     assert fake.requests == []
@@ -73,7 +75,7 @@ async def test_a_message_over_the_limit_is_refused_and_kept(
     chat = Chat(None, [Exchange("earlier", "reply", done=True)])
     ui = make_ui(backend.url, max_message_chars=10)
     with pytest.raises(gr.Error, match="11 characters; the limit is 10"):
-        await drain(ui.send(None, "x" * 11, chat, "", "", *CONTROLS))
+        await drain(ui.send(None, "x" * 11, chat, "", "", None, *CONTROLS))
     assert chat.exchanges == [Exchange("earlier", "reply", done=True)]
     assert fake.requests == []
 
@@ -84,7 +86,7 @@ async def test_a_message_too_long_for_the_context_is_refused(
     fake.max_input_tokens, fake.max_total_tokens = 100, 200
     chat = Chat()
     with pytest.raises(gr.Error, match="Shorten the message"):
-        await drain(make_ui(backend.url).send(None, "word " * 200, chat, "", "", *CONTROLS))
+        await drain(make_ui(backend.url).send(None, "word " * 200, chat, "", "", None, *CONTROLS))
     assert chat.exchanges == []
     assert fake.requests == []
 
@@ -95,7 +97,7 @@ async def test_older_turns_left_out_are_announced(
     fake.max_input_tokens, fake.max_total_tokens = 300, 400
     chat = Chat(None, [Exchange("q" * 150, "a" * 150, done=True) for _ in range(4)])
     controls = (100, *CONTROLS[1:])
-    updates = await drain(make_ui(backend.url).send(None, "next", chat, "", "", *controls))
+    updates = await drain(make_ui(backend.url).send(None, "next", chat, "", "", None, *controls))
     # Each exchange is estimated at 116 tokens: two fit the budget of 300 beside the message.
     assert "The 2 oldest exchanges were left out" in updates[0][3]
     assert len(fake.requests[-1]["messages"]) == 5
@@ -106,13 +108,16 @@ async def test_backend_down_then_back_without_a_restart(fake: FakeBackend) -> No
     url = f"http://127.0.0.1:{port}"
     ui = make_ui(url)
     header = (await ui.on_load(None))[0]
-    assert f"The backend at {url} is unreachable" in header
+    assert f"The backend 'default' at {url} is unreachable" in header
+    assert "no restart is needed" in header
     chat = Chat()
-    updates = await drain(ui.send(None, "hello?", chat, "", "", *CONTROLS))
-    assert f"⚠️ The backend at {url} is unreachable" in last_reply(updates[-1])
+    updates = await drain(ui.send(None, "hello?", chat, "", "", None, *CONTROLS))
+    assert f"The backend 'default' at {url} is unreachable" in last_reply(updates[-1])
     assert "Traceback" not in last_reply(updates[-1])
     with ServerThread(fake.app(), port=port):
-        updates = await drain(ui.send(None, "hello again", chat, "", "", *CONTROLS))
+        # A backend that is down is probed again at most every RECHECK_SECONDS.
+        await asyncio.sleep(RECHECK_SECONDS)
+        updates = await drain(ui.send(None, "hello again", chat, "", "", None, *CONTROLS))
     assert last_reply(updates[-1]).startswith("Hello, world!")
     assert fake.requests[-1]["messages"][-1]["content"] == "hello again"
     assert [ex.user for ex in chat.exchanges] == ["hello?", "hello again"]
@@ -123,7 +128,7 @@ async def test_backend_dying_mid_stream_keeps_the_partial_reply(
 ) -> None:
     fake.mode = "die_mid_stream"
     chat = Chat()
-    updates = await drain(make_ui(backend.url).send(None, "hi", chat, "", "", *CONTROLS))
+    updates = await drain(make_ui(backend.url).send(None, "hi", chat, "", "", None, *CONTROLS))
     final = last_reply(updates[-1])
     assert final.startswith("Hello,")
     assert "broke before the reply was finished" in final
@@ -137,7 +142,7 @@ async def test_stop_closes_the_upstream_stream(fake: FakeBackend, backend: Serve
     fake.token_delay = 0.02
     ui = make_ui(backend.url)
     chat = Chat()
-    updates = ui.send(None, "go on", chat, "", "", *CONTROLS)
+    updates = ui.send(None, "go on", chat, "", "", None, *CONTROLS)
     await anext(updates)
     partial = last_reply(await anext(updates))
     await ui.stop(chat)
@@ -155,7 +160,7 @@ async def test_stop_works_while_the_backend_is_silent(
     fake.mode = "stall"
     ui = make_ui(backend.url)
     chat = Chat()
-    updates = ui.send(None, "go on", chat, "", "", *CONTROLS)
+    updates = ui.send(None, "go on", chat, "", "", None, *CONTROLS)
     await anext(updates)
     await anext(updates)
     asyncio.get_running_loop().call_later(0.2, chat.exchanges[-1].stop.set)
@@ -176,8 +181,8 @@ async def wait_for(condition: Callable[[], bool]) -> None:
 async def test_retry_undo_and_new_chat(backend: ServerThread, fake: FakeBackend) -> None:
     ui = make_ui(backend.url)
     chat = Chat()
-    await drain(ui.send(None, "first", chat, "", "", *CONTROLS))
-    await drain(ui.retry(None, chat, "", "", *CONTROLS))
+    await drain(ui.send(None, "first", chat, "", "", None, *CONTROLS))
+    await drain(ui.retry(None, chat, "", "", None, *CONTROLS))
     assert [ex.user for ex in chat.exchanges] == ["first"]
     assert [r["messages"][-1]["content"] for r in fake.requests] == ["first", "first"]
     assert len(fake.requests[-1]["messages"]) == 1, "the retried reply is not sent back"
@@ -191,7 +196,7 @@ async def test_retry_undo_and_new_chat(backend: ServerThread, fake: FakeBackend)
     assert (shown, chat.exchanges, box) == ([], [], "first")
     local = await ui.history_for(None)
     assert store.get_conversation(local.user_id, conversation_id).exchanges == []
-    await drain(ui.send(None, "again", chat, "", "", *CONTROLS))
+    await drain(ui.send(None, "again", chat, "", "", None, *CONTROLS))
     shown, fresh, box, _ = await ui.new_chat(chat)
     assert (shown, fresh, box) == ([], Chat(), "")
     assert [title for title, _ in await local.choices()] == ["first"]
@@ -204,7 +209,7 @@ async def test_the_message_is_stored_first_and_the_reply_as_it_streams(
     fake.token_delay = 0.2
     ui = make_ui(backend.url)
     chat = Chat()
-    updates = ui.send(None, "keep me", chat, "", "", *CONTROLS)
+    updates = ui.send(None, "keep me", chat, "", "", None, *CONTROLS)
     await anext(updates)
     assert chat.id is not None
     local = await ui.history_for(None)
@@ -229,14 +234,17 @@ async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
     ui = make_ui(backend.url)
     chat = Chat()
     controls = (64, 0.7, 0.9, 40, 1.1, 0.0, 0.0, "END", 7)
-    await drain(ui.send(None, "Write fizzbuzz\nin Python", chat, "be terse", "go", *controls))
+    await drain(ui.send(None, "Write fizzbuzz\nin Python", chat, "be terse", "go", fake.model_id, *controls))
     assert chat.id is not None
     assert fake.requests[-1]["messages"][0] == {
         "role": "system",
         "content": "be terse\n\nWrite code in Go unless the user asks for another language, "
                    "in fenced code blocks tagged go.",
     }
-    shown, opened, prompt, language, title, *values = await ui.open_chat(None, chat.id, Chat())
+    shown, opened, prompt, language, model, title, *values = await ui.open_chat(
+        None, chat.id, Chat()
+    )
+    assert model == fake.model_id
     assert opened.id == chat.id
     assert [ex.reply for ex in opened.exchanges] == ["Hello, world!"]
     assert shown[-1]["content"].startswith("Hello, world!\n\n_4 tokens · first token")
@@ -248,8 +256,8 @@ async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
 async def test_search_rename_and_delete(backend: ServerThread) -> None:
     ui = make_ui(backend.url)
     first, second = Chat(), Chat()
-    await drain(ui.send(None, "sort a list in Go", first, "", "", *CONTROLS))
-    await drain(ui.send(None, "reverse a string", second, "", "", *CONTROLS))
+    await drain(ui.send(None, "sort a list in Go", first, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "reverse a string", second, "", "", None, *CONTROLS))
     found = await ui.search(None, "GO", second)
     assert [title for title, _ in found["choices"]] == ["sort a list in Go"]
     found = await ui.search(None, "world", second)  # the replies' text
@@ -264,7 +272,7 @@ async def test_another_users_conversation_cannot_be_opened(backend: ServerThread
     ui = make_ui(backend.url, auth_mode="password")
     chat = Chat()
     alice, mallory = gr.Request(username="alice"), gr.Request(username="mallory")
-    await drain(ui.send(alice, "mine", chat, "", "", *CONTROLS))
+    await drain(ui.send(alice, "mine", chat, "", "", None, *CONTROLS))
     assert chat.id is not None
     with pytest.raises(gr.Error, match="no longer exists"):
         await ui.open_chat(mallory, chat.id, Chat())
@@ -279,10 +287,12 @@ async def test_controls_the_backend_ignores_are_hidden(
 ) -> None:
     fake.kind = kind  # type: ignore[assignment]
     with ServerThread(fake.app()) as server:
-        header, _list, max_new, *_, top_k, _rp, _fp, _pp, _stop, _seed = await make_ui(
-            server.url
-        ).on_load(None)
+        ui = make_ui(server.url)
+        header, _list, menu, _panel, max_new, *_, top_k, _rp, _fp, _pp, _stop, _seed = (
+            await ui.on_load(None)
+        )
     assert f"Model **{fake.model_id}**" in header
+    assert menu["value"] == fake.model_id
     assert top_k["visible"] is top_k_visible
     assert max_new["maximum"] == 2047
 
@@ -290,23 +300,23 @@ async def test_controls_the_backend_ignores_are_hidden(
 async def test_too_many_stop_sequences_for_tgi(backend: ServerThread) -> None:
     controls = (*CONTROLS[:7], "a\nb\nc\nd\ne", -1)
     with pytest.raises(gr.Error, match="at most 4 stop sequences"):
-        await drain(make_ui(backend.url).send(None, "hi", Chat(), "", "", *controls))
+        await drain(make_ui(backend.url).send(None, "hi", Chat(), "", "", None, *controls))
 
 
 async def test_a_refused_retry_keeps_the_reply_it_would_replace(backend: ServerThread) -> None:
     ui = make_ui(backend.url)
     chat = Chat()
-    await drain(ui.send(None, "first", chat, "", "", *CONTROLS))
+    await drain(ui.send(None, "first", chat, "", "", None, *CONTROLS))
     too_many_stops = (*CONTROLS[:7], "a\nb\nc\nd\ne", -1)
     with pytest.raises(gr.Error, match="at most 4 stop sequences"):
-        await drain(ui.retry(None, chat, "", "", *too_many_stops))
+        await drain(ui.retry(None, chat, "", "", None, *too_many_stops))
     assert [(ex.user, ex.reply) for ex in chat.exchanges] == [("first", "Hello, world!")]
 
 
 async def test_export_then_import_through_the_page(backend: ServerThread, tmp_path: Path) -> None:
     ui = make_ui(backend.url)
     chat = Chat()
-    await drain(ui.send(None, "export me", chat, "", "", *CONTROLS))
+    await drain(ui.send(None, "export me", chat, "", "", None, *CONTROLS))
     markdown = Path(await ui.export(None, chat, "markdown"))
     assert markdown.read_text().startswith("# export me")
     everything = Path(await ui.export(None, chat, "all"))
@@ -327,8 +337,8 @@ async def test_over_the_rate_limit_nothing_is_sent_or_stored(
     ui = make_ui(backend.url, rate_limit_per_minute=2)
     chat = Chat()
     for message in ("one", "two"):
-        await drain(ui.send(None, message, chat, "", "", *CONTROLS))
+        await drain(ui.send(None, message, chat, "", "", None, *CONTROLS))
     with pytest.raises(gr.Error, match="2 messages in the last minute"):
-        await drain(ui.send(None, "three", chat, "", "", *CONTROLS))
+        await drain(ui.send(None, "three", chat, "", "", None, *CONTROLS))
     assert [ex.user for ex in chat.exchanges] == ["one", "two"]
     assert len(fake.requests) == 2

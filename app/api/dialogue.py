@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 FAILED_ON_SERVER = "The reply failed on the server; the details are in its log."
 # The fields of DialogueIn kept with the conversation, under the page's names for them.
-STORED_CONTROLS = ("max_new_tokens", "temperature", "top_p", "seed")
+STORED_CONTROLS = ("max_new_tokens", "temperature", "top_p", "seed", "model")
 
 
 # Ids the store hands out are hex; anything far from that shape is simply not found (and
@@ -185,17 +185,18 @@ class Dialogues:
                 record, chat = await history.open(check_id(body.dialogue_id))
             except NotFound as err:
                 raise not_found(body.dialogue_id) from err
-        try:
-            info = await self.service.backend_info()
-        except BackendError as err:
-            if self.settings.debug:
-                raise
-            raise ApiError(503, str(err)) from err
         given = {
             name: value for name in STORED_CONTROLS
             if (value := getattr(body, name)) is not None
         }
         settings = {**(record.settings if record else {}), **given}
+        model = settings.get("model")
+        try:
+            info = await self.service.backend_info(model if isinstance(model, str) else None)
+        except BackendError as err:
+            if self.settings.debug:
+                raise
+            raise ApiError(503, str(err)) from err
         params = generation_params(settings, self.settings.max_new_tokens, info)
         if body.system_prompt is not None:
             system_prompt = body.system_prompt

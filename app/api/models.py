@@ -85,8 +85,13 @@ class TokenOut(BaseModel):
 
 
 class ModelOut(BaseModel):
-    model: str = Field(description="The model the backend serves (its Hub id or file name).")
-    backend: BackendKind = Field(description="What answers at BACKEND_URL.")
+    model: str = Field(description="The default model (DEFAULT_MODEL, else the first offered).")
+    backend: BackendKind = Field(description="What kind of server answers for it.")
+    backend_name: str = Field(description="The name of that backend (BACKENDS).")
+    models: dict[str, list[str]] = Field(
+        description="Every model offered, with the backends serving it (those up first); "
+        "send one as `model` in a dialogue."
+    )
     max_input_tokens: int = Field(description="Most tokens a prompt may have.")
     max_total_tokens: int = Field(description="Most tokens of prompt and reply together.")
     version: str | None = Field(None, description="The server's version, when it says (TGI).")
@@ -128,6 +133,10 @@ class DialogueIn(Body):
     )
     seed: int | None = Field(
         None, ge=0, le=2**32 - 1, description="Seed for reproducible sampling.",
+    )
+    model: str | None = Field(
+        None, max_length=MAX_ID_CHARS * 4, description="The model to answer (see GET "
+        "/models). Default: the conversation's own when continuing one, else the default.",
     )
     stream: bool = Field(
         False, description="Answer with server-sent events (as does `Accept: "

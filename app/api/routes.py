@@ -151,11 +151,11 @@ class RestApi:
 
         @router.get(
             "/models", response_model=ModelOut, responses=_errors(401, 503),
-            dependencies=[Depends(current_user)], summary="The backend's model",
+            dependencies=[Depends(current_user)], summary="The models on offer",
         )
         async def models() -> ModelOut:
-            """What answers at BACKEND_URL, asked afresh; 503 with the reason when nothing
-            usable does."""
+            """The default model and every model the backends offer, asked afresh; 503 with
+            the reason when no backend answers."""
             try:
                 info = await self.service.backend_info(refresh=True)
             except BackendError as err:
@@ -163,7 +163,8 @@ class RestApi:
                     raise
                 raise ApiError(503, str(err)) from err
             return ModelOut(
-                model=info.model_id, backend=info.kind, max_input_tokens=info.max_input_tokens,
+                model=info.model_id, backend=info.kind, backend_name=info.name,
+                models=self.service.models(), max_input_tokens=info.max_input_tokens,
                 max_total_tokens=info.max_total_tokens, version=info.version,
                 controls=sorted(info.controls),
             )

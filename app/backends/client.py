@@ -1,18 +1,21 @@
 """One inference server, spoken to over the Messages API with ``AsyncInferenceClient``.
 
 ``probe()`` finds what answers at the URL: TGI (``GET /info`` answers, with its token limits)
-or any OpenAI-compatible server (``GET /v1/models``). ``stream_chat()`` streams one reply as
-``Delta`` values. Each call opens its own client and closes it on exit, so closing the
-iterator (the user pressed Stop) closes the upstream HTTP stream.
+or any OpenAI-compatible server (``GET /v1/models``), Hugging Face Inference Providers'
+router included. ``stream_chat()`` streams one reply as ``Delta`` values. Each call opens
+its own client and closes it on exit, so closing the iterator (the user pressed Stop) closes
+the upstream HTTP stream. The raw-prompt mode (``render_prompt``, ``stream_raw``) is in
+``app.backends.raw``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import httpx2
@@ -35,8 +38,11 @@ from app.backends.errors import (
     GenerationError,
     StreamError,
 )
+from app.logs import scrub
 
-BackendKind = Literal["tgi", "llama.cpp", "openai"]
+BackendKind = Literal["tgi", "llama.cpp", "openai", "hf"]
+# What BACKENDS may say of a server: ``auto`` probes for TGI, then OpenAI-compatible.
+ConfiguredKind = Literal["auto", "tgi", "openai", "hf"]
 
 # Generation controls each kind of server honours on /v1/chat/completions. A control missing
 # here is hidden in the page rather than sent and silently ignored.
@@ -48,12 +54,24 @@ CONTROLS: Mapping[BackendKind, frozenset[str]] = {
     "tgi": STANDARD_CONTROLS,
     "llama.cpp": STANDARD_CONTROLS | {"top_k", "repeat_penalty"},
     "openai": STANDARD_CONTROLS,
+    "hf": STANDARD_CONTROLS,
 }
+
+
+def safe_url(url: str) -> str:
+    """The URL as shown to people: any ``user:password@`` in it is left out."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """What answers at the backend URL, and its limits in tokens."""
+    """What answers at the backend URL: its models (``model_id`` the one in use), and its
+    limits in tokens."""
 
     kind: BackendKind
     url: str
@@ -62,6 +80,16 @@ class BackendInfo:
     max_total_tokens: int
     version: str | None = None
     max_stop_sequences: int | None = None
+    name: str = "default"
+    models: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            object.__setattr__(self, "models", (self.model_id,))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name!r} at {safe_url(self.url)}"
 
     @property
     def controls(self) -> frozenset[str]:
@@ -90,46 +118,91 @@ class Delta:
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int | None = None
+    # Set on the first delta of a reply: the name of the backend that answers.
+    backend: str | None = None
 
 
 @dataclass
 class BackendClient:
+    """One configured backend. ``models`` narrows what it offers (required for Inference
+    Providers, whose router lists thousands); ``provider`` picks an Inference Provider."""
+
     url: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     probe_timeout: float = 5.0
     read_timeout: float = 120.0
     context_tokens: int = 2048
+    name: str = "default"
+    kind: ConfiguredKind = "auto"
+    models: tuple[str, ...] = ()
+    provider: str | None = None
     _headers: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
+    @property
+    def label(self) -> str:
+        return f"{self.name!r} at {safe_url(self.url)}"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    def mapped_errors(self, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+        """``mapped_errors`` for this backend: its label, timeout and token."""
+        return mapped_errors(self.label, timeout or self.read_timeout, self.token)
+
     async def probe(self) -> BackendInfo:
         """Ask the server what it is. Raises ``BackendError`` when nothing usable answers."""
         timeout = httpx.Timeout(self.probe_timeout)
         try:
             async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as http:
-                info = await http.get(f"{self.url}/info")
-                if info.status_code == 200 and "max_total_tokens" in info.text:
-                    return self._tgi_info(info.json())
+                if self.kind in ("auto", "tgi"):
+                    info = await http.get(f"{self.url}/info")
+                    if info.status_code == 200 and "max_total_tokens" in info.text:
+                        return self._narrowed(self._tgi_info(info.json()))
+                    if self.kind == "tgi":
+                        raise BackendError(
+                            f"The backend {self.label} does not answer like TGI (GET /info "
+                            f"gave HTTP {info.status_code}); check its kind and URL."
+                        )
                 models = await http.get(f"{self.url}/v1/models")
         except httpx.TimeoutException as err:
             raise BackendTimeout(
-                f"The backend at {self.url} did not answer within {self.probe_timeout:g} s."
+                f"The backend {self.label} did not answer within {self.probe_timeout:g} s."
             ) from err
         except httpx.TransportError as err:
-            raise BackendUnreachable(f"The backend at {self.url} is unreachable.") from err
+            raise BackendUnreachable(f"The backend {self.label} is unreachable.") from err
+        if models.status_code in (401, 403):
+            raise BackendError(
+                f"The backend {self.label} refused the token (HTTP {models.status_code}); "
+                "check the backend's token (or HF_TOKEN)."
+            )
         not_a_backend = BackendError(
-            f"The backend at {self.url} does not answer like TGI or an OpenAI-compatible server"
-            f" (GET /v1/models gave HTTP {models.status_code}); check BACKEND_URL."
+            f"The backend {self.label} does not answer like TGI or an OpenAI-compatible server"
+            f" (GET /v1/models gave HTTP {models.status_code}); check its URL."
         )
         if models.status_code != 200:
             raise not_a_backend
         try:
-            return self._openai_info(models.json())
-        except (ValueError, AttributeError) as err:
+            return self._narrowed(self._openai_info(models.json()))
+        except (ValueError, AttributeError, TypeError) as err:
             raise not_a_backend from err
+
+    def _narrowed(self, info: BackendInfo) -> BackendInfo:
+        """The info with only the configured models, in their configured order."""
+        if not self.models:
+            return info
+        offered = [model for model in self.models if model in info.models]
+        if not offered:
+            served = ", ".join(info.models[:10]) or "none"
+            raise BackendError(
+                f"The backend {self.label} serves none of its configured models "
+                f"({', '.join(self.models)}); it serves: {served}."
+            )
+        return replace(info, model_id=offered[0], models=tuple(offered))
 
     def _tgi_info(self, body: dict[str, Any]) -> BackendInfo:
         total = int(body["max_total_tokens"])
@@ -142,23 +215,32 @@ class BackendClient:
             max_total_tokens=total,
             version=body.get("version"),
             max_stop_sequences=body.get("max_stop_sequences"),
+            name=self.name,
         )
 
     def _openai_info(self, body: Any) -> BackendInfo:
         models = body.get("data") or []
         if not models:
-            raise BackendError(f"The backend at {self.url} serves no model (GET /v1/models).")
+            raise BackendError(f"The backend {self.label} serves no model (GET /v1/models).")
         first = models[0]
         # llama-cpp-python's server marks its models as owned by "me" and honours llama.cpp's
         # own sampling knobs beside the OpenAI ones.
         kind: BackendKind = "llama.cpp" if first.get("owned_by") == "me" else "openai"
+        if self.kind == "hf":
+            kind = "hf"
         return BackendInfo(
             kind=kind,
             url=self.url,
             model_id=str(first.get("id", "unknown")),
             max_input_tokens=self.context_tokens - 1,
             max_total_tokens=self.context_tokens,
+            name=self.name,
+            models=tuple(str(model["id"]) for model in models if "id" in model),
         )
+
+    def wire_model(self, model: str) -> str:
+        """The model as the server expects it: Inference Providers take ``id:provider``."""
+        return f"{model}:{self.provider}" if self.provider else model
 
     async def stream_chat(
         self,
@@ -173,10 +255,10 @@ class BackendClient:
         if params.repeat_penalty is not None and "repeat_penalty" in info.controls:
             extra["repeat_penalty"] = params.repeat_penalty
         finished = False
-        async with self._client() as client, _mapped_errors(self.url, self.read_timeout):
+        async with self._client() as client, self.mapped_errors():
             stream = await client.chat_completion(
                 [dict(m) for m in messages],
-                model=info.model_id,
+                model=self.wire_model(info.model_id),
                 stream=True,
                 max_tokens=params.max_new_tokens,
                 temperature=params.temperature,
@@ -202,7 +284,7 @@ class BackendClient:
                     yield Delta(text, choice.finish_reason, tokens)
             if not finished:
                 raise StreamError(
-                    f"The backend at {self.url} closed the stream before the reply was finished."
+                    f"The backend {self.label} closed the stream before the reply was finished."
                 )
 
     @asynccontextmanager
@@ -226,38 +308,88 @@ async def _read_error_body(response: httpx2.Response) -> None:
 
 
 @asynccontextmanager
-async def _mapped_errors(url: str, read_timeout: float) -> AsyncIterator[None]:
-    """Translate transport, HTTP and in-stream failures into the ``BackendError`` tree."""
+async def mapped_errors(
+    label: str, read_timeout: float, token: str | None = None
+) -> AsyncIterator[None]:
+    """Translate transport, HTTP and in-stream failures into the ``BackendError`` tree.
+
+    The messages quote what the server said; a server that echoes the request's
+    credentials (some do, in their errors) has them scrubbed before anyone sees them.
+    """
+    try:
+        async with _translated(label, read_timeout):
+            yield
+    except BackendError as err:
+        text = str(err)
+        scrubbed = scrub(text, [token] if token else [])
+        if scrubbed != text:
+            err.args = (scrubbed,)
+        raise
+
+
+@asynccontextmanager
+async def _translated(label: str, read_timeout: float) -> AsyncIterator[None]:
     try:
         yield
     except BackendError:
         raise
-    except (InferenceTimeoutError, httpx2.TimeoutException) as err:
+    except (InferenceTimeoutError, httpx2.TimeoutException, httpx.TimeoutException) as err:
         raise BackendTimeout(
-            f"The backend at {url} sent nothing for {read_timeout:g} s; the reply timed out."
+            f"The backend {label} sent nothing for {read_timeout:g} s; the reply timed out."
         ) from err
-    except httpx2.ConnectError as err:
-        raise BackendUnreachable(f"The backend at {url} is unreachable.") from err
-    except (httpx2.TransportError, json.JSONDecodeError) as err:
+    except (httpx2.ConnectError, httpx.ConnectError) as err:
+        raise BackendUnreachable(f"The backend {label} is unreachable.") from err
+    except json.JSONDecodeError as err:
         raise StreamError(
-            f"The stream from {url} broke before the reply was finished ({type(err).__name__})."
+            f"The backend {label} sent malformed data in the stream (not JSON); the reply "
+            "was cut there."
+        ) from err
+    except (httpx2.TransportError, httpx.TransportError) as err:
+        raise StreamError(
+            f"The stream from {label} broke before the reply was finished ({type(err).__name__})."
         ) from err
     except HfHubHTTPError as err:
-        raise _http_error(url, err) from err
+        raise http_error(
+            label, err.response.status_code, _error_detail(err), err.response.headers
+        ) from err
     except TextGenerationError as err:
-        raise _stream_event_error(url, err) from err
+        raise _stream_event_error(label, err) from err
 
 
-def _http_error(url: str, err: HfHubHTTPError) -> BackendError:
-    status = err.response.status_code
-    detail = _error_detail(err)
+def http_error(
+    label: str, status: int, detail: str, headers: Mapping[str, str]
+) -> BackendError:
+    """The error for an HTTP error status, with the server's own message."""
     if status == 422:
-        return BackendValidationError(f"The backend rejected the request: {detail}")
+        hint = ""
+        if "token" in detail.lower():
+            hint = (" Shorten the message, start a new conversation, or lower max new tokens.")
+        return BackendValidationError(
+            f"The backend {label} rejected the request: {detail}{hint}"
+        )
+    if status in (401, 403):
+        return BackendError(
+            f"The backend {label} refused the token (HTTP {status}); check the backend's "
+            "token (or HF_TOKEN)."
+        )
     if status in (429, 503):
-        return BackendOverloaded(f"The backend at {url} is overloaded; try again shortly.")
+        retry_after = _retry_after(headers.get("retry-after"))
+        when = "shortly" if retry_after is None else f"in {retry_after:g} s"
+        return BackendOverloaded(
+            f"The backend {label} is overloaded; try again {when}.", retry_after
+        )
     if status == 424:
         return GenerationError(f"The model failed while generating: {detail}")
-    return BackendError(f"The backend at {url} answered HTTP {status}: {detail}")
+    return BackendError(f"The backend {label} answered HTTP {status}: {detail}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not used by inference servers)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def _error_detail(err: HfHubHTTPError) -> str:
@@ -266,20 +398,23 @@ def _error_detail(err: HfHubHTTPError) -> str:
         body = json.loads(err.response.content or b"null")
     except (json.JSONDecodeError, httpx2.ResponseNotRead):
         body = None
+    return error_message(body) or err.server_message or f"HTTP {err.response.status_code}"
+
+
+def error_message(body: Any) -> str | None:
+    """``error`` of a JSON error body: TGI's string or OpenAI's ``{"message": ..}``."""
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         error = error.get("message")
-    if isinstance(error, str) and error:
-        return error
-    return err.server_message or f"HTTP {err.response.status_code}"
+    return error if isinstance(error, str) and error else None
 
 
-def _stream_event_error(url: str, err: TextGenerationError) -> BackendError:
+def _stream_event_error(label: str, err: TextGenerationError) -> BackendError:
     text = str(err) or "no detail"
     if isinstance(err, ValidationError):
-        return BackendValidationError(f"The backend rejected the request: {text}")
+        return BackendValidationError(f"The backend {label} rejected the request: {text}")
     if isinstance(err, OverloadedError):
-        return BackendOverloaded(f"The backend at {url} is overloaded; try again shortly.")
+        return BackendOverloaded(f"The backend {label} is overloaded; try again shortly.")
     if isinstance(err, HubGenerationError):
         return GenerationError(f"The model failed while generating: {text}")
-    return StreamError(f"The backend at {url} sent an error inside the stream: {text}")
+    return StreamError(f"The backend {label} sent an error inside the stream: {text}")

@@ -137,7 +137,7 @@ class History:
             raise ValueError("start_reply needs the stored conversation and message")
         exchange.reply_id = await asyncio.to_thread(
             self.store.start_reply, self.user_id, chat.id, exchange.user_message_id,
-            info.model_id if info else None, info.kind if info else None,
+            info.model_id if info else None, info.name if info else None,
         )
 
     async def save_progress(self, exchange: Exchange) -> None:

@@ -33,8 +33,11 @@ class TurnStats:
     finish: Finish
     model: str
     backend: str
+    cached: bool = False
 
     def line(self) -> str:
+        if self.cached:
+            return f"{self.tokens} tokens · from the response cache"
         parts = [f"{self.tokens} tokens"]
         if self.time_to_first_token is not None:
             parts.append(f"first token {self.time_to_first_token:.2f} s")

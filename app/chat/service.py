@@ -1,4 +1,4 @@
-"""One chat turn: know the backend, fit the context, stream the reply, measure it."""
+"""One chat turn: pick the backend, fit the context, stream the reply, measure it."""
 
 from __future__ import annotations
 
@@ -7,22 +7,23 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
+from typing import TypeVar
 
 from app.backends import (
     BackendClient,
     BackendError,
     BackendInfo,
-    BackendTimeout,
-    BackendUnreachable,
     Delta,
     GenerationParams,
 )
+from app.backends.router import BackendStatus, Router
+from app.chat.cache import CachedReply, ResponseCache, cache_key, is_deterministic
 from app.chat.context import FittedContext, fit_messages, input_budget
 from app.chat.models import Exchange, Finish, TurnStats, finish_from_backend
+from app.metrics import Metrics
 from app.settings import Settings
 
-# How long a successful probe of the backend is trusted before asking again.
-INFO_TTL_SECONDS = 30.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,33 +36,56 @@ class Progress:
     error: BackendError | None = None
 
 
+def router_for(settings: Settings, metrics: Metrics) -> Router:
+    """A router over the backends of BACKENDS (or the one at BACKEND_URL)."""
+    clients = [
+        BackendClient(
+            url=backend.root,
+            token=settings.backend_token_for(backend),
+            probe_timeout=settings.backend_probe_timeout,
+            read_timeout=backend.timeout or settings.backend_read_timeout,
+            context_tokens=backend.context_tokens or settings.context_tokens,
+            name=backend.name,
+            kind=backend.kind,
+            models=tuple(backend.models),
+            provider=backend.provider,
+        )
+        for backend in settings.backend_list
+    ]
+    return Router(
+        clients, metrics, retries=settings.backend_retries,
+        backoff=settings.backend_retry_backoff,
+        failure_threshold=settings.backend_failure_threshold,
+        check_interval=settings.backend_check_interval,
+    )
+
+
 class ChatService:
     def __init__(
         self,
         settings: Settings,
-        client: BackendClient | None = None,
+        router: Router | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.client = client or BackendClient(
-            url=settings.backend_root,
-            token=settings.backend_token.get_secret_value() if settings.backend_token else None,
-            probe_timeout=settings.backend_probe_timeout,
-            read_timeout=settings.backend_read_timeout,
-            context_tokens=settings.context_tokens,
+        self.metrics = router.metrics if router is not None else Metrics()
+        self.router = router or router_for(settings, self.metrics)
+        self.cache = (
+            ResponseCache(settings.response_cache_size) if settings.response_cache_size else None
         )
         self._clock = clock
-        self._info: BackendInfo | None = None
-        self._info_at = 0.0
 
-    async def backend_info(self, refresh: bool = False) -> BackendInfo:
-        """The backend's description, probed again when stale; raises ``BackendError``."""
-        now = self._clock()
-        if refresh or self._info is None or now - self._info_at > INFO_TTL_SECONDS:
-            self._info = None
-            self._info = await self.client.probe()
-            self._info_at = now
-        return self._info
+    async def backend_info(self, model: str | None = None, refresh: bool = False) -> BackendInfo:
+        """Where a reply for ``model`` (None: the default model) would go; raises
+        ``BackendError`` (``NoBackendAvailable``) when no backend serves it now."""
+        return await self.router.info_for(model or self.settings.default_model, refresh)
+
+    def models(self) -> dict[str, list[str]]:
+        """Every model offered, with the backends serving it."""
+        return self.router.models()
+
+    def statuses(self) -> list[BackendStatus]:
+        return self.router.statuses()
 
     def fit(
         self, info: BackendInfo, system_prompt: str, history: Sequence[Exchange], user_text: str,
@@ -83,12 +107,21 @@ class ChatService:
         the upstream stream. A backend failure ends it with a last update that carries the
         error and keeps the partial text.
         """
+        key = None
+        if self.cache is not None and is_deterministic(params):
+            key = cache_key(info.model_id, messages, params)
+            cached = self.cache.get(key)
+            self.metrics.cache.labels(result="miss" if cached is None else "hit").inc()
+            if cached is not None:
+                yield self._from_cache(info, cached)
+                return
         meter = _Meter(self._clock(), info)
         last_emit = meter.start
         parts: list[str] = []
+        self.metrics.active_streams.inc()
         try:
-            async with aclosing(self.client.stream_chat(messages, params, info)) as stream:
-                while (delta := await _next_unless_stopped(stream, stop)) is not None:
+            async with aclosing(self.router.stream(info, messages, params)) as stream:
+                while (delta := await next_unless_stopped(stream, stop)) is not None:
                     now = self._clock()
                     meter.add(delta, now)
                     if delta.text:
@@ -101,18 +134,42 @@ class ChatService:
         except BackendError as err:
             if self.settings.debug:
                 raise
-            if isinstance(err, BackendUnreachable | BackendTimeout):
-                self._info = None
             meter.finish = "interrupted"
+            self._measured(meter, error=True)
             yield Progress("".join(parts), meter.stats(), done=True, error=err)
             return
+        finally:
+            self.metrics.active_streams.dec()
+        self._measured(meter)
+        if key is not None and self.cache is not None and meter.finish in ("stop", "length"):
+            self.cache.put(key, CachedReply("".join(parts), meter.tokens, meter.finish))
         yield Progress("".join(parts), meter.stats(), done=True)
 
+    def _measured(self, meter: _Meter, error: bool = False) -> None:
+        stats = meter.stats()
+        outcome = "error" if error else stats.finish
+        self.metrics.requests.labels(model=stats.model, outcome=outcome).inc()
+        if stats.time_to_first_token is not None:
+            self.metrics.time_to_first_token.labels(backend=stats.backend).observe(
+                stats.time_to_first_token
+            )
+        if stats.tokens_per_second is not None and not error:
+            self.metrics.tokens_per_second.labels(backend=stats.backend).observe(
+                stats.tokens_per_second
+            )
 
-async def _next_unless_stopped(
-    stream: AsyncGenerator[Delta], stop: asyncio.Event
-) -> Delta | None:
-    """The next delta; None when the stream ends or ``stop`` is set first.
+    def _from_cache(self, info: BackendInfo, cached: CachedReply) -> Progress:
+        self.metrics.requests.labels(model=info.model_id, outcome="cached").inc()
+        finish: Finish = "length" if cached.finish_reason == "length" else "stop"
+        stats = TurnStats(
+            tokens=cached.tokens, time_to_first_token=None, tokens_per_second=None,
+            finish=finish, model=info.model_id, backend="cache", cached=True,
+        )
+        return Progress(cached.text, stats, done=True)
+
+
+async def next_unless_stopped(stream: AsyncGenerator[T], stop: asyncio.Event) -> T | None:
+    """The next item; None when the stream ends or ``stop`` is set first.
 
     A stop cancels the pending read inside the stream, which closes its HTTP response.
     """
@@ -142,8 +199,15 @@ class _Meter:
     deltas: int = 0
     reported_tokens: int | None = None
     finish: Finish = "interrupted"
+    backend: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.reported_tokens if self.reported_tokens is not None else self.deltas
 
     def add(self, delta: Delta, now: float) -> None:
+        if delta.backend is not None:
+            self.backend = delta.backend
         if delta.text:
             if self.first_at is None:
                 self.first_at = now
@@ -155,7 +219,7 @@ class _Meter:
             self.finish = finish_from_backend(delta.finish_reason)
 
     def stats(self) -> TurnStats:
-        tokens = self.reported_tokens if self.reported_tokens is not None else self.deltas
+        tokens = self.tokens
         rate = None
         if self.first_at is not None and self.last_at is not None and self.last_at > self.first_at:
             rate = (tokens - 1) / (self.last_at - self.first_at)
@@ -165,5 +229,5 @@ class _Meter:
             tokens_per_second=rate,
             finish=self.finish,
             model=self.info.model_id,
-            backend=self.info.kind,
+            backend=self.backend or self.info.name,
         )

@@ -18,7 +18,15 @@ from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
-from app.ui.render import chat_messages, dropped_notice, header_markdown
+from app.ui.controls import CONTROL_NAMES, params_from
+from app.ui.raw import RawRun, RawUI
+from app.ui.render import (
+    chat_messages,
+    dropped_notice,
+    header_markdown,
+    model_choices,
+    status_markdown,
+)
 from app.ui.snippets import SnippetsUI
 
 EXAMPLES = [
@@ -31,15 +39,12 @@ EXAMPLES = [
     "Find the bug and fix it: `def mean(xs): return sum(xs) / len(xs)`",
 ]
 
-# Controls in the order the handlers receive them; each is shown only where the backend
-# honours it (see ``app.backends.CONTROLS``).
-CONTROL_NAMES = (
-    "max_new_tokens", "temperature", "top_p", "top_k", "repeat_penalty",
-    "frequency_penalty", "presence_penalty", "stop", "seed",
-)
-
 # Outputs of the handlers that stream a reply, in this order.
 REPLY_OUTPUTS = ("chatbot", "chat", "message", "notice", "header", "conversations")
+
+# How often the page re-reads the backend status panel (the app probes the backends in the
+# background; reading the panel costs nothing).
+STATUS_REFRESH_SECONDS = 5.0
 
 
 def skip_all() -> tuple[Any, ...]:
@@ -68,31 +73,19 @@ class PlaygroundUI:
 
     # -- helpers -------------------------------------------------------------------------
 
-    async def _info(self) -> tuple[BackendInfo | None, BackendError | None]:
+    async def _info(self, model: str | None) -> tuple[BackendInfo | None, BackendError | None]:
         try:
-            return await self.service.backend_info(), None
+            return await self.service.backend_info(model or None), None
         except BackendError as err:
             if self.settings.debug:
                 raise
             return None, err
 
     def _params(self, info: BackendInfo, values: tuple[Any, ...]) -> GenerationParams:
-        given = dict(zip(CONTROL_NAMES, values, strict=True))
-        stops = tuple(line for line in str(given.pop("stop") or "").splitlines() if line)
-        if info.max_stop_sequences is not None and len(stops) > info.max_stop_sequences:
-            raise gr.Error(
-                f"This backend takes at most {info.max_stop_sequences} stop sequences; "
-                f"you gave {len(stops)}. Remove some (one per line)."
-            )
-        seed = given.pop("seed")
-        top_k = given.pop("top_k")
-        return GenerationParams(
-            stop=stops,
-            seed=None if seed is None or int(seed) < 0 else int(seed),
-            top_k=int(top_k) if top_k else None,
-            max_new_tokens=int(given.pop("max_new_tokens")),
-            **{name: float(value) for name, value in given.items()},
-        )
+        try:
+            return params_from(info, values)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
 
     def _check(self, history: History, text: str) -> None:
         try:
@@ -106,24 +99,40 @@ class PlaygroundUI:
 
     # -- events --------------------------------------------------------------------------
 
+    def model_menu(self, value: str | None = None) -> Any:
+        choices = model_choices(self.service.models())
+        if value is None and choices:
+            value = self.settings.default_model or choices[0][1]
+        return gr.update(choices=choices, value=value)
+
+    def status_panel(self) -> str:
+        return status_markdown(self.service.statuses())
+
+    async def check_backends(self, model: str | None) -> tuple[str, Any]:
+        """Probe every backend now; the panel and the model menu show the result."""
+        await self.service.router.refresh(force=True)
+        return self.status_panel(), self.model_menu(model or None)
+
     async def on_load(self, request: gr.Request | None) -> list[Any]:
-        info, error = await self._info()
-        header = header_markdown(info, error, self.settings.backend_root)
+        info, error = await self._info(None)
+        header = header_markdown(info, error)
         history = await self.history_for(request)
         conversations = gr.update(choices=await history.choices())
+        menu = self.model_menu(info.model_id if info else None)
         if info is None:
-            return [header, conversations, *(gr.update() for _ in CONTROL_NAMES)]
+            return [header, conversations, menu, self.status_panel(),
+                    *(gr.update() for _ in CONTROL_NAMES)]
         updates = []
         for name in CONTROL_NAMES:
             if name == "max_new_tokens":
                 updates.append(gr.update(maximum=info.max_total_tokens - 1, visible=True))
             else:
                 updates.append(gr.update(visible=name in info.controls))
-        return [header, conversations, *updates]
+        return [header, conversations, menu, self.status_panel(), *updates]
 
     async def send(
         self, request: gr.Request | None, text: str, chat: Chat, system_prompt: str,
-        language: str, *controls: Any,
+        language: str, model: str | None, *controls: Any,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Send a new message; outputs as in ``REPLY_OUTPUTS``."""
         if not text.strip():
@@ -132,13 +141,13 @@ class PlaygroundUI:
         history = await self.history_for(request)
         self._check(history, text)
         async for update in self._reply(
-            history, text, chat, system_prompt, language, controls
+            history, text, chat, system_prompt, language, model, controls
         ):
             yield update
 
     async def retry(
         self, request: gr.Request | None, chat: Chat, system_prompt: str, language: str,
-        *controls: Any,
+        model: str | None, *controls: Any,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Ask again for the last message; its reply is replaced once the new one starts (the
         store keeps the earlier version)."""
@@ -149,21 +158,21 @@ class PlaygroundUI:
         history = await self.history_for(request)
         self._check(history, last.user)
         async for update in self._reply(
-            history, last.user, chat, system_prompt, language, controls, retried=last
+            history, last.user, chat, system_prompt, language, model, controls, retried=last
         ):
             yield update
 
     async def _reply(
         self, history: History, text: str, chat: Chat, system_prompt: str, language: str,
-        controls: tuple[Any, ...], retried: Exchange | None = None,
+        model: str | None, controls: tuple[Any, ...], retried: Exchange | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Stream a reply to ``text``, storing the message first and the reply as it grows.
 
         A refusal (gr.Error) leaves the conversation, shown and stored, as it was.
         """
         earlier = chat.exchanges[:-1] if retried else chat.exchanges
-        info, error = await self._info()
-        header = header_markdown(info, error, self.settings.backend_root)
+        info, error = await self._info(model)
+        header = header_markdown(info, error)
         params = None if info is None else self._params(info, controls)
         fitted = None
         if info is not None and params is not None:
@@ -175,6 +184,8 @@ class PlaygroundUI:
             except ContextOverflow as err:
                 raise gr.Error(str(err)) from err
         settings = dict(zip(CONTROL_NAMES, controls, strict=True))
+        if model:
+            settings["model"] = model
         exchange = await history.begin(
             chat, text, info, system_prompt, settings, retried=retried, language=language
         )
@@ -216,9 +227,9 @@ class PlaygroundUI:
     async def open_chat(
         self, request: gr.Request | None, conversation_id: str | None, chat: Chat
     ) -> tuple[Any, ...]:
-        """Show a stored conversation with its system prompt and settings."""
+        """Show a stored conversation with its system prompt, model and settings."""
         if not conversation_id or conversation_id == chat.id:
-            return (gr.skip(),) * (5 + len(CONTROL_NAMES))
+            return (gr.skip(),) * (6 + len(CONTROL_NAMES))
         await self.stop(chat)
         try:
             record, opened = await (await self.history_for(request)).open(conversation_id)
@@ -226,7 +237,7 @@ class PlaygroundUI:
             raise gr.Error("That conversation no longer exists.") from err
         values = [record.settings.get(name, gr.skip()) for name in CONTROL_NAMES]
         return (chat_messages(opened.exchanges), opened, record.system_prompt,
-                record.language or "", record.title,
+                record.language or "", record.settings.get("model", gr.skip()), record.title,
                 *values)
 
     async def search(self, request: gr.Request | None, text: str, chat: Chat) -> Any:
@@ -283,6 +294,7 @@ class PlaygroundUI:
     def build(self) -> gr.Blocks:
         s = self.settings
         snippets = SnippetsUI(self.service, self.guard, self.history_for, s.runs_allowed)
+        raw = RawUI(self.service, self.guard, self.history_for)
         with gr.Blocks(title="Coding Playground") as demo:
             chat = gr.State(Chat())
             with gr.Sidebar(label="Conversations", open=True):
@@ -318,7 +330,11 @@ class PlaygroundUI:
                     upload = gr.UploadButton(
                         "Import JSON", file_types=[".json"], size="sm", elem_id="import"
                     )
-            header = gr.Markdown(header_markdown(None, None, s.backend_root), elem_id="header")
+            header = gr.Markdown(header_markdown(None, None), elem_id="header")
+            with gr.Accordion("Backends", open=False, elem_id="backends-panel"):
+                backends = gr.Markdown(self.status_panel(), elem_id="backends")
+                check = gr.Button("Check now", size="sm", elem_id="check-backends")
+            timer = gr.Timer(STATUS_REFRESH_SECONDS)
             with gr.Tabs():
                 with gr.Tab("Chat", elem_id="chat-tab"):
                     chatbot = gr.Chatbot(
@@ -340,6 +356,10 @@ class PlaygroundUI:
                              *((name, key) for key, name in LANGUAGE_NAMES.items())],
                             value="", label="Language", show_label=False, scale=2,
                             min_width=160, elem_id="language",
+                        )
+                        model = gr.Dropdown(
+                            [], label="Model", show_label=False, scale=3, min_width=200,
+                            allow_custom_value=True, elem_id="model",
                         )
                         retry = gr.Button("Retry", size="sm", elem_id="retry")
                         undo = gr.Button("Undo", size="sm", elem_id="undo")
@@ -377,6 +397,27 @@ class PlaygroundUI:
                             new_tags = gr.Textbox(label="Tags, comma-separated",
                                                   elem_id="snippet-tags")
                             keep = gr.Button("Save to library", size="sm", elem_id="save-code")
+                with gr.Tab("Raw prompt", elem_id="raw-tab"):
+                    raw_run = gr.State(RawRun())
+                    gr.Markdown(
+                        "The prompt exactly as the model sees it. **Render** fills it from the "
+                        "conversation (and the message box) with the model's chat template; "
+                        "edit it, then **Generate**: each token is coloured by its "
+                        "probability (green likely, red unlikely; hover for the log-probability)."
+                    )
+                    raw_note = gr.Markdown(elem_id="raw-note")
+                    raw_prompt = gr.Textbox(
+                        label="Prompt", lines=10, max_lines=30, elem_id="raw-prompt"
+                    )
+                    with gr.Row():
+                        render = gr.Button("Render", size="sm", elem_id="raw-render")
+                        generate = gr.Button(
+                            "Generate", variant="primary", size="sm", elem_id="raw-generate"
+                        )
+                        raw_stop = gr.Button("Stop", variant="stop", size="sm",
+                                             elem_id="raw-stop")
+                    raw_output = gr.HTML(elem_id="raw-output")
+                    raw_stats = gr.Markdown(elem_id="raw-stats")
                 with gr.Tab("Snippets", elem_id="snippets-tab"):
                     snippet = gr.State(None)
                     with gr.Row():
@@ -418,11 +459,11 @@ class PlaygroundUI:
             reply_outputs = [chatbot, chat, message, notice, header, conversations]
             gr.on(
                 [message.submit, send.click], self.send,
-                [message, chat, system_prompt, language, *controls], reply_outputs,
+                [message, chat, system_prompt, language, model, *controls], reply_outputs,
                 api_name="chat",
             )
             retry.click(
-                self.retry, [chat, system_prompt, language, *controls], reply_outputs,
+                self.retry, [chat, system_prompt, language, model, *controls], reply_outputs,
                 api_name="retry",
             )
             # Stop, Undo and the conversation switches signal the streaming handler rather
@@ -437,7 +478,7 @@ class PlaygroundUI:
             )
             conversations.input(
                 self.open_chat, [conversations, chat],
-                [chatbot, chat, system_prompt, language, title, *controls],
+                [chatbot, chat, system_prompt, language, model, title, *controls],
                 api_name="open_chat",
             )
             search.change(
@@ -489,7 +530,16 @@ class PlaygroundUI:
                 snippets.search, [snippet_search], [library], api_visibility="private"
             )
             demo.load(
-                self.on_load, None, [header, conversations, *controls], api_name="backend_info"
+                self.on_load, None, [header, conversations, model, backends, *controls],
+                api_name="backend_info",
             )
+            timer.tick(self.status_panel, None, [backends], queue=False,
+                       api_visibility="private")
+            check.click(self.check_backends, [model], [backends, model], api_name="check_backends")
+            render.click(raw.render, [model, chat, system_prompt, language, message],
+                         [raw_prompt, raw_note], api_name="render_prompt")
+            generate.click(raw.generate, [model, raw_prompt, raw_run, *controls],
+                           [raw_output, raw_stats], api_name="raw_generate")
+            raw_stop.click(raw.stop, [raw_run], None, queue=False, api_name="raw_stop")
         blocks: gr.Blocks = demo
         return blocks

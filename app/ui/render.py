@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from html import escape
 from typing import Any
 
 from app.backends import BackendError, BackendInfo
+from app.backends.client import safe_url
+from app.backends.raw import RawToken
+from app.backends.router import BackendStatus
 from app.chat import Exchange
 from app.markdown import close_open_fence, escape_html
 
 TITLE = "## Coding Playground"
 
-KIND_NAMES = {"tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatible server"}
+KIND_NAMES = {
+    "tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatible server",
+    "hf": "Inference Providers", "auto": "not probed yet",
+}
+STATE_MARKS = {"up": "🟢 up", "down": "🔴 down", "unknown": "⚪ not checked yet"}
 
 
 def assistant_markdown(exchange: Exchange) -> str:
@@ -33,16 +42,62 @@ def chat_messages(conversation: Sequence[Exchange]) -> list[dict[str, Any]]:
     return messages
 
 
-def header_markdown(info: BackendInfo | None, error: BackendError | None, url: str) -> str:
+def header_markdown(info: BackendInfo | None, error: BackendError | None) -> str:
     if info is None:
-        reason = str(error) if error else f"The backend at {url} has not answered yet."
-        return f"{TITLE}\n⚠️ {reason} Messages will fail until it answers; no restart is needed."
+        reason = str(error) if error else "No backend has answered yet."
+        if "no restart is needed" not in reason:
+            reason += " Messages will fail until it answers; no restart is needed."
+        return f"{TITLE}\n⚠️ {escape_html(reason)}"
     limits = f"{info.max_input_tokens} input / {info.max_total_tokens} total tokens"
     version = f" {info.version}" if info.version else ""
     return (
-        f"{TITLE}\nModel **{info.model_id}** on {KIND_NAMES[info.kind]}{version} at "
-        f"`{info.url}` · {limits}"
+        f"{TITLE}\nModel **{escape_html(info.model_id)}** on backend "
+        f"**{escape_html(info.name)}** ({KIND_NAMES[info.kind]}{version} at "
+        f"`{escape_html(safe_url(info.url))}`) · {limits}"
     )
+
+
+def model_choices(models: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """The model menu: each model with the backends that serve it."""
+    return [(f"{model} ({', '.join(names)})", model) for model, names in models.items()]
+
+
+def status_markdown(rows: Sequence[BackendStatus]) -> str:
+    """The backend status panel, a Markdown table."""
+    lines = ["| Backend | State | Kind | Models | Token limits | Version | Checked |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        limits = (f"{row.max_input_tokens} / {row.max_total_tokens}"
+                  if row.max_total_tokens else "")
+        checked = row.checked_at.strftime("%H:%M:%S UTC") if row.checked_at else ""
+        state = STATE_MARKS[row.state]
+        if row.error:
+            state += f": {row.error}"
+        cells = [f"**{row.name}** `{row.url}`", state, KIND_NAMES.get(row.kind, row.kind),
+                 ", ".join(row.models[:5]) + (" …" if len(row.models) > 5 else ""),
+                 limits, row.version or "", checked]
+        lines.append("| " + " | ".join(escape_html(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def token_html(tokens: Sequence[RawToken]) -> str:
+    """Generated tokens coloured by probability (red unlikely, green likely); hovering one
+    shows its log-probability."""
+    spans = []
+    for token in tokens:
+        if token.logprob is None:
+            style, title = "", "no log-probability"
+        else:
+            p = math.exp(min(token.logprob, 0.0))
+            style = f"background:hsl({120 * p:.0f},70%,80%);color:#111;"
+            title = f"logprob {token.logprob:.3f} · p {p:.2f}"
+        if token.special:
+            style += "font-style:italic;opacity:0.7;"
+        spans.append(
+            f'<span class="tok" style="{style}" title="{title}">{escape(token.text)}</span>'
+        )
+    return ('<div id="raw-tokens" style="white-space:pre-wrap;font-family:monospace;">'
+            + "".join(spans) + "</div>")
 
 
 def dropped_notice(dropped: int, budget: int) -> str:

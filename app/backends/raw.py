@@ -1,0 +1,205 @@
+"""The raw-prompt mode (StarChat style): the prompt exactly as the model sees it, and every
+generated token with its log-probability.
+
+TGI renders the prompt with the model's own chat template (``POST /chat_tokenize``) and
+streams tokens with details from ``POST /generate_stream``. OpenAI-compatible servers that
+have the completions API (vLLM, llama.cpp) stream from ``POST /v1/completions`` with
+``logprobs``; they do not expose their chat template, so the prompt starts from a generic
+ChatML rendering for the user to edit. Plain ``httpx`` speaks both: ``AsyncInferenceClient``
+has no completions call, and its ``text_generation`` drops ``details`` on some errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from app.backends.client import (
+    BackendClient,
+    BackendInfo,
+    GenerationParams,
+    error_message,
+    http_error,
+)
+from app.backends.errors import (
+    BackendError,
+    BackendOverloaded,
+    BackendValidationError,
+    GenerationError,
+    StreamError,
+)
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    # True when the server rendered it with the model's own template; False for the
+    # generic ChatML the user may need to adapt.
+    from_model: bool
+
+
+@dataclass(frozen=True)
+class RawToken:
+    text: str
+    logprob: float | None = None
+    special: bool = False
+    finish_reason: str | None = None
+
+
+def supports_raw(info: BackendInfo) -> bool:
+    """Inference Providers offer the chat API only."""
+    return info.kind != "hf"
+
+
+def chatml(messages: Sequence[Mapping[str, str]]) -> str:
+    turns = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    return "".join(turns) + "<|im_start|>assistant\n"
+
+
+async def render_prompt(
+    client: BackendClient, info: BackendInfo, messages: Sequence[Mapping[str, str]]
+) -> RenderedPrompt:
+    if info.kind != "tgi":
+        return RenderedPrompt(chatml(messages), from_model=False)
+    body = {"model": info.model_id, "messages": [dict(m) for m in messages]}
+    async with _http(client) as http, client.mapped_errors(client.probe_timeout):
+        response = await http.post(f"{client.url}/chat_tokenize", json=body)
+        await _raise_for_status(client, response)
+        templated = response.json().get("templated_text")
+    if not isinstance(templated, str):
+        raise BackendError(f"The backend {client.label} did not return a templated prompt.")
+    return RenderedPrompt(templated, from_model=True)
+
+
+async def stream_raw(
+    client: BackendClient, info: BackendInfo, prompt: str, params: GenerationParams
+) -> AsyncGenerator[RawToken]:
+    """Stream the continuation of ``prompt`` token by token. Raises ``BackendError``."""
+    if not supports_raw(info):
+        raise BackendError(
+            f"The backend {client.label} offers only the chat API; the raw-prompt mode needs "
+            "TGI or an OpenAI-compatible server with /v1/completions."
+        )
+    tgi = info.kind == "tgi"
+    url, body = (
+        (f"{client.url}/generate_stream", _tgi_body(prompt, params)) if tgi
+        else (f"{client.url}/v1/completions", _completions_body(info, prompt, params))
+    )
+    finished = False
+    async with (
+        _http(client) as http,
+        client.mapped_errors(),
+        http.stream("POST", url, json=body) as response,
+    ):
+        if response.status_code == 404 and not tgi:
+            raise BackendError(
+                f"The backend {client.label} has no /v1/completions; the raw-prompt mode "
+                "needs TGI or a server with the completions API."
+            )
+        await _raise_for_status(client, response)
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            token = _tgi_token(client, event) if tgi else _completion_token(client, event)
+            if token is not None:
+                finished = finished or token.finish_reason is not None
+                yield token
+    if not finished:
+        raise StreamError(
+            f"The backend {client.label} closed the stream before the reply was finished."
+        )
+
+
+def _http(client: BackendClient) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(client.read_timeout, connect=client.probe_timeout)
+    return httpx.AsyncClient(timeout=timeout, headers=client.auth_headers)
+
+
+async def _raise_for_status(client: BackendClient, response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    await response.aread()
+    try:
+        detail = error_message(response.json())
+    except ValueError:
+        detail = None
+    raise http_error(
+        client.label, response.status_code, detail or f"HTTP {response.status_code}",
+        response.headers,
+    )
+
+
+def _tgi_body(prompt: str, params: GenerationParams) -> dict[str, Any]:
+    parameters: dict[str, Any] = {
+        "max_new_tokens": params.max_new_tokens, "details": True,
+        "temperature": params.temperature or None, "top_p": _top_p(params.top_p),
+        "top_k": params.top_k, "seed": params.seed, "stop": list(params.stop),
+        "do_sample": bool(params.temperature),
+    }
+    return {"inputs": prompt, "parameters": parameters, "stream": True}
+
+
+def _top_p(value: float | None) -> float | None:
+    """TGI wants top_p strictly below 1; 1 means no top-p."""
+    return value if value is not None and 0 < value < 1 else None
+
+
+def _completions_body(
+    info: BackendInfo, prompt: str, params: GenerationParams
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": info.model_id, "prompt": prompt, "stream": True, "logprobs": 1,
+        "max_tokens": params.max_new_tokens, "temperature": params.temperature,
+        "top_p": params.top_p, "seed": params.seed, "stop": list(params.stop) or None,
+    }
+    return {key: value for key, value in body.items() if value is not None}
+
+
+def _event_error(client: BackendClient, event: dict[str, Any]) -> BackendError:
+    message, kind = str(event.get("error")), event.get("error_type")
+    if kind == "validation":
+        return BackendValidationError(f"The backend {client.label} rejected the request: {message}")
+    if kind == "overloaded":
+        return BackendOverloaded(f"The backend {client.label} is overloaded; try again shortly.")
+    if kind == "generation":
+        return GenerationError(f"The model failed while generating: {message}")
+    return StreamError(f"The backend {client.label} sent an error inside the stream: {message}")
+
+
+def _tgi_token(client: BackendClient, event: Any) -> RawToken | None:
+    """``{"token": {"text", "logprob", "special"}, "details": {"finish_reason"} | null}``."""
+    if not isinstance(event, dict):
+        raise StreamError(f"The backend {client.label} sent an event that is not an object.")
+    if "error" in event:
+        raise _event_error(client, event)
+    token = event.get("token") or {}
+    details = event.get("details") or {}
+    return RawToken(
+        text=str(token.get("text", "")), logprob=token.get("logprob"),
+        special=bool(token.get("special")), finish_reason=details.get("finish_reason"),
+    )
+
+
+def _completion_token(client: BackendClient, event: Any) -> RawToken | None:
+    """``{"choices": [{"text", "logprobs": {"token_logprobs": [..]}, "finish_reason"}]}``."""
+    if not isinstance(event, dict):
+        raise StreamError(f"The backend {client.label} sent an event that is not an object.")
+    if "error" in event:
+        raise _event_error(client, {"error": error_message(event) or event["error"]})
+    choices = event.get("choices") or []
+    if not choices:
+        return None
+    choice = choices[0]
+    logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or [None]
+    text = str(choice.get("text") or "")
+    if not text and not choice.get("finish_reason"):
+        return None
+    return RawToken(text=text, logprob=logprobs[0], finish_reason=choice.get("finish_reason"))

@@ -1,0 +1,74 @@
+"""Prometheus metrics of one app process, served at ``/metrics``.
+
+Each app (and each test) gets its own registry, so that counts never mix.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from app.backends.errors import (
+    BackendError,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendUnreachable,
+    BackendValidationError,
+    GenerationError,
+    NoBackendAvailable,
+    StreamError,
+)
+
+ERROR_KINDS: tuple[tuple[type[BackendError], str], ...] = (
+    (BackendUnreachable, "unreachable"),
+    (BackendTimeout, "timeout"),
+    (BackendOverloaded, "overloaded"),
+    (BackendValidationError, "validation"),
+    (GenerationError, "generation"),
+    (StreamError, "stream"),
+    (NoBackendAvailable, "no_backend"),
+)
+
+
+def error_kind(err: BackendError) -> str:
+    return next((name for kind, name in ERROR_KINDS if isinstance(err, kind)), "other")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "playground_replies", "Replies asked for, by model and how they ended "
+            "(stop, length, stopped, interrupted, error)", ["model", "outcome"], registry=r,
+        )
+        self.active_streams = Gauge(
+            "playground_active_streams", "Replies streaming right now", registry=r
+        )
+        self.time_to_first_token = Histogram(
+            "playground_time_to_first_token_seconds",
+            "Seconds from asking the backend to its first token", ["backend"], registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+        )
+        self.tokens_per_second = Histogram(
+            "playground_tokens_per_second", "Generation speed of each finished reply",
+            ["backend"], registry=r, buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+        )
+        self.errors = Counter(
+            "playground_backend_errors", "Failed backend requests, by backend and kind of "
+            "error (unreachable, timeout, overloaded, validation, generation, stream, "
+            "no_backend, other)", ["backend", "kind"], registry=r,
+        )
+        self.backend_up = Gauge(
+            "playground_backend_up", "1 while the backend answers, 0 while it is marked down",
+            ["backend"], registry=r,
+        )
+        self.cache = Counter(
+            "playground_response_cache", "Response cache lookups, by result (hit, miss)",
+            ["result"], registry=r,
+        )
+
+    def error(self, backend: str, err: BackendError) -> None:
+        self.errors.labels(backend=backend, kind=error_kind(err)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,116 @@
+"""The raw-prompt tab (StarChat style): the conversation rendered with the model's chat
+template, editable, sent as it is; each generated token shown with its log-probability."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from app.backends import BackendError, BackendInfo
+from app.backends.raw import RawToken, render_prompt, stream_raw
+from app.chat import Chat, ChatService
+from app.chat.guard import Guard, MessageRefused
+from app.chat.history import History
+from app.chat.languages import system_prompt_for
+from app.chat.service import next_unless_stopped
+from app.ui.controls import params_from
+from app.ui.render import token_html
+
+
+@dataclass
+class RawRun:
+    """The raw generation of one browser tab; setting ``stop`` ends it."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+
+def raw_stats(tokens: list[RawToken], started: float, finish: str | None) -> str:
+    seconds = time.monotonic() - started
+    ending = {"length": "cut at the token limit", None: "stopped"}.get(finish, "finished")
+    return f"{len(tokens)} tokens · {seconds:.2f} s · {ending}"
+
+
+class RawUI:
+    def __init__(
+        self, service: ChatService, guard: Guard,
+        history_for: Callable[[gr.Request | None], Awaitable[History]],
+    ) -> None:
+        self.service = service
+        self.guard = guard
+        self.history_for = history_for
+
+    async def _info(self, model: str | None) -> BackendInfo:
+        try:
+            return await self.service.backend_info(model or None)
+        except BackendError as err:
+            raise gr.Error(str(err)) from err
+
+    async def render(
+        self, model: str | None, chat: Chat, system_prompt: str, language: str, message: str,
+    ) -> tuple[str, str]:
+        """The conversation on screen (and the message in the box) as one prompt."""
+        info = await self._info(model)
+        messages = [{"role": "system", "content": system_prompt_for(system_prompt, language)}]
+        for exchange in chat.exchanges:
+            messages.append({"role": "user", "content": exchange.user})
+            if exchange.reply:
+                messages.append({"role": "assistant", "content": exchange.reply})
+        if message.strip():
+            messages.append({"role": "user", "content": message})
+        client = self.service.router.client(info.name)
+        try:
+            rendered = await render_prompt(client, info, messages)
+        except BackendError as err:
+            raise gr.Error(str(err)) from err
+        note = (
+            f"Rendered by {info.name} with {info.model_id}'s own chat template."
+            if rendered.from_model else
+            f"{info.name} does not share its chat template: this is generic ChatML. "
+            "Edit it to your model's format before generating."
+        )
+        return rendered.text, note
+
+    async def generate(
+        self, request: gr.Request | None, model: str | None, prompt: str, run: RawRun,
+        *controls: Any,
+    ) -> AsyncIterator[tuple[str, str]]:
+        """Stream the continuation of the prompt as coloured tokens, then its stats."""
+        if not prompt.strip():
+            raise gr.Error("Write or render a prompt first.")
+        history = await self.history_for(request)
+        try:
+            self.guard.check(history.user_id, prompt)
+        except MessageRefused as err:
+            raise gr.Error(str(err)) from err
+        info = await self._info(model)
+        try:
+            params = params_from(info, controls)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        client = self.service.router.client(info.name)
+        run.stop.clear()
+        tokens: list[RawToken] = []
+        finish: str | None = None
+        started = last = time.monotonic()
+        interval = self.service.settings.stream_interval
+        try:
+            async with aclosing(stream_raw(client, info, prompt, params)) as stream:
+                while (token := await next_unless_stopped(stream, run.stop)) is not None:
+                    tokens.append(token)
+                    finish = token.finish_reason or finish
+                    if time.monotonic() - last >= interval:
+                        last = time.monotonic()
+                        yield token_html(tokens), f"{len(tokens)} tokens …"
+        except BackendError as err:
+            yield token_html(tokens), f"⚠️ {err}"
+            return
+        yield token_html(tokens), raw_stats(tokens, started, finish)
+
+    async def stop(self, run: RawRun) -> None:
+        run.stop.set()
