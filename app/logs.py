@@ -27,7 +27,7 @@ PATTERNS = (
     re.compile(r"\bhf_[A-Za-z0-9]{8,}"),
     re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+(?=@)"),
     re.compile(r"(?i)((?:authorization|api[_-]?key|password|token)[\"']?\s*[:=]\s*[\"']?)"
-               r"(?!\*\*\*)[^\s\"',}]+"),
+               r"(?!(?:bearer\s+)?\*\*\*)[^\s\"',}]+"),
 )
 REQUEST_ID_HEADER = "x-request-id"
 GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -67,3 +67,60 @@ def test_the_app_refuses_to_start_with_a_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "APP_PORT: Input should be a valid integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("backends", "message"),
+    [
+        ('[{"name": "gpu", "kind": "tgi", "url": "http://a:8080"},'
+         ' {"name": "gpu", "kind": "openai", "url": "http://b:8000"}]',
+         "BACKENDS entries 1 and 2 are both named 'gpu'; give each backend its own name"),
+        ('[{"name": "gpu", "kind": "tgi", "url": "http://a:8080"},'
+         ' {"name": "box", "kind": "openai", "url": "box:8000", "token": "tok-s3cret"}]',
+         "BACKENDS: entry 2 ('box'): url: URL scheme should be 'http' or 'https'"),
+        ('[{"name": "box", "kind": "vllm", "url": "http://b:8000", "token": "tok-s3cret"}]',
+         "BACKENDS: entry 1 ('box'): kind: Input should be 'auto', 'tgi', 'openai' or 'hf' "
+         "(got 'vllm')"),
+        ('[{"name": "box", "kind": "tgi"}]',
+         "entry 1 ('box'): a `tgi` backend needs `url`"),
+        ('[{"name": "box", "kind": "tgi", "url": "http://a:8080/v1"}]',
+         "entry 1 ('box'): url: give the server's root URL"),
+        ('[{"name": "hosted", "kind": "hf", "models": ["org/m"]}]',
+         "BACKENDS entry 1 ('hosted') uses Inference Providers and needs a Hugging Face token"),
+        ('[{"name": "hosted", "kind": "hf"}]', "an `hf` backend needs `models`"),
+        ('[{"name": "box", "kind": "tgi", "url": "http://a:8080", "tokn": "x"}]',
+         "entry 1 ('box'): tokn: Extra inputs are not permitted"),
+        ("[{'name': 'box'}]", "BACKENDS is not valid JSON"),
+        ('{"name": "box"}', "BACKENDS: give a JSON list of objects"),
+    ],
+)
+def test_a_wrong_backend_list_names_the_entry_and_hides_tokens(
+    monkeypatch: pytest.MonkeyPatch, backends: str, message: str
+) -> None:
+    monkeypatch.setenv("BACKENDS", backends)
+    with pytest.raises(SettingsError, match=re.escape(message)) as caught:
+        load_settings()
+    assert "tok-s3cret" not in str(caught.value)
+
+
+def test_the_app_refuses_to_start_on_a_wrong_backend_list(tmp_path: Path) -> None:
+    env_file = tmp_path / "bad.env"
+    env_file.write_text(
+        'BACKENDS=[{"name": "a", "kind": "tgi", "url": "http://a:1"}, '
+        '{"name": "a", "kind": "tgi", "url": "http://b:1"}]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--env-file", str(env_file)], cwd=REPO,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "BACKENDS entries 1 and 2 are both named 'a'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_without_backends_one_is_made_from_backend_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKEND_URL", "http://tgi:8080")
+    monkeypatch.setenv("BACKEND_TOKEN", "tok")
+    (only,) = load_settings().backend_list
+    assert (only.name, only.kind, only.root) == ("default", "auto", "http://tgi:8080")
+    assert load_settings().backend_token_for(only) == "tok"

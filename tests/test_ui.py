@@ -234,7 +234,9 @@ async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
     ui = make_ui(backend.url)
     chat = Chat()
     controls = (64, 0.7, 0.9, 40, 1.1, 0.0, 0.0, "END", 7)
-    await drain(ui.send(None, "Write fizzbuzz\nin Python", chat, "be terse", "go", fake.model_id, *controls))
+    await drain(ui.send(
+        None, "Write fizzbuzz\nin Python", chat, "be terse", "go", fake.model_id, *controls
+    ))
     assert chat.id is not None
     assert fake.requests[-1]["messages"][0] == {
         "role": "system",

@@ -85,6 +85,8 @@ def token_html(tokens: Sequence[RawToken]) -> str:
     shows its log-probability."""
     spans = []
     for token in tokens:
+        if not token.text:
+            continue
         if token.logprob is None:
             style, title = "", "no log-probability"
         else:

@@ -1,0 +1,129 @@
+"""The raw-prompt mode (app/backends/raw.py, the page's Raw prompt tab) against the fake TGI
+and the fake OpenAI-compatible server (tests/fake_backend.py), and the real llama.cpp
+engine's /v1/completions."""
+
+from __future__ import annotations
+
+import re
+from contextlib import aclosing
+from typing import Any
+
+import gradio as gr
+import pytest
+
+from app.backends import BackendClient, BackendError, GenerationParams
+from app.backends.raw import RawToken, render_prompt, stream_raw
+from app.chat import Chat, ChatService, Exchange
+from app.chat.guard import Guard
+from app.ui.raw import RawRun, RawUI
+from app.ui.render import token_html
+from tests.conftest import RunningApp, settings_for
+from tests.fake_backend import FakeBackend
+from tests.servers import ServerThread
+
+PARAMS = GenerationParams(max_new_tokens=8, temperature=0.0)
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+# max_new_tokens, temperature, top_p, top_k, repeat_penalty, frequency, presence, stop, seed
+CONTROLS: tuple[Any, ...] = (8, 0.0, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
+
+
+async def raw_tokens(url: str, prompt: str) -> list[RawToken]:
+    client = BackendClient(url)
+    info = await client.probe()
+    async with aclosing(stream_raw(client, info, prompt, PARAMS)) as stream:
+        return [token async for token in stream]
+
+
+async def test_tgi_renders_with_the_models_template(backend: ServerThread) -> None:
+    client = BackendClient(backend.url)
+    rendered = await render_prompt(client, await client.probe(), MESSAGES)
+    assert rendered.from_model
+    assert rendered.text.startswith("<fake>system: be brief</fake>\n<fake>user: hi</fake>")
+
+
+async def test_other_servers_get_generic_chatml(fake: FakeBackend) -> None:
+    fake.kind = "openai"
+    with ServerThread(fake.app()) as server:
+        client = BackendClient(server.url)
+        rendered = await render_prompt(client, await client.probe(), MESSAGES)
+    assert not rendered.from_model
+    assert rendered.text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi"
+                             "<|im_end|>\n<|im_start|>assistant\n")
+
+
+async def test_tgi_streams_each_token_with_its_logprob(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    tokens = await raw_tokens(backend.url, "<fake>user: hi</fake>")
+    assert [t.text for t in tokens] == ["Hello", ",", " world", "!"]
+    assert [t.logprob for t in tokens] == [-0.1, -1.6, -3.1, -4.6]
+    assert tokens[-1].finish_reason == "eos_token"
+    sent = fake.requests[-1]
+    assert sent["inputs"] == "<fake>user: hi</fake>"
+    assert sent["parameters"]["details"] is True
+
+
+async def test_openai_servers_stream_completions_with_logprobs(fake: FakeBackend) -> None:
+    fake.kind = "openai"
+    with ServerThread(fake.app()) as server:
+        tokens = await raw_tokens(server.url, "def f():")
+    assert [(t.text, t.logprob) for t in tokens][:2] == [("Hello", -0.1), (",", -1.6)]
+    assert fake.requests[-1]["prompt"] == "def f():"
+    assert fake.requests[-1]["logprobs"] == 1
+
+
+async def test_an_error_event_in_the_raw_stream_has_its_message(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    fake.mode = "error_event"
+    with pytest.raises(BackendError, match="The model failed while generating"):
+        await raw_tokens(backend.url, "x")
+
+
+def test_tokens_are_coloured_by_probability_and_shown_as_text() -> None:
+    html = token_html([RawToken("<b>", -0.01), RawToken("x", -5.0), RawToken("</s>", None,
+                                                                          special=True)])
+    hues = [int(h) for h in re.findall(r"hsl\((\d+),", html)]
+    assert hues[0] > 110, "likely: green"
+    assert hues[1] < 5, "unlikely: red"
+    assert "&lt;b&gt;" in html
+    assert "<b>" not in html
+    assert 'title="logprob -5.000 · p 0.01"' in html
+    assert "font-style:italic" in html
+
+
+async def test_the_raw_tab_renders_the_conversation_then_streams_coloured_tokens(
+    backend: ServerThread,
+) -> None:
+    settings = settings_for(backend.url)
+    service = ChatService(settings)
+
+    async def local_history(request: gr.Request | None) -> Any:
+        class History:
+            user_id = 1
+        return History()
+
+    raw = RawUI(service, Guard(settings), local_history)
+    chat = Chat(exchanges=[Exchange(user="first", reply="ok", done=True)])
+    prompt, note = await raw.render(None, chat, "sys", "python", "second")
+    assert "<fake>user: first</fake>\n<fake>assistant: ok</fake>\n<fake>user: second" in prompt
+    assert "own chat template" in note
+    updates = [u async for u in raw.generate(None, None, prompt, RawRun(), *CONTROLS)]
+    html, stats = updates[-1]
+    assert html.count('class="tok"') == 4
+    assert "4 tokens" in stats
+    assert "finished" in stats
+
+
+@pytest.mark.engine
+async def test_the_real_engine_streams_completions_with_logprobs(
+    running_app: RunningApp,
+) -> None:
+    tokens = await raw_tokens(
+        running_app.engine_url,
+        "<|im_start|>user\nWrite hello world in Python.<|im_end|>\n<|im_start|>assistant\n",
+    )
+    texts = [t for t in tokens if t.text]
+    assert len(texts) >= 2
+    assert all(t.logprob is not None and t.logprob <= 0 for t in texts)
+    assert tokens[-1].finish_reason in ("length", "stop")

@@ -1,0 +1,239 @@
+"""Many backends as one (app/backends/router.py) against fake servers: TGI and
+OpenAI-compatible servers (tests/fake_backend.py speaks their formats), failing in each way
+the issue lists. Sleeps are recorded instead of slept where a test checks the backoff."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+
+from app.backends import (
+    BackendClient,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendValidationError,
+    GenerationError,
+    GenerationParams,
+    StreamError,
+)
+from app.backends.errors import NoBackendAvailable
+from app.backends.router import RECHECK_SECONDS, Router
+from app.chat import ChatService
+from app.metrics import Metrics
+from tests.conftest import settings_for
+from tests.fake_backend import FakeBackend
+from tests.servers import ServerThread, free_port
+
+PARAMS = GenerationParams(max_new_tokens=16)
+MESSAGES = [{"role": "user", "content": "hi"}]
+MODEL = "bigcode/starcoder2-3b"
+
+
+class Sleeps:
+    """Stands in for asyncio.sleep: records each wait, waits nothing."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.sleep(0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def router(*backends: tuple[str, str], **options: Any) -> Router:
+    timeout = options.pop("read_timeout", 5.0)
+    clients = [BackendClient(url, name=name, read_timeout=timeout) for name, url in backends]
+    options.setdefault("sleep", Sleeps())
+    return Router(clients, Metrics(), **options)
+
+
+async def reply(r: Router, model: str | None = MODEL) -> tuple[str, str | None]:
+    """The whole reply's text and the backend that answered."""
+    info = await r.info_for(model)
+    text, backend = "", None
+    async with aclosing(r.stream(info, MESSAGES, PARAMS)) as stream:
+        async for delta in stream:
+            backend = backend or delta.backend
+            text += delta.text
+    return text, backend
+
+
+@pytest.fixture
+def second() -> FakeBackend:
+    return FakeBackend(kind="openai", tokens=["from", " b"])
+
+
+@pytest.fixture
+def backend_b(second: FakeBackend) -> Iterator[ServerThread]:
+    with ServerThread(second.app()) as server:
+        yield server
+
+
+async def test_the_model_menu_lists_every_backends_models(
+    backend: ServerThread, second: FakeBackend, backend_b: ServerThread
+) -> None:
+    second.served = [MODEL, "Qwen/Qwen2.5-Coder-7B-Instruct"]
+    r = router(("gpu", backend.url), ("vllm", backend_b.url))
+    await r.refresh()
+    assert r.models() == {MODEL: ["gpu", "vllm"], "Qwen/Qwen2.5-Coder-7B-Instruct": ["vllm"]}
+    status = {row.name: row for row in r.statuses()}
+    assert status["gpu"].state == "up"
+    assert status["gpu"].max_total_tokens == 2048
+    assert status["gpu"].version == "3.3.5"
+    assert status["vllm"].kind == "openai"
+    assert await reply(r, "Qwen/Qwen2.5-Coder-7B-Instruct") == ("from b", "vllm")
+
+
+async def test_a_failing_backend_fails_over_to_another_serving_the_model(
+    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread
+) -> None:
+    fake.mode = "http_503"
+    r = router(("gpu", backend.url), ("vllm", backend_b.url))
+    assert await reply(r) == ("from b", "vllm")
+    assert len(fake.requests) == 1, "one try on the overloaded backend, then the next"
+
+
+async def test_retries_with_backoff_before_the_first_token(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    fake.mode, fake.fail_times = "http_503", 2
+    sleeps = Sleeps()
+    r = router(("gpu", backend.url), retries=2, backoff=0.5, sleep=sleeps)
+    assert await reply(r) == ("Hello, world!", "gpu")
+    assert len(fake.requests) == 3
+    assert len(sleeps.waits) == 2
+    assert 0.5 <= sleeps.waits[0] <= 0.75, "the backoff, with jitter"
+    assert 1.0 <= sleeps.waits[1] <= 1.5, "doubled"
+
+
+async def test_no_retry_once_tokens_have_flowed(
+    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread
+) -> None:
+    fake.mode = "die_mid_stream"
+    r = router(("gpu", backend.url), ("vllm", backend_b.url))
+    seen: list[str] = []
+
+    async def consume() -> None:
+        info = await r.info_for(MODEL)
+        async with aclosing(r.stream(info, MESSAGES, PARAMS)) as stream:
+            async for delta in stream:
+                seen.append(delta.text)
+
+    with pytest.raises(StreamError):
+        await consume()
+    assert "".join(seen) == "Hello,", "the text before the break, once"
+    assert len(fake.requests) == 1, "no retry"
+    assert second.requests == [], "no failover"
+
+
+async def test_a_backend_that_keeps_failing_is_marked_down_and_not_hammered(
+    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread
+) -> None:
+    fake.mode = "stall_before_first"
+    clock = Clock()
+    r = router(("gpu", backend.url), ("vllm", backend_b.url), read_timeout=0.3,
+               failure_threshold=2, clock=clock)
+    for _ in range(4):
+        assert await reply(r) == ("from b", "vllm")
+    assert len(fake.requests) == 2, "after two timeouts the stalled backend is skipped"
+    assert fake.cancelled == 2, "each stalled stream was closed, freeing its slot"
+    gpu = {row.name: row for row in r.statuses()}["gpu"]
+    assert gpu.state == "down"
+    assert "sent nothing for 0.3 s" in (gpu.error or "")
+    assert 'playground_backend_up{backend="gpu"} 0.0' in r.metrics.render().decode()
+    assert 'kind="timeout"' in r.metrics.render().decode()
+    fake.mode = "ok"
+    clock.now += r.check_interval
+    await r.refresh()
+    assert {row.name: row.state for row in r.statuses()} == {"gpu": "up", "vllm": "up"}
+    assert await reply(r) == ("Hello, world!", "gpu")
+
+
+async def test_every_backend_down_then_one_back_without_a_restart(fake: FakeBackend) -> None:
+    ports = free_port(), free_port()
+    clock = Clock()
+    r = router(("gpu", f"http://127.0.0.1:{ports[0]}"),
+               ("laptop", f"http://127.0.0.1:{ports[1]}"), clock=clock)
+    with pytest.raises(NoBackendAvailable) as caught:
+        await reply(r)
+    message = str(caught.value)
+    assert f"gpu: The backend 'gpu' at http://127.0.0.1:{ports[0]} is unreachable" in message
+    assert f"laptop: The backend 'laptop' at http://127.0.0.1:{ports[1]} is unreachable" in message
+    assert "no restart is needed" in message
+    with ServerThread(fake.app(), port=ports[1]):
+        clock.now += RECHECK_SECONDS
+        assert await reply(r) == ("Hello, world!", "laptop")
+
+
+async def test_a_stalled_stream_times_out_with_a_clear_message(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    fake.mode = "stall_before_first"
+    r = router(("gpu", backend.url), read_timeout=0.3, retries=0)
+    with pytest.raises(BackendTimeout, match=r"The backend 'gpu' at .* sent nothing for 0\.3 s"):
+        await reply(r)
+    await asyncio.sleep(0.1)
+    assert fake.cancelled == 1, "the stalled request was closed"
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ("malformed", StreamError, "sent malformed data in the stream"),
+        ("error_event", GenerationError, "The model failed while generating: Request failed"),
+        ("http_422", BackendValidationError, "must be <= 2048.*Shorten the message"),
+        ("http_429", BackendOverloaded, "overloaded; try again in 30 s"),
+    ],
+)
+async def test_each_fault_has_its_own_message(
+    fake: FakeBackend, backend: ServerThread, mode: str, error: type[Exception], message: str
+) -> None:
+    fake.mode = mode  # type: ignore[assignment]
+    fake.retry_after = 30
+    sleeps = Sleeps()
+    r = router(("gpu", backend.url), sleep=sleeps)
+    with pytest.raises(error, match=message):
+        await reply(r)
+    if mode == "http_429":
+        assert sleeps.waits == [], "a Retry-After longer than the app waits is not waited for"
+
+
+async def test_a_short_retry_after_is_honoured(fake: FakeBackend, backend: ServerThread) -> None:
+    fake.mode, fake.fail_times, fake.retry_after = "http_429", 1, 3
+    sleeps = Sleeps()
+    assert await reply(router(("gpu", backend.url), sleep=sleeps)) == ("Hello, world!", "gpu")
+    assert sleeps.waits == [3]
+
+
+async def test_inference_providers_get_the_model_with_its_provider_and_hf_token(
+    second: FakeBackend, backend_b: ServerThread
+) -> None:
+    """The fake stands in for router.huggingface.co: OpenAI-compatible, many models."""
+    second.served = ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-Coder-32B-Instruct"]
+    settings = settings_for(
+        "http://127.0.0.1:1", hf_token="hf_providerstoken",
+        backends=[{"name": "providers", "kind": "hf", "url": backend_b.url,
+                   "models": ["Qwen/Qwen2.5-Coder-32B-Instruct"], "provider": "together"}],
+    )
+    service = ChatService(settings)
+    info = await service.backend_info()
+    assert (info.kind, info.model_id) == ("hf", "Qwen/Qwen2.5-Coder-32B-Instruct")
+    assert service.models() == {"Qwen/Qwen2.5-Coder-32B-Instruct": ["providers"]}
+    async with aclosing(service.stream_reply(info, MESSAGES, PARAMS, asyncio.Event())) as s:
+        final = [p async for p in s][-1]
+    assert final.text == "from b"
+    assert final.stats.backend == "providers"
+    assert second.requests[-1]["model"] == "Qwen/Qwen2.5-Coder-32B-Instruct:together"
+    assert second.headers[-1]["authorization"] == "Bearer hf_providerstoken"
