@@ -4,6 +4,7 @@ backend standing in for TGI with a slow, long reply."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +257,50 @@ def test_the_coding_loop_ask_save_refine_diff_run(page: Page, fake: FakeBackend)
     expect(page.locator("#run-output")).to_contain_text("9")
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-coding-loop.png"), full_page=True)
+
+
+def test_pick_a_model_see_the_backends_and_use_the_raw_prompt(
+    browser: Browser, backend: ServerThread, fake: FakeBackend
+) -> None:
+    """Two backends: the fake TGI and a fake OpenAI-compatible server with another model."""
+    fake.tokens = ["Hello", " from", " TGI"]
+    other = FakeBackend(kind="openai", model_id="Qwen/Qwen2.5-Coder-7B-Instruct",
+                        tokens=["Hi", " from", " vLLM"])
+    with ServerThread(other.app()) as second:
+        settings = settings_for(backend.url, backends=[
+            {"name": "gpu", "kind": "tgi", "url": backend.url},
+            {"name": "vllm", "kind": "openai", "url": second.url},
+        ])
+        with ServerThread(create_app(settings)) as server:
+            page = browser.new_page(viewport={"width": 1200, "height": 1100})
+            page.goto(server.url)
+            expect(page.locator("#header")).to_contain_text("on backend gpu")
+            page.locator("#model input").click()
+            page.get_by_role("option", name="Qwen/Qwen2.5-Coder-7B-Instruct (vllm)").click()
+            expect(page.locator("#header")).to_contain_text("on backend vllm")
+            page.locator("#message textarea").fill("hello?")
+            page.locator("#send").click()
+            expect(page.locator("#chat .message.bot")).to_contain_text("Hi from vLLM")
+            assert other.requests[-1]["model"] == "Qwen/Qwen2.5-Coder-7B-Instruct"
+
+            page.get_by_text("Backends", exact=True).click()
+            expect(page.locator("#backends")).to_contain_text("gpu")
+            expect(page.locator("#backends")).to_contain_text("vllm")
+            expect(page.locator("#backends")).to_contain_text("3.3.5")
+
+            page.locator("#model input").click()
+            page.get_by_role("option", name="bigcode/starcoder2-3b (gpu)").click()
+            page.get_by_role("tab", name="Raw prompt").click()
+            page.locator("#raw-render").click()
+            expect(page.locator("#raw-prompt textarea")).to_have_value(
+                re.compile(r"<fake>user: hello\?</fake>")
+            )
+            expect(page.locator("#raw-note")).to_contain_text("own chat template")
+            page.locator("#raw-generate").click()
+            expect(page.locator("#raw-stats")).to_contain_text("3 tokens")
+            tokens = page.locator("#raw-tokens .tok")
+            expect(tokens).to_have_count(3)
+            assert "logprob -0.100" in (tokens.first.get_attribute("title") or "")
+            OUTPUT.mkdir(exist_ok=True)
+            page.screenshot(path=str(OUTPUT / "browser-raw-prompt.png"), full_page=True)
+            page.close()

@@ -113,6 +113,10 @@ class PlaygroundUI:
         await self.service.router.refresh(force=True)
         return self.status_panel(), self.model_menu(model or None)
 
+    async def model_header(self, model: str | None) -> str:
+        """The title line for the model just picked: its backend and limits."""
+        return header_markdown(*await self._info(model))
+
     async def on_load(self, request: gr.Request | None) -> list[Any]:
         info, error = await self._info(None)
         header = header_markdown(info, error)
@@ -533,6 +537,8 @@ class PlaygroundUI:
                 self.on_load, None, [header, conversations, model, backends, *controls],
                 api_name="backend_info",
             )
+            model.input(self.model_header, [model], [header], queue=False,
+                        api_visibility="private")
             timer.tick(self.status_panel, None, [backends], queue=False,
                        api_visibility="private")
             check.click(self.check_backends, [model], [backends, model], api_name="check_backends")
