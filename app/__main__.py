@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             except EngineError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
+        if settings.ephemeral_history:
+            print(
+                "warning: this Space has no persistent storage (/data); conversations are "
+                "lost when it restarts",
+                file=sys.stderr, flush=True,
+            )
         app = create_app(settings)
         print(
             f"Starting the playground at http://{settings.app_host}:{settings.app_port} "

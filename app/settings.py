@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -38,6 +39,10 @@ SECRET_SETTINGS = frozenset({"BACKEND_TOKEN", "HF_TOKEN", "DATABASE_URL"})
 
 # Hugging Face Inference Providers: one OpenAI-compatible router in front of every provider.
 HF_ROUTER_URL = "https://router.huggingface.co"
+
+# In a Space with only HF_TOKEN (no BACKEND_URL or BACKENDS secret) and no DEFAULT_MODEL, the
+# one Inference Providers backend serves this coding model.
+SPACE_DEFAULT_MODEL = "Qwen/Qwen2.5-Coder-32B-Instruct"
 
 BackendConfigKind = Literal["auto", "tgi", "openai", "hf"]
 
@@ -135,11 +140,16 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = None
 
     database_url: SecretStr = SecretStr("sqlite:///volumes/data/playground.db")
-    auth_mode: Literal["none", "password"] = "none"
+    auth_mode: Literal["none", "password", "hf"] = "none"
     allow_signup: bool = False
     token_ttl_hours: float = Field(24 * 7, gt=0)
 
     snippet_runs: Literal["auto", "on", "off"] = "auto"
+
+    # Set by Hugging Face Spaces; its presence turns Space mode on (see ``_space_mode``).
+    space_id: str | None = None
+    space_storage: Path = Path("/data")
+    hf_router_url: AnyHttpUrl = AnyHttpUrl(HF_ROUTER_URL)
 
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -151,6 +161,43 @@ class Settings(BaseSettings):
         checked = _root_url(url)
         assert checked is not None
         return checked
+
+    _ephemeral_history: bool = PrivateAttr(False)
+
+    @field_validator("hf_router_url")
+    @classmethod
+    def _router_root(cls, url: AnyHttpUrl) -> AnyHttpUrl:
+        checked = _root_url(url)
+        assert checked is not None
+        return checked
+
+    @field_validator("space_id")
+    @classmethod
+    def _empty_space_is_none(cls, space_id: str | None) -> str | None:
+        return space_id or None
+
+    @model_validator(mode="after")
+    def _space_mode(self) -> Settings:
+        """In a Space (SPACE_ID set): Hugging Face login, all interfaces, the database on the
+        persistent storage when the Space has one; settings given explicitly still win."""
+        if self.space_id is None:
+            return self
+        given = self.model_fields_set
+        if "auth_mode" not in given:
+            self.auth_mode = "hf"
+        if "app_host" not in given:
+            self.app_host = "0.0.0.0"
+        if "database_url" not in given:
+            if self.space_storage.is_dir():
+                self.database_url = SecretStr(f"sqlite:///{self.space_storage / 'playground.db'}")
+            else:
+                self._ephemeral_history = True
+        if not self.backends and "backend_url" not in given and self.hf_token is None:
+            raise ValueError(
+                "In a Space, set a backend as a Space secret: BACKEND_URL (with BACKEND_TOKEN) "
+                "for TGI or an Inference Endpoint, BACKENDS, or HF_TOKEN for Inference Providers"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -205,9 +252,21 @@ class Settings(BaseSettings):
         return token if token is not None and token.get_secret_value() else None
 
     @property
+    def space_mode(self) -> bool:
+        """Running as a Hugging Face Space (the Space sets SPACE_ID)."""
+        return self.space_id is not None
+
+    @property
+    def ephemeral_history(self) -> bool:
+        """In a Space without persistent storage: the database is lost at each restart."""
+        return self._ephemeral_history
+
+    @property
     def runs_allowed(self) -> bool:
         """Whether snippets may run in the sandbox: SNIPPET_RUNS, where ``auto`` allows them
-        only while the app listens on this machine alone."""
+        only while the app listens on this machine alone; never in a Space."""
+        if self.space_mode:
+            return False
         if self.snippet_runs == "auto":
             return self.app_host in LOOPBACK_HOSTS
         return self.snippet_runs == "on"
@@ -218,9 +277,15 @@ class Settings(BaseSettings):
 
     @property
     def backend_list(self) -> list[BackendConfig]:
-        """BACKENDS, or when it is empty one backend at BACKEND_URL whose kind is probed."""
+        """BACKENDS, or when it is empty one backend at BACKEND_URL whose kind is probed; in a
+        Space with HF_TOKEN and no BACKEND_URL, one Inference Providers backend instead."""
         if self.backends:
             return self.backends
+        if self.space_mode and "backend_url" not in self.model_fields_set and self.hf_token:
+            model = self.default_model or SPACE_DEFAULT_MODEL
+            return [BackendConfig(
+                name="inference-providers", kind="hf", url=self.hf_router_url, models=[model]
+            )]
         return [BackendConfig(name="default", url=self.backend_url, token=self.backend_token)]
 
     def backend_token_for(self, backend: BackendConfig) -> str | None:

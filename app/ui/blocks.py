@@ -4,6 +4,7 @@ controls. Handlers are async generators; they know the chat service, never HTTP.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -46,6 +47,33 @@ REPLY_OUTPUTS = ("chatbot", "chat", "message", "notice", "header", "conversation
 # background; reading the panel costs nothing).
 STATUS_REFRESH_SECONDS = 5.0
 
+SIGN_IN_FIRST = "Sign in with Hugging Face first (the button at the top of the page)."
+
+# Conversations of Hugging Face users are stored under this prefix, so that they can never be
+# those of a password account of the same name (account names have no colon).
+HF_USER_PREFIX = "hf:"
+
+
+def oauth_username(request: gr.Request | None) -> str | None:
+    """The Hugging Face user signed in with OAuth, or None.
+
+    Gradio's ``/login/callback`` stores the OAuth token response, ``userinfo`` (OpenID claims)
+    included, as ``oauth_info`` in its signed session cookie; the cookie's middleware puts it
+    in the request's scope. An expired login counts as none, as in Gradio.
+    """
+    underlying = getattr(request, "request", None) if request is not None else None
+    scope = getattr(underlying, "scope", None)
+    session = scope.get("session") if isinstance(scope, dict) else None
+    info = session.get("oauth_info") if isinstance(session, dict) else None
+    if not isinstance(info, dict):
+        return None
+    expires_at = info.get("expires_at")
+    if isinstance(expires_at, int | float) and expires_at < time.time():
+        return None
+    userinfo = info.get("userinfo")
+    name = userinfo.get("preferred_username") if isinstance(userinfo, dict) else None
+    return name if isinstance(name, str) and name else None
+
 
 def skip_all() -> tuple[Any, ...]:
     return (gr.skip(),) * len(REPLY_OUTPUTS)
@@ -63,6 +91,11 @@ class PlaygroundUI:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
         if self.settings.auth_mode == "none":
             name = LOCAL_USER
+        elif self.settings.auth_mode == "hf":
+            username = oauth_username(request)
+            if username is None:
+                raise gr.Error(SIGN_IN_FIRST)
+            name = HF_USER_PREFIX + username
         elif request is None or not request.username:
             raise gr.Error("Sign in first.")
         else:
@@ -120,8 +153,11 @@ class PlaygroundUI:
     async def on_load(self, request: gr.Request | None) -> list[Any]:
         info, error = await self._info(None)
         header = header_markdown(info, error)
-        history = await self.history_for(request)
-        conversations = gr.update(choices=await history.choices())
+        if self.settings.auth_mode == "hf" and oauth_username(request) is None:
+            conversations = gr.update(choices=[])  # signed out: nothing to list yet
+        else:
+            history = await self.history_for(request)
+            conversations = gr.update(choices=await history.choices())
         menu = self.model_menu(info.model_id if info else None)
         if info is None:
             return [header, conversations, menu, self.status_panel(),
@@ -293,6 +329,17 @@ class PlaygroundUI:
         empty = Chat()
         return [], empty, "", await self._list(history, empty), gr.update(visible=False)
 
+    def _signed_in_only(self, load: Any) -> Any:
+        """A page-load handler that does nothing, rather than fail, before a Hugging Face
+        sign-in."""
+
+        async def run(request: gr.Request | None, *args: Any) -> Any:
+            if self.settings.auth_mode == "hf" and oauth_username(request) is None:
+                return gr.skip()
+            return await load(request, *args)
+
+        return run
+
     # -- layout --------------------------------------------------------------------------
 
     def build(self) -> gr.Blocks:
@@ -305,6 +352,10 @@ class PlaygroundUI:
                 new = gr.Button("New conversation", elem_id="new-chat")
                 if s.auth_mode == "password":
                     gr.Button("Sign out", link="/logout", size="sm", elem_id="sign-out")
+                if s.auth_mode == "hf":
+                    # Its presence makes Gradio add /login/huggingface, /login/callback,
+                    # /logout and the session cookie that carries the login.
+                    gr.LoginButton(size="sm", elem_id="sign-in")
                 search = gr.Textbox(
                     placeholder="Search titles and messages", show_label=False,
                     elem_id="search",
@@ -335,6 +386,17 @@ class PlaygroundUI:
                         "Import JSON", file_types=[".json"], size="sm", elem_id="import"
                     )
             header = gr.Markdown(header_markdown(None, None), elem_id="header")
+            if s.auth_mode == "hf":
+                gr.Markdown(
+                    "Sign in with Hugging Face (in the sidebar) to chat; you see only your own "
+                    "conversations.", elem_id="sign-in-note",
+                )
+            if s.ephemeral_history:
+                gr.Markdown(
+                    "**This Space has no persistent storage: conversations and snippets are "
+                    "lost when it restarts.** Its owner can add storage in the Space's "
+                    "settings.", elem_id="storage-warning",
+                )
             with gr.Accordion("Backends", open=False, elem_id="backends-panel"):
                 backends = gr.Markdown(self.status_panel(), elem_id="backends")
                 check = gr.Button("Check now", size="sm", elem_id="check-backends")
@@ -531,7 +593,8 @@ class PlaygroundUI:
                          api_name="refine")
             run.click(snippets.run, [snippet, version], [output], api_name="run")
             demo.load(
-                snippets.search, [snippet_search], [library], api_visibility="private"
+                self._signed_in_only(snippets.search), [snippet_search], [library],
+                api_visibility="private",
             )
             demo.load(
                 self.on_load, None, [header, conversations, model, backends, *controls],
