@@ -368,3 +368,57 @@ def test_a_request_without_a_hugging_face_login_is_refused(
     with pytest.raises(Exception, match="Sign in with Hugging Face first"):
         forged.predict("hello", "", "", "", *CONTROLS, api_name="/chat")
     assert fake.requests == []
+
+
+# -- the Docker Space variant (linted and assembled; it cannot be built here) ---------------
+
+SPACE_IMAGE = REPO / "containers" / "space"
+
+
+def test_the_docker_space_is_lint_clean_pinned_and_runs_as_uid_1000() -> None:
+    dockerfile = SPACE_IMAGE / "Dockerfile"
+    lint = subprocess.run([REPO / ".venv/bin/hadolint", dockerfile], capture_output=True,
+                          text=True, check=False)
+    assert lint.returncode == 0, lint.stdout
+    text = dockerfile.read_text()
+    tgi_version = dict(
+        line.split("=", 1) for line in (REPO / "containers/service.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )["TGI_VERSION"]
+    froms = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
+    assert froms[-1] == f"ghcr.io/huggingface/text-generation-inference:{tgi_version}"
+    assert re.findall(r"^USER (.+)$", text, flags=re.MULTILINE)[-1] == "1000"
+    assert "EXPOSE 7860" in text
+    assert "SPACE_STORAGE=/data" in text
+    declared = re.findall(r"^(?:ARG|ENV)\s+(.*)$", text, flags=re.MULTILINE)
+    assert not [d for d in declared if re.search(r"TOKEN|PASSWORD|SECRET", d, re.IGNORECASE)]
+    config = front_matter((SPACE_IMAGE / "README.md").read_text())
+    assert config["sdk"] == "docker"
+    assert config["app_port"] == 7860
+    assert config["hf_oauth"] is True
+    assert 0 < len(config["short_description"]) <= 60
+
+
+def test_the_docker_space_scripts_pass_shellcheck_and_name_a_missing_model() -> None:
+    scripts = [str(SPACE_IMAGE / "start"), str(REPO / "scripts/space-docker")]
+    lint = subprocess.run([REPO / ".venv/bin/shellcheck", *scripts], capture_output=True,
+                          text=True, check=False)
+    assert lint.returncode == 0, lint.stdout
+    started = subprocess.run([SPACE_IMAGE / "start"], capture_output=True, text=True,
+                             env={"PATH": os.environ["PATH"], "HOME": "/nonexistent"})
+    assert started.returncode != 0
+    assert "set MODEL_ID in the Space settings" in started.stderr
+
+
+def test_the_docker_space_folder_holds_what_its_dockerfile_copies(tmp_path: Path) -> None:
+    dest = tmp_path / "space"
+    subprocess.run([REPO / "scripts/space-docker", dest], check=True, capture_output=True)
+    assert front_matter((dest / "README.md").read_text())["sdk"] == "docker"
+    copied = re.findall(r"^COPY (?:--\S+ )*(\S+) ", (dest / "Dockerfile").read_text(),
+                        flags=re.MULTILINE)
+    sources = [source for source in copied if not source.startswith("/")]
+    assert sources == ["requirements.txt", "app", "space.py", "start"]
+    assert all((dest / source).exists() for source in sources)
+    assert (dest / "app" / "__main__.py").is_file()
+    assert not list(dest.rglob("__pycache__"))
+    assert os.access(dest / "start", os.X_OK)
