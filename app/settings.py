@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     debug: bool = False
 
-    @field_validator("backend_url")
+    @field_validator("backend_url", "hf_router_url")
     @classmethod
     def _no_trailing_path(cls, url: AnyHttpUrl) -> AnyHttpUrl:
         checked = _root_url(url)
@@ -163,13 +163,6 @@ class Settings(BaseSettings):
         return checked
 
     _ephemeral_history: bool = PrivateAttr(False)
-
-    @field_validator("hf_router_url")
-    @classmethod
-    def _router_root(cls, url: AnyHttpUrl) -> AnyHttpUrl:
-        checked = _root_url(url)
-        assert checked is not None
-        return checked
 
     @field_validator("space_id")
     @classmethod

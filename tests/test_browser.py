@@ -83,7 +83,7 @@ def test_a_real_reply_in_the_page(browser: Browser, running_app: RunningApp) -> 
     """The whole path a newcomer takes: the page, the real engine, the default model."""
     page = browser.new_page(viewport={"width": 1200, "height": 1000})
     page.goto(running_app.url)
-    expect(page.locator("#header")).to_contain_text("SmolLM2-135M-Instruct")
+    expect(page.locator("#header")).to_contain_text("SmolLM2-135M-Instruct", timeout=15_000)
     page.locator("#message textarea").fill("Write a Python function that reverses a string.")
     page.locator("#message textarea").press("Enter")
     reply = page.locator("#chat .message.bot").last
