@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sqlite3
 import statistics
 import sys
@@ -36,6 +34,7 @@ import psycopg
 import sqlalchemy
 
 from app.store import Store
+from bench.machine import describe
 from tests.postgres import PostgresServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store.json"
@@ -143,37 +142,12 @@ def measure(database: str, url: str, parameters: Parameters) -> Result:
 
 def machine(postgres_version: str) -> dict[str, Any]:
     return {
-        "cpu_count": os.cpu_count() or 0,
-        "cpu_model": _cpu_model(),
-        "memory_gib": round(_memory_bytes() / 2**30, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
+        **describe(),
         "sqlite_version": sqlite3.sqlite_version,
         "postgres_version": postgres_version,
         "sqlalchemy": sqlalchemy.__version__,
         "psycopg": psycopg.__version__,
-        "temp_dir": tempfile.gettempdir(),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _memory_bytes() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def markdown(results: list[Result]) -> str:

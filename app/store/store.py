@@ -151,7 +151,11 @@ class Store:
         self, user_id: int, search: str = "", limit: int = 200
     ) -> list[ConversationSummary]:
         """Newest first; ``search`` matches titles and message text, ignoring case."""
-        query = select(Conversation).where(Conversation.user_id == user_id)
+        # Only the three columns the list shows: whole ORM objects cost ten times as much,
+        # and the page asks for this list at every message sent.
+        query = select(Conversation.id, Conversation.title, Conversation.updated_at).where(
+            Conversation.user_id == user_id
+        )
         if search.strip():
             pattern = f"%{escape_like(search.strip())}%"
             in_messages = select(Message.conversation_id).where(
@@ -163,9 +167,7 @@ class Store:
             )
         query = query.order_by(Conversation.updated_at.desc()).limit(limit)
         with self._session() as session:
-            return [
-                ConversationSummary(c.id, c.title, c.updated_at) for c in session.scalars(query)
-            ]
+            return [ConversationSummary(*row) for row in session.execute(query)]
 
     def get_conversation(self, user_id: int, conversation_id: str) -> ConversationRecord:
         with self._session() as session:
