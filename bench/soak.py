@@ -1,0 +1,200 @@
+"""Soak run: 32 users stream from the app for 10 minutes; errors, and the app's memory over time.
+
+    python -m bench.soak            # 32 users, 10 minutes; writes bench/results/soak.json,
+                                    # soak.md and soak.png
+    python -m bench.soak --quick    # 4 users, 20 seconds: checks the harness
+
+Each user opens the page once and keeps it: it sends a message, reads the reply to its end,
+sends the next, and every ``messages_per_conversation`` messages presses "New conversation".
+So the app holds a fixed number of sessions and a growing database: what grows in memory with
+the number of replies shows here. (Gradio also keeps about 0.4 MiB for every page ever opened,
+up to ``state_session_capacity`` pages; ``docs/scaling.md`` has that figure. Opening a new page
+for every conversation would measure that instead.)
+
+Memory is the app's resident set, sampled every second. Growth is measured from the end of the
+warm-up (``warmup_seconds``) to the end: the median of the last minute's samples over the
+median of the minute after the warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+from bench.client import (
+    GradioTarget,
+    StreamResult,
+    find_endpoint,
+    gradio_stream,
+    new_conversation,
+    open_page,
+)
+from bench.machine import code_version, describe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Parameters:
+    users: int
+    seconds: float
+    warmup_seconds: float
+    tokens: int
+    rate: float
+    messages_per_conversation: int
+    window_seconds: float  # how much of the run the growth compares at each end
+
+
+FULL = Parameters(users=32, seconds=600, warmup_seconds=120, tokens=200, rate=50.0,
+                  messages_per_conversation=5, window_seconds=60)
+QUICK = Parameters(users=4, seconds=20, warmup_seconds=5, tokens=20, rate=50.0,
+                   messages_per_conversation=3, window_seconds=5)
+
+
+async def user(
+    target: GradioTarget, p: Parameters, deadline: float, delay: float,
+) -> list[StreamResult]:
+    await asyncio.sleep(delay)
+    session = await open_page(target)
+    results: list[StreamResult] = []
+    while time.perf_counter() < deadline:
+        results.append(await gradio_stream(target, session=session))
+        if len(results) % p.messages_per_conversation == 0:
+            await new_conversation(target, session)
+    return results
+
+
+def summarize(
+    p: Parameters, results: list[StreamResult], samples: list[tuple[float, int]],
+    cpu_seconds: float, wall: float, start: float,
+) -> dict[str, Any]:
+    failed = [r for r in results if r.error is not None or r.tokens != p.tokens]
+    after = [rss for t, rss in samples if p.warmup_seconds <= t < p.warmup_seconds
+             + p.window_seconds]
+    last = [rss for t, rss in samples if t >= wall - p.window_seconds]
+    begin, end = statistics.median(after or [0]), statistics.median(last or [0])
+    minutes = []
+    for m in range(int(wall // 60) + (1 if wall % 60 else 0)):
+        inside = [r for r in results if start + 60 * m <= r.started < start + 60 * (m + 1)]
+        ttfts = [1000 * r.ttft for r in inside if r.ttft is not None]
+        minutes.append({
+            "minute": m + 1, "messages": len(inside),
+            "errors": sum(1 for r in inside if r in failed),
+            "ttft_ms_median": round(statistics.median(ttfts), 1) if ttfts else None,
+        })
+    return {
+        "messages": len(results),
+        "errors": len(failed),
+        "first_errors": sorted({r.error or f"{r.tokens} tokens" for r in failed})[:3],
+        "tokens": sum(r.tokens for r in results),
+        "aggregate_tokens_per_second": round(sum(r.tokens for r in results) / wall, 1),
+        "rss_mib_after_warmup": round(begin / 2**20, 1),
+        "rss_mib_at_end": round(end / 2**20, 1),
+        "rss_peak_mib": round(max(rss for _, rss in samples) / 2**20, 1),
+        "memory_growth_after_warmup": round(end / begin - 1, 4) if begin else None,
+        "server_cpu_percent": round(100 * cpu_seconds / wall, 1),
+        "per_minute": minutes,
+    }
+
+
+async def run(p: Parameters, folder: Path, app_path: Path) -> tuple[dict[str, Any], list[Any]]:
+    with procs.standin(folder, p.rate, p.tokens) as standin:
+        app = procs.app(folder / "app", standin.url, app_path).start()
+        try:
+            target = GradioTarget(app.url, await find_endpoint(app.url))
+            sampler = procs.Sampler(app.pid, interval=1.0).start()
+            start = time.perf_counter()
+            deadline = start + p.seconds
+            length = p.tokens / p.rate
+            users = await asyncio.gather(*(
+                user(target, p, deadline, i * length / p.users) for i in range(p.users)
+            ))
+            usage = sampler.stop()
+            wall = time.perf_counter() - start
+        finally:
+            app.stop()
+    results = [result for one in users for result in one]
+    summary = summarize(p, results, usage.samples, usage.cpu_seconds, wall, start)
+    return summary, [(round(t, 1), round(rss / 2**20, 1)) for t, rss in usage.samples]
+
+
+def plot(series: list[Any], p: Parameters, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3.5), dpi=110)
+    axes.plot([t / 60 for t, _ in series], [mib for _, mib in series])
+    axes.axvline(p.warmup_seconds / 60, color="0.6", linestyle="--", label="end of warm-up")
+    axes.set_xlabel("minutes")
+    axes.set_ylabel("app resident memory (MiB)")
+    axes.set_ylim(bottom=0)
+    axes.set_title(title, fontsize=9)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--quick", action="store_true", help="4 users for 20 seconds")
+    parser.add_argument("--app-path", type=Path, default=procs.REPO,
+                        help="run the app from this checkout (default: this one)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"folder for soak.json, soak.md and soak.png (default: {RESULTS} "
+                             "for a full run, nothing for --quick)")
+    args = parser.parse_args(argv)
+    p = QUICK if args.quick else FULL
+    output = args.output or (None if args.quick else RESULTS)
+    started = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as folder:
+        summary, series = asyncio.run(run(p, Path(folder), args.app_path.resolve()))
+    growth = summary["memory_growth_after_warmup"]
+    table = "\n".join([
+        "| users | minutes | messages | errors | aggregate tokens/s | RSS after warm-up (MiB) "
+        "| RSS at end (MiB) | growth | server CPU (% of a core) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {p.users} | {p.seconds / 60:.3g} | {summary['messages']} | {summary['errors']} "
+        f"| {summary['aggregate_tokens_per_second']:,.0f} | {summary['rss_mib_after_warmup']} "
+        f"| {summary['rss_mib_at_end']} | {'—' if growth is None else format(growth, '.1%')} "
+        f"| {summary['server_cpu_percent']:.0f} |",
+    ])
+    print(table)
+    machine = describe()
+    report = {
+        "benchmark": "soak", "mode": "quick" if args.quick else "full",
+        "date": started.isoformat(timespec="seconds"), "machine": machine,
+        "app": code_version(args.app_path.resolve()), "parameters": asdict(p),
+        "results": summary, "rss_mib_series": series,
+    }
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+        (output / "soak.md").write_text(
+            f"# Soak run, {started:%Y-%m-%d}\n\n{p.tokens} tokens a reply at {p.rate:g} "
+            f"tokens/s; machine: {machine['cpu_count']} x {machine['cpu_model']}.\n\n"
+            f"{table}\n")
+        plot(series, p, output / "soak.png",
+             f"{p.users} users for {p.seconds / 60:g} min; {machine['cpu_count']} x "
+             f"{machine['cpu_model']}")
+        print(f"\nwrote {output}/soak.json, soak.md and soak.png", file=sys.stderr)
+    return 0 if summary["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

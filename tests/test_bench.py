@@ -1,0 +1,137 @@
+"""The benchmarks' harness: the paced stand-in, the load client's pieces, and the ``--quick``
+modes of the streaming comparison, the fault runs and the soak, which must run with no errors.
+Timings are never checked here (the stand-in's pacing only as a lower bound: it cannot be
+faster than its schedule)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import gradio.utils
+import pytest
+
+from bench.client import apply_diff, direct_stream, get_json, reply_text, request
+from bench.standin import PacedStandIn
+from tests.conftest import REPO
+from tests.servers import free_port
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[str]:
+    """The stand-in's URL: 10 tokens a stream at 200 tokens/s, faults after 3 tokens."""
+    paced = PacedStandIn(rate=200.0, tokens=10, fault_after=3)
+    port = free_port()
+    server = await paced.serve("127.0.0.1", port)
+    async with server:
+        yield f"http://127.0.0.1:{port}"
+
+
+async def test_the_standin_paces_every_stream_whatever_their_number(standin: str) -> None:
+    url = standin
+    begin = time.perf_counter()
+    results = await asyncio.gather(*(direct_stream(url) for _ in range(5)))
+    assert [r.error for r in results] == [None] * 5
+    assert [r.tokens for r in results] == [10] * 5
+    assert results[0].text == "".join(f" tok{i}" for i in range(10))
+    # Token i leaves at start + i / rate: ten tokens take at least 9 / 200 s.
+    assert time.perf_counter() - begin >= 9 / 200
+    stats = await get_json(url, "/stats")
+    assert stats["completed"] == 5
+    assert stats["peak_active"] == 5
+
+
+async def test_the_standin_speaks_tgi(standin: str) -> None:
+    url = standin
+    info = await get_json(url, "/info")
+    assert {"model_id", "max_input_tokens", "max_total_tokens"} <= set(info)
+    response = await request(url, "POST", "/generate_stream",
+                             {"inputs": "hi", "parameters": {"max_new_tokens": 4}})
+    events = [json.loads(line) async for line in response.events()]
+    response.close()
+    assert [e["token"]["text"] for e in events] == [" tok0", " tok1", " tok2", " tok3"]
+    assert events[-1]["details"]["generated_tokens"] == 4
+    assert events[-1]["generated_text"] == " tok0 tok1 tok2 tok3"
+
+
+@pytest.mark.parametrize("fault", ["cut", "error"])
+async def test_a_faulty_stream_fails_after_its_first_tokens(standin: str, fault: str) -> None:
+    result = await direct_stream(standin, f"hello [{fault}]")
+    assert result.error is not None
+    assert result.tokens == 3
+
+
+async def test_a_stalled_stream_goes_silent(standin: str) -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await direct_stream(standin, "hello [stall]")
+
+
+def test_gradio_diffs_are_applied_as_gradio_makes_them() -> None:
+    diff = cast(Callable[[Any, Any], list[list[Any]]], gradio.utils.diff)
+
+    old = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " tok0"}]
+    new = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " tok0 tok1"},
+           {"role": "user", "content": "more"}]
+    assert apply_diff(json.loads(json.dumps(old)), diff(old, new)) == new
+    assert apply_diff("ab", diff("ab", "abc")) == "abc"
+    assert apply_diff(new, diff(new, old)) == old
+
+
+def test_the_reply_is_the_last_text_with_tokens_after_the_message() -> None:
+    chatbot = [{"role": "user", "content": [{"text": "first", "type": "text"}]},
+               {"role": "assistant", "content": [{"text": " tok0 tok1", "type": "text"}]},
+               {"role": "user", "content": [{"text": "second", "type": "text"}]}]
+    assert reply_text([chatbot, None, "header tok9"], "second") == ""
+    chatbot.append({"role": "assistant", "content": [{"text": " tok0", "type": "text"}]})
+    assert reply_text([chatbot, None, "header tok9"], "second") == " tok0"
+
+
+def run_bench(name: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--quick", "--output", str(folder), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+
+
+def test_the_streaming_comparison_runs_without_errors(tmp_path: Path) -> None:
+    done = run_bench("streaming", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "latest.json").read_text())
+    rows = report["results"]
+    assert {(r["mode"], r["target"], r["streams"]) for r in rows} == {
+        (mode, target, n) for mode in ("steady", "burst")
+        for target in ("direct", "app", "gr.load_chat") for n in (1, 4)
+    }
+    assert [(r["target"], r["first_errors"]) for r in rows if r["errors"]] == []
+    assert all(r["tokens"] > 0 for r in rows)
+    assert report["machine"]["cpu_count"] >= 1
+    assert (tmp_path / "streaming.png").stat().st_size > 0
+    assert "| 4 | app |" in (tmp_path / "streaming.md").read_text()
+
+
+def test_the_fault_runs_pass(tmp_path: Path) -> None:
+    done = run_bench("faults", tmp_path)
+    report = json.loads((tmp_path / "faults.json").read_text())
+    failed = [(r["scenario"], r["problems"]) for r in report["results"] if not r["passed"]]
+    assert failed == []
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {r["scenario"] for r in report["results"]} == {
+        "cut", "stall", "kill", "kill: second wave", "db-lock"}
+
+
+def test_the_soak_runs_without_errors(tmp_path: Path) -> None:
+    done = run_bench("soak", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert report["results"]["errors"] == 0
+    assert report["results"]["messages"] > 0
+    assert report["rss_mib_series"]
