@@ -97,6 +97,9 @@ class History:
         """Stream the reply into ``exchange``, yielding after each update; it is saved at
         least every ``SAVE_INTERVAL_SECONDS`` and, with its stats, when it ends."""
         saved_at = time.monotonic()
+        # Saves made while the reply streams run beside it: a slow or locked database delays
+        # the save, not the stream. One at a time; the final save waits for it.
+        saving: asyncio.Task[None] | None = None
         stream = service.stream_reply(info, messages, params, exchange.stop)
         async with aclosing(stream):
             async for progress in stream:
@@ -105,11 +108,15 @@ class History:
                 if progress.error is not None:
                     exchange.error = str(progress.error)
                 if progress.done:
+                    if saving is not None:
+                        await saving
                     await self.save_final(exchange)
                     exchange.done = True
-                elif time.monotonic() - saved_at >= SAVE_INTERVAL_SECONDS:
+                elif time.monotonic() - saved_at >= SAVE_INTERVAL_SECONDS and (
+                    saving is None or saving.done()
+                ):
                     saved_at = time.monotonic()
-                    await self.save_progress(exchange)
+                    saving = asyncio.create_task(self.save_progress(exchange))
                 yield
 
     async def add_message(
