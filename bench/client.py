@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 TOKEN = re.compile(r"\btok\d+\b")
 CONNECT_TIMEOUT = 30.0  # seconds to open a connection
 HEAD_TIMEOUT = 60.0  # seconds to wait for a response's status line and headers
+READ_TIMEOUT = 60.0  # seconds a body may stay silent (Gradio's queue beats every 15 s)
 TEXT_COMPONENTS = frozenset({"textbox", "code", "markdown"})
 PROMPT = "Write a Python function that reverses a string, with a docstring."
 
@@ -94,21 +95,23 @@ class Response:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked, sized or until the server closes)."""
+        reader = self.reader
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
-                size_line = await self.reader.readline()
+                size_line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
                 if not size_line:
                     raise ClientError("the connection closed inside a chunked body")
                 size = int(size_line.split(b";")[0].strip(), 16)
                 if size == 0:
-                    await self.reader.readline()
+                    await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
                     return
-                data = await self.reader.readexactly(size + 2)
+                data = await asyncio.wait_for(reader.readexactly(size + 2), READ_TIMEOUT)
                 yield data[:-2]
         elif "content-length" in self.headers:
-            yield await self.reader.readexactly(int(self.headers["content-length"]))
+            yield await asyncio.wait_for(
+                reader.readexactly(int(self.headers["content-length"])), READ_TIMEOUT)
         else:
-            while data := await self.reader.read(65536):
+            while data := await asyncio.wait_for(reader.read(65536), READ_TIMEOUT):
                 yield data
 
     async def body(self) -> bytes:
@@ -129,7 +132,7 @@ class Response:
 
 
 async def request(
-    url: str, method: str, path: str, payload: Any = None
+    url: str, method: str, path: str, payload: Any = None, cookie: str | None = None
 ) -> Response:
     """Send one request on a new connection; the response's head is read, its body is not."""
     parts = urlsplit(url)
@@ -142,6 +145,8 @@ async def request(
                 "accept: */*\r\n")
         if payload is not None:
             head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        if cookie:
+            head += f"cookie: {cookie}\r\n"
         writer.write(head.encode() + b"\r\n" + body)
         async with asyncio.timeout(HEAD_TIMEOUT):
             raw = await reader.readuntil(b"\r\n\r\n")
@@ -156,8 +161,10 @@ async def request(
     return Response(int(status_line.split(" ", 2)[1]), headers, reader, writer)
 
 
-async def get_json(url: str, path: str, payload: Any = None, method: str = "GET") -> Any:
-    response = await request(url, method, path, payload)
+async def get_json(
+    url: str, path: str, payload: Any = None, method: str = "GET", cookie: str | None = None
+) -> Any:
+    response = await request(url, method, path, payload, cookie)
     try:
         body = await response.body()
     finally:
@@ -327,12 +334,27 @@ class GradioTarget:
     url: str
     endpoint: Endpoint
     on_update: Callable[[StreamResult, str], None] | None = field(default=None, repr=False)
+    # Load the page's HTML first and send back the cookies it sets (behind a load balancer
+    # with sticky sessions), as a browser does.
+    cookies: bool = False
+    jar: dict[str, str] = field(default_factory=dict, repr=False)  # session -> Cookie header
 
 
 async def open_page(target: GradioTarget) -> str:
     """A new session, opened as the browser opens the page: its load events run (their
     outputs are not looked at). Returns the session hash."""
     session = uuid.uuid4().hex[:11]
+    if target.cookies:
+        page = await request(target.url, "GET", "/")
+        try:
+            await page.body()
+        finally:
+            page.close()
+        if page.status != 200:
+            raise ClientError(f"GET /: HTTP {page.status}")
+        cookie = page.headers.get("set-cookie", "").split(";")[0]
+        if cookie:
+            target.jar[session] = cookie
     for event in target.endpoint.page_load:
         await call(target, event, session)
     return session
@@ -351,7 +373,7 @@ async def call(target: GradioTarget, event: Event, session: str) -> list[Any]:
     answer = await get_json(target.url, f"{target.endpoint.api_prefix}/run/predict", {
         "data": event.data(), "event_data": None, "fn_index": event.fn_index,
         "trigger_id": event.trigger_id, "session_hash": session,
-    }, method="POST")
+    }, method="POST", cookie=target.jar.get(session))
     return list(answer.get("data") or [])
 
 
@@ -379,12 +401,14 @@ async def run_event(
     Every update's reply text goes to ``result``. Returns the final outputs."""
     prefix = target.endpoint.api_prefix
     message_text = str(data[0]) if data else "\0"
+    cookie = target.jar.get(session)
     joined = await get_json(target.url, f"{prefix}/queue/join", {
         "data": data, "event_data": None, "fn_index": event.fn_index,
         "trigger_id": event.trigger_id, "session_hash": session,
-    }, method="POST")
+    }, method="POST", cookie=cookie)
     event_id = joined.get("event_id")
-    response = await request(target.url, "GET", f"{prefix}/queue/data?session_hash={session}")
+    response = await request(target.url, "GET", f"{prefix}/queue/data?session_hash={session}",
+                             cookie=cookie)
     outputs: list[Any] | None = None
     try:
         if response.status != 200:

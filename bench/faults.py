@@ -217,7 +217,7 @@ async def scenario_run(
     outcomes: list[Outcome] = []
     standin = procs.standin(folder, p.rate, p.tokens, fault_after=p.fault_after).start()
     app = procs.app(folder / "app", standin.url, app_path,
-                    backend_read_timeout=str(p.read_timeout)).start()
+                    settings={"backend_read_timeout": str(p.read_timeout)}).start()
     try:
         gaps = Gaps()
         target = GradioTarget(app.url, await find_endpoint(app.url), on_update=gaps)

@@ -29,9 +29,10 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
-def _die_with_parent() -> None:
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """In a child, before exec: receive ``signum`` when the parent dies."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    libc.prctl(1, signum)  # PR_SET_PDEATHSIG
 
 
 class Child:
@@ -61,7 +62,7 @@ class Child:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command, cwd=self.folder, env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + self.start_timeout
         while not self._answers():
@@ -130,16 +131,17 @@ def standin(
 
 def app(
     folder: Path, backend_url: str, app_path: Path = REPO, database_url: str | None = None,
-    **settings: str,
+    port: int | None = None, settings: dict[str, str] | None = None,
 ) -> Child:
     """``python -m app`` from ``app_path`` (another checkout, to compare), its database in
-    ``folder`` unless ``database_url`` says otherwise, the per-user rate limit off."""
-    port = free_port()
+    ``folder`` unless ``database_url`` says otherwise, the per-user rate limit off, and
+    ``settings`` (names as in the README's settings table, any case)."""
+    port = port or free_port()
     env = base_env(app_path) | {
         "BACKEND_URL": backend_url, "APP_PORT": str(port),
         "DATABASE_URL": database_url or f"sqlite:///{folder / 'bench.db'}",
         "RATE_LIMIT_PER_MINUTE": "0",
-    } | {name.upper(): value for name, value in settings.items()}
+    } | {name.upper(): value for name, value in (settings or {}).items()}
     return Child("app", [sys.executable, "-m", "app"], env, folder, port, "/healthz")
 
 

@@ -228,8 +228,8 @@ async def run_all(
     startup: dict[str, float] = {}
     with procs.standin(folder, p.rate, p.tokens) as standin:
         begin = time.monotonic()
-        app = procs.app(folder / "app", standin.url, app_path,
-                        queue_concurrency=str(p.queue_concurrency), **app_settings).start()
+        app = procs.app(folder / "app", standin.url, app_path, settings={
+            "queue_concurrency": str(p.queue_concurrency), **app_settings}).start()
         startup["app_start_seconds"] = round(time.monotonic() - begin, 2)
         startup["app_rss_mib_at_start"] = round(procs.rss_bytes(app.pid) / 2**20, 1)
         begin = time.monotonic()

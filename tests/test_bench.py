@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -135,3 +136,17 @@ def test_the_soak_runs_without_errors(tmp_path: Path) -> None:
     assert report["results"]["errors"] == 0
     assert report["results"]["messages"] > 0
     assert report["rss_mib_series"]
+
+
+@pytest.mark.postgres
+def test_the_scale_out_stack_streams_through_nginx_with_sticky_sessions(tmp_path: Path) -> None:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        pytest.skip("needs Debian's nginx: apt-get install nginx-light")
+    done = run_bench("scaleout", tmp_path)
+    report = json.loads((tmp_path / "scaleout.json").read_text())["results"]
+    assert report["errors"] == 0, report["first_errors"]
+    assert all(report["replies_per_app_replica"]), "each app replica serves pages"
+    assert all(report["streams_per_tgi_replica"]), "each TGI replica serves streams"
+    assert report["messages_stored"] == report["users"]
+    assert report["without_the_route_cookie"]["failed"] > 0, "stickiness is what makes it work"
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -147,15 +147,23 @@ def test_the_app_waits_for_a_healthy_tgi_and_talks_to_it(compose: dict[str, Any]
     assert app["image"] == "${REGISTRY}coding-playground:${TAG}"
 
 
-def test_every_compose_variable_has_a_default_and_every_default_is_used() -> None:
-    lines = (CONTAINERS / "compose.yaml").read_text().splitlines()
-    compose_text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
-    used = set(re.findall(r"\$\{([A-Z_]+)", compose_text))
-    inline_defaults = set(re.findall(r"\$\{([A-Z_]+):-", compose_text))
-    defaults = read_env_file()
-    assert used - inline_defaults <= set(defaults)
-    elsewhere = "".join(path.read_text() for path in SCRIPTS.iterdir()) + compose_text
-    assert [name for name in defaults if name not in elsewhere] == []
+def compose_text(name: str) -> str:
+    lines = (CONTAINERS / name).read_text().splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.scale.yaml"])
+def test_every_compose_variable_has_a_default(name: str) -> None:
+    text = compose_text(name)
+    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    inline_defaults = set(re.findall(r"\$\{([A-Z_]+):-", text))
+    assert used - inline_defaults <= set(read_env_file())
+
+
+def test_every_default_is_used() -> None:
+    elsewhere = "".join(path.read_text() for path in SCRIPTS.iterdir()) + compose_text(
+        "compose.yaml") + compose_text("compose.scale.yaml")
+    assert [name for name in read_env_file() if name not in elsewhere] == []
 
 
 def test_the_dockerfile_is_lint_clean_slim_and_non_root() -> None:
@@ -385,3 +393,95 @@ def test_doctor_checks_the_gpu_and_the_nvidia_toolkit(fake_bin: Path, tmp_path: 
     doctor = run("doctor", "cuda", path=with_fake(fake_bin), env=env)
     assert doctor.returncode == 0, doctor.stdout
     assert "Ready for profile cuda." in doctor.stdout
+
+
+# -- the scale-out stack (compose.scale.yaml and nginx.conf) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def scale() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CONTAINERS / "compose.scale.yaml").read_text())
+    return loaded
+
+
+def test_the_scale_file_follows_the_compose_spec() -> None:
+    check = subprocess.run(
+        [REPO / ".venv/bin/check-jsonschema", "--builtin-schema", "vendor.compose-spec",
+         CONTAINERS / "compose.scale.yaml"],
+        capture_output=True, text=True, check=False,
+    )
+    assert check.returncode == 0, check.stdout
+
+
+def test_the_scale_profile_has_every_piece(scale: dict[str, Any]) -> None:
+    services = scale["services"]
+    assert {name: service.get("profiles") for name, service in services.items()} == {
+        name: ["scale"] for name in
+        ("downloader", "tgi-a", "tgi-b", "tgi-pool", "postgres", "migrate", "app", "nginx")
+    }
+    assert services["app"]["deploy"]["replicas"] == "${APP_REPLICAS}"
+    assert int(read_env_file()["APP_REPLICAS"]) >= 2
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"nginx"}, "nginx is the only door"
+    assert services["app"]["environment"]["BACKEND_URL"] == "http://tgi-pool:8080"
+    assert services["app"]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert services["app"]["depends_on"] == {
+        "migrate": {"condition": "service_completed_successfully"},
+        "tgi-pool": {"condition": "service_started"},
+    }
+    assert services["nginx"]["depends_on"] == {"app": {"condition": "service_healthy"}}
+    assert set(services["tgi-pool"]["depends_on"]) == {"tgi-a", "tgi-b"}
+    assert services["migrate"]["environment"]["DATABASE_URL"] == services["app"][
+        "environment"]["DATABASE_URL"]
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
+    assert "./nginx-tgi.conf:/etc/nginx/nginx.conf:ro" in services["tgi-pool"]["volumes"]
+
+
+def test_each_tgi_replica_has_its_own_gpu_and_the_shared_cache(scale: dict[str, Any]) -> None:
+    services = scale["services"]
+    gpus = []
+    for name in ("tgi-a", "tgi-b"):
+        tgi = services[name]
+        assert tgi["image"] == "ghcr.io/huggingface/text-generation-inference:${TGI_VERSION}"
+        assert tgi["volumes"] == ["${MODEL_CACHE}:/data"]
+        assert tgi["environment"]["HF_HUB_OFFLINE"] == "1"
+        assert "--model-id ${CUDA_MODEL_ID}" in tgi["command"]
+        assert tgi["depends_on"] == {"downloader": {"condition": "service_completed_successfully"}}
+        [device] = tgi["deploy"]["resources"]["reservations"]["devices"]
+        gpus.append(device["device_ids"])
+    env = read_env_file()
+    assert gpus == [["${TGI_A_GPU}"], ["${TGI_B_GPU}"]]
+    assert env["TGI_A_GPU"] != env["TGI_B_GPU"]
+
+
+def test_the_scale_stack_sets_only_settings_the_app_reads(scale: dict[str, Any]) -> None:
+    settings = {name.upper() for name in Settings.model_fields}
+    for name in ("app", "migrate", "downloader"):
+        assert set(scale["services"][name]["environment"]) <= settings | {"HF_HOME"}, name
+
+
+def test_postgres_takes_every_replica_pool(scale: dict[str, Any]) -> None:
+    env = read_env_file()
+    # SQLAlchemy's default pool: 5 connections and 10 more on demand, per replica.
+    assert int(env["POSTGRES_MAX_CONNECTIONS"]) >= 15 * int(env["APP_REPLICAS"]) + 5
+    assert "max_connections=${POSTGRES_MAX_CONNECTIONS}" in scale["services"]["postgres"][
+        "command"]
+
+
+def test_nginx_keeps_each_page_on_one_replica_and_streams_unbuffered() -> None:
+    conf = (CONTAINERS / "nginx.conf").read_text()
+    pool = (CONTAINERS / "nginx-tgi.conf").read_text()
+    app_upstream = re.search(r"upstream app \{(.*?)\}", conf, re.DOTALL)
+    assert app_upstream is not None
+    assert "hash $route consistent;" in app_upstream.group(1)
+    assert "server app:7860;" in app_upstream.group(1)
+    assert re.search(r'map \$cookie_playground_route \$route \{\s*""\s+\$request_id;', conf)
+    assert 'Set-Cookie "playground_route=$route;' in conf
+    assert "proxy_buffering off;" in conf
+    tgi_upstream = re.search(r"upstream tgi \{(.*?)\}", pool, re.DOTALL)
+    assert tgi_upstream is not None
+    assert "least_conn;" in tgi_upstream.group(1)
+    assert {"server tgi-a:80", "server tgi-b:80"} <= set(
+        re.findall(r"server tgi-\w:80", tgi_upstream.group(1)))
+    assert "proxy_buffering off;" in pool
