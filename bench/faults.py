@@ -26,10 +26,8 @@ message is there, its reply holds exactly the tokens the browser showed, with th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
-import json
 import sqlite3
 import statistics
 import sys
@@ -41,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from bench import cli, procs
 from bench.client import (
     TOKEN,
     GradioTarget,
@@ -51,9 +49,7 @@ from bench.client import (
     gradio_stream,
     open_page,
 )
-from bench.machine import code_version, describe
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("cut", "stall", "kill", "db-lock")
 WARNING = "⚠️"
 
@@ -309,19 +305,11 @@ def markdown(outcomes: list[Outcome]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.faults", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
-    parser.add_argument("--quick", action="store_true", help="6 users, short streams")
+    parser = cli.parser("faults", __doc__, "6 users, short streams", "faults.json and faults.md")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
-    parser.add_argument("--app-path", type=Path, default=procs.REPO,
-                        help="run the app from this checkout (default: this one)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"folder for faults.json and faults.md (default: {RESULTS} for a "
-                             "full run, nothing for --quick)")
     args = parser.parse_args(argv)
     p = QUICK if args.quick else FULL
-    output = args.output or (None if args.quick else RESULTS)
+    output = cli.output_folder(args)
     started = datetime.now(UTC)
 
     def log(line: str) -> None:
@@ -336,16 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     table = markdown(outcomes)
     print(table)
-    report = {
-        "benchmark": "faults", "mode": "quick" if args.quick else "full",
-        "date": started.isoformat(timespec="seconds"), "machine": describe(),
-        "app": code_version(args.app_path.resolve()), "parameters": asdict(p),
-        "results": [asdict(o) | {"passed": o.passed} for o in outcomes],
-    }
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "faults.json").write_text(json.dumps(report, indent=2, ensure_ascii=False)
-                                            + "\n")
+        cli.write_json(output, "faults.json", cli.report(
+            "faults", args, started, parameters=asdict(p),
+            results=[asdict(o) | {"passed": o.passed} for o in outcomes]))
         (output / "faults.md").write_text(f"# Fault runs, {started:%Y-%m-%d}\n\n{table}\n")
         print(f"\nwrote {output}/faults.json and faults.md", file=sys.stderr)
     return 0 if all(o.passed for o in outcomes) else 1

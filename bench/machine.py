@@ -20,7 +20,7 @@ def describe() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "temp_dir": tempfile.gettempdir(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # when the report is written
     }
 
 

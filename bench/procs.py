@@ -17,12 +17,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import httpx
 
-from tests.servers import free_port
+from tests.servers import Running, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -35,7 +34,7 @@ def die_with_parent(signum: int = signal.SIGKILL) -> None:
     libc.prctl(1, signum)  # PR_SET_PDEATHSIG
 
 
-class Child:
+class Child(Running):
     """A child process that answers ``health_path`` on ``url`` once it is ready."""
 
     def __init__(
@@ -98,15 +97,6 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def base_env(path: Path = REPO) -> dict[str, str]:

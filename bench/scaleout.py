@@ -16,7 +16,6 @@ every message is in the shared database; and, for contrast, that without the rou
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -35,7 +34,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench import procs
+from bench import cli, procs
 from bench.client import (
     ClientError,
     GradioTarget,
@@ -45,11 +44,9 @@ from bench.client import (
     gradio_stream,
 )
 from bench.client import open_page as open_page_
-from bench.machine import code_version, describe
 from tests.postgres import PostgresServer
 from tests.servers import free_port
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MIGRATE = ("from app.server import open_store; from app.settings import load_settings; "
            "open_store(load_settings())")
 
@@ -226,18 +223,10 @@ async def _attempt(target: GradioTarget, index: int, expected: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scaleout", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
-    parser.add_argument("--quick", action="store_true", help="6 users, short replies")
-    parser.add_argument("--app-path", type=Path, default=procs.REPO,
-                        help="run the app from this checkout (default: this one)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"folder for scaleout.json (default: {RESULTS} for a full run, "
-                             "nothing for --quick)")
-    args = parser.parse_args(argv)
+    args = cli.parser("scaleout", __doc__, "6 users, short replies",
+                      "scaleout.json").parse_args(argv)
     p = QUICK if args.quick else FULL
-    output = args.output or (None if args.quick else RESULTS)
+    output = cli.output_folder(args)
     started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as folder:
         results = asyncio.run(run(p, Path(folder), args.app_path.resolve()))
@@ -245,13 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                                       check=False).stderr.strip()
     print(json.dumps(results, indent=2))
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "scaleout.json").write_text(json.dumps({
-            "benchmark": "scaleout", "mode": "quick" if args.quick else "full",
-            "date": started.isoformat(timespec="seconds"), "machine": describe(),
-            "app": code_version(args.app_path.resolve()), "parameters": asdict(p),
-            "results": results,
-        }, indent=2) + "\n")
+        cli.write_json(output, "scaleout.json", cli.report(
+            "scaleout", args, started, parameters=asdict(p), results=results))
     return 0 if results["passed"] else 1
 
 

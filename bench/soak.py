@@ -18,9 +18,7 @@ median of the minute after the warm-up.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from bench import cli, procs
 from bench.client import (
     GradioTarget,
     StreamResult,
@@ -39,9 +37,6 @@ from bench.client import (
     new_conversation,
     open_page,
 )
-from bench.machine import code_version, describe
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -149,18 +144,10 @@ def plot(series: list[Any], p: Parameters, path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
-    parser.add_argument("--quick", action="store_true", help="4 users for 20 seconds")
-    parser.add_argument("--app-path", type=Path, default=procs.REPO,
-                        help="run the app from this checkout (default: this one)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"folder for soak.json, soak.md and soak.png (default: {RESULTS} "
-                             "for a full run, nothing for --quick)")
-    args = parser.parse_args(argv)
+    args = cli.parser("soak", __doc__, "4 users for 20 seconds",
+                      "soak.json, soak.md and soak.png").parse_args(argv)
     p = QUICK if args.quick else FULL
-    output = args.output or (None if args.quick else RESULTS)
+    output = cli.output_folder(args)
     started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as folder:
         summary, series = asyncio.run(run(p, Path(folder), args.app_path.resolve()))
@@ -175,16 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| {summary['server_cpu_percent']:.0f} |",
     ])
     print(table)
-    machine = describe()
-    report = {
-        "benchmark": "soak", "mode": "quick" if args.quick else "full",
-        "date": started.isoformat(timespec="seconds"), "machine": machine,
-        "app": code_version(args.app_path.resolve()), "parameters": asdict(p),
-        "results": summary, "rss_mib_series": series,
-    }
+    report = cli.report("soak", args, started, parameters=asdict(p), results=summary,
+                        rss_mib_series=series)
+    machine = report["machine"]
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
+        cli.write_json(output, "soak.json", report)
         (output / "soak.md").write_text(
             f"# Soak run, {started:%Y-%m-%d}\n\n{p.tokens} tokens a reply at {p.rate:g} "
             f"tokens/s; machine: {machine['cpu_count']} x {machine['cpu_model']}.\n\n"

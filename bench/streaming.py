@@ -19,10 +19,11 @@ Each Gradio user first opens the page (a session, and its load events), before a
 starts, as a browser does when the page opens; then it sends messages. Two ways of loading:
 
 - ``steady`` (the headline): N users, the first messages spread evenly over one stream's
-  length, each user sending ``rounds`` messages back to back in its conversation, so that N
-  streams are in flight. The aggregate is the tokens received while all N should be in flight
-  (from one stream's length after the first message to ``rounds`` stream lengths after it),
-  over that window.
+  length, each user sending ``rounds`` messages back to back in its conversation (none after
+  ``rounds`` stream lengths: a saturated server gets fewer), so that N streams are in
+  flight. The aggregate is the tokens received while all N should be in flight (from one
+  stream's length after the first message to ``rounds`` stream lengths after it), over that
+  window.
 - ``burst``: N users press Send at the same instant, once. The aggregate is all tokens over
   the time from the first request to the last token: the herd at the door.
 
@@ -35,7 +36,6 @@ CPU is recorded too: a saturated client would flatter every target but ``direct`
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -43,12 +43,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from bench import cli, procs
 from bench.client import (
     GradioTarget,
     StreamResult,
@@ -57,10 +58,9 @@ from bench.client import (
     gradio_stream,
     open_page,
 )
-from bench.machine import code_version, describe
+from bench.machine import code_version
 
-RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = ("direct", "app", "gr.load_chat")
+PEERS = ("direct", "gr.load_chat")
 MODES = ("steady", "burst")
 
 
@@ -169,12 +169,17 @@ def summarize(
     )
 
 
-async def _user(target: Target, handle: Any, delay: float, rounds: int) -> list[StreamResult]:
-    """One user: waits ``delay``, then sends ``rounds`` messages, each after the last ends
-    (in a new page each time for a target that cannot go on with a conversation)."""
+async def _user(
+    target: Target, handle: Any, delay: float, rounds: int, until: float,
+) -> list[StreamResult]:
+    """One user: waits ``delay``, then sends up to ``rounds`` messages, each after the last
+    ends, and none after ``until`` (``time.perf_counter()``; a slow server gets fewer); in a
+    new page each time for a target that cannot go on with a conversation."""
     await asyncio.sleep(delay)
     results = []
     for number in range(rounds):
+        if number and time.perf_counter() >= until:
+            break
         if number and not target.multi_turn:
             handle = await target.prepare()
         results.append(await target.send(handle))
@@ -194,8 +199,9 @@ async def measure(target: Target, mode: str, streams: int, p: Parameters) -> Row
         seconds = max((r.last_token or r.ended) for r in results) - start
         tokens = sum(r.tokens for r in results)
     else:
+        until = time.perf_counter() + p.rounds * length
         users = await asyncio.gather(*(
-            _user(target, handle, i * length / streams, p.rounds)
+            _user(target, handle, i * length / streams, p.rounds, until)
             for i, handle in enumerate(handles)
         ))
         results = [result for user in users for result in user]
@@ -221,49 +227,50 @@ def with_ratios(rows: list[Row]) -> list[Row]:
 
 
 async def run_all(
-    p: Parameters, folder: Path, app_path: Path, targets: tuple[str, ...],
+    p: Parameters, folder: Path, apps: dict[str, Path], targets: tuple[str, ...],
     log: Callable[[str], None], app_settings: dict[str, str],
 ) -> tuple[list[Row], dict[str, float]]:
+    """Every target in ``targets``: ``direct``, an app label of ``apps`` (label: checkout),
+    ``gr.load_chat``."""
     rows: list[Row] = []
     startup: dict[str, float] = {}
-    with procs.standin(folder, p.rate, p.tokens) as standin:
-        begin = time.monotonic()
-        app = procs.app(folder / "app", standin.url, app_path, settings={
-            "queue_concurrency": str(p.queue_concurrency), **app_settings}).start()
-        startup["app_start_seconds"] = round(time.monotonic() - begin, 2)
-        startup["app_rss_mib_at_start"] = round(procs.rss_bytes(app.pid) / 2**20, 1)
-        begin = time.monotonic()
-        peer = procs.peer(folder / "peer", standin.url, p.queue_concurrency).start()
-        startup["peer_start_seconds"] = round(time.monotonic() - begin, 2)
-        try:
-            available = {
-                "direct": await direct_target(standin.url),
-                "app": await gradio_target("app", app.url, app.pid),
-                # gr.load_chat's API cannot take a second message in a session (Gradio 6.31:
-                # format_conversation refuses the history it stored itself), so each of its
-                # messages opens a new session.
-                "gr.load_chat": await gradio_target("gr.load_chat", peer.url, peer.pid,
-                                                    multi_turn=False),
-            }
-            chosen = [available[name] for name in targets]
-            for target in chosen:  # one warm-up stream each: first-request costs are not load
-                warm = await target.send(await target.prepare())
-                if warm.error:
-                    raise RuntimeError(f"{target.name}: the warm-up stream failed: {warm.error}")
-            for mode in p.modes:
-                for streams in p.streams:
-                    for target in chosen:
-                        row = await measure(target, mode, streams, p)
-                        rows.append(row)
-                        log(f"{mode:<6} N={streams:<4} {target.name:<13} ttft "
-                            f"{row.ttft_ms_median} ms, aggregate "
-                            f"{row.aggregate_tokens_per_second:.0f} tokens/s, errors "
-                            f"{row.errors}, server CPU {row.server_cpu_percent}%")
-                        await asyncio.sleep(1.0)  # let the previous row's connections close
-            startup["app_rss_mib_at_end"] = round(procs.rss_bytes(app.pid) / 2**20, 1)
-        finally:
-            peer.stop()
-            app.stop()
+    with ExitStack() as running, procs.standin(folder, p.rate, p.tokens) as standin:
+        available = {"direct": await direct_target(standin.url)}
+        for index, (label, path) in enumerate(apps.items()):
+            if label not in targets:
+                continue
+            begin = time.monotonic()
+            app = running.enter_context(procs.app(
+                folder / f"app-{index}", standin.url, path,
+                settings={"queue_concurrency": str(p.queue_concurrency), **app_settings}))
+            startup[f"{label}: start_seconds"] = round(time.monotonic() - begin, 2)
+            startup[f"{label}: rss_mib_at_start"] = round(procs.rss_bytes(app.pid) / 2**20, 1)
+            available[label] = await gradio_target(label, app.url, app.pid)
+        if "gr.load_chat" in targets:
+            begin = time.monotonic()
+            peer = running.enter_context(
+                procs.peer(folder / "peer", standin.url, p.queue_concurrency))
+            startup["gr.load_chat: start_seconds"] = round(time.monotonic() - begin, 2)
+            # gr.load_chat's API cannot take a second message in a session (Gradio 6.31:
+            # format_conversation refuses the history it stored itself), so each of its
+            # messages opens a new session.
+            available["gr.load_chat"] = await gradio_target(
+                "gr.load_chat", peer.url, peer.pid, multi_turn=False)
+        chosen = [available[name] for name in targets]
+        for target in chosen:  # one warm-up stream each: first-request costs are not load
+            warm = await target.send(await target.prepare())
+            if warm.error:
+                raise RuntimeError(f"{target.name}: the warm-up stream failed: {warm.error}")
+        for mode in p.modes:
+            for streams in p.streams:
+                for target in chosen:
+                    row = await measure(target, mode, streams, p)
+                    rows.append(row)
+                    log(f"{mode:<6} N={streams:<4} {target.name:<13} ttft "
+                        f"{row.ttft_ms_median} ms, aggregate "
+                        f"{row.aggregate_tokens_per_second:.0f} tokens/s, errors "
+                        f"{row.errors}, server CPU {row.server_cpu_percent}%")
+                    await asyncio.sleep(1.0)  # let the previous row's connections close
     return with_ratios(rows), startup
 
 
@@ -303,34 +310,36 @@ def markdown(rows: list[Row], p: Parameters) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def targets_check(rows: list[Row], p: Parameters) -> dict[str, Any]:
-    """The issue's targets, read off this run's rows (steady mode; burst for the record)."""
+def targets_check(rows: list[Row], p: Parameters, apps: list[str]) -> dict[str, Any]:
+    """The issue's targets for each app, read off this run's rows, by mode."""
     checks: dict[str, Any] = {}
     at = 64 if 64 in p.streams else max(p.streams)
     for mode in p.modes:
         by = {(r.target, r.streams): r for r in rows if r.mode == mode}
-        app, direct = by.get(("app", at)), by.get(("direct", at))
-        if app and direct:
-            delta = (None if app.ttft_ms_median is None or direct.ttft_ms_median is None
-                     else round(app.ttft_ms_median - direct.ttft_ms_median, 1))
-            checks[mode] = {
-                "at_streams": at,
-                "app_aggregate_vs_direct": app.aggregate_vs_direct,
-                "app_errors": app.errors,
-                "app_ttft_median_minus_direct_ms": delta,
-                "aggregate_target_met": bool(app.aggregate_vs_direct is not None
-                                             and app.aggregate_vs_direct >= 0.95
-                                             and app.errors == 0),
-                "ttft_target_met": delta is not None and delta <= 50,
-            }
-        beats = []
-        for n in p.streams:
-            a, g = by.get(("app", n)), by.get(("gr.load_chat", n))
-            if a and g:
-                beats.append(a.errors <= g.errors
-                             and a.aggregate_tokens_per_second >= g.aggregate_tokens_per_second)
-        checks.setdefault(mode, {})["beats_gr_load_chat_on_every_row"] = (
-            bool(beats) and all(beats))
+        for label in apps:
+            app, direct = by.get((label, at)), by.get(("direct", at))
+            check: dict[str, Any] = {}
+            if app and direct:
+                delta = (None if app.ttft_ms_median is None or direct.ttft_ms_median is None
+                         else round(app.ttft_ms_median - direct.ttft_ms_median, 1))
+                check = {
+                    "at_streams": at,
+                    "aggregate_vs_direct": app.aggregate_vs_direct,
+                    "errors": app.errors,
+                    "ttft_median_minus_direct_ms": delta,
+                    "aggregate_target_met": bool(app.aggregate_vs_direct is not None
+                                                 and app.aggregate_vs_direct >= 0.95
+                                                 and app.errors == 0),
+                    "ttft_target_met": delta is not None and delta <= 50,
+                }
+            beats = []
+            for n in p.streams:
+                a, g = by.get((label, n)), by.get(("gr.load_chat", n))
+                if a and g:
+                    beats.append(a.errors <= g.errors and a.aggregate_tokens_per_second
+                                 >= g.aggregate_tokens_per_second)
+            check["beats_gr_load_chat_on_every_row"] = bool(beats) and all(beats)
+            checks[f"{mode}: {label}"] = check
     return checks
 
 
@@ -346,7 +355,8 @@ def plot(rows: list[Row], p: Parameters, path: Path, title: str) -> None:
     for axes, mode in zip(panels[0], p.modes, strict=True):
         axes.plot(ns, [n * p.rate for n in ns], color="0.8", linestyle="--",
                   label=f"N x {p.rate:g} tokens/s")
-        for name, marker in zip(TARGETS, ("o", "s", "^"), strict=True):
+        names = list(dict.fromkeys(r.target for r in rows))
+        for name, marker in zip(names, "osv^D<>", strict=False):
             points = [(r.streams, r.aggregate_tokens_per_second) for r in rows
                       if r.target == name and r.mode == mode]
             if points:
@@ -366,30 +376,34 @@ def plot(rows: list[Row], p: Parameters, path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.streaming", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
-    parser.add_argument("--quick", action="store_true",
-                        help="N = 1 and 4, 20 tokens: checks that the harness works")
+    parser = cli.parser("streaming", __doc__,
+                        "N = 1 and 4, 20 tokens: checks that the harness works",
+                        "latest.json, streaming.md and streaming.png", app_path=False)
     parser.add_argument("--streams", type=int, nargs="+", default=None,
                         help="the values of N (default 1 16 64 128; --quick: 1 4)")
-    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument("--targets", nargs="+", default=None,
+                        help="which to run: direct, gr.load_chat and the app labels "
+                             "(default: all)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--app-path", type=Path, default=procs.REPO,
-                        help="run the app from this checkout (to compare a change); "
-                             "default: this one")
+    parser.add_argument("--app", action="append", default=[], metavar="LABEL=PATH",
+                        help="an app to measure, run from the checkout at PATH (repeatable, "
+                             "to compare changes side by side; default: app=this checkout)")
     parser.add_argument("--app-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra setting for the app (repeatable)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"folder for latest.json, streaming.md and streaming.png "
-                             f"(default: {RESULTS} for a full run, nothing for --quick)")
+    parser.add_argument("--note", default="", help="a line kept in the results file")
     args = parser.parse_args(argv)
     p = QUICK if args.quick else FULL
     p = replace(p, modes=tuple(args.modes))
     if args.streams:
         p = replace(p, streams=tuple(args.streams))
     settings = dict(item.split("=", 1) for item in args.app_setting)
-    output = args.output or (None if args.quick else RESULTS)
+    apps = {label: Path(path).resolve() for label, _, path in
+            (item.partition("=") for item in args.app)} or {"app": procs.REPO}
+    targets = tuple(args.targets or ["direct", *apps, "gr.load_chat"])
+    unknown = set(targets) - {*PEERS, *apps}
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    output = cli.output_folder(args)
     started = datetime.now(UTC)
 
     def log(line: str) -> None:
@@ -397,26 +411,21 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as folder:
         rows, startup = asyncio.run(run_all(
-            p, Path(folder), args.app_path.resolve(), tuple(args.targets), log, settings
+            p, Path(folder), apps, targets, log, settings
         ))
-    machine = describe()
-    report = {
-        "benchmark": "streaming",
-        "mode": "quick" if args.quick else "full",
-        "date": started.isoformat(timespec="seconds"),
-        "machine": machine,
-        "app": code_version(args.app_path.resolve()) | {"settings": settings},
-        "parameters": asdict(p),
-        "startup": startup,
-        "targets": targets_check(rows, p),
-        "results": [asdict(row) for row in rows],
-    }
+    report = cli.report(
+        "streaming", args, started,
+        apps={label: code_version(path) for label, path in apps.items()},
+        app_settings=settings, note=args.note, parameters=asdict(p), startup=startup,
+        targets=targets_check(rows, p, [label for label in apps if label in targets]),
+        results=[asdict(row) for row in rows],
+    )
+    machine = report["machine"]
     table = markdown(rows, p)
     print(table)
     print(json.dumps(report["targets"]))
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+        cli.write_json(output, "latest.json", report)
         header = (f"# Streaming benchmark, {started:%Y-%m-%d}\n\n{p.tokens} tokens a stream at "
                   f"{p.rate:g} tokens/s. Machine: {machine['cpu_count']} x "
                   f"{machine['cpu_model']}, {machine['memory_gib']} GiB, {machine['os']}, "

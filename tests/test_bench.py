@@ -150,3 +150,11 @@ def test_the_scale_out_stack_streams_through_nginx_with_sticky_sessions(tmp_path
     assert report["messages_stored"] == report["users"]
     assert report["without_the_route_cookie"]["failed"] > 0, "stickiness is what makes it work"
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_page_memory_run_works(tmp_path: Path) -> None:
+    done = run_bench("sessions", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "sessions.json").read_text())["results"]
+    assert report["errors"] == 0
+    assert [pages for pages, _ in report["rss_mib_by_pages"]] == [0, 20, 40]

@@ -72,10 +72,11 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-def test_the_compose_file_follows_the_compose_spec() -> None:
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.scale.yaml"])
+def test_the_compose_file_follows_the_compose_spec(name: str) -> None:
     check = subprocess.run(
         [REPO / ".venv/bin/check-jsonschema", "--builtin-schema", "vendor.compose-spec",
-         CONTAINERS / "compose.yaml"],
+         CONTAINERS / name],
         capture_output=True, text=True, check=False,
     )
     assert check.returncode == 0, check.stdout
@@ -402,15 +403,6 @@ def test_doctor_checks_the_gpu_and_the_nvidia_toolkit(fake_bin: Path, tmp_path: 
 def scale() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((CONTAINERS / "compose.scale.yaml").read_text())
     return loaded
-
-
-def test_the_scale_file_follows_the_compose_spec() -> None:
-    check = subprocess.run(
-        [REPO / ".venv/bin/check-jsonschema", "--builtin-schema", "vendor.compose-spec",
-         CONTAINERS / "compose.scale.yaml"],
-        capture_output=True, text=True, check=False,
-    )
-    assert check.returncode == 0, check.stdout
 
 
 def test_the_scale_profile_has_every_piece(scale: dict[str, Any]) -> None:
