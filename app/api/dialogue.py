@@ -196,6 +196,11 @@ class Dialogues:
         except BackendError as err:
             if self.settings.debug:
                 raise
+            if isinstance(model, str) and model not in self.service.models():
+                raise ApiError(
+                    422, f"No backend offers the model {model!r}; GET /api/v1/models lists "
+                    "those on offer."
+                ) from err
             raise ApiError(503, str(err)) from err
         params = generation_params(settings, self.settings.max_new_tokens, info)
         if body.system_prompt is not None:
