@@ -157,15 +157,17 @@ class Router:
         """The backend a reply for ``model`` (None: the first model offered) would go to,
         with ``model_id`` set to it. Raises ``NoBackendAvailable``."""
         await self.refresh(force=refresh)
-        serving = [s for s in self.states if s.info is not None and not s.down
-                   and (model is None or model in s.info.models)]
-        if not serving:
+
+        def serving() -> list[BackendState]:
+            return [s for s in self.states if s.info is not None and not s.down
+                    and (model is None or model in s.info.models)]
+
+        if not serving():
             await self._recheck_down(model)
-            serving = [s for s in self.states if s.info is not None and not s.down
-                       and (model is None or model in s.info.models)]
-        if not serving:
+        up = serving()
+        if not up:
             raise self._none_available(model, {})
-        info = serving[0].info
+        info = up[0].info
         assert info is not None
         return replace(info, model_id=model or info.model_id)
 
