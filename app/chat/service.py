@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
@@ -116,30 +117,58 @@ class ChatService:
                 yield self._from_cache(info, cached)
                 return
         meter = _Meter(self._clock(), info)
-        last_emit = meter.start
         parts: list[str] = []
+        failures: list[BackendError] = []
+        changed = asyncio.Event()
+
+        async def read() -> None:
+            """Read the backend as fast as it sends, whatever the page's pace."""
+            try:
+                async with aclosing(self.router.stream(info, messages, params)) as stream:
+                    async for delta in stream:
+                        meter.add(delta, self._clock())
+                        if delta.text:
+                            parts.append(delta.text)
+                            changed.set()
+            except BackendError as err:
+                failures.append(err)
+            finally:
+                changed.set()
+
         self.metrics.active_streams.inc()
+        reader = asyncio.create_task(read())
+        watcher = asyncio.create_task(stop.wait())
+        watcher.add_done_callback(lambda _: changed.set())
+        shown, last_emit = 0, -math.inf
         try:
-            async with aclosing(self.router.stream(info, messages, params)) as stream:
-                while (delta := await next_unless_stopped(stream, stop)) is not None:
-                    now = self._clock()
-                    meter.add(delta, now)
-                    if delta.text:
-                        parts.append(delta.text)
-                        if now - last_emit >= self.settings.stream_interval:
-                            last_emit = now
-                            yield Progress("".join(parts), meter.stats())
-            if stop.is_set():
-                meter.finish = "stopped"
-        except BackendError as err:
+            # The first text goes out at once; later text at most every STREAM_INTERVAL, all
+            # that came in between together (when the page falls behind, updates get bigger,
+            # not more numerous).
+            while not reader.done() and not stop.is_set():
+                await changed.wait()
+                changed.clear()
+                wait = last_emit + self.settings.stream_interval - self._clock()
+                if wait > 0 and not reader.done():
+                    await asyncio.sleep(wait)
+                if len(parts) > shown and not stop.is_set():
+                    shown, last_emit = len(parts), self._clock()
+                    yield Progress("".join(parts), meter.stats())
+        finally:
+            watcher.cancel()
+            if not reader.done():
+                reader.cancel()  # closes the upstream stream
+            with suppress(asyncio.CancelledError):
+                await reader
+            self.metrics.active_streams.dec()
+        if failures:
             if self.settings.debug:
-                raise
+                raise failures[0]
             meter.finish = "interrupted"
             self._measured(meter, error=True)
-            yield Progress("".join(parts), meter.stats(), done=True, error=err)
+            yield Progress("".join(parts), meter.stats(), done=True, error=failures[0])
             return
-        finally:
-            self.metrics.active_streams.dec()
+        if stop.is_set():
+            meter.finish = "stopped"
         self._measured(meter)
         if key is not None and self.cache is not None and meter.finish in ("stop", "length"):
             self.cache.put(key, CachedReply("".join(parts), meter.tokens, meter.finish))

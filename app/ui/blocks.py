@@ -4,6 +4,7 @@ controls. Handlers are async generators; they know the chat service, never HTTP.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -73,6 +74,37 @@ def oauth_username(request: gr.Request | None) -> str | None:
     userinfo = info.get("userinfo")
     name = userinfo.get("preferred_username") if isinstance(userinfo, dict) else None
     return name if isinstance(name, str) and name else None
+
+
+SKIP = gr.skip()
+
+
+class SkippingBlocks(gr.Blocks):
+    """``gr.Blocks`` that passes ``gr.skip()`` outputs through as they are.
+
+    Gradio 6.31 rebuilds the whole component (and its config) for every ``gr.skip()`` output of
+    every update a generator yields; for the four skipped outputs of a streaming reply that was
+    about half the app's CPU under load. What it sends for them is ``{"__type__": "update"}``
+    either way, which is what this sends.
+    """
+
+    async def postprocess_data(self, block_fn: Any, predictions: Any, state: Any) -> list[Any]:
+        outputs = block_fn.outputs
+        if not isinstance(predictions, list | tuple) or len(predictions) != len(outputs):
+            return await super().postprocess_data(block_fn, predictions, state)
+        kept = [i for i, value in enumerate(predictions) if value != SKIP]
+        if len(kept) in (0, len(predictions)):
+            return await super().postprocess_data(block_fn, list(predictions), state)
+        partial = copy.copy(block_fn)
+        partial.outputs = [outputs[i] for i in kept]
+        values = [predictions[i] for i in kept]
+        done = await super().postprocess_data(
+            partial, values if len(kept) > 1 else values[0], state
+        )
+        result: list[Any] = [dict(SKIP) for _ in predictions]
+        for i, value in zip(kept, done, strict=True):
+            result[i] = value
+        return result
 
 
 def skip_all() -> tuple[Any, ...]:
@@ -346,7 +378,7 @@ class PlaygroundUI:
         s = self.settings
         snippets = SnippetsUI(self.service, self.guard, self.history_for, s.runs_allowed)
         raw = RawUI(self.service, self.guard, self.history_for)
-        with gr.Blocks(title="Coding Playground") as demo:
+        with SkippingBlocks(title="Coding Playground") as demo:
             chat = gr.State(Chat())
             with gr.Sidebar(label="Conversations", open=True):
                 new = gr.Button("New conversation", elem_id="new-chat")
