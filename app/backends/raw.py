@@ -5,33 +5,24 @@ TGI renders the prompt with the model's own chat template (``POST /chat_tokenize
 streams tokens with details from ``POST /generate_stream``. OpenAI-compatible servers that
 have the completions API (vLLM, llama.cpp) stream from ``POST /v1/completions`` with
 ``logprobs``; they do not expose their chat template, so the prompt starts from a generic
-ChatML rendering for the user to edit. Plain ``httpx`` speaks both: ``AsyncInferenceClient``
-has no completions call, and its ``text_generation`` drops ``details`` on some errors.
+ChatML rendering for the user to edit. Both are read with the same plain ``httpx`` and
+server-sent-event reader as the chat (``app.backends.client``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import httpx
 
 from app.backends.client import (
     BackendClient,
     BackendInfo,
     GenerationParams,
-    error_message,
-    http_error,
+    raise_for_status,
+    sse_events,
 )
-from app.backends.errors import (
-    BackendError,
-    BackendOverloaded,
-    BackendValidationError,
-    GenerationError,
-    StreamError,
-)
+from app.backends.errors import BackendError, StreamError
 
 
 @dataclass(frozen=True)
@@ -66,9 +57,9 @@ async def render_prompt(
     if info.kind != "tgi":
         return RenderedPrompt(chatml(messages), from_model=False)
     body = {"model": info.model_id, "messages": [dict(m) for m in messages]}
-    async with _http(client) as http, client.mapped_errors(client.probe_timeout):
+    async with client.http() as http, client.mapped_errors(client.probe_timeout):
         response = await http.post(f"{client.url}/chat_tokenize", json=body)
-        await _raise_for_status(client, response)
+        await raise_for_status(client, response)
         templated = response.json().get("templated_text")
     if not isinstance(templated, str):
         raise BackendError(f"The backend {client.label} did not return a templated prompt.")
@@ -91,7 +82,7 @@ async def stream_raw(
     )
     finished = False
     async with (
-        _http(client) as http,
+        client.http() as http,
         client.mapped_errors(),
         http.stream("POST", url, json=body) as response,
     ):
@@ -100,15 +91,9 @@ async def stream_raw(
                 f"The backend {client.label} has no /v1/completions; the raw-prompt mode "
                 "needs TGI or a server with the completions API."
             )
-        await _raise_for_status(client, response)
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            event = json.loads(data)
-            token = _tgi_token(client, event) if tgi else _completion_token(client, event)
+        await raise_for_status(client, response)
+        async for event in sse_events(client, response):
+            token = _tgi_token(event) if tgi else _completion_token(event)
             if token is not None:
                 finished = finished or token.finish_reason is not None
                 yield token
@@ -116,25 +101,6 @@ async def stream_raw(
         raise StreamError(
             f"The backend {client.label} closed the stream before the reply was finished."
         )
-
-
-def _http(client: BackendClient) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(client.read_timeout, connect=client.probe_timeout)
-    return httpx.AsyncClient(timeout=timeout, headers=client.auth_headers)
-
-
-async def _raise_for_status(client: BackendClient, response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    await response.aread()
-    try:
-        detail = error_message(response.json())
-    except ValueError:
-        detail = None
-    raise http_error(
-        client.label, response.status_code, detail or f"HTTP {response.status_code}",
-        response.headers,
-    )
 
 
 def _tgi_body(prompt: str, params: GenerationParams) -> dict[str, Any]:
@@ -163,23 +129,8 @@ def _completions_body(
     return {key: value for key, value in body.items() if value is not None}
 
 
-def _event_error(client: BackendClient, event: dict[str, Any]) -> BackendError:
-    message, kind = str(event.get("error")), event.get("error_type")
-    if kind == "validation":
-        return BackendValidationError(f"The backend {client.label} rejected the request: {message}")
-    if kind == "overloaded":
-        return BackendOverloaded(f"The backend {client.label} is overloaded; try again shortly.")
-    if kind == "generation":
-        return GenerationError(f"The model failed while generating: {message}")
-    return StreamError(f"The backend {client.label} sent an error inside the stream: {message}")
-
-
-def _tgi_token(client: BackendClient, event: Any) -> RawToken | None:
+def _tgi_token(event: dict[str, Any]) -> RawToken:
     """``{"token": {"text", "logprob", "special"}, "details": {"finish_reason"} | null}``."""
-    if not isinstance(event, dict):
-        raise StreamError(f"The backend {client.label} sent an event that is not an object.")
-    if "error" in event:
-        raise _event_error(client, event)
     token = event.get("token") or {}
     details = event.get("details") or {}
     return RawToken(
@@ -188,12 +139,8 @@ def _tgi_token(client: BackendClient, event: Any) -> RawToken | None:
     )
 
 
-def _completion_token(client: BackendClient, event: Any) -> RawToken | None:
+def _completion_token(event: dict[str, Any]) -> RawToken | None:
     """``{"choices": [{"text", "logprobs": {"token_logprobs": [..]}, "finish_reason"}]}``."""
-    if not isinstance(event, dict):
-        raise StreamError(f"The backend {client.label} sent an event that is not an object.")
-    if "error" in event:
-        raise _event_error(client, {"error": error_message(event) or event["error"]})
     choices = event.get("choices") or []
     if not choices:
         return None
