@@ -274,7 +274,9 @@ class PlaygroundUI:
         )
         async with aclosing(updates):
             async for _ in updates:
-                yield chat_messages(chat.exchanges), chat, *(gr.skip(),) * 4
+                # ``chat`` changes in place in the page's state: sending it again would only
+                # make Gradio 6.31 rebuild the State's config at every update.
+                yield chat_messages(chat.exchanges), *(gr.skip(),) * 5
 
     async def stop(self, chat: Chat) -> None:
         """Ask the reply in progress to end; its handler shows it as stopped."""
