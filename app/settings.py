@@ -128,6 +128,7 @@ class Settings(BaseSettings):
     queue_concurrency: int = Field(256, ge=1)
     queue_max_size: int | None = Field(None, ge=1)
     stream_interval: float = Field(0.05, ge=0)
+    stream_updates_per_second: float = Field(400.0, gt=0)
 
     engine_model_path: Path = Path("volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     engine_host: str = "127.0.0.1"

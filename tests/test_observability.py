@@ -39,6 +39,33 @@ async def final(service: ChatService, params: GenerationParams) -> Progress:
         return [p async for p in stream][-1]
 
 
+async def updates_of(service: ChatService, params: GenerationParams) -> list[Progress]:
+    info = await service.backend_info()
+    stream = service.stream_reply(info, MESSAGES, params, asyncio.Event())
+    async with aclosing(stream):
+        return [p async for p in stream]
+
+
+async def test_many_streaming_replies_share_the_update_budget(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    """Alone, a reply is updated every STREAM_INTERVAL; with ten streaming, each is updated
+    ten times less often (STREAM_UPDATES_PER_SECOND for them all), and no text is lost."""
+    fake.tokens, fake.token_delay = [f" t{i}" for i in range(40)], 0.01
+    service = ChatService(
+        settings_for(backend.url, stream_interval=0.02, stream_updates_per_second=50)
+    )
+    params = GenerationParams(max_new_tokens=40)
+    alone = await updates_of(service, params)
+    crowd = await asyncio.gather(*(updates_of(service, params) for _ in range(10)))
+    whole = "".join(fake.tokens)
+    assert alone[-1].text == whole and all(updates[-1].text == whole for updates in crowd)
+    assert len(alone) >= 10, f"alone, a 0.4 s reply had only {len(alone)} updates"
+    most = max(len(updates) for updates in crowd)
+    assert most <= 6, f"with ten streaming, a reply still had {most} updates"
+    assert service.update_interval() == 0.02, "the budget is back when the replies end"
+
+
 async def test_deterministic_replies_are_cached_within_the_bound(
     fake: FakeBackend, backend: ServerThread
 ) -> None:

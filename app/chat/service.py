@@ -75,6 +75,7 @@ class ChatService:
             ResponseCache(settings.response_cache_size) if settings.response_cache_size else None
         )
         self._clock = clock
+        self._streaming = 0  # replies streaming now, in this process
 
     async def backend_info(self, model: str | None = None, refresh: bool = False) -> BackendInfo:
         """Where a reply for ``model`` (None: the default model) would go; raises
@@ -102,7 +103,7 @@ class ChatService:
         params: GenerationParams,
         stop: asyncio.Event,
     ) -> AsyncGenerator[Progress]:
-        """Yield the growing reply at most every ``STREAM_INTERVAL`` seconds, then its stats.
+        """Yield the growing reply at most every ``update_interval()`` seconds, then its stats.
 
         Setting ``stop`` ends the reply at once, even while the backend is silent, and closes
         the upstream stream. A backend failure ends it with a last update that carries the
@@ -136,18 +137,19 @@ class ChatService:
                 changed.set()
 
         self.metrics.active_streams.inc()
+        self._streaming += 1
         reader = asyncio.create_task(read())
         watcher = asyncio.create_task(stop.wait())
         watcher.add_done_callback(lambda _: changed.set())
         shown, last_emit = 0, -math.inf
         try:
-            # The first text goes out at once; later text at most every STREAM_INTERVAL, all
+            # The first text goes out at once; later text at most every update_interval(), all
             # that came in between together (when the page falls behind, updates get bigger,
             # not more numerous).
             while not reader.done() and not stop.is_set():
                 await changed.wait()
                 changed.clear()
-                wait = last_emit + self.settings.stream_interval - self._clock()
+                wait = last_emit + self.update_interval() - self._clock()
                 if wait > 0 and not reader.done():
                     await asyncio.sleep(wait)
                 if len(parts) > shown and not stop.is_set():
@@ -159,6 +161,7 @@ class ChatService:
                 reader.cancel()  # closes the upstream stream
             with suppress(asyncio.CancelledError):
                 await reader
+            self._streaming -= 1
             self.metrics.active_streams.dec()
         if failures:
             if self.settings.debug:
@@ -173,6 +176,15 @@ class ChatService:
         if key is not None and self.cache is not None and meter.finish in ("stop", "length"):
             self.cache.put(key, CachedReply("".join(parts), meter.tokens, meter.finish))
         yield Progress("".join(parts), meter.stats(), done=True)
+
+    def update_interval(self) -> float:
+        """Seconds between two updates of one streaming reply: ``STREAM_INTERVAL``, or longer
+        when more replies stream than ``STREAM_UPDATES_PER_SECOND`` allows at that pace (each
+        update costs the process about a millisecond whatever its size; bench/)."""
+        return max(
+            self.settings.stream_interval,
+            self._streaming / self.settings.stream_updates_per_second,
+        )
 
     def _measured(self, meter: _Meter, error: bool = False) -> None:
         stats = meter.stats()

@@ -98,7 +98,7 @@ class RawUI:
         tokens: list[RawToken] = []
         finish: str | None = None
         started = last = time.monotonic()
-        interval = self.service.settings.stream_interval
+        interval = self.service.update_interval()
         try:
             async with aclosing(stream_raw(client, info, prompt, params)) as stream:
                 while (token := await next_unless_stopped(stream, run.stop)) is not None:
