@@ -5,7 +5,7 @@ TGI renders the prompt with the model's own chat template (``POST /chat_tokenize
 streams tokens with details from ``POST /generate_stream``. OpenAI-compatible servers that
 have the completions API (vLLM, llama.cpp) stream from ``POST /v1/completions`` with
 ``logprobs``; they do not expose their chat template, so the prompt starts from a generic
-ChatML rendering for the user to edit. Both are read with the same plain ``httpx`` and
+ChatML rendering for the user to edit. Both are read with the same ``aiohttp`` request and
 server-sent-event reader as the chat (``app.backends.client``).
 """
 
@@ -19,7 +19,6 @@ from app.backends.client import (
     BackendClient,
     BackendInfo,
     GenerationParams,
-    raise_for_status,
     sse_events,
 )
 from app.backends.errors import BackendError, StreamError
@@ -57,10 +56,11 @@ async def render_prompt(
     if info.kind != "tgi":
         return RenderedPrompt(chatml(messages), from_model=False)
     body = {"model": info.model_id, "messages": [dict(m) for m in messages]}
-    async with client.http() as http, client.mapped_errors(client.probe_timeout):
-        response = await http.post(f"{client.url}/chat_tokenize", json=body)
-        await raise_for_status(client, response)
-        templated = response.json().get("templated_text")
+    async with (
+        client.mapped_errors(client.probe_timeout),
+        client.post("/chat_tokenize", body, client.probe_timeout) as response,
+    ):
+        templated = (await response.json(content_type=None)).get("templated_text")
     if not isinstance(templated, str):
         raise BackendError(f"The backend {client.label} did not return a templated prompt.")
     return RenderedPrompt(templated, from_model=True)
@@ -76,22 +76,19 @@ async def stream_raw(
             "TGI or an OpenAI-compatible server with /v1/completions."
         )
     tgi = info.kind == "tgi"
-    url, body = (
-        (f"{client.url}/generate_stream", _tgi_body(prompt, params)) if tgi
-        else (f"{client.url}/v1/completions", _completions_body(info, prompt, params))
+    path, body = (
+        ("/generate_stream", _tgi_body(prompt, params)) if tgi
+        else ("/v1/completions", _completions_body(info, prompt, params))
+    )
+    missing = None if tgi else (
+        f"The backend {client.label} has no /v1/completions; the raw-prompt mode needs TGI "
+        "or a server with the completions API."
     )
     finished = False
     async with (
-        client.http() as http,
         client.mapped_errors(),
-        http.stream("POST", url, json=body) as response,
+        client.post(path, body, missing=missing) as response,
     ):
-        if response.status_code == 404 and not tgi:
-            raise BackendError(
-                f"The backend {client.label} has no /v1/completions; the raw-prompt mode "
-                "needs TGI or a server with the completions API."
-            )
-        await raise_for_status(client, response)
         async for event in sse_events(client, response):
             token = _tgi_token(event) if tgi else _completion_token(event)
             if token is not None:
