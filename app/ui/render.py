@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from html import escape
@@ -23,8 +24,20 @@ KIND_NAMES = {
 STATE_MARKS = {"up": "🟢 up", "down": "🔴 down", "unknown": "⚪ not checked yet"}
 
 
+def _reply_shown(reply: str) -> str:
+    return escape_html(close_open_fence(reply))
+
+
+# Every update of a streaming reply shows the whole conversation again: the messages that no
+# longer change (the user's, and finished replies) are rendered once; the last thousand are
+# kept (a few megabytes for replies of a few hundred tokens).
+_kept_reply_shown = functools.lru_cache(maxsize=1024)(_reply_shown)
+_user_shown = functools.lru_cache(maxsize=1024)(escape_html)
+
+
 def assistant_markdown(exchange: Exchange) -> str:
-    parts = [escape_html(close_open_fence(exchange.reply))] if exchange.reply else []
+    shown = _kept_reply_shown if exchange.done else _reply_shown
+    parts = [shown(exchange.reply)] if exchange.reply else []
     if exchange.error:
         parts.append(f"⚠️ {escape_html(exchange.error)}")
     if exchange.stats is not None and exchange.done:
@@ -35,7 +48,7 @@ def assistant_markdown(exchange: Exchange) -> str:
 def chat_messages(conversation: Sequence[Exchange]) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for exchange in conversation:
-        messages.append({"role": "user", "content": escape_html(exchange.user)})
+        messages.append({"role": "user", "content": _user_shown(exchange.user)})
         body = assistant_markdown(exchange)
         if body:
             messages.append({"role": "assistant", "content": body})
