@@ -3,7 +3,7 @@
 sampler of a process's CPU time and resident memory (from ``/proc``, Linux only).
 
 Children die with the benchmark (``PR_SET_PDEATHSIG``), so an interrupted run leaves nothing
-behind.
+behind. The app and the peer run without matplotlib, as they are deployed (``served``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ import httpx
 from tests.servers import Running, free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# Runs the module named by the first argument with matplotlib made unimportable. Neither the
+# Docker image nor the Space installs it (the test tools do, for the plots), and where it is
+# importable Gradio 6.31 switches its backend before and after every update it sends (about
+# 170 µs each): a cost the deployed app does not pay.
+WITHOUT_MATPLOTLIB = (
+    "import runpy, sys; sys.modules['matplotlib'] = None; "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -132,7 +140,12 @@ def app(
         "DATABASE_URL": database_url or f"sqlite:///{folder / 'bench.db'}",
         "RATE_LIMIT_PER_MINUTE": "0",
     } | {name.upper(): value for name, value in (settings or {}).items()}
-    return Child("app", [sys.executable, "-m", "app"], env, folder, port, "/healthz")
+    return Child("app", served("app"), env, folder, port, "/healthz")
+
+
+def served(module: str, *args: str) -> list[str]:
+    """The command that runs ``module`` with ``args`` as it runs deployed: no matplotlib."""
+    return [sys.executable, "-c", WITHOUT_MATPLOTLIB, module, *args]
 
 
 def peer(folder: Path, backend_url: str, concurrency: int) -> Child:
@@ -140,8 +153,8 @@ def peer(folder: Path, backend_url: str, concurrency: int) -> Child:
     port = free_port()
     return Child(
         "peer",
-        [sys.executable, "-m", "bench.peer", "--port", str(port), "--backend", backend_url,
-         "--concurrency", str(concurrency)],
+        served("bench.peer", "--port", str(port), "--backend", backend_url,
+               "--concurrency", str(concurrency)),
         base_env(), folder, port, "/config",
     )
 
