@@ -59,7 +59,8 @@ async def test_many_streaming_replies_share_the_update_budget(
     alone = await updates_of(service, params)
     crowd = await asyncio.gather(*(updates_of(service, params) for _ in range(10)))
     whole = "".join(fake.tokens)
-    assert alone[-1].text == whole and all(updates[-1].text == whole for updates in crowd)
+    assert alone[-1].text == whole
+    assert all(updates[-1].text == whole for updates in crowd), "no text is lost"
     assert len(alone) >= 10, f"alone, a 0.4 s reply had only {len(alone)} updates"
     most = max(len(updates) for updates in crowd)
     assert most <= 6, f"with ten streaming, a reply still had {most} updates"

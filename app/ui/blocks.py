@@ -83,7 +83,7 @@ class SkippingBlocks(gr.Blocks):
     """``gr.Blocks`` that passes ``gr.skip()`` outputs through as they are.
 
     Gradio 6.31 rebuilds the whole component (and its config) for every ``gr.skip()`` output of
-    every update a generator yields; for the four skipped outputs of a streaming reply that was
+    every update a generator yields; for the skipped outputs of a streaming reply that was
     about half the app's CPU under load. What it sends for them is ``{"__type__": "update"}``
     either way, which is what this sends.
     """
