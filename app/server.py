@@ -72,6 +72,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     # Gradio caps concurrent events at ``max_threads`` even for async handlers; raise the cap
     # together with the per-event limit so that users do not wait for one another.
     demo.max_threads = settings.queue_concurrency
+    # Gradio keeps each opened page's state (0.38 MiB, bench/results/sessions.json) until this
+    # many newer pages push it out, also after its tab is closed.
+    demo.state_session_capacity = settings.session_capacity
     demo.queue(
         default_concurrency_limit=settings.queue_concurrency, max_size=settings.queue_max_size
     )

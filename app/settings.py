@@ -129,6 +129,7 @@ class Settings(BaseSettings):
     queue_max_size: int | None = Field(None, ge=1)
     stream_interval: float = Field(0.05, ge=0)
     stream_updates_per_second: float = Field(400.0, gt=0)
+    session_capacity: int = Field(2000, ge=1)
 
     engine_model_path: Path = Path("volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     engine_host: str = "127.0.0.1"
