@@ -32,18 +32,15 @@ HF_TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUv"
 DB_PASSWORD = "pw-Kx77-database"
 
 
-async def final(service: ChatService, params: GenerationParams) -> Progress:
-    info = await service.backend_info()
-    stream = service.stream_reply(info, MESSAGES, params, asyncio.Event())
-    async with aclosing(stream):
-        return [p async for p in stream][-1]
-
-
 async def updates_of(service: ChatService, params: GenerationParams) -> list[Progress]:
     info = await service.backend_info()
     stream = service.stream_reply(info, MESSAGES, params, asyncio.Event())
     async with aclosing(stream):
         return [p async for p in stream]
+
+
+async def final(service: ChatService, params: GenerationParams) -> Progress:
+    return (await updates_of(service, params))[-1]
 
 
 async def test_many_streaming_replies_share_the_update_budget(
