@@ -9,8 +9,8 @@ Scenarios (the stand-in is ``bench/standin.py``; a quarter of the users are "aff
 
 - ``cut``: the affected users' streams are dropped by the backend mid-reply (the connection
   closes after ``fault_after`` tokens) while the others stream on;
-- ``stall``: the affected users' streams go silent mid-reply; the app gives up after
-  ``BACKEND_READ_TIMEOUT`` (set short here);
+- ``stall``: the affected users' streams stop sending data mid-reply (only TGI's keep-alive
+  comments still come); the app gives up after ``BACKEND_READ_TIMEOUT`` (set short here);
 - ``kill``: the backend process is killed (SIGKILL) while every stream is mid-reply, started
   again a second later on the same port, and a second wave of users then streams: it should
   work without restarting the app;
@@ -211,7 +211,9 @@ async def scenario_run(
 ) -> list[Outcome]:
     database = folder / "app" / "bench.db"
     outcomes: list[Outcome] = []
-    standin = procs.standin(folder, p.rate, p.tokens, fault_after=p.fault_after).start()
+    # Keep-alives more often than the app's timeout: a stalled TGI stream keeps pinging.
+    standin = procs.standin(folder, p.rate, p.tokens, fault_after=p.fault_after,
+                            keepalive=p.read_timeout / 3).start()
     app = procs.app(folder / "app", standin.url, app_path,
                     settings={"backend_read_timeout": str(p.read_timeout)}).start()
     try:

@@ -117,12 +117,14 @@ def base_env(path: Path = REPO) -> dict[str, str]:
 
 def standin(
     folder: Path, rate: float, tokens: int, port: int | None = None, fault_after: int = 20,
+    keepalive: float = 15.0,
 ) -> Child:
     port = port or free_port()
     return Child(
         "standin",
         [sys.executable, "-m", "bench.standin", "--port", str(port), "--rate", str(rate),
-         "--tokens", str(tokens), "--fault-after", str(fault_after)],
+         "--tokens", str(tokens), "--fault-after", str(fault_after),
+         "--keepalive", str(keepalive)],
         base_env(), folder, port, "/health",
     )
 

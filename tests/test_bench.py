@@ -52,14 +52,68 @@ async def test_the_standin_paces_every_stream_whatever_their_number(standin: str
 async def test_the_standin_speaks_tgi(standin: str) -> None:
     url = standin
     info = await get_json(url, "/info")
-    assert {"model_id", "max_input_tokens", "max_total_tokens"} <= set(info)
+    assert {"model_id", "max_input_tokens", "max_total_tokens", "validation_workers",
+            "max_client_batch_size", "router", "sha", "docker_label"} <= set(info)
+    assert info["version"] == "3.3.6-dev0"
+    models = await get_json(url, "/v1/models")
+    assert models["data"][0]["owned_by"] == models["data"][0]["id"] == info["model_id"]
     response = await request(url, "POST", "/generate_stream",
-                             {"inputs": "hi", "parameters": {"max_new_tokens": 4}})
+                             {"inputs": "hi", "parameters": {"max_new_tokens": 4,
+                                                             "details": True}})
     events = [json.loads(line) async for line in response.events()]
     response.close()
+    assert [e["index"] for e in events] == [1, 2, 3, 4]
     assert [e["token"]["text"] for e in events] == [" tok0", " tok1", " tok2", " tok3"]
-    assert events[-1]["details"]["generated_tokens"] == 4
+    assert [e["generated_text"] for e in events[:-1]] == [None] * 3
+    assert events[-1]["details"] == {"finish_reason": "length", "generated_tokens": 4,
+                                     "seed": None, "input_length": 1}
     assert events[-1]["generated_text"] == " tok0 tok1 tok2 tok3"
+    # Without a limit the reply ends with the EOS token, special and not in the text.
+    response = await request(url, "POST", "/generate_stream", {"inputs": "hi"})
+    events = [json.loads(line) async for line in response.events()]
+    response.close()
+    assert len(events) == 11
+    assert events[-1]["token"] | {"id": 0} == {"id": 0, "text": "</s>", "logprob": -0.1,
+                                               "special": True}
+    assert events[-1]["generated_text"] == "".join(f" tok{i}" for i in range(10))
+    assert events[-1]["details"] is None  # not asked for
+
+
+async def sse_body(url: str, payload: dict[str, Any]) -> bytes:
+    response = await request(url, "POST", "/v1/chat/completions", payload)
+    try:
+        assert response.headers["content-type"] == "text/event-stream"
+        return await response.body()
+    finally:
+        response.close()
+
+
+async def test_the_standins_chat_stream_is_tgis(standin: str) -> None:
+    """``data: {json}`` events, the EOS chunk, the usage chunk, ``data: [DONE]``."""
+    body = await sse_body(standin, {"messages": [{"role": "user", "content": "say hi"}],
+                                    "stream": True, "stream_options": {"include_usage": True}})
+    *events, done, end = body.split(b"\n\n")
+    assert (done, end) == (b"data: [DONE]", b"")
+    assert all(event.startswith(b"data: {") for event in events)
+    chunks = [json.loads(event[6:]) for event in events]
+    assert chunks[0] == {
+        "object": "chat.completion.chunk", "id": "", "created": chunks[0]["created"],
+        "model": "bench/paced-stand-in", "system_fingerprint": "3.3.6-dev0-native",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": " tok0"},
+                     "logprobs": None, "finish_reason": None}],
+        "usage": None,
+    }
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * 10 + ["stop"]
+    assert chunks[-2]["choices"][0]["delta"]["content"] == ""
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 11,
+                                   "total_tokens": 13}
+    # Cut by max_tokens: the last token's chunk says "length"; no usage unless asked.
+    body = await sse_body(standin, {"messages": [{"role": "user", "content": "hi"}],
+                                    "stream": True, "max_tokens": 2})
+    chunks = [json.loads(event[6:]) for event in body.split(b"\n\n")[:-2]]
+    assert [(c["choices"][0]["delta"]["content"], c["choices"][0]["finish_reason"], c["usage"])
+            for c in chunks] == [(" tok0", None, None), (" tok1", "length", None)]
 
 
 @pytest.mark.parametrize("fault", ["cut", "error"])
@@ -69,10 +123,42 @@ async def test_a_faulty_stream_fails_after_its_first_tokens(standin: str, fault:
     assert result.tokens == 3
 
 
-async def test_a_stalled_stream_goes_silent(standin: str) -> None:
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.5):
-            await direct_stream(standin, "hello [stall]")
+async def test_an_error_event_is_tgis_and_the_chat_stream_still_ends_with_done(
+    standin: str,
+) -> None:
+    body = await sse_body(standin, {"messages": [{"role": "user", "content": "[error]"}],
+                                    "stream": True})
+    *_, error, done, _ = body.split(b"\n\n")
+    assert json.loads(error[6:]) == {"error": {
+        "message": "Request failed during generation: Server error: CUDA out of memory",
+        "http_status_code": 422}}
+    assert done == b"data: [DONE]"
+
+
+async def test_a_stalled_stream_sends_only_keepalives_until_the_client_leaves() -> None:
+    paced = PacedStandIn(rate=200.0, tokens=10, fault_after=3, keepalive=0.1)
+    port = free_port()
+    async with await paced.serve("127.0.0.1", port):
+        url = f"http://127.0.0.1:{port}"
+        payload = {"messages": [{"role": "user", "content": "[stall]"}], "stream": True}
+        response = await request(url, "POST", "/v1/chat/completions", payload)
+        received: list[bytes] = []
+
+        async def receive() -> None:
+            async for chunk in response.chunks():
+                received.append(chunk)
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(receive(), 0.55)
+        response.close()
+        assert [chunk[:6] for chunk in received[:3]] == [b"data: "] * 3
+        assert set(received[3:]) == {b":\n\n"}
+        assert 3 <= len(received[3:]) <= 6
+        for _ in range(100):  # the stalled stream ends once the client has left
+            await asyncio.sleep(0.05)
+            if not paced.counters.active:
+                break
+        assert (paced.counters.active, paced.counters.cancelled) == (0, 1)
 
 
 def test_gradio_diffs_are_applied_as_gradio_makes_them() -> None:
