@@ -1,10 +1,14 @@
-"""The backend client against a real local server speaking TGI's and OpenAI's wire formats."""
+"""The backend client against a real local server speaking TGI's wire formats as its router's
+source has them (tests/fake_backend.py), and OpenAI-compatible ones."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.backends import (
@@ -15,12 +19,14 @@ from app.backends import (
     BackendTimeout,
     BackendUnreachable,
     BackendValidationError,
+    ChatTemplateError,
     Delta,
     GenerationError,
     GenerationParams,
     StreamError,
 )
-from tests.fake_backend import FakeBackend
+from app.backends.client import event_error
+from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread, free_port
 
 PARAMS = GenerationParams(max_new_tokens=64)
@@ -35,7 +41,7 @@ async def test_probe_finds_tgi_and_its_limits(backend: ServerThread) -> None:
     info = await BackendClient(backend.url).probe()
     assert info == BackendInfo(
         kind="tgi", url=backend.url, model_id="bigcode/starcoder2-3b", max_input_tokens=1024,
-        max_total_tokens=2048, version="3.3.5", max_stop_sequences=4,
+        max_total_tokens=2048, version=TGI_VERSION, max_stop_sequences=4,
     )
     assert "top_k" not in info.controls
 
@@ -49,16 +55,34 @@ async def test_probe_falls_back_to_openai_models(fake: FakeBackend, kind: str) -
     assert ("top_k" in info.controls) is (kind == "llama.cpp")
 
 
+async def test_llama_cpps_own_server_is_recognised_as_llama_cpp() -> None:
+    """llama-server (tools/server/server.cpp) says its models are owned by "llamacpp"."""
+
+    async def models(request: object) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [
+            {"id": "qwen2.5-coder-1.5b-q8_0.gguf", "object": "model", "created": 0,
+             "owned_by": "llamacpp", "meta": {"n_ctx_train": 32768}}]})
+
+    with ServerThread(Starlette(routes=[Route("/v1/models", models)])) as server:
+        info = await BackendClient(server.url).probe()
+    assert info.kind == "llama.cpp"
+    assert {"top_k", "repetition_penalty"} <= info.controls
+
+
 async def test_probe_of_a_closed_port_says_unreachable_with_the_url() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(BackendUnreachable, match=f"The backend 'default' at {url} is unreachable"):
         await BackendClient(url).probe()
 
 
-async def test_stream_yields_tokens_then_finish_reason(backend: ServerThread) -> None:
+async def test_stream_yields_tokens_then_finish_reason_and_the_servers_token_count(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
     deltas = await collect(BackendClient(backend.url))
     assert "".join(d.text for d in deltas) == "Hello, world!"
-    assert [d.finish_reason for d in deltas] == [None, None, None, "eos_token"]
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
+    assert fake.requests[-1]["stream_options"] == {"include_usage": True}
+    assert deltas[-1].completion_tokens == 5, "TGI's usage: four tokens and the EOS token"
 
 
 async def test_stream_sends_parameters_and_token(
@@ -73,7 +97,36 @@ async def test_stream_sends_parameters_and_token(
     assert (sent["stop"], sent["seed"], sent["stream"]) == (["\n\n"], 7, True)
     assert "top_k" not in sent, "TGI's Messages API does not take top_k"
     assert fake.headers[-1]["authorization"] == "Bearer s3cret"
-    assert deltas[-1].finish_reason == "length"
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["length"]
+
+
+GREEDY = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=0.95, top_k=40)
+
+
+@pytest.mark.parametrize(
+    ("params", "generated"),
+    [
+        # OpenAI's "no presence penalty" is TGI's repetition penalty of 2.0 (lib.rs).
+        (GenerationParams(max_new_tokens=8, presence_penalty=0.0, repetition_penalty=1.0),
+         {"repetition_penalty": None}),
+        (GenerationParams(max_new_tokens=8, repetition_penalty=1.3),
+         {"repetition_penalty": 1.3}),
+        # A top_p or top_k turns sampling back on at temperature 1 (utils/tokens.py).
+        (GREEDY, {"do_sample": False, "top_p": None, "top_k": None, "seed": None}),
+        # top_p 1 is refused by TGI (validation.rs): it means no nucleus filter.
+        (GenerationParams(max_new_tokens=8, temperature=0.7, top_p=1.0),
+         {"do_sample": True, "temperature": 0.7, "top_p": None}),
+    ],
+    ids=["no-penalty", "penalty", "greedy", "top-p-off"],
+)
+async def test_tgi_generates_with_what_the_page_asked_for(
+    backend: ServerThread, fake: FakeBackend, params: GenerationParams,
+    generated: dict[str, object],
+) -> None:
+    deltas = await collect(BackendClient(backend.url), params)
+    assert "".join(d.text for d in deltas) == "Hello, world!"
+    used = fake.generated[-1]
+    assert {key: used[key] for key in generated} == pytest.approx(generated)
 
 
 async def test_llama_cpp_gets_its_own_sampling_knobs(fake: FakeBackend) -> None:
@@ -86,28 +139,96 @@ async def test_llama_cpp_gets_its_own_sampling_knobs(fake: FakeBackend) -> None:
 @pytest.mark.parametrize(
     ("mode", "error", "message"),
     [
-        ("error_event", GenerationError, "failed while generating: Request failed during"),
-        ("unknown_error_event", StreamError, "error inside the stream"),
+        ("generation_error", GenerationError, "failed while generating: Request failed during"),
+        ("overloaded", BackendOverloaded, "overloaded; try again shortly"),
+        ("unknown_error", StreamError, "error inside the stream: Incomplete generation"),
         ("die_mid_stream", StreamError, "broke before the reply was finished"),
         ("malformed", StreamError, "malformed data in the stream"),
-        ("http_422", BackendValidationError, "must be <= 2048"),
-        ("http_424", GenerationError, "CUDA out of memory"),
-        ("http_429", BackendOverloaded, "overloaded; try again"),
-        ("http_503", BackendOverloaded, "overloaded; try again"),
     ],
 )
-async def test_failures_map_to_the_documented_errors(
+async def test_tgi_failures_map_to_their_errors(
     fake: FakeBackend, backend: ServerThread, mode: str, error: type[BackendError], message: str
 ) -> None:
+    """TGI's chat stream answers HTTP 200 and sends every kind of error as
+    {"error": {"message", "http_status_code": 422}}: the message says which kind it is."""
     fake.mode = mode  # type: ignore[assignment]
     with pytest.raises(error, match=message):
         await collect(BackendClient(backend.url))
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (GenerationParams(max_new_tokens=1000),
+         r"`inputs` tokens \+ `max_new_tokens` must be <= 1000. Given: 8 `inputs` tokens and "
+         r"1000 `max_new_tokens`.*Shorten the message"),
+        (GenerationParams(max_new_tokens=8, frequency_penalty=3.0),
+         r"`frequency_penalty` must be >= -2.0 and <= 2.0"),
+        (GenerationParams(max_new_tokens=8, stop=("a", "b", "c", "d", "e")),
+         r"`stop` supports up to 4 stop sequences"),
+    ],
+    ids=["too-long", "penalty", "stops"],
+)
+async def test_tgi_validation_errors_in_the_stream_are_validation_errors(
+    fake: FakeBackend, backend: ServerThread, params: GenerationParams, message: str
+) -> None:
+    fake.max_input_tokens, fake.max_total_tokens = 999, 1000
+    with pytest.raises(BackendValidationError, match=message):
+        await collect(BackendClient(backend.url), params)
+
+
+async def test_a_model_without_a_chat_template_says_so(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    fake.chat_template = False
+    with pytest.raises(ChatTemplateError, match="Template error: template not found"):
+        await collect(BackendClient(backend.url))
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ("http_429", BackendOverloaded, "overloaded; try again"),
+        ("http_503", BackendOverloaded, "overloaded; try again"),
+        ("generation_error", BackendValidationError, "rejected the request: boom"),
+        ("echo_auth", BackendValidationError, "rejected the request: bad request"),
+    ],
+)
+async def test_openai_compatible_failures_map_to_their_errors(
+    fake: FakeBackend, mode: str, error: type[BackendError], message: str
+) -> None:
+    fake.kind, fake.mode = "openai", mode  # type: ignore[assignment]
+    with ServerThread(fake.app()) as server, pytest.raises(error, match=message):
+        await collect(BackendClient(server.url))
+
+
+@pytest.mark.parametrize(
+    ("event", "error", "message"),
+    [
+        ({"error": "Input validation error: `top_p` must be > 0.0 and < 1.0",
+          "error_type": "validation"}, BackendValidationError, "`top_p` must be > 0.0"),
+        ({"error": {"message": "Model is overloaded", "http_status_code": 422}},
+         BackendOverloaded, "is overloaded; try again shortly"),
+        ({"error": {"message": "This model's maximum context length is 4096 tokens.",
+                    "type": "BadRequestError", "param": None, "code": 400}},
+         BackendValidationError, "maximum context length is 4096 tokens. Shorten"),
+        ({"object": "error", "message": "The engine died", "type": "InternalServerError",
+          "param": None, "code": 500}, StreamError, "inside the stream: The engine died"),
+    ],
+    ids=["tgi-generate", "tgi-chat", "vllm", "old-vllm"],
+)
+def test_every_error_shape_is_read(
+    event: dict[str, object], error: type[BackendError], message: str
+) -> None:
+    found = event_error("'x' at http://h", event)
+    assert type(found) is error
+    assert message in str(found)
+
+
 async def test_in_stream_error_keeps_the_tokens_before_it(
     fake: FakeBackend, backend: ServerThread
 ) -> None:
-    fake.mode = "error_event"
+    fake.mode = "generation_error"
     client = BackendClient(backend.url)
     info = await client.probe()
     received: list[str] = []
@@ -121,10 +242,39 @@ async def test_in_stream_error_keeps_the_tokens_before_it(
     assert received == ["Hello", ","]
 
 
-async def test_a_stalled_stream_times_out(fake: FakeBackend, backend: ServerThread) -> None:
-    fake.mode = "stall"
-    with pytest.raises(BackendTimeout, match=r"sent nothing for 0\.5 s"):
-        await collect(BackendClient(backend.url, read_timeout=0.5))
+async def test_a_stalled_stream_times_out_though_keep_alives_come(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    """TGI keeps writing its ':' keep-alive comment into a stalled stream (axum's KeepAlive):
+    the read timeout counts the time since the last data, not the last byte."""
+    fake.mode, fake.keepalive = "stall", 0.1
+    async with asyncio.timeout(10):
+        with pytest.raises(BackendTimeout, match=r"sent nothing for 0\.5 s"):
+            await collect(BackendClient(backend.url, read_timeout=0.5))
+    await asyncio.sleep(0.3)
+    assert fake.cancelled == 1, "the stalled stream's connection was closed"
+
+
+async def test_keep_alives_and_crlf_framing_are_read_as_the_spec_says() -> None:
+    """Comments (llama-cpp-python's ': ping - <time>'), CRLF line endings and an event's
+    data spread over several lines, as the SSE spec allows."""
+
+    async def chat(request: object) -> Response:
+        async def events() -> AsyncIterator[bytes]:
+            yield b": ping - 2026-12-01 00:00:00.000000+00:00\r\n\r\n"
+            yield b'data: {"choices": [{"delta": {"content": "a"},\r\ndata:  '
+            yield b'"finish_reason": null}]}\r\n\r\n'
+            yield b'event: x\ndata: {"choices": [{"delta": {"content": "b"}, '
+            yield b'"finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    info = BackendInfo(kind="openai", url="", model_id="m", max_input_tokens=10,
+                       max_total_tokens=20)
+    with ServerThread(app) as server:
+        client = BackendClient(server.url)
+        deltas = [d async for d in client.stream_chat([], PARAMS, info)]
+    assert [(d.text, d.finish_reason) for d in deltas] == [("a", None), ("b", "stop")]
 
 
 async def test_unreachable_while_streaming(backend: ServerThread) -> None:

@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from app.server import create_app, open_store
 from app.store import Accounts
 from tests.conftest import OUTPUT, RunningApp, settings_for
-from tests.fake_backend import FakeBackend
+from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread
 
 pytestmark = pytest.mark.browser
@@ -76,6 +76,36 @@ def test_type_watch_the_reply_grow_and_stop_it(page: Page, fake: FakeBackend) ->
     assert len(bot_text(page)) == stopped_at, "nothing more arrives after Stop"
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-stop.png"), full_page=True)
+
+
+def test_tgi_gets_no_repetition_penalty_by_default_and_greedy_at_temperature_0(
+    page: Page, fake: FakeBackend
+) -> None:
+    """The page's own controls, untouched, against the TGI fake, which records what TGI would
+    generate with: OpenAI's presence penalty of 0 that the page sent was a repetition penalty
+    of 2.0 on TGI (router/src/lib.rs), and its top-p of 0.95 turned temperature 0 back into
+    sampling (server/.../utils/tokens.py)."""
+    fake.tokens, fake.token_delay = ["Hello", ",", " world", "!"], 0.0
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    page.get_by_text("System prompt and generation settings").click()
+    expect(page.locator("#repetition-penalty")).to_be_visible()
+    expect(page.locator("#presence-penalty")).to_be_hidden()
+    page.locator("#message textarea").fill("first question")
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+    assert "presence_penalty" not in fake.requests[-1]
+    assert fake.generated[-1]["repetition_penalty"] is None
+    assert fake.generated[-1]["do_sample"] is True, "temperature 0.2 samples"
+    temperature = page.locator("#temperature input[type=number]")
+    temperature.fill("0")
+    temperature.press("Enter")
+    page.locator("#message textarea").fill("second question")
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message.bot")).to_have_count(2)
+    expect(page.locator("#chat .message.bot").last).to_contain_text("finished")
+    assert fake.requests[-1]["temperature"] == 0
+    assert fake.generated[-1]["do_sample"] is False, "greedy"
+    assert fake.generated[-1]["top_p"] is None
 
 
 @pytest.mark.engine
@@ -278,6 +308,9 @@ def test_pick_a_model_see_the_backends_and_use_the_raw_prompt(
             page.locator("#model input").click()
             page.get_by_role("option", name="Qwen/Qwen2.5-Coder-7B-Instruct (vllm)").click()
             expect(page.locator("#header")).to_contain_text("on backend vllm")
+            page.get_by_text("System prompt and generation settings").click()
+            expect(page.locator("#presence-penalty")).to_be_visible()
+            expect(page.locator("#repetition-penalty")).to_be_hidden()
             page.locator("#message textarea").fill("hello?")
             page.locator("#send").click()
             expect(page.locator("#chat .message.bot")).to_contain_text("Hi from vLLM")
@@ -286,10 +319,12 @@ def test_pick_a_model_see_the_backends_and_use_the_raw_prompt(
             page.get_by_text("Backends", exact=True).click()
             expect(page.locator("#backends")).to_contain_text("gpu")
             expect(page.locator("#backends")).to_contain_text("vllm")
-            expect(page.locator("#backends")).to_contain_text("3.3.5")
+            expect(page.locator("#backends")).to_contain_text(TGI_VERSION)
 
             page.locator("#model input").click()
             page.get_by_role("option", name="bigcode/starcoder2-3b (gpu)").click()
+            expect(page.locator("#repetition-penalty")).to_be_visible()
+            expect(page.locator("#presence-penalty")).to_be_hidden()
             page.get_by_role("tab", name="Raw prompt").click()
             page.locator("#raw-render").click()
             expect(page.locator("#raw-prompt textarea")).to_have_value(
@@ -297,9 +332,11 @@ def test_pick_a_model_see_the_backends_and_use_the_raw_prompt(
             )
             expect(page.locator("#raw-note")).to_contain_text("own chat template")
             page.locator("#raw-generate").click()
-            expect(page.locator("#raw-stats")).to_contain_text("3 tokens")
+            expect(page.locator("#raw-stats")).to_contain_text("4 tokens")
             tokens = page.locator("#raw-tokens .tok")
-            expect(tokens).to_have_count(3)
+            expect(tokens).to_have_count(4)
+            expect(tokens.last).to_have_text("</s>")
+            assert fake.inputs[-1].count(1) == 1, "the rendered prompt reached TGI with one BOS"
             assert "logprob -0.100" in (tokens.first.get_attribute("title") or "")
             OUTPUT.mkdir(exist_ok=True)
             page.screenshot(path=str(OUTPUT / "browser-raw-prompt.png"), full_page=True)

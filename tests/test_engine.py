@@ -15,7 +15,7 @@ from tests.conftest import RunningApp, answers
 
 pytestmark = pytest.mark.engine
 
-# max_new_tokens, temperature, top_p, top_k, repeat_penalty, frequency, presence, stop, seed
+# max_new_tokens, temperature, top_p, top_k, repetition_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (160, 0.0, 0.95, 40, 1.1, 0.0, 0.0, "", 1)
 
 

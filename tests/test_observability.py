@@ -23,7 +23,7 @@ from tests.conftest import REPO, answers, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 
-# max_new_tokens, temperature, top_p, top_k, repeat_penalty, frequency, presence, stop, seed
+# max_new_tokens, temperature, top_p, top_k, repetition_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (64, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -131,7 +131,8 @@ def test_no_secret_reaches_logs_pages_or_metrics_in_a_failing_run(
         reply = json.dumps(shown)
         assert "bad request with Authorization: Bearer ***" in reply, "the error is shown"
         metrics = httpx.get(f"{url}/metrics").text
-        assert 'playground_backend_errors_total{backend="careless",kind="other"} 1.0' in metrics
+        errors = 'playground_backend_errors_total{backend="careless",kind="validation"} 1.0'
+        assert errors in metrics
         assert 'playground_backend_up{backend="gone"} 0.0' in metrics
         api = httpx.get(f"{url}/api/v1/models", headers={"X-Request-ID": "trace-me-1"})
         assert api.headers["x-request-id"] == "trace-me-1"

@@ -21,7 +21,7 @@ from tests.conftest import REPO, answers
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 
-# max_new_tokens, temperature, top_p, top_k, repeat_penalty, frequency, presence, stop, seed
+# max_new_tokens, temperature, top_p, top_k, repetition_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 
 

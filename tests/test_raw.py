@@ -23,7 +23,7 @@ from tests.servers import ServerThread
 
 PARAMS = GenerationParams(max_new_tokens=8, temperature=0.0)
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-# max_new_tokens, temperature, top_p, top_k, repeat_penalty, frequency, presence, stop, seed
+# max_new_tokens, temperature, top_p, top_k, repetition_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (8, 0.0, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 
 
@@ -38,7 +38,34 @@ async def test_tgi_renders_with_the_models_template(backend: ServerThread) -> No
     client = BackendClient(backend.url)
     rendered = await render_prompt(client, await client.probe(), MESSAGES)
     assert rendered.from_model
-    assert rendered.text.startswith("<fake>system: be brief</fake>\n<fake>user: hi</fake>")
+    assert rendered.text.startswith("<s><fake>system: be brief</fake>\n<fake>user: hi</fake>")
+
+
+async def test_a_model_without_a_chat_template_falls_back_to_chatml_and_says_so(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    """TGI answers /chat_tokenize with 422 template_error (router/src/infer/mod.rs)."""
+    fake.chat_template = False
+    client = BackendClient(backend.url)
+    rendered = await render_prompt(client, await client.probe(), MESSAGES)
+    assert not rendered.from_model
+    assert rendered.text.startswith("<|im_start|>system\nbe brief<|im_end|>")
+    assert rendered.problem is not None
+    assert "Template error: template not found" in rendered.problem
+
+
+async def test_a_rendered_prompt_reaches_the_model_with_one_bos(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    """TGI adds the BOS to every /generate_stream input (router/src/lib.rs); the template
+    wrote one already."""
+    client = BackendClient(backend.url)
+    rendered = await render_prompt(client, await client.probe(), MESSAGES)
+    assert rendered.text.startswith("<s>")
+    await raw_tokens(backend.url, rendered.text)
+    assert fake.inputs[-1].count(1) == 1, "one BOS (id 1) in what the model reads"
+    await raw_tokens(backend.url, "no BOS here")
+    assert fake.requests[-1]["inputs"] == "no BOS here"
 
 
 async def test_other_servers_get_generic_chatml(fake: FakeBackend) -> None:
@@ -55,19 +82,36 @@ async def test_tgi_streams_each_token_with_its_logprob(
     fake: FakeBackend, backend: ServerThread
 ) -> None:
     tokens = await raw_tokens(backend.url, "<fake>user: hi</fake>")
-    assert [t.text for t in tokens] == ["Hello", ",", " world", "!"]
-    assert [t.logprob for t in tokens] == [-0.1, -1.6, -3.1, -4.6]
+    assert [t.text for t in tokens] == ["Hello", ",", " world", "!", "</s>"]
+    assert [t.logprob for t in tokens][:4] == [-0.1, -1.6, -3.1, -4.6]
+    assert [t.special for t in tokens] == [False] * 4 + [True]
     assert tokens[-1].finish_reason == "eos_token"
     sent = fake.requests[-1]
     assert sent["inputs"] == "<fake>user: hi</fake>"
     assert sent["parameters"]["details"] is True
 
 
+async def test_greedy_raw_generation_sends_no_sampling_knob(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    """A top_p or top_k turns TGI's sampling back on (utils/tokens.py); the page's hidden
+    top-k slider was sent to TGI all the same."""
+    client = BackendClient(backend.url)
+    params = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=0.95, top_k=40)
+    async with aclosing(stream_raw(client, await client.probe(), "x", params)) as stream:
+        [token async for token in stream]
+    assert fake.generated[-1]["do_sample"] is False
+    assert fake.generated[-1]["top_k"] is None
+
+
 async def test_openai_servers_stream_completions_with_logprobs(fake: FakeBackend) -> None:
     fake.kind = "openai"
     with ServerThread(fake.app()) as server:
         tokens = await raw_tokens(server.url, "def f():")
-    assert [(t.text, t.logprob) for t in tokens][:2] == [("Hello", -0.1), (",", -1.6)]
+    assert [(t.text, t.logprob) for t in tokens] == [
+        ("Hello", -0.1), (",", -1.6), (" world", -3.1), ("!", -4.6)
+    ], "vLLM's chunks carry two tokens each here: each keeps its own log-probability"
+    assert tokens[-1].finish_reason == "stop"
     assert fake.requests[-1]["prompt"] == "def f():"
     assert fake.requests[-1]["logprobs"] == 1
 
@@ -75,7 +119,7 @@ async def test_openai_servers_stream_completions_with_logprobs(fake: FakeBackend
 async def test_an_error_event_in_the_raw_stream_has_its_message(
     fake: FakeBackend, backend: ServerThread
 ) -> None:
-    fake.mode = "error_event"
+    fake.mode = "generation_error"
     with pytest.raises(BackendError, match="The model failed while generating"):
         await raw_tokens(backend.url, "x")
 
@@ -110,8 +154,8 @@ async def test_the_raw_tab_renders_the_conversation_then_streams_coloured_tokens
     assert "own chat template" in note
     updates = [u async for u in raw.generate(None, None, prompt, RawRun(), *CONTROLS)]
     html, stats = updates[-1]
-    assert html.count('class="tok"') == 4
-    assert "4 tokens" in stats
+    assert html.count('class="tok"') == 5
+    assert "5 tokens" in stats
     assert "finished" in stats
 
 

@@ -25,7 +25,7 @@ from app.backends.router import RECHECK_SECONDS, Router
 from app.chat import ChatService
 from app.metrics import Metrics
 from tests.conftest import settings_for
-from tests.fake_backend import FakeBackend
+from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread, free_port
 
 PARAMS = GenerationParams(max_new_tokens=16)
@@ -91,7 +91,7 @@ async def test_the_model_menu_lists_every_backends_models(
     status = {row.name: row for row in r.statuses()}
     assert status["gpu"].state == "up"
     assert status["gpu"].max_total_tokens == 2048
-    assert status["gpu"].version == "3.3.5"
+    assert status["gpu"].version == TGI_VERSION
     assert status["vllm"].kind == "openai"
     assert await reply(r, "Qwen/Qwen2.5-Coder-7B-Instruct") == ("from b", "vllm")
 
@@ -99,7 +99,7 @@ async def test_the_model_menu_lists_every_backends_models(
 async def test_a_failing_backend_fails_over_to_another_serving_the_model(
     fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread
 ) -> None:
-    fake.mode = "http_503"
+    fake.mode = "overloaded"
     r = router(("gpu", backend.url), ("vllm", backend_b.url))
     assert await reply(r) == ("from b", "vllm")
     assert len(fake.requests) == 1, "one try on the overloaded backend, then the next"
@@ -108,7 +108,7 @@ async def test_a_failing_backend_fails_over_to_another_serving_the_model(
 async def test_retries_with_backoff_before_the_first_token(
     fake: FakeBackend, backend: ServerThread
 ) -> None:
-    fake.mode, fake.fail_times = "http_503", 2
+    fake.mode, fake.fail_times = "overloaded", 2
     sleeps = Sleeps()
     r = router(("gpu", backend.url), retries=2, backoff=0.5, sleep=sleeps)
     assert await reply(r) == ("Hello, world!", "gpu")
@@ -141,7 +141,7 @@ async def test_no_retry_once_tokens_have_flowed(
 async def test_a_backend_that_keeps_failing_is_marked_down_and_not_hammered(
     fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread
 ) -> None:
-    fake.mode = "stall_before_first"
+    fake.mode, fake.keepalive = "stall_before_first", 0.05  # pings, but sends no data
     clock = Clock()
     r = router(("gpu", backend.url), ("vllm", backend_b.url), read_timeout=0.3,
                failure_threshold=2, clock=clock)
@@ -180,10 +180,11 @@ async def test_every_backend_down_then_one_back_without_a_restart(fake: FakeBack
 async def test_a_stalled_stream_times_out_with_a_clear_message(
     fake: FakeBackend, backend: ServerThread
 ) -> None:
-    fake.mode = "stall_before_first"
+    fake.mode, fake.keepalive = "stall_before_first", 0.05  # pings, but sends no data
     r = router(("gpu", backend.url), read_timeout=0.3, retries=0)
     with pytest.raises(BackendTimeout, match=r"The backend 'gpu' at .* sent nothing for 0\.3 s"):
-        await reply(r)
+        async with asyncio.timeout(10):
+            await reply(r)
     await asyncio.sleep(0.1)
     assert fake.cancelled == 1, "the stalled request was closed"
 
@@ -192,28 +193,62 @@ async def test_a_stalled_stream_times_out_with_a_clear_message(
     ("mode", "error", "message"),
     [
         ("malformed", StreamError, "sent malformed data in the stream"),
-        ("error_event", GenerationError, "The model failed while generating: Request failed"),
-        ("http_422", BackendValidationError, "must be <= 2048.*Shorten the message"),
-        ("http_429", BackendOverloaded, "overloaded; try again in 30 s"),
+        ("generation_error", GenerationError,
+         "The model failed while generating: Request failed"),
+        ("overloaded", BackendOverloaded, "overloaded; try again shortly"),
     ],
 )
 async def test_each_fault_has_its_own_message(
     fake: FakeBackend, backend: ServerThread, mode: str, error: type[Exception], message: str
 ) -> None:
     fake.mode = mode  # type: ignore[assignment]
-    fake.retry_after = 30
-    sleeps = Sleeps()
-    r = router(("gpu", backend.url), sleep=sleeps)
+    r = router(("gpu", backend.url))
     with pytest.raises(error, match=message):
         await reply(r)
-    if mode == "http_429":
-        assert sleeps.waits == [], "a Retry-After longer than the app waits is not waited for"
 
 
-async def test_a_short_retry_after_is_honoured(fake: FakeBackend, backend: ServerThread) -> None:
-    fake.mode, fake.fail_times, fake.retry_after = "http_429", 1, 3
+async def test_a_validation_error_is_neither_retried_nor_held_against_the_backend(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    """TGI sends it inside an HTTP 200 stream (router/src/server.rs): read as a broken stream,
+    it was retried and, three times over, marked a healthy backend down."""
     sleeps = Sleeps()
-    assert await reply(router(("gpu", backend.url), sleep=sleeps)) == ("Hello, world!", "gpu")
+    fake.max_input_tokens, fake.max_total_tokens = 999, 1000
+    r = router(("gpu", backend.url), sleep=sleeps, failure_threshold=3)
+    too_long = GenerationParams(max_new_tokens=1000)
+
+    async def ask() -> None:
+        info = await r.info_for(MODEL)
+        async with aclosing(r.stream(info, MESSAGES, too_long)) as stream:
+            async for _ in stream:
+                pass
+
+    for _ in range(4):
+        with pytest.raises(BackendValidationError, match=r"must be <= 1000.*Shorten the message"):
+            await ask()
+    assert len(fake.requests) == 4, "one request a reply: no retry"
+    assert sleeps.waits == []
+    assert {row.name: row.state for row in r.statuses()} == {"gpu": "up"}
+    assert await reply(r) == ("Hello, world!", "gpu")
+
+
+async def test_a_retry_after_too_long_is_not_waited_for(
+    second: FakeBackend, backend_b: ServerThread
+) -> None:
+    """A proxy in front of an OpenAI-compatible server may send Retry-After (TGI never does)."""
+    second.mode, second.retry_after = "http_429", 30
+    sleeps = Sleeps()
+    with pytest.raises(BackendOverloaded, match="overloaded; try again in 30 s"):
+        await reply(router(("vllm", backend_b.url), sleep=sleeps))
+    assert sleeps.waits == [], "a Retry-After longer than the app waits is not waited for"
+
+
+async def test_a_short_retry_after_is_honoured(
+    second: FakeBackend, backend_b: ServerThread
+) -> None:
+    second.mode, second.fail_times, second.retry_after = "http_429", 1, 3
+    sleeps = Sleeps()
+    assert await reply(router(("vllm", backend_b.url), sleep=sleeps)) == ("from b", "vllm")
     assert sleeps.waits == [3]
 
 

@@ -20,7 +20,7 @@ from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 
-# max_new_tokens, temperature, top_p, top_k, repeat_penalty, frequency, presence, stop, seed
+# max_new_tokens, temperature, top_p, top_k, repetition_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 
 
@@ -48,7 +48,7 @@ async def test_a_reply_streams_with_its_stats(backend: ServerThread, fake: FakeB
     assert updates[0][2] == "", "the message box is cleared once the message is taken"
     final = last_reply(updates[-1])
     assert final.startswith("def f():\n    pass")
-    assert "5 tokens" in final
+    assert "6 tokens" in final, "TGI's usage: five tokens and the EOS token"
     assert "tokens/s" in final
     assert "finished" in final
     assert chat.exchanges[0].reply == "def f():\n    pass"
@@ -170,6 +170,30 @@ async def test_stop_works_while_the_backend_is_silent(
     await wait_for(lambda: fake.cancelled == 1)
 
 
+async def test_a_stream_that_only_pings_times_out_while_other_users_keep_streaming(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    """The first reply stalls after two tokens, and the fake keeps writing TGI's ':'
+    keep-alive into it (axum's KeepAlive): it ends as timed out after BACKEND_READ_TIMEOUT,
+    and a second user's reply streams to its end meanwhile."""
+    fake.mode, fake.fail_times, fake.keepalive = "stall", 1, 0.05
+    fake.tokens = [f"t{i} " for i in range(20)]
+    fake.token_delay = 0.02
+    ui = make_ui(backend.url, backend_read_timeout=2.0)
+    stalled, other = Chat(), Chat()
+    first = asyncio.ensure_future(drain(ui.send(None, "first", stalled, "", "", None, *CONTROLS)))
+    await wait_for(lambda: len(fake.generated) == 1)
+    second = await drain(ui.send(None, "second", other, "", "", None, *CONTROLS))
+    assert last_reply(second[-1]).startswith("".join(fake.tokens))
+    assert "finished" in last_reply(second[-1])
+    assert not first.done(), "the other user's reply ended while the first one was stalled"
+    final = last_reply((await first)[-1])
+    assert final.startswith("t0 t1 ")
+    assert "sent nothing for 2 s; the reply timed out" in final
+    assert stalled.exchanges[0].reply == "t0 t1 "
+    await wait_for(lambda: fake.cancelled == 1)
+
+
 async def wait_for(condition: Callable[[], bool]) -> None:
     for _ in range(250):
         if condition():
@@ -225,7 +249,7 @@ async def test_the_message_is_stored_first_and_the_reply_as_it_streams(
     await drain(updates)
     final = ui.store.get_conversation(local.user_id, chat.id).exchanges[0].reply
     assert final is not None
-    assert (final.status, final.tokens, final.content) == ("stop", 12, "".join(fake.tokens))
+    assert (final.status, final.tokens, final.content) == ("stop", 13, "".join(fake.tokens))
 
 
 async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
@@ -249,7 +273,7 @@ async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
     assert model == fake.model_id
     assert opened.id == chat.id
     assert [ex.reply for ex in opened.exchanges] == ["Hello, world!"]
-    assert shown[-1]["content"].startswith("Hello, world!\n\n_4 tokens · first token")
+    assert shown[-1]["content"].startswith("Hello, world!\n\n_5 tokens · first token")
     assert shown[-1]["content"].endswith(" · finished_")
     assert (prompt, language, title) == ("be terse", "go", "Write fizzbuzz")
     assert tuple(values) == controls

@@ -27,7 +27,8 @@ from fastapi.sse import format_sse_event
 
 from app.api.errors import ApiError
 from app.api.models import DialogueIn, DialogueOut, ExchangeOut, ReplyOut, StatsOut
-from app.backends import BackendError, BackendInfo, GenerationParams
+from app.backends import BackendError, BackendInfo, GenerationParams, InvalidSetting
+from app.backends.sampling import check
 from app.chat import Chat, ChatService, ContextOverflow, Exchange, TurnStats
 from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
@@ -98,11 +99,12 @@ def generation_params(
     """Sampling settings from a conversation's settings, read as the page stores them
     (a seed below 0 means random, a top-k of 0 means off, stop sequences one per line).
 
-    Values of the wrong type (an import may carry anything) are left to the defaults.
+    Values of the wrong type (an import may carry anything) are left to the defaults; a
+    value the backend would refuse raises ``InvalidSetting``.
     """
     numbers = {name: _number(values.get(name)) for name in (
         "max_new_tokens", "temperature", "top_p", "top_k", "seed", "frequency_penalty",
-        "presence_penalty", "repeat_penalty",
+        "presence_penalty", "repetition_penalty",
     )}
     max_new = numbers["max_new_tokens"]
     seed, top_k = numbers["seed"], numbers["top_k"]
@@ -115,7 +117,7 @@ def generation_params(
         stops = ()
     if info.max_stop_sequences is not None:
         stops = stops[: info.max_stop_sequences]
-    return GenerationParams(
+    params = GenerationParams(
         max_new_tokens=int(max_new) if max_new is not None and max_new >= 1
         else default_max_new_tokens,
         temperature=numbers["temperature"],
@@ -125,8 +127,10 @@ def generation_params(
         seed=int(seed) if seed is not None and 0 <= seed < 2**32 else None,
         frequency_penalty=numbers["frequency_penalty"],
         presence_penalty=numbers["presence_penalty"],
-        repeat_penalty=numbers["repeat_penalty"],
+        repetition_penalty=numbers["repetition_penalty"],
     )
+    check(info.kind, params)
+    return params
 
 
 @dataclass
@@ -202,7 +206,10 @@ class Dialogues:
                     "those on offer."
                 ) from err
             raise ApiError(503, str(err)) from err
-        params = generation_params(settings, self.settings.max_new_tokens, info)
+        try:
+            params = generation_params(settings, self.settings.max_new_tokens, info)
+        except InvalidSetting as err:
+            raise ApiError(422, str(err)) from err
         if body.system_prompt is not None:
             system_prompt = body.system_prompt
         else:

@@ -1,21 +1,21 @@
 """Clients for inference servers; they know nothing of Gradio."""
 
-from app.backends.client import (
-    CONTROLS,
-    BackendClient,
-    BackendInfo,
-    BackendKind,
-    Delta,
-    GenerationParams,
-)
+from app.backends.client import BackendClient, BackendInfo, Delta
 from app.backends.errors import (
     BackendError,
     BackendOverloaded,
     BackendTimeout,
     BackendUnreachable,
     BackendValidationError,
+    ChatTemplateError,
     GenerationError,
     StreamError,
+)
+from app.backends.sampling import (
+    CONTROLS,
+    BackendKind,
+    GenerationParams,
+    InvalidSetting,
 )
 
 __all__ = [
@@ -28,8 +28,10 @@ __all__ = [
     "BackendTimeout",
     "BackendUnreachable",
     "BackendValidationError",
+    "ChatTemplateError",
     "Delta",
     "GenerationError",
     "GenerationParams",
+    "InvalidSetting",
     "StreamError",
 ]

@@ -18,6 +18,7 @@ probe, a few requests a minute, uses ``httpx``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import ssl
@@ -36,27 +37,18 @@ from app.backends.errors import (
     BackendTimeout,
     BackendUnreachable,
     BackendValidationError,
+    ChatTemplateError,
     GenerationError,
     StreamError,
 )
+from app.backends.sampling import CONTROLS, BackendKind, GenerationParams, openai_fields
 from app.logs import scrub
 
-BackendKind = Literal["tgi", "llama.cpp", "openai", "hf"]
 # What BACKENDS may say of a server: ``auto`` probes for TGI, then OpenAI-compatible.
 ConfiguredKind = Literal["auto", "tgi", "openai", "hf"]
-
-# Generation controls each kind of server honours on /v1/chat/completions. A control missing
-# here is hidden in the page rather than sent and silently ignored.
-STANDARD_CONTROLS = frozenset(
-    {"temperature", "top_p", "max_new_tokens", "stop", "seed", "frequency_penalty",
-     "presence_penalty"}
-)
-CONTROLS: Mapping[BackendKind, frozenset[str]] = {
-    "tgi": STANDARD_CONTROLS,
-    "llama.cpp": STANDARD_CONTROLS | {"top_k", "repeat_penalty"},
-    "openai": STANDARD_CONTROLS,
-    "hf": STANDARD_CONTROLS,
-}
+# What ``owned_by`` in ``/v1/models`` says of llama.cpp: llama-cpp-python's server writes
+# "me" (llama_cpp/server/app.py), llama.cpp's own llama-server "llamacpp".
+LLAMA_CPP_OWNERS = frozenset({"me", "llamacpp"})
 
 
 def safe_url(url: str) -> str:
@@ -95,21 +87,6 @@ class BackendInfo:
     @property
     def controls(self) -> frozenset[str]:
         return CONTROLS[self.kind]
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Sampling settings for one reply; ``None`` leaves the server's default."""
-
-    max_new_tokens: int
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    repeat_penalty: float | None = None
 
 
 @dataclass(frozen=True)
@@ -246,9 +223,7 @@ class BackendClient:
         if not models:
             raise BackendError(f"The backend {self.label} serves no model (GET /v1/models).")
         first = models[0]
-        # llama-cpp-python's server marks its models as owned by "me" and honours llama.cpp's
-        # own sampling knobs beside the OpenAI ones.
-        kind: BackendKind = "llama.cpp" if first.get("owned_by") == "me" else "openai"
+        kind: BackendKind = "llama.cpp" if first.get("owned_by") in LLAMA_CPP_OWNERS else "openai"
         if self.kind == "hf":
             kind = "hf"
         return BackendInfo(
@@ -272,21 +247,12 @@ class BackendClient:
         info: BackendInfo,
     ) -> AsyncGenerator[Delta]:
         """Stream one reply. Raises a ``BackendError`` subclass on any failure."""
-        extra: dict[str, Any] = {}
-        if params.top_k is not None and "top_k" in info.controls:
-            extra["top_k"] = params.top_k
-        if params.repeat_penalty is not None and "repeat_penalty" in info.controls:
-            extra["repeat_penalty"] = params.repeat_penalty
         body = {
             "model": self.wire_model(info.model_id), "messages": [dict(m) for m in messages],
-            "stream": True, "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature, "top_p": params.top_p,
-            "stop": list(params.stop) or None, "seed": params.seed,
-            "frequency_penalty": params.frequency_penalty,
-            "presence_penalty": params.presence_penalty, **extra,
+            "stream": True, "stream_options": {"include_usage": True},
+            **openai_fields(info.kind, params),
         }
         finished = False
-        body = {key: value for key, value in body.items() if value is not None}
         async with self.mapped_errors(), self.post("/v1/chat/completions", body) as response:
             async for event in sse_events(self, response):
                 usage = event.get("usage")
@@ -321,36 +287,56 @@ async def _raise_for_status(client: BackendClient, response: aiohttp.ClientRespo
     if response.status < 400:
         return
     try:
-        detail = error_message(json.loads(await response.read()))
+        detail, kind, _ = error_parts(json.loads(await response.read()))
     except ValueError:
-        detail = None
+        detail, kind = None, None
     raise http_error(
-        client.label, response.status, detail or f"HTTP {response.status}", response.headers
+        client.label, response.status, detail or f"HTTP {response.status}", response.headers,
+        kind,
     )
 
 
 async def sse_events(
     client: BackendClient, response: aiohttp.ClientResponse
 ) -> AsyncGenerator[dict[str, Any]]:
-    """The JSON objects of a server-sent event stream, up to ``data: [DONE]``. An error
-    event raises its ``BackendError``; malformed JSON raises ``json.JSONDecodeError``, which
-    ``mapped_errors`` turns into one."""
-    rest = b""
-    async for chunk in response.content.iter_any():
+    """The JSON objects of a server-sent event stream, up to ``data: [DONE]`` or its end.
+
+    Read to the SSE spec: LF or CRLF line endings, the ``data:`` lines of one event joined,
+    an event dispatched at its blank line, ``:`` comments and other fields skipped. The read
+    timeout counts from the last data event: keep-alive comments (TGI and llama-cpp-python
+    send one every 15 s) do not reset it, so a server that only pings times out. An error
+    event raises its ``BackendError``; malformed JSON raises ``json.JSONDecodeError`` and a
+    timeout ``TimeoutError``, which ``mapped_errors`` turns into theirs.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + client.read_timeout
+    rest, data = b"", []
+    while True:
+        async with asyncio.timeout_at(deadline):
+            chunk = await response.content.readany()
+        if not chunk:
+            return
         *lines, rest = (rest + chunk).split(b"\n")
         for line in lines:
-            if not line.startswith(b"data:"):
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
                 continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
+            if line or not data:
+                continue
+            payload = b"\n".join(data)
+            data.clear()
+            if payload == b"[DONE]":
                 return
-            event = json.loads(data)
+            event = json.loads(payload)
             if not isinstance(event, dict):
                 raise StreamError(
                     f"The backend {client.label} sent an event that is not an object."
                 )
-            if event.get("error") is not None:
+            if event.get("error") is not None or event.get("object") == "error":
                 raise event_error(client.label, event)
+            deadline = loop.time() + client.read_timeout
             yield event
 
 
@@ -398,29 +384,18 @@ async def _translated(label: str, read_timeout: float) -> AsyncIterator[None]:
 
 
 def http_error(
-    label: str, status: int, detail: str, headers: Mapping[str, str]
+    label: str, status: int, detail: str, headers: Mapping[str, str], kind: str | None = None
 ) -> BackendError:
-    """The error for an HTTP error status, with the server's own message."""
-    if status == 422:
-        hint = ""
-        if "token" in detail.lower():
-            hint = (" Shorten the message, start a new conversation, or lower max new tokens.")
-        return BackendValidationError(
-            f"The backend {label} rejected the request: {detail}{hint}"
-        )
+    """The error for an HTTP error status, with the server's own message and error type."""
     if status in (401, 403):
         return BackendError(
             f"The backend {label} refused the token (HTTP {status}); check the backend's "
             "token (or HF_TOKEN)."
         )
-    if status in (429, 503):
-        retry_after = _retry_after(headers.get("retry-after"))
-        when = "shortly" if retry_after is None else f"in {retry_after:g} s"
-        return BackendOverloaded(
-            f"The backend {label} is overloaded; try again {when}.", retry_after
-        )
-    if status == 424:
-        return GenerationError(f"The model failed while generating: {detail}")
+    retry_after = _retry_after(headers.get("retry-after"))
+    error = classified(label, detail, kind=kind, status=status, retry_after=retry_after)
+    if error is not None:
+        return error
     return BackendError(f"The backend {label} answered HTTP {status}: {detail}")
 
 
@@ -433,21 +408,80 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds is not None and seconds >= 0 else None
 
 
-def error_message(body: Any) -> str | None:
-    """``error`` of a JSON error body: TGI's string or OpenAI's ``{"message": ..}``."""
-    error = body.get("error") if isinstance(body, dict) else None
+# What TGI's messages start with, by kind (``router/src/infer/mod.rs``, ``InferError``): in a
+# chat stream every kind comes as ``{"error": {"message", "http_status_code": 422}}``
+# (``into_openai_event``), so the message is all that tells them apart.
+MESSAGE_KINDS = (
+    ("Input validation error:", "validation"),
+    ("Template error:", "template"),
+    ("Model is overloaded", "overloaded"),
+    ("Request failed during generation:", "generation"),
+)
+# The kind of an HTTP status (or an error's ``code``), then of an error's ``error_type`` (TGI) or
+# ``type`` (vLLM: vllm/entrypoints/openai; llama-server: server-common.cpp; llama-cpp-python:
+# server/errors.py).
+STATUS_KINDS = {400: "validation", 422: "validation", 429: "overloaded", 503: "overloaded",
+                424: "generation"}
+TYPE_KINDS = {
+    "validation": "validation", "template_error": "template", "overloaded": "overloaded",
+    "generation": "generation", "BadRequestError": "validation", "Bad Request": "validation",
+    "invalid_request_error": "validation", "exceed_context_size_error": "validation",
+}
+
+
+def error_parts(body: Any) -> tuple[str | None, str | None, int | None]:
+    """The message, type and status of an error body, in any of the shapes servers send:
+    TGI's ``{"error": "..", "error_type"}``, TGI chat's ``{"error": {"message",
+    "http_status_code"}}`` (always 422, so not read), vLLM's, llama.cpp's and OpenAI's
+    ``{"error": {"message", "type", "code"}}`` and vLLM's before 0.10.1 ``{"object": "error",
+    "message", "type", "code"}``."""
+    if not isinstance(body, dict):
+        return None, None, None
+    error = body.get("error")
     if isinstance(error, dict):
-        error = error.get("message")
-    return error if isinstance(error, str) and error else None
+        body, error = error, error.get("message")
+    elif error is None:
+        error = body.get("message")
+    kind = body.get("error_type") or body.get("type")
+    status = body.get("code")
+    return (
+        error if isinstance(error, str) and error else None,
+        kind if isinstance(kind, str) else None,
+        status if isinstance(status, int) and not isinstance(status, bool) else None,
+    )
+
+
+def classified(
+    label: str, message: str, *, kind: str | None = None, status: int | None = None,
+    retry_after: float | None = None,
+) -> BackendError | None:
+    """The ``BackendError`` a server's error stands for: by TGI's message prefix first, then
+    by its status, then by its type; None when none of them says."""
+    found = next((k for prefix, k in MESSAGE_KINDS if message.startswith(prefix)), None)
+    found = found or STATUS_KINDS.get(status or 0) or TYPE_KINDS.get(kind or "")
+    if found == "template":
+        return ChatTemplateError(f"The backend {label} could not apply the model's chat "
+                                 f"template: {message}")
+    if found == "validation":
+        hint = ""
+        if "token" in message.lower():
+            hint = " Shorten the message, start a new conversation, or lower max new tokens."
+        return BackendValidationError(f"The backend {label} rejected the request: {message}{hint}")
+    if found == "overloaded":
+        when = "shortly" if retry_after is None else f"in {retry_after:g} s"
+        return BackendOverloaded(
+            f"The backend {label} is overloaded; try again {when}.", retry_after
+        )
+    if found == "generation":
+        return GenerationError(f"The model failed while generating: {message}")
+    return None
 
 
 def event_error(label: str, event: Mapping[str, Any]) -> BackendError:
-    """The error an error event inside a stream stands for: TGI's ``error_type`` says which."""
-    message, kind = error_message(event) or str(event.get("error")), event.get("error_type")
-    if kind == "validation":
-        return BackendValidationError(f"The backend {label} rejected the request: {message}")
-    if kind == "overloaded":
-        return BackendOverloaded(f"The backend {label} is overloaded; try again shortly.")
-    if kind == "generation":
-        return GenerationError(f"The model failed while generating: {message}")
+    """The error an error event inside a stream stands for."""
+    message, kind, status = error_parts(event)
+    message = message or str(event.get("error"))
+    error = classified(label, message, kind=kind, status=status)
+    if error is not None:
+        return error
     return StreamError(f"The backend {label} sent an error inside the stream: {message}")

@@ -3,14 +3,22 @@
     BackendError                 base class; ``str(err)`` is one line a user can act on
     ├── BackendUnreachable       nothing answers at the URL (connection refused, DNS, reset)
     ├── BackendTimeout           connect or read took longer than the configured timeout
-    ├── BackendValidationError   HTTP 422 or TGI ``error_type: validation`` (e.g. too many tokens)
-    ├── BackendOverloaded        HTTP 429/503 or ``error_type: overloaded``; try again later
-    │   (``retry_after``: the server's Retry-After, in seconds)
-    ├── GenerationError          HTTP 424 or ``error_type: generation``; the model failed mid-way
-    ├── StreamError              the stream broke: an ``error`` event inside it, malformed data,
-    │                            or the connection closed before the server said it was done
+    ├── BackendValidationError   the request was refused: "Input validation error: ..." (too
+    │   │                        many tokens, a value out of range), HTTP 400/422; never retried
+    │   └── ChatTemplateError    "Template error: ..." (the model has no chat template, or it
+    │                            refused these messages)
+    ├── BackendOverloaded        "Model is overloaded", HTTP 429/503; retried after a backoff
+    │   (``retry_after``: the server's Retry-After, in seconds, when it sends one)
+    ├── GenerationError          "Request failed during generation: ...", HTTP 424
+    ├── StreamError              the stream broke: an error event of no known kind, malformed
+    │                            data, or the connection closed before the server said it was done
     └── NoBackendAvailable       every backend that serves the model failed or is down; the
                                  message lists each with its reason
+
+Servers report errors in several shapes, before the stream (an HTTP status) or inside it (TGI's
+chat stream answers HTTP 200 and then sends every kind as ``{"error": {"message",
+"http_status_code": 422}}``); ``app.backends.client.classified`` reads the kind from TGI's
+message prefix first, then from the error's type and status.
 
 Errors become user text only at the edges (the UI, HTTP responses); ``DEBUG=true`` re-raises.
 """
@@ -31,12 +39,17 @@ class BackendTimeout(BackendError):
 
 
 class BackendValidationError(BackendError):
-    """Raised when the server rejects the request as invalid (HTTP 422)."""
+    """Raised when the server rejects the request as invalid."""
+
+
+class ChatTemplateError(BackendValidationError):
+    """Raised when the server could not apply the model's chat template (TGI's ``Template
+    error:``, HTTP 422 ``template_error``)."""
 
 
 class BackendOverloaded(BackendError):
-    """Raised when the server is busy (HTTP 429 or 503); the request may succeed later,
-    after ``retry_after`` seconds when the server said so (``Retry-After``)."""
+    """Raised when the server is busy; the request may succeed later, after ``retry_after``
+    seconds when the server said so (``Retry-After``; TGI never does)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -44,7 +57,7 @@ class BackendOverloaded(BackendError):
 
 
 class GenerationError(BackendError):
-    """Raised when the model fails while generating (HTTP 424)."""
+    """Raised when the model fails while generating."""
 
 
 class StreamError(BackendError):

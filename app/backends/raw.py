@@ -12,16 +12,12 @@ server-sent-event reader as the chat (``app.backends.client``).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from app.backends.client import (
-    BackendClient,
-    BackendInfo,
-    GenerationParams,
-    sse_events,
-)
-from app.backends.errors import BackendError, StreamError
+from app.backends.client import BackendClient, BackendInfo, sse_events
+from app.backends.errors import BackendError, ChatTemplateError, StreamError
+from app.backends.sampling import GenerationParams, openai_fields, tgi_parameters
 
 
 @dataclass(frozen=True)
@@ -30,6 +26,8 @@ class RenderedPrompt:
     # True when the server rendered it with the model's own template; False for the
     # generic ChatML the user may need to adapt.
     from_model: bool
+    # Why the model's own template was not used, when the server said (TGI's template error).
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,11 +54,14 @@ async def render_prompt(
     if info.kind != "tgi":
         return RenderedPrompt(chatml(messages), from_model=False)
     body = {"model": info.model_id, "messages": [dict(m) for m in messages]}
-    async with (
-        client.mapped_errors(client.probe_timeout),
-        client.post("/chat_tokenize", body, client.probe_timeout) as response,
-    ):
-        templated = (await response.json(content_type=None)).get("templated_text")
+    try:
+        async with (
+            client.mapped_errors(client.probe_timeout),
+            client.post("/chat_tokenize", body, client.probe_timeout) as response,
+        ):
+            templated = (await response.json(content_type=None)).get("templated_text")
+    except ChatTemplateError as err:
+        return RenderedPrompt(chatml(messages), from_model=False, problem=str(err))
     if not isinstance(templated, str):
         raise BackendError(f"The backend {client.label} did not return a templated prompt.")
     return RenderedPrompt(templated, from_model=True)
@@ -76,6 +77,8 @@ async def stream_raw(
             "TGI or an OpenAI-compatible server with /v1/completions."
         )
     tgi = info.kind == "tgi"
+    if tgi:
+        prompt = await _without_added_bos(client, prompt)
     path, body = (
         ("/generate_stream", _tgi_body(prompt, params)) if tgi
         else ("/v1/completions", _completions_body(info, prompt, params))
@@ -90,8 +93,7 @@ async def stream_raw(
         client.post(path, body, missing=missing) as response,
     ):
         async for event in sse_events(client, response):
-            token = _tgi_token(event) if tgi else _completion_token(event)
-            if token is not None:
+            for token in [_tgi_token(event)] if tgi else _completion_tokens(event):
                 finished = finished or token.finish_reason is not None
                 yield token
     if not finished:
@@ -100,30 +102,38 @@ async def stream_raw(
         )
 
 
+async def _without_added_bos(client: BackendClient, prompt: str) -> str:
+    """The prompt less one leading BOS when TGI would add its own: TGI tokenizes every input
+    with its special tokens (``router/src/validation.rs``), so a prompt rendered with its BOS
+    (as ``/chat_tokenize`` renders most templates) would reach the model with two.
+
+    TGI's ``/tokenize`` tells: an added token spans no text (``start == stop == 0``), and a
+    BOS written in the prompt is the same token right after it."""
+    async with (
+        client.mapped_errors(client.probe_timeout),
+        client.post("/tokenize", {"inputs": prompt}, client.probe_timeout) as response,
+    ):
+        tokens = await response.json(content_type=None)
+    if not isinstance(tokens, list) or len(tokens) < 2:
+        return prompt
+    added, written = tokens[0], tokens[1]
+    text = str(written.get("text") or "")
+    if (added.get("start") == added.get("stop") == 0 and written.get("id") == added.get("id")
+            and text and prompt.startswith(text)):
+        return prompt[len(text):]
+    return prompt
+
+
 def _tgi_body(prompt: str, params: GenerationParams) -> dict[str, Any]:
-    parameters: dict[str, Any] = {
-        "max_new_tokens": params.max_new_tokens, "details": True,
-        "temperature": params.temperature or None, "top_p": _top_p(params.top_p),
-        "top_k": params.top_k, "seed": params.seed, "stop": list(params.stop),
-        "do_sample": bool(params.temperature),
-    }
-    return {"inputs": prompt, "parameters": parameters, "stream": True}
-
-
-def _top_p(value: float | None) -> float | None:
-    """TGI wants top_p strictly below 1; 1 means no top-p."""
-    return value if value is not None and 0 < value < 1 else None
+    return {"inputs": prompt, "parameters": {**tgi_parameters(params), "details": True},
+            "stream": True}
 
 
 def _completions_body(
     info: BackendInfo, prompt: str, params: GenerationParams
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": info.model_id, "prompt": prompt, "stream": True, "logprobs": 1,
-        "max_tokens": params.max_new_tokens, "temperature": params.temperature,
-        "top_p": params.top_p, "seed": params.seed, "stop": list(params.stop) or None,
-    }
-    return {key: value for key, value in body.items() if value is not None}
+    return {"model": info.model_id, "prompt": prompt, "stream": True, "logprobs": 1,
+            **openai_fields(info.kind, params)}
 
 
 def _tgi_token(event: dict[str, Any]) -> RawToken:
@@ -136,14 +146,21 @@ def _tgi_token(event: dict[str, Any]) -> RawToken:
     )
 
 
-def _completion_token(event: dict[str, Any]) -> RawToken | None:
-    """``{"choices": [{"text", "logprobs": {"token_logprobs": [..]}, "finish_reason"}]}``."""
+def _completion_tokens(event: dict[str, Any]) -> list[RawToken]:
+    """``{"choices": [{"text", "logprobs": {"tokens", "token_logprobs"}, "finish_reason"}]}``;
+    one chunk may carry several tokens (vLLM), each with its log-probability."""
     choices = event.get("choices") or []
     if not choices:
-        return None
+        return []
     choice = choices[0]
-    logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or [None]
-    text = str(choice.get("text") or "")
-    if not text and not choice.get("finish_reason"):
-        return None
-    return RawToken(text=text, logprob=logprobs[0], finish_reason=choice.get("finish_reason"))
+    text, finish = str(choice.get("text") or ""), choice.get("finish_reason")
+    logprobs = choice.get("logprobs") or {}
+    pieces, values = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or []
+    if len(pieces) < 2 or len(values) != len(pieces) or "".join(pieces) != text:
+        pieces, values = [text], values[:1] or [None]
+    tokens = [RawToken(str(piece), value) for piece, value in zip(pieces, values, strict=True)
+              if piece]
+    if finish:
+        last = tokens.pop() if tokens else RawToken("")
+        tokens.append(replace(last, finish_reason=finish))
+    return tokens

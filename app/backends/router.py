@@ -22,13 +22,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from app.backends.client import (
-    BackendClient,
-    BackendInfo,
-    Delta,
-    GenerationParams,
-    safe_url,
-)
+from app.backends.client import BackendClient, BackendInfo, Delta, safe_url
 from app.backends.errors import (
     BackendError,
     BackendOverloaded,
@@ -37,6 +31,7 @@ from app.backends.errors import (
     NoBackendAvailable,
     StreamError,
 )
+from app.backends.sampling import GenerationParams
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
-from app.ui.controls import CONTROL_NAMES, params_from
+from app.ui.controls import CONTROL_NAMES, control_updates, params_from
 from app.ui.raw import RawRun, RawUI
 from app.ui.render import (
     chat_messages,
@@ -178,9 +178,11 @@ class PlaygroundUI:
         await self.service.router.refresh(force=True)
         return self.status_panel(), self.model_menu(model or None)
 
-    async def model_header(self, model: str | None) -> str:
-        """The title line for the model just picked: its backend and limits."""
-        return header_markdown(*await self._info(model))
+    async def model_picked(self, model: str | None) -> list[Any]:
+        """The title line for the model just picked (its backend and limits), and the
+        controls its kind of backend honours."""
+        info, error = await self._info(model)
+        return [header_markdown(info, error), *control_updates(info)]
 
     async def on_load(self, request: gr.Request | None) -> list[Any]:
         info, error = await self._info(None)
@@ -191,16 +193,7 @@ class PlaygroundUI:
             history = await self.history_for(request)
             conversations = gr.update(choices=await history.choices())
         menu = self.model_menu(info.model_id if info else None)
-        if info is None:
-            return [header, conversations, menu, self.status_panel(),
-                    *(gr.update() for _ in CONTROL_NAMES)]
-        updates = []
-        for name in CONTROL_NAMES:
-            if name == "max_new_tokens":
-                updates.append(gr.update(maximum=info.max_total_tokens - 1, visible=True))
-            else:
-                updates.append(gr.update(visible=name in info.controls))
-        return [header, conversations, menu, self.status_panel(), *updates]
+        return [header, conversations, menu, self.status_panel(), *control_updates(info)]
 
     async def send(
         self, request: gr.Request | None, text: str, chat: Chat, system_prompt: str,
@@ -471,14 +464,18 @@ class PlaygroundUI:
                             gr.Slider(1, s.context_tokens - 1, value=s.max_new_tokens, step=1,
                                       label="Max new tokens"),
                             gr.Slider(0.0, 2.0, value=0.2, step=0.05, label="Temperature",
-                                      info="0 picks the likeliest token every time"),
-                            gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p"),
+                                      info="0 picks the likeliest token every time",
+                                      elem_id="temperature"),
+                            gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p",
+                                      info="1 turns it off"),
                             gr.Slider(0, 200, value=40, step=1, label="Top-k", visible=False,
                                       info="0 turns it off"),
-                            gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repeat penalty",
-                                      visible=False),
+                            gr.Slider(1.0, 2.0, value=1.0, step=0.05,
+                                      label="Repetition penalty", visible=False,
+                                      info="1 turns it off", elem_id="repetition-penalty"),
                             gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Frequency penalty"),
-                            gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Presence penalty"),
+                            gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Presence penalty",
+                                      elem_id="presence-penalty"),
                             gr.Textbox("", label="Stop sequences", lines=2, info="One per line"),
                             gr.Number(
                                 -1, label="Seed", precision=0, minimum=-1,
@@ -634,7 +631,7 @@ class PlaygroundUI:
                 self.on_load, None, [header, conversations, model, backends, *controls],
                 api_name="backend_info",
             )
-            model.input(self.model_header, [model], [header], queue=False,
+            model.input(self.model_picked, [model], [header, *controls], queue=False,
                         api_visibility="private")
             timer.tick(self.status_panel, None, [backends], queue=False,
                        api_visibility="private")

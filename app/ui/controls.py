@@ -5,18 +5,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.backends import BackendInfo, GenerationParams
+import gradio as gr
+
+from app.backends import BackendInfo, BackendKind, GenerationParams
+from app.backends.sampling import check
 
 # Controls in the order the handlers receive them; each is shown only where the backend
 # honours it (see ``app.backends.CONTROLS``).
 CONTROL_NAMES = (
-    "max_new_tokens", "temperature", "top_p", "top_k", "repeat_penalty",
+    "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
     "frequency_penalty", "presence_penalty", "stop", "seed",
 )
+# The repetition penalty the page starts at: none (1), except on llama.cpp, whose small
+# default model loops without the 1.1 that llama-cpp-python's server applies by default.
+REPETITION_PENALTY: dict[BackendKind, float] = {"llama.cpp": 1.1}
+
+
+def control_updates(info: BackendInfo | None) -> list[Any]:
+    """The controls as the backend's kind has them: those it does not honour hidden, the
+    repetition penalty at the kind's starting value; left as they are when no backend
+    answers."""
+    if info is None:
+        return [gr.update() for _ in CONTROL_NAMES]
+    updates = []
+    for name in CONTROL_NAMES:
+        if name == "max_new_tokens":
+            updates.append(gr.update(maximum=info.max_total_tokens - 1, visible=True))
+        elif name == "repetition_penalty":
+            updates.append(gr.update(visible=name in info.controls,
+                                     value=REPETITION_PENALTY.get(info.kind, 1.0)))
+        else:
+            updates.append(gr.update(visible=name in info.controls))
+    return updates
 
 
 def params_from(info: BackendInfo, values: Sequence[Any]) -> GenerationParams:
-    """The controls' values as generation parameters; ValueError says what to fix."""
+    """The controls' values as generation parameters; ValueError (``InvalidSetting``) says
+    what to fix."""
     given = dict(zip(CONTROL_NAMES, values, strict=True))
     stops = tuple(line for line in str(given.pop("stop") or "").splitlines() if line)
     if info.max_stop_sequences is not None and len(stops) > info.max_stop_sequences:
@@ -26,10 +51,12 @@ def params_from(info: BackendInfo, values: Sequence[Any]) -> GenerationParams:
         )
     seed = given.pop("seed")
     top_k = given.pop("top_k")
-    return GenerationParams(
+    params = GenerationParams(
         stop=stops,
         seed=None if seed is None or int(seed) < 0 else int(seed),
         top_k=int(top_k) if top_k else None,
         max_new_tokens=int(given.pop("max_new_tokens")),
         **{name: float(value) for name, value in given.items()},
     )
+    check(info.kind, params)
+    return params

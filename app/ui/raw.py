@@ -68,12 +68,12 @@ class RawUI:
             rendered = await render_prompt(client, info, messages)
         except BackendError as err:
             raise gr.Error(str(err)) from err
-        note = (
-            f"Rendered by {info.name} with {info.model_id}'s own chat template."
-            if rendered.from_model else
-            f"{info.name} does not share its chat template: this is generic ChatML. "
-            "Edit it to your model's format before generating."
-        )
+        if rendered.from_model:
+            note = f"Rendered by {info.name} with {info.model_id}'s own chat template."
+        else:
+            why = rendered.problem or f"{info.name} does not share its chat template"
+            note = (f"{why}. This is generic ChatML: edit it to your model's format before "
+                    "generating.")
         return rendered.text, note
 
     async def generate(
