@@ -114,6 +114,11 @@ class Refused(Exception):
         super().__init__(message)
         self.kind = kind
 
+    @property
+    def text(self) -> str:
+        """As ``InferError`` displays it (``router/src/infer/mod.rs``)."""
+        return f"Input validation error: {self}" if self.kind == "validation" else str(self)
+
 
 @dataclass
 class FakeBackend:
@@ -396,8 +401,7 @@ class FakeBackend:
             generated = self._admitted(mode, self._chat_parameters(body),
                                        [t["id"] for t in tokenize(prompt, False)])
         except Refused as err:
-            message = f"Input validation error: {err}" if err.kind == "validation" else str(err)
-            yield self._data({"error": {"message": message, "http_status_code": 422}})
+            yield self._data({"error": {"message": err.text, "http_status_code": 422}})
             yield b"data: [DONE]\n\n"
             return
         tokens = self._generation(generated)
@@ -454,8 +458,7 @@ class FakeBackend:
             generated = self._admitted(mode, parameters,
                                        [t["id"] for t in tokenize(body["inputs"], True)])
         except Refused as err:
-            message = f"Input validation error: {err}" if err.kind == "validation" else str(err)
-            yield self._data({"error": message, "error_type": err.kind})
+            yield self._data({"error": err.text, "error_type": err.kind})
             return
         tokens = self._generation(generated)
         text = ""

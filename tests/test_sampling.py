@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from app.backends import GenerationParams, InvalidSetting
+from app.api.dialogue import generation_params
+from app.backends import BackendInfo, GenerationParams, InvalidSetting
 from app.backends.sampling import BackendKind, check, openai_fields, tgi_parameters
 
 PAGE = GenerationParams(
@@ -74,3 +75,13 @@ def test_a_value_the_server_would_refuse_is_refused_naming_the_control(
 
 def test_a_control_the_kind_does_not_take_is_not_checked() -> None:
     check("tgi", GenerationParams(max_new_tokens=8, presence_penalty=-3.0, top_k=-1))
+
+
+def test_the_api_refuses_a_stored_setting_the_backend_would_refuse() -> None:
+    """An imported conversation may carry any value: the REST API answers 422 with this line
+    rather than sending it (app/api/dialogue.py)."""
+    info = BackendInfo(kind="tgi", url="http://h", model_id="m", max_input_tokens=10,
+                       max_total_tokens=20)
+    with pytest.raises(InvalidSetting, match=r"Top-p takes values above 0 to 1; you gave 1\.5"):
+        generation_params({"top_p": 1.5}, 64, info)
+    assert generation_params({"top_p": 1.0, "presence_penalty": 5}, 64, info).top_p == 1.0

@@ -11,9 +11,11 @@ Streams are read with ``aiohttp`` and ``json``: every token of every reply is on
 read, and that cost bounds how many streams one process carries (``bench/``). Measured per
 chunk, JSON included: ``httpx`` 205 µs, ``aiohttp`` 56 µs; ``AsyncInferenceClient`` adds about
 125 µs to its transport's to build typed objects for each. The wire format: ``data: {chunk}``
-server-sent events ending with ``data: [DONE]``; errors are
-``{"error": .., "error_type": ..}`` (TGI) or ``{"error": {"message": ..}}`` (OpenAI). The
-probe, a few requests a minute, uses ``httpx``.
+server-sent events ending with ``data: [DONE]``, with ``:`` keep-alive comments between them;
+errors come as an HTTP status or inside a stream that began with HTTP 200, in each server's
+shape (``error_parts``), and are classified by ``classified``. What each kind of server is
+sent for the page's controls is in ``app.backends.sampling``. The probe, a few requests a
+minute, uses ``httpx``.
 """
 
 from __future__ import annotations
