@@ -11,7 +11,7 @@ from its source rather than its docs (``docs/backends.md`` has the table):
   no ``top_p`` below 1 and no ``top_k`` are sent (``server/.../utils/tokens.py`` samples at
   temperature 1.0 otherwise), so a greedy request sends neither. ``top_p`` must be below 1
   (``router/src/validation.rs``): 1 is sent as nothing. ``/generate_stream`` takes the same
-  in its own words (``do_sample``, ``repetition_penalty``, ``top_k``).
+  in its own words (``do_sample``, ``repetition_penalty``).
 - **llama.cpp** (llama-cpp-python's server and ``llama-server``): OpenAI's fields plus
   ``top_k`` and ``repeat_penalty`` (1 = off), temperature 0 greedy.
 - **OpenAI-compatible** (vLLM, others) and **Inference Providers**: OpenAI's fields only.

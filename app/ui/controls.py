@@ -16,8 +16,9 @@ CONTROL_NAMES = (
     "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
     "frequency_penalty", "presence_penalty", "stop", "seed",
 )
-# The repetition penalty the page starts at: none (1), except on llama.cpp, whose small
-# default model loops without the 1.1 that llama-cpp-python's server applies by default.
+# The repetition penalty the page starts at: none (1), except on llama.cpp, where it starts at
+# the 1.1 that llama-cpp-python's server (the embedded engine) applies when none is sent, so
+# the default model answers as it did before the page sent one.
 REPETITION_PENALTY: dict[BackendKind, float] = {"llama.cpp": 1.1}
 
 
