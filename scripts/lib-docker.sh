@@ -23,12 +23,6 @@ require_compose() {
         fail "Docker Compose v2 is missing (docker compose). Install the docker-compose-plugin package."
 }
 
-require_buildx() {
-    require_docker
-    docker buildx version >/dev/null 2>&1 ||
-        fail "Docker Buildx is missing (docker buildx). Install the docker-buildx-plugin package."
-}
-
 # check_profile NAME: exit with a clear message unless NAME is a known profile.
 check_profile() {
     local profile
@@ -65,7 +59,10 @@ prepare_cache() {
     mkdir -p "$(host_path "$MODEL_CACHE")" "$(host_path "$APP_DATA")"
 }
 
-# compose ARGS...: docker compose on the project's file, with every profile known to it.
+# compose ARGS...: docker compose on the project's file (and COMPOSE_OVERRIDE, a file of
+# your own laid over it, when set), with every profile known to it.
 compose() {
-    docker compose --project-directory "$REPO/containers" -f "$COMPOSE_FILE" --env-file "$ENV_FILE" "$@"
+    local files=(-f "$COMPOSE_FILE")
+    [ -z "${COMPOSE_OVERRIDE:-}" ] || files+=(-f "$COMPOSE_OVERRIDE")
+    docker compose --project-directory "$REPO/containers" "${files[@]}" --env-file "$ENV_FILE" "$@"
 }

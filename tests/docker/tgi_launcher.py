@@ -1,0 +1,66 @@
+"""Stands in for TGI's launcher (``text-generation-launcher``) in the docker tier: it takes the
+arguments containers/compose.yaml gives TGI, refuses to start unless the model is in ``/data``
+in the Hugging Face cache layout (TGI runs there with ``HF_HUB_OFFLINE=1``), "loads" for a
+moment (``/health`` does not answer yet), then serves tests/fake_backend.py's TGI on
+``--hostname``:``--port``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import uvicorn
+
+from tests.fake_backend import FakeBackend
+
+CACHE = Path("/data")
+LOADING_SECONDS = float(os.environ.get("TGI_STANDIN_LOADING_SECONDS", "2"))
+
+
+def snapshot(model_id: str, revision: str) -> Path | None:
+    """The model's snapshot as huggingface_hub finds it offline: ``refs/<revision>`` names
+    the commit, and its folder holds a config and the weights."""
+    repo = CACHE / f"models--{model_id.replace('/', '--')}"
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    folder = repo / "snapshots" / commit
+    has_weights = any(folder.glob("*.safetensors"))
+    return folder if (folder / "config.json").is_file() and has_weights else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="text-generation-launcher")
+    parser.add_argument("--model-id", required=True)
+    parser.add_argument("--revision", default="main")
+    parser.add_argument("--max-input-tokens", type=int, default=4095)
+    parser.add_argument("--max-total-tokens", type=int, default=4096)
+    # As TGI's (launcher/src/main.rs): from the environment when not given; its images
+    # set PORT=80 (Dockerfile_intel, Dockerfile).
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "80")))
+    parser.add_argument("--hostname", default=os.environ.get("HOSTNAME", "0.0.0.0"))
+    parser.add_argument("--quantize")
+    args = parser.parse_args()
+    found = snapshot(args.model_id, args.revision)
+    if found is None:
+        print(f"Error: {args.model_id} at revision {args.revision} is not in {CACHE} and "
+              "HF_HUB_OFFLINE=1 forbids downloading it", file=sys.stderr)
+        return 1
+    print(f"Loading {args.model_id} from {found}", flush=True)
+    time.sleep(LOADING_SECONDS)
+    backend = FakeBackend(
+        model_id=args.model_id, max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens, token_delay=0.02,
+        tokens=["Here", " is", " a", " reverse", ":", "\n\n```python\n",
+                "def reverse(s):\n", "    return s[::-1]\n", "```"],
+    )
+    print(f"Connected; serving on {args.hostname}:{args.port}", flush=True)
+    uvicorn.run(backend.app(), host=args.hostname, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

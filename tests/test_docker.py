@@ -1,0 +1,256 @@
+"""The Docker stack run for real (the ``docker`` tier): a private Docker engine
+(tests/docker_engine.py), the app image built by ``scripts/build``, and the real scripts
+(``up``, ``status``, ``logs``, ``down``) on containers/compose.yaml, unchanged but for
+tests/docker/compose.test.yaml (host networking, loopback ports, the Hub's address).
+
+Only what cannot be pulled here stands in: ``python:3.11-slim`` (a debootstrap root), TGI's
+images (tests/docker/tgi.Dockerfile: the TGI fake of tests/fake_backend.py behind a launcher
+that takes TGI's arguments and refuses to start without the model in its cache) and the Hub
+(tests/fake_hub.py on a loopback port, the downloader pointed at it with ``HF_ENDPOINT``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.docker_engine import DockerEngine
+from tests.fake_hub import FakeHub, FakeRepo
+from tests.servers import free_port
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+OVERRIDE = REPO / "tests/docker/compose.test.yaml"
+
+
+def service_env() -> dict[str, str]:
+    pairs = {}
+    for line in (REPO / "containers/service.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name] = value
+    return pairs
+
+
+DEFAULTS = service_env()
+MODEL = DEFAULTS["CPU_MODEL_ID"]
+GATED = "acme/gated-coder"
+FILES = {
+    "config.json": b'{"model_type": "qwen2", "hidden_size": 64}\n',
+    "tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
+    "model.safetensors": random.Random(0).randbytes(2_000_000),
+}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[DockerEngine]:
+    missing = [tool for tool in ("dockerd", "debootstrap") if shutil.which(tool) is None]
+    if missing or os.geteuid() != 0:
+        pytest.fail(f"the docker tier needs root and {', '.join(missing) or 'dockerd'}: "
+                    "scripts/test installs Debian's docker.io and debootstrap")
+    with DockerEngine() as started:
+        started.build_base()
+        started.build_tgi(DEFAULTS["TGI_VERSION"])
+        yield started
+
+
+@pytest.fixture(scope="module")
+def built(engine: DockerEngine) -> DockerEngine:
+    """The app image, built by scripts/build as a user without Buildx builds it."""
+    result = subprocess.run(
+        [SCRIPTS / "build", "--network", "host"], env={**os.environ, **engine.env},
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.startswith("Buildx is not installed: building the app target")
+    image = json.loads(engine.docker("image", "inspect", f"coding-playground:{DEFAULTS['TAG']}")
+                       .stdout)[0]
+    labels = image["Config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] == DEFAULTS["TAG"], "bake's labels"
+    return engine
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    fake = FakeHub(repos={MODEL: FakeRepo(FILES), GATED: FakeRepo(FILES, gated=True)})
+    with fake.serving():
+        yield fake
+
+
+@dataclass
+class Stack:
+    engine: DockerEngine
+    env: dict[str, str]
+    folder: Path
+
+    @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['APP_PORT']}"
+
+    def run(self, script: str, *args: str, timeout: float = 600,
+            **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SCRIPTS / script, *args], env={**self.env, **env}, capture_output=True,
+            text=True, timeout=timeout, check=False,
+        )
+
+    def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.engine.docker(
+            "compose", "--project-directory", str(REPO / "containers"),
+            "-f", str(REPO / "containers/compose.yaml"), "-f", str(OVERRIDE),
+            "--env-file", str(REPO / "containers/service.env"), *args, check=False,
+        )
+
+    def container(self, service: str) -> dict[str, object]:
+        found = self.compose("--profile", "cpu", "ps", "--all", "--format", "json", service)
+        rows = [json.loads(line) for line in found.stdout.splitlines() if line.strip()]
+        return rows[0] if rows else {}
+
+    def logs(self, service: str) -> str:
+        """What ``scripts/logs SERVICE`` prints within a few seconds (it follows)."""
+        process = subprocess.Popen(
+            [SCRIPTS / "logs", service], env=self.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        time.sleep(3)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, to the script and its docker
+        out, _ = process.communicate(timeout=30)
+        return out
+
+
+@pytest.fixture
+def stack(built: DockerEngine, hub: FakeHub, tmp_path: Path) -> Iterator[Stack]:
+    env = {
+        **os.environ, **built.env, "APP_PORT": str(free_port()), "TGI_PORT": str(free_port()),
+        "MODEL_CACHE": str(tmp_path / "models"), "APP_DATA": str(tmp_path / "data"),
+        "HF_ENDPOINT": hub.url, "COMPOSE_OVERRIDE": str(OVERRIDE),
+        "TGI_STANDIN_LOADING_SECONDS": "2",
+    }
+    running = Stack(built, env, tmp_path)
+    yield running
+    running.run("down")
+
+
+def say(stack: Stack, message: str) -> list[dict[str, object]]:
+    """A dialogue through the app's REST API, streamed: its events."""
+    events = []
+    with httpx.stream("POST", f"{stack.app_url}/api/v1/dialogue", timeout=60,
+                      json={"message": message, "stream": True}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    return events
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 120, step: float = 1) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(step)
+
+
+def test_up_chat_status_logs_down_and_up_again(stack: Stack, hub: FakeHub) -> None:
+    up = stack.run("up", "cpu")
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert f"The playground is at {stack.app_url}" in up.stdout
+    snapshot = stack.folder / f"models/models--{MODEL.replace('/', '--')}/snapshots"
+    assert {p.name for p in next(snapshot.iterdir()).iterdir()} == set(FILES)
+    assert stack.container("downloader-cpu")["ExitCode"] == 0
+    assert stack.container("tgi-cpu")["Health"] == "healthy"
+    downloaded = stack.logs("downloader-cpu")
+    assert f"Fetching {MODEL} (main) from {stack.env['HF_ENDPOINT']}" in downloaded
+    assert f"Fetching {len(FILES)} files: 100%" in downloaded, "with its progress"
+
+    events = say(stack, "Reverse a string in Python.")
+    text = "".join(str(event.get("delta", "")) for event in events)
+    assert "return s[::-1]" in text, "streamed from the TGI stand-in through the app"
+    assert events[-1]["done"] is True
+    assert events[-1]["error"] is None
+    assert (stack.folder / "data/playground.db").is_file()
+
+    status = stack.run("status")
+    assert status.returncode == 0
+    for service in ("app", "tgi-cpu", "downloader-cpu"):
+        assert service in status.stdout
+    assert "(healthy)" in status.stdout
+    assert f"app: up (http://127.0.0.1:{stack.env['APP_PORT']}/healthz)" in status.stdout
+    assert f"tgi: up (http://127.0.0.1:{stack.env['TGI_PORT']}/health)" in status.stdout
+    assert "Uvicorn running" in stack.logs("app") or "GET /healthz" in stack.logs("app")
+
+    assert stack.run("down").returncode == 0
+    asked = len(hub.requests)
+    again = stack.run("up", "cpu")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert len(hub.requests) == asked, "the cache had the model: the Hub was not asked"
+    listed = httpx.get(f"{stack.app_url}/api/v1/dialogues", timeout=10).json()
+    assert [d["title"] for d in listed] == ["Reverse a string in Python."]
+    for path in (stack.folder / "data", stack.folder / "models"):
+        for item in [path, *path.rglob("*")]:
+            assert item.lstat().st_uid == os.getuid(), f"{item} belongs to the user"
+
+
+def test_a_killed_tgi_is_restarted_and_the_next_message_works(stack: Stack) -> None:
+    """The app's router sees TGI go (GET /models answers 503 with the page's reason, as the
+    page's Backends panel shows it), Docker restarts TGI, and the app needs no restart."""
+    stack.env["TGI_STANDIN_LOADING_SECONDS"] = "6"
+    assert stack.run("up", "cpu").returncode == 0
+    pid = stack.engine.docker("inspect", "--format", "{{.State.Pid}}",
+                              str(stack.container("tgi-cpu")["ID"])).stdout.strip()
+    os.kill(int(pid), signal.SIGKILL)
+
+    def backend_down() -> bool:
+        models = httpx.get(f"{stack.app_url}/api/v1/models", timeout=10)
+        return models.status_code == 503 and "No backend can answer" in models.text
+
+    wait_until(backend_down, 30, step=0.2)
+    wait_until(lambda: stack.container("tgi-cpu").get("Health") == "healthy")
+    events = say(stack, "again?")
+    assert events[-1]["error"] is None
+    assert "return s[::-1]" in "".join(str(e.get("delta", "")) for e in events)
+
+
+def test_a_gated_model_stops_up_with_the_downloaders_message_and_code(stack: Stack) -> None:
+    result = stack.run("up", "cpu", CPU_MODEL_ID=GATED)
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "gated" in result.stderr
+    assert "HF_TOKEN" in result.stderr
+    assert stack.container("tgi-cpu").get("State", "created") == "created", "never started"
+
+
+def test_doctor_stops_up_before_compose_when_memory_is_short(stack: Stack) -> None:
+    result = stack.run("up", "cpu", CPU_MEMORY_GIB="100000")
+    assert result.returncode == 1
+    assert "TGI would be killed for lack of memory" in result.stderr
+    assert stack.compose("--profile", "cpu", "ps", "--all", "-q").stdout.strip() == ""
+
+
+def test_the_cuda_profile_is_configured_for_a_gpu(stack: Stack) -> None:
+    """It cannot run here (no GPU): its configuration is what compose would run."""
+    config = stack.engine.docker(
+        "compose", "--project-directory", str(REPO / "containers"),
+        "-f", str(REPO / "containers/compose.yaml"), "--env-file",
+        str(REPO / "containers/service.env"), "--profile", "cuda", "config", "--format", "json",
+    )
+    services = json.loads(config.stdout)["services"]
+    tgi = services["tgi-cuda"]
+    image = f"ghcr.io/huggingface/text-generation-inference:{DEFAULTS['TGI_VERSION']}"
+    assert tgi["image"] == image
+    device = tgi["deploy"]["resources"]["reservations"]["devices"][0]
+    assert (device["driver"], device["capabilities"]) == ("nvidia", ["gpu"])
+    assert tgi["command"][:2] == ["--model-id", DEFAULTS["CUDA_MODEL_ID"]]
+    assert "--max-total-tokens" in tgi["command"]
+    assert services["downloader-cuda"]["environment"]["MODEL_ID"] == DEFAULTS["CUDA_MODEL_ID"]
