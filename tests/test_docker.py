@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.docker_engine import DockerEngine
+from tests.docker_engine import DockerEngine, read_env_file
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.servers import free_port
 
@@ -36,16 +36,7 @@ SCRIPTS = REPO / "scripts"
 OVERRIDE = REPO / "tests/docker/compose.test.yaml"
 
 
-def service_env() -> dict[str, str]:
-    pairs = {}
-    for line in (REPO / "containers/service.env").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            pairs[name] = value
-    return pairs
-
-
-DEFAULTS = service_env()
+DEFAULTS = read_env_file()
 MODEL = DEFAULTS["CPU_MODEL_ID"]
 GATED = "acme/gated-coder"
 FILES = {
