@@ -10,6 +10,9 @@ from contextlib import aclosing
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
 from app.backends import (
     BackendClient,
@@ -272,3 +275,55 @@ async def test_inference_providers_get_the_model_with_its_provider_and_hf_token(
     assert final.stats.backend == "providers"
     assert second.requests[-1]["model"] == "Qwen/Qwen2.5-Coder-32B-Instruct:together"
     assert second.headers[-1]["authorization"] == "Bearer hf_providerstoken"
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"max_total_tokens": 2048, "cut', b'{"max_total_tokens": null}',
+             b'{"max_total_tokens": "many"}'],
+    ids=["not-json", "null", "text"],
+)
+async def test_a_malformed_info_marks_that_backend_down_and_no_other(
+    body: bytes, backend_b: ServerThread
+) -> None:
+    """One bad /info used to escape the probe as ValueError/TypeError and stop every check."""
+
+    async def info(request: object) -> Response:
+        return Response(body, media_type="application/json")
+
+    broken = Starlette(routes=[Route("/info", info)])
+    with ServerThread(broken) as bad:
+        r = router(("bad", bad.url), ("vllm", backend_b.url), check_interval=0.05)
+        await r.refresh()
+        rows = {row.name: row for row in r.statuses()}
+        assert (rows["bad"].state, rows["vllm"].state) == ("down", "up")
+        assert "/info" in (rows["bad"].error or "")
+        checks = asyncio.create_task(r.run_checks())
+        await asyncio.sleep(0.3)
+        assert not checks.done(), "the background checks go on"
+        checks.cancel()
+
+
+async def test_the_background_checks_survive_anything(
+    fake: FakeBackend, backend: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = router(("gpu", backend.url), check_interval=0.05)
+    calls = 0
+    probe = r.states[0].client.probe
+
+    async def flaky() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in a probe")
+        return await probe()
+
+    r.states[0].client.probe = flaky  # type: ignore[method-assign]
+    checks = asyncio.create_task(r.run_checks())
+    for _ in range(100):
+        if calls >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert not checks.done()
+    checks.cancel()
+    assert {row.name: row.state for row in r.statuses()} == {"gpu": "up"}
+    assert "a bug in a probe" in caplog.text

@@ -164,7 +164,7 @@ class BackendClient:
                 if self.kind in ("auto", "tgi"):
                     info = await http.get(f"{self.url}/info")
                     if info.status_code == 200 and "max_total_tokens" in info.text:
-                        return self._narrowed(self._tgi_info(info.json()))
+                        return self._narrowed(self._tgi_info(info))
                     if self.kind == "tgi":
                         raise BackendError(
                             f"The backend {self.label} does not answer like TGI (GET /info "
@@ -206,14 +206,24 @@ class BackendClient:
             )
         return replace(info, model_id=offered[0], models=tuple(offered))
 
-    def _tgi_info(self, body: dict[str, Any]) -> BackendInfo:
-        total = int(body["max_total_tokens"])
-        max_input = body.get("max_input_tokens") or body.get("max_input_length") or total - 1
+    def _tgi_info(self, response: httpx.Response) -> BackendInfo:
+        """TGI's ``/info``; raises ``BackendError`` when it is not what TGI sends."""
+        try:
+            body = response.json()
+            total = int(body["max_total_tokens"])
+            max_input = int(
+                body.get("max_input_tokens") or body.get("max_input_length") or total - 1
+            )
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise BackendError(
+                f"The backend {self.label} answered GET /info with something other than TGI's "
+                f"info ({type(err).__name__}: {err}); check its URL and kind."
+            ) from err
         return BackendInfo(
             kind="tgi",
             url=self.url,
             model_id=str(body.get("model_id", "unknown")),
-            max_input_tokens=int(max_input),
+            max_input_tokens=max_input,
             max_total_tokens=total,
             version=body.get("version"),
             max_stop_sequences=body.get("max_stop_sequences"),

@@ -229,6 +229,12 @@ class Router:
                 state.info = await state.client.probe()
             except BackendError as err:
                 self._mark(state, down=True, error=err)
+            except Exception as err:  # a bug in one probe must not stop every check
+                log.exception("Checking backend %s failed", state.name)
+                self._mark(state, down=True, error=BackendError(
+                    f"The backend {state.client.label} could not be checked "
+                    f"({type(err).__name__}: {err}); the app's log has the details."
+                ))
             else:
                 self._mark(state, down=False, error=None)
             state.checked_at = self._clock()
