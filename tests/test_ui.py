@@ -252,6 +252,35 @@ async def test_the_message_is_stored_first_and_the_reply_as_it_streams(
     assert (final.status, final.tokens, final.content) == ("stop", 13, "".join(fake.tokens))
 
 
+async def test_a_cancelled_reply_is_stored_as_stopped_with_its_text(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """Gradio cancels the handler's task when a page goes away: the reply used to stay
+    "streaming" until the next restart, and the cancellation was swallowed."""
+    fake.tokens = [f"t{i} " for i in range(100)]
+    fake.token_delay = 0.02
+    ui = make_ui(backend.url)
+    chat = Chat()
+    seen: list[str] = []
+
+    async def page() -> None:
+        async for update in ui.send(None, "go on", chat, "", "", None, *CONTROLS):
+            seen.append(last_reply(update))
+
+    handler = asyncio.create_task(page())
+    await wait_for(lambda: any(text.startswith("t0 t1 t2") for text in seen))
+    handler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    local = await ui.history_for(None)
+    assert chat.id is not None
+    reply = ui.store.get_conversation(local.user_id, chat.id).exchanges[0].reply
+    assert reply is not None
+    assert reply.status == "stopped"
+    assert reply.content.startswith("t0 t1 t2")
+    await wait_for(lambda: fake.cancelled == 1)
+
+
 async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
     backend: ServerThread, fake: FakeBackend
 ) -> None:

@@ -11,8 +11,9 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,29 +96,45 @@ class History:
         messages: list[dict[str, str]], params: GenerationParams,
     ) -> AsyncGenerator[None]:
         """Stream the reply into ``exchange``, yielding after each update; it is saved at
-        least every ``SAVE_INTERVAL_SECONDS`` and, with its stats, when it ends."""
+        least every ``SAVE_INTERVAL_SECONDS`` and, with its stats, when it ends. Cancelled or
+        closed before the end (the page went away), it is stored as stopped, with its text,
+        and the cancellation goes on to the caller."""
         saved_at = time.monotonic()
         # Saves made while the reply streams run beside it: a slow or locked database delays
         # the save, not the stream. One at a time; the final save waits for it.
         saving: asyncio.Task[None] | None = None
         stream = service.stream_reply(info, messages, params, exchange.stop)
-        async with aclosing(stream):
-            async for progress in stream:
-                exchange.reply = progress.text
-                exchange.stats = progress.stats
-                if progress.error is not None:
-                    exchange.error = str(progress.error)
-                if progress.done:
-                    if saving is not None:
-                        await saving
-                    await self.save_final(exchange)
-                    exchange.done = True
-                elif time.monotonic() - saved_at >= SAVE_INTERVAL_SECONDS and (
-                    saving is None or saving.done()
-                ):
-                    saved_at = time.monotonic()
-                    saving = asyncio.create_task(self.save_progress(exchange))
-                yield
+        try:
+            async with aclosing(stream):
+                async for progress in stream:
+                    exchange.reply = progress.text
+                    exchange.stats = progress.stats
+                    if progress.error is not None:
+                        exchange.error = str(progress.error)
+                    if progress.done:
+                        if saving is not None:
+                            await saving
+                        await self.save_final(exchange)
+                        exchange.done = True
+                    elif time.monotonic() - saved_at >= SAVE_INTERVAL_SECONDS and (
+                        saving is None or saving.done()
+                    ):
+                        saved_at = time.monotonic()
+                        saving = asyncio.create_task(self.save_progress(exchange))
+                    yield
+        finally:
+            if not exchange.done:
+                exchange.done = True
+                if exchange.stats is not None:
+                    exchange.stats = replace(exchange.stats, finish="stopped")
+                await asyncio.shield(self._after(saving, self.save_final(exchange)))
+
+    @staticmethod
+    async def _after(earlier: asyncio.Task[None] | None, save: Awaitable[None]) -> None:
+        """``save``, once the save still running (if any) is done."""
+        if earlier is not None:
+            await asyncio.wait({earlier})
+        await save
 
     async def add_message(
         self, chat: Chat, exchange: Exchange, system_prompt: str, settings: dict[str, Any],

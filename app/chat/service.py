@@ -159,10 +159,16 @@ class ChatService:
             watcher.cancel()
             if not reader.done():
                 reader.cancel()  # closes the upstream stream
-            with suppress(asyncio.CancelledError):
+            try:
                 await reader
-            self._streaming -= 1
-            self.metrics.active_streams.dec()
+            except asyncio.CancelledError:
+                # The reader's own cancellation ends here; the caller's goes on.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            finally:
+                self._streaming -= 1
+                self.metrics.active_streams.dec()
         if failures:
             if self.settings.debug:
                 raise failures[0]
