@@ -374,8 +374,14 @@ def test_messages_that_cannot_be_sent_are_refused_and_not_stored(
     too_long = assert_error_shape(api.say(alice, "x" * 51), 422)
     assert "51 characters; the limit is 50" in too_long["error"]
     assert "empty" in assert_error_shape(api.say(alice, "  \n "), 422)["error"]
-    overflow = assert_error_shape(api.say(alice, "hi", max_new_tokens=2048), 422)
+    overflow = assert_error_shape(api.say(alice, "hi", max_new_tokens=2040), 422)
     assert "lower max new tokens" in overflow["error"]
+    never = assert_error_shape(api.say(alice, "hi", max_new_tokens=100000), 422)["error"]
+    assert never == (
+        "Max new tokens (100000) leaves no room for the message in this model's context "
+        "(2048 tokens, shared by the message and the reply). Set max new tokens below 2048, "
+        "like 1024."
+    )
     invalid = assert_error_shape(api.say(alice, "hi", temperature=9, colour="blue"), 422)
     assert [problem["loc"] for problem in invalid["detail"]] == [
         ["body", "temperature"], ["body", "colour"],

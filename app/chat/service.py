@@ -19,7 +19,7 @@ from app.backends import (
 )
 from app.backends.router import BackendStatus, Router
 from app.chat.cache import CachedReply, ResponseCache, cache_key, is_deterministic
-from app.chat.context import FittedContext, fit_messages, input_budget
+from app.chat.context import ContextOverflow, FittedContext, fit_messages, input_budget
 from app.chat.models import Exchange, Finish, TurnStats, finish_from_backend
 from app.metrics import Metrics
 from app.settings import Settings
@@ -93,7 +93,15 @@ class ChatService:
         self, info: BackendInfo, system_prompt: str, history: Sequence[Exchange], user_text: str,
         max_new_tokens: int,
     ) -> FittedContext:
-        budget = input_budget(info.max_input_tokens, info.max_total_tokens, max_new_tokens)
+        """The messages to send (as many recent turns as fit); raises ``ContextOverflow``."""
+        total = info.max_total_tokens
+        if max_new_tokens >= total:
+            raise ContextOverflow(
+                f"Max new tokens ({max_new_tokens}) leaves no room for the message in this "
+                f"model's context ({total} tokens, shared by the message and the reply). Set "
+                f"max new tokens below {total}, like {total // 2}."
+            )
+        budget = input_budget(info.max_input_tokens, total, max_new_tokens)
         return fit_messages(system_prompt, history, user_text, budget)
 
     async def stream_reply(
