@@ -85,8 +85,9 @@ async def test_a_message_too_long_for_the_context_is_refused(
 ) -> None:
     fake.max_input_tokens, fake.max_total_tokens = 100, 200
     chat = Chat()
+    controls = (50, *CONTROLS[1:])
     with pytest.raises(gr.Error, match="Shorten the message"):
-        await drain(make_ui(backend.url).send(None, "word " * 200, chat, "", "", None, *CONTROLS))
+        await drain(make_ui(backend.url).send(None, "word " * 200, chat, "", "", None, *controls))
     assert chat.exchanges == []
     assert fake.requests == []
 
