@@ -78,6 +78,26 @@ def test_type_watch_the_reply_grow_and_stop_it(page: Page, fake: FakeBackend) ->
     page.screenshot(path=str(OUTPUT / "browser-stop.png"), full_page=True)
 
 
+def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_is_kept_stopped(
+    page: Page, fake: FakeBackend
+) -> None:
+    """The stopped reply's last update used to repaint the conversation being left."""
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    page.locator("#message textarea").fill("a long answer, please")
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("word3 ", timeout=15_000)
+    page.locator("#new-chat").click()
+    expect(page.locator("#chat .message")).to_have_count(0)
+    time.sleep(1.5)
+    expect(page.locator("#chat .message")).to_have_count(0)
+    page.locator("#conversations").get_by_text("a long answer, please").click()
+    expect(page.locator("#chat .message.user")).to_have_text(["a long answer, please"])
+    reply = page.locator("#chat .message.bot")
+    expect(reply).to_contain_text("stopped by you")
+    expect(reply).to_contain_text("word3 ")
+    assert fake.completed == 0
+
+
 def test_tgi_gets_no_repetition_penalty_by_default_and_greedy_at_temperature_0(
     page: Page, fake: FakeBackend
 ) -> None:

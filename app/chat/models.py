@@ -72,3 +72,6 @@ class Chat:
 
     id: str | None = None
     exchanges: list[Exchange] = field(default_factory=list)
+    # False once the tab has moved to another conversation (New, Clear, Open, Delete): a reply
+    # still ending in this one is stored, but no longer painted over the one on screen.
+    on_screen: bool = True

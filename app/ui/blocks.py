@@ -269,7 +269,8 @@ class PlaygroundUI:
             async for _ in updates:
                 # ``chat`` changes in place in the page's state: sending it again would only
                 # make Gradio 6.31 rebuild the State's config at every update.
-                yield chat_messages(chat.exchanges), *(gr.skip(),) * 5
+                shown = chat_messages(chat.exchanges) if chat.on_screen else gr.skip()
+                yield shown, *(gr.skip(),) * 5
 
     async def stop(self, chat: Chat) -> None:
         """Ask the reply in progress to end; its handler shows it as stopped."""
@@ -285,10 +286,16 @@ class PlaygroundUI:
         await (await self.history_for(request)).forget(chat, last)
         return chat_messages(chat.exchanges), chat, last.user
 
+    async def leave(self, chat: Chat) -> None:
+        """The tab moves to another conversation: a reply still streaming in this one ends
+        (stopped, and kept) without painting over the next one."""
+        chat.on_screen = False
+        await self.stop(chat)
+
     async def new_chat(self, chat: Chat) -> tuple[list[Any], Chat, str, Any]:
         """Start an empty conversation; the one on screen stays in the list. A reply still
         streaming ends (stopped) and is kept."""
-        await self.stop(chat)
+        await self.leave(chat)
         return [], Chat(), "", gr.update(value=None)
 
     async def open_chat(
@@ -297,11 +304,11 @@ class PlaygroundUI:
         """Show a stored conversation with its system prompt, model and settings."""
         if not conversation_id or conversation_id == chat.id:
             return (gr.skip(),) * (6 + len(CONTROL_NAMES))
-        await self.stop(chat)
         try:
             record, opened = await (await self.history_for(request)).open(conversation_id)
         except NotFound as err:
             raise gr.Error("That conversation no longer exists.") from err
+        await self.leave(chat)
         values = [record.settings.get(name, gr.skip()) for name in CONTROL_NAMES]
         return (chat_messages(opened.exchanges), opened, record.system_prompt,
                 record.language or "", record.settings.get("model", gr.skip()), record.title,
@@ -349,7 +356,7 @@ class PlaygroundUI:
         self, request: gr.Request | None, chat: Chat
     ) -> tuple[list[Any], Chat, str, Any, Any]:
         """Delete the conversation on screen (after the user confirmed)."""
-        await self.stop(chat)
+        await self.leave(chat)
         history = await self.history_for(request)
         if chat.id is not None:
             await history.delete(chat.id)
