@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.server import create_app, open_store
 from app.store import Accounts
+from app.ui import PlaygroundUI
 from tests.conftest import OUTPUT, RunningApp, settings_for
 from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread
@@ -96,6 +97,38 @@ def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_is_kept_stoppe
     expect(reply).to_contain_text("stopped by you")
     expect(reply).to_contain_text("word3 ")
     assert fake.completed == 0
+
+
+def test_the_backends_panel_polls_only_while_unfolded(
+    browser: Browser, backend: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every open page used to have the server build the panel every 5 s, folded or not."""
+    built: list[float] = []
+    status_panel = PlaygroundUI.status_panel
+
+    def counted(ui: PlaygroundUI) -> str:
+        built.append(time.monotonic())
+        return status_panel(ui)
+
+    monkeypatch.setattr(PlaygroundUI, "status_panel", counted)
+    with ServerThread(create_app(settings_for(backend.url))) as server:
+        page = browser.new_page()
+        page.goto(server.url)
+        expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+        time.sleep(2)
+        started = len(built)
+        time.sleep(11)
+        assert len(built) == started, "folded: no polling"
+        page.get_by_text("Backends", exact=True).click()
+        expect(page.locator("#backends")).to_contain_text("up")
+        time.sleep(11)
+        assert len(built) >= started + 3, "unfolded: at once, then every 5 s"
+        page.get_by_text("Backends", exact=True).click()
+        time.sleep(1)
+        folded = len(built)
+        time.sleep(11)
+        assert len(built) == folded, "folded again: no more polling"
+        page.close()
 
 
 def test_tgi_gets_no_repetition_penalty_by_default_and_greedy_at_temperature_0(

@@ -431,10 +431,12 @@ class PlaygroundUI:
                     "lost when it restarts.** Its owner can add storage in the Space's "
                     "settings.", elem_id="storage-warning",
                 )
-            with gr.Accordion("Backends", open=False, elem_id="backends-panel"):
+            with gr.Accordion("Backends", open=False, elem_id="backends-panel") as panel:
                 backends = gr.Markdown(self.status_panel(), elem_id="backends")
                 check = gr.Button("Check now", size="sm", elem_id="check-backends")
-            timer = gr.Timer(STATUS_REFRESH_SECONDS)
+            # The panel refreshes only while it is unfolded: 2,000 idle pages polling every
+            # 5 s would be 400 requests a second.
+            timer = gr.Timer(STATUS_REFRESH_SECONDS, active=False)
             with gr.Tabs():
                 with gr.Tab("Chat", elem_id="chat-tab"):
                     chatbot = gr.Chatbot(
@@ -642,6 +644,10 @@ class PlaygroundUI:
                         api_visibility="private")
             timer.tick(self.status_panel, None, [backends], queue=False,
                        api_visibility="private")
+            panel.expand(lambda: (gr.Timer(active=True), self.status_panel()), None,
+                         [timer, backends], queue=False, api_visibility="private")
+            panel.collapse(lambda: gr.Timer(active=False), None, [timer], queue=False,
+                           api_visibility="private")
             check.click(self.check_backends, [model], [backends, model], api_name="check_backends")
             render.click(raw.render, [model, chat, system_prompt, language, message],
                          [raw_prompt, raw_note], api_name="render_prompt")
