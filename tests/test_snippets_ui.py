@@ -80,3 +80,12 @@ def test_runs_are_off_by_default_when_others_can_reach_the_app() -> None:
     assert not settings_for("http://x:1", app_host="0.0.0.0").runs_allowed
     assert settings_for("http://x:1", app_host="0.0.0.0", snippet_runs="on").runs_allowed
     assert not settings_for("http://x:1", snippet_runs="off").runs_allowed
+
+
+async def test_the_library_lists_while_the_page_loads_its_search_box(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """A page still loading sends the empty search box as None: that raised AttributeError."""
+    snippets, _ = await saved_snippet(backend.url, fake)
+    listed = await snippets.search(None, None)
+    assert listed["choices"][0][0].startswith("one (")

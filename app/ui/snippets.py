@@ -118,8 +118,9 @@ class SnippetsUI:
 
     # -- the library ----------------------------------------------------------------------
 
-    async def search(self, request: gr.Request | None, text: str) -> Any:
-        return gr.update(choices=await self._choices(request, text))
+    async def search(self, request: gr.Request | None, text: str | None) -> Any:
+        """The library, narrowed by ``text`` (None, as a page sends it while it loads: all)."""
+        return gr.update(choices=await self._choices(request, text or ""))
 
     async def open(
         self, request: gr.Request | None, snippet_id: int | None
