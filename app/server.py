@@ -1,5 +1,6 @@
 """The ASGI app: FastAPI with the Gradio page mounted at ``/``, a health route and the
-Prometheus metrics; the backends are probed in the background while it runs."""
+Prometheus metrics; while it runs, the backends are probed and replies left streaming by a
+stopped process are marked interrupted, in the background."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 
 import gradio as gr
 from fastapi import FastAPI, Response
@@ -22,15 +24,42 @@ from app.ui import PlaygroundUI
 
 log = logging.getLogger(__name__)
 
+# Beyond the read timeout: the saves' own pace and a slow database.
+RECOVERY_MARGIN_SECONDS = 10.0
+
+
+def stale_after(settings: Settings) -> timedelta:
+    """How long a live process may leave a streaming reply unsaved: it saves one at each
+    update, and the longest wait for an update is a backend's read timeout."""
+    longest = max(
+        [backend.timeout or settings.backend_read_timeout for backend in settings.backend_list],
+        default=settings.backend_read_timeout,
+    )
+    return timedelta(seconds=longest + RECOVERY_MARGIN_SECONDS)
+
+
+def recover(store: Store, settings: Settings) -> None:
+    """Mark the replies whose process stopped while they streamed as interrupted."""
+    recovered = store.recover_interrupted(stale_after(settings))
+    if recovered:
+        log.warning("Marked %d reply(ies) cut off by a stopped process as interrupted",
+                    recovered)
+
 
 def open_store(settings: Settings) -> Store:
     """The store at DATABASE_URL, migrated, with replies cut off by a crash marked as such."""
     store = Store(settings.database_url.get_secret_value())
     store.migrate()
-    recovered = store.recover_interrupted()
-    if recovered:
-        log.warning("Marked %d reply(ies) cut off by the last shutdown as interrupted", recovered)
+    recover(store, settings)
     return store
+
+
+async def recover_periodically(store: Store, settings: Settings) -> None:
+    """``recover`` every half ``stale_after``, until cancelled: replies of a process that
+    stopped shortly before this one started are recovered once they are stale."""
+    while True:
+        await asyncio.sleep(stale_after(settings).total_seconds() / 2)
+        await asyncio.to_thread(recover, store, settings)
 
 
 def create_app(settings: Settings, service: ChatService | None = None) -> FastAPI:
@@ -39,13 +68,17 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        checks = asyncio.create_task(chat.router.run_checks(), name="backend checks")
+        tasks = [
+            asyncio.create_task(chat.router.run_checks(), name="backend checks"),
+            asyncio.create_task(recover_periodically(store, settings), name="reply recovery"),
+        ]
         try:
             yield
         finally:
-            checks.cancel()
-            with suppress(asyncio.CancelledError):
-                await checks
+            for task in tasks:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
 
     api = FastAPI(
         title="Coding Playground", docs_url="/api/docs", openapi_url="/api/openapi.json",

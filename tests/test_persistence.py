@@ -13,11 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from gradio_client import Client
 
-from app.store import Store
-from tests.conftest import REPO, answers
+from app.server import RECOVERY_MARGIN_SECONDS, create_app
+from app.store import Store, StoredReply
+from tests.conftest import REPO, answers, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 
@@ -71,7 +73,11 @@ def slow_backend(fake: FakeBackend) -> Iterator[ServerThread]:
 def test_a_reply_cut_by_sigkill_is_kept_and_marked(
     slow_backend: ServerThread, fake: FakeBackend, tmp_path: Path
 ) -> None:
-    app = AppProcess(slow_backend.url, tmp_path).start()
+    """The restarted app marks the reply once it is older than a live process would leave
+    it (BACKEND_READ_TIMEOUT plus a margin): at once if it is, else by its periodic sweep."""
+    app = AppProcess(slow_backend.url, tmp_path)
+    app.env["BACKEND_READ_TIMEOUT"] = "1"
+    app.start()
     try:
         Client(app.url, verbose=False).submit(
             "count for me", "", "", "", *CONTROLS, api_name="/chat"
@@ -84,11 +90,19 @@ def test_a_reply_cut_by_sigkill_is_kept_and_marked(
         app.kill()
     finally:
         app.kill()
-    app.start()  # the restart marks what was cut off
+    app.start()
     try:
         store = Store(app.database)
         user = store.user_id()
         [summary] = store.list_conversations(user)
+
+        def reply() -> StoredReply | None:
+            return store.get_conversation(user, summary.id).exchanges[0].reply
+
+        deadline = time.monotonic() + 1 + RECOVERY_MARGIN_SECONDS * 2
+        while (found := reply()) is not None and found.status == "streaming":
+            assert time.monotonic() < deadline, "never marked"
+            time.sleep(0.5)
         [exchange] = store.get_conversation(user, summary.id).exchanges
         assert exchange.user == "count for me"
         assert exchange.reply is not None
@@ -129,3 +143,33 @@ def test_two_tabs_on_one_conversation_lose_and_double_nothing(
         assert {e.reply.content for e in exchanges if e.reply} == {"".join(fake.tokens)}
     finally:
         app.kill()
+
+
+def test_a_replica_starting_leaves_the_replies_another_streams_alone(
+    slow_backend: ServerThread, fake: FakeBackend, url: str
+) -> None:
+    """Two app replicas on one database (SQLite and PostgreSQL): one starts (or restarts)
+    while the other streams; the reply streams on, unmarked, and ends finished. Every
+    streaming reply used to be marked interrupted by any replica that started."""
+    fake.tokens = fake.tokens[:60]  # three seconds
+    settings = settings_for(slow_backend.url, database_url=url)
+    store = Store(url)
+    with ServerThread(create_app(settings)) as first, ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(httpx.post, f"{first.url}/api/v1/dialogue", timeout=60,
+                            json={"message": "count for me"})
+        user = store.user_id()
+        deadline = time.monotonic() + 30
+        while not (listed := store.list_conversations(user)) or not (
+            (streaming := store.get_conversation(user, listed[0].id).exchanges[0].reply)
+            and streaming.content
+        ):
+            assert time.monotonic() < deadline, "the reply never started"
+            time.sleep(0.1)
+        create_app(settings)  # the second replica starts
+        during = store.get_conversation(user, listed[0].id).exchanges[0].reply
+        assert during is not None
+        assert (during.status, during.error) == ("streaming", None)
+        assert asked.result().json()["error"] is None
+    after = store.get_conversation(user, listed[0].id).exchanges[0].reply
+    assert after is not None
+    assert (after.status, after.content) == ("stop", "".join(fake.tokens))

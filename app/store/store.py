@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +113,14 @@ class Store:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-    def recover_interrupted(self) -> int:
-        """Mark replies left streaming by a crash as interrupted; returns how many."""
+    def recover_interrupted(self, older_than: timedelta) -> int:
+        """Mark replies left streaming, and not saved for ``older_than``, as interrupted: the
+        process streaming them has stopped (a live one saves them more often; other replicas
+        on the same database may be streaming the recent ones). Returns how many."""
         with self._session() as session:
             result = session.execute(
                 update(Message)
-                .where(Message.status == "streaming")
+                .where(Message.status == "streaming", Message.updated_at < now() - older_than)
                 .values(status="interrupted", error=INTERRUPTED_BY_RESTART, updated_at=now())
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
