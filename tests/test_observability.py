@@ -32,15 +32,17 @@ HF_TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUv"
 DB_PASSWORD = "pw-Kx77-database"
 
 
-async def updates_of(service: ChatService, params: GenerationParams) -> list[Progress]:
+async def updates_of(
+    service: ChatService, params: GenerationParams, owner: int = 1
+) -> list[Progress]:
     info = await service.backend_info()
-    stream = service.stream_reply(info, MESSAGES, params, asyncio.Event())
+    stream = service.stream_reply(info, MESSAGES, params, asyncio.Event(), owner)
     async with aclosing(stream):
         return [p async for p in stream]
 
 
-async def final(service: ChatService, params: GenerationParams) -> Progress:
-    return (await updates_of(service, params))[-1]
+async def final(service: ChatService, params: GenerationParams, owner: int = 1) -> Progress:
+    return (await updates_of(service, params, owner))[-1]
 
 
 async def test_many_streaming_replies_share_the_update_budget(
@@ -83,6 +85,18 @@ async def test_deterministic_replies_are_cached_within_the_bound(
     await final(service, greedy)
     assert len(fake.requests) == 6
     assert 'playground_response_cache_total{result="hit"} 1.0' in service.metrics.render().decode()
+
+
+async def test_one_users_cache_hit_tells_nothing_of_anothers_questions(
+    fake: FakeBackend, backend: ServerThread
+) -> None:
+    service = ChatService(settings_for(backend.url, response_cache_size=8))
+    greedy = GenerationParams(max_new_tokens=16, temperature=0.0)
+    await final(service, greedy, owner=1)
+    theirs = await final(service, greedy, owner=2)
+    assert not theirs.stats.cached, "the same question from another user is asked anew"
+    assert len(fake.requests) == 2
+    assert (await final(service, greedy, owner=2)).stats.cached
 
 
 async def test_the_cache_is_off_by_default(fake: FakeBackend, backend: ServerThread) -> None:

@@ -269,7 +269,7 @@ async def test_inference_providers_get_the_model_with_its_provider_and_hf_token(
     info = await service.backend_info()
     assert (info.kind, info.model_id) == ("hf", "Qwen/Qwen2.5-Coder-32B-Instruct")
     assert service.models() == {"Qwen/Qwen2.5-Coder-32B-Instruct": ["providers"]}
-    async with aclosing(service.stream_reply(info, MESSAGES, PARAMS, asyncio.Event())) as s:
+    async with aclosing(service.stream_reply(info, MESSAGES, PARAMS, asyncio.Event(), 1)) as s:
         final = [p async for p in s][-1]
     assert final.text == "from b"
     assert final.stats.backend == "providers"

@@ -89,3 +89,24 @@ async def test_the_library_lists_while_the_page_loads_its_search_box(
     snippets, _ = await saved_snippet(backend.url, fake)
     listed = await snippets.search(None, None)
     assert listed["choices"][0][0].startswith("one (")
+
+
+async def test_a_snippet_holding_four_backticks_reaches_the_refine_prompt_whole(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """The refine prompt fenced the code with four backticks, which such code closes."""
+    settings = settings_for(backend.url)
+    service = ChatService(settings)
+    ui = PlaygroundUI(service, open_store(settings), Guard(settings))
+    snippets = SnippetsUI(service, ui.guard, ui.history_for, runs_allowed=True)
+    code = 'print("````")\nprint("done")'
+    fake.tokens = ["`````python\n", f"{code}\n", "`````\n"]
+    chat = Chat()
+    async for _ in ui.send(None, "show me", chat, "", "", None, *CONTROLS):
+        pass
+    found = await snippets.code_blocks(chat)
+    listed, _ = await snippets.save(None, chat, found["choices"][0][1], "ticks", "")
+    fake.tokens = ["```python\n", "print(1)\n", "```\n"]
+    await snippets.refine(None, listed["choices"][0][1], "simpler")
+    sent = fake.requests[-1]["messages"][1]["content"]
+    assert sent.startswith(f"`````python\n{code}\n`````\n\nChange: simpler")

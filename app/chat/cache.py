@@ -2,8 +2,9 @@
 question comes back (a team's standard prompts, tests in CI).
 
 Only deterministic requests are cached (temperature 0 or a fixed seed): the same model,
-messages and settings must give the same reply. The key is a hash of all of them, so a
-change in any setting is a miss. Bounded to ``max_entries``, least recently used out first.
+messages and settings must give the same reply. The key is a hash of all of them and of the
+user who asked, so a change in any setting is a miss, and one user's hit tells nothing of
+another's questions. Bounded to ``max_entries``, least recently used out first.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def is_deterministic(params: GenerationParams) -> bool:
 
 
 def cache_key(
-    model: str, messages: Sequence[Mapping[str, str]], params: GenerationParams
+    owner: int, model: str, messages: Sequence[Mapping[str, str]], params: GenerationParams
 ) -> str:
-    document = {"model": model, "messages": [dict(m) for m in messages],
+    """One user's question: a cache hit never tells one user what another sent."""
+    document = {"owner": owner, "model": model, "messages": [dict(m) for m in messages],
                 "params": asdict(params)}
     encoded = json.dumps(document, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(encoded).hexdigest()

@@ -103,7 +103,7 @@ class History:
         # Saves made while the reply streams run beside it: a slow or locked database delays
         # the save, not the stream. One at a time; the final save waits for it.
         saving: asyncio.Task[None] | None = None
-        stream = service.stream_reply(info, messages, params, exchange.stop)
+        stream = service.stream_reply(info, messages, params, exchange.stop, self.user_id)
         try:
             async with aclosing(stream):
                 async for progress in stream:

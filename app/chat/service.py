@@ -110,16 +110,18 @@ class ChatService:
         messages: list[dict[str, str]],
         params: GenerationParams,
         stop: asyncio.Event,
+        owner: int,
     ) -> AsyncGenerator[Progress]:
         """Yield the growing reply at most every ``update_interval()`` seconds, then its stats.
 
         Setting ``stop`` ends the reply at once, even while the backend is silent, and closes
         the upstream stream. A backend failure ends it with a last update that carries the
-        error and keeps the partial text.
+        error and keeps the partial text. The response cache answers only what ``owner`` (a
+        user id) asked before: a hit tells nobody what another user sent.
         """
         key = None
         if self.cache is not None and is_deterministic(params):
-            key = cache_key(info.model_id, messages, params)
+            key = cache_key(owner, info.model_id, messages, params)
             cached = self.cache.get(key)
             self.metrics.cache.labels(result="miss" if cached is None else "hit").inc()
             if cached is not None:

@@ -18,6 +18,7 @@ from app.backends import BackendError, GenerationParams
 from app.chat import Chat, ChatService
 from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
+from app.markdown import fenced
 from app.snippets.extract import CodeBlock, extract_blocks
 from app.snippets.library import SnippetLibrary, SnippetRecord, filename
 from app.snippets.sandbox import RunLimits, RunResult, SandboxUnavailable, languages, run_snippet
@@ -193,13 +194,12 @@ class SnippetsUI:
             self.guard.check(history.user_id, instruction)
         except MessageRefused as err:
             raise gr.Error(str(err)) from err
-        fence = "`" * 4
         messages = [
             {"role": "system", "content": REFINE_PROMPT.format(language=record.language)},
-            {"role": "user", "content": f"{fence}{record.language}\n{record.code}\n{fence}\n\n"
+            {"role": "user", "content": f"{fenced(record.code, record.language)}\n\n"
                                         f"Change: {instruction}"},
         ]
-        reply = await self._generate(messages)
+        reply = await self._generate(messages, history.user_id)
         blocks = extract_blocks(reply)
         if not blocks:
             raise gr.Error("The model answered without a code block; try again or rephrase.")
@@ -215,7 +215,7 @@ class SnippetsUI:
         return (*self._show(updated, updated.versions[-1].number),
                 gr.update(choices=await self._choices(request), value=record.id), "")
 
-    async def _generate(self, messages: list[dict[str, str]]) -> str:
+    async def _generate(self, messages: list[dict[str, str]], owner: int) -> str:
         try:
             info = await self.service.backend_info()
         except BackendError as err:
@@ -223,7 +223,7 @@ class SnippetsUI:
         params = GenerationParams(max_new_tokens=self.service.settings.max_new_tokens,
                                   temperature=0.2)
         text = ""
-        stream = self.service.stream_reply(info, messages, params, asyncio.Event())
+        stream = self.service.stream_reply(info, messages, params, asyncio.Event(), owner)
         async with aclosing(stream):
             async for progress in stream:
                 text = progress.text
