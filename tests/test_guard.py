@@ -53,3 +53,18 @@ def test_zero_turns_the_rate_limit_off() -> None:
     guard = Guard(load_settings(rate_limit_per_minute=0))
     for _ in range(100):
         guard.check(1, "hi")
+
+
+def test_the_rate_guard_forgets_users_who_have_been_quiet_for_a_minute() -> None:
+    """It kept a queue for every user ever seen: memory that grew with every new user."""
+    clock = Clock()
+    guard = Guard(load_settings(rate_limit_per_minute=3), clock=clock)
+    for user in range(1000):
+        guard.check(user, "hi")
+    clock.now += 61
+    guard.check(5000, "hi")
+    assert len(guard._sent) == 1
+    for _ in range(2):
+        guard.check(5000, "hi")
+    with pytest.raises(MessageRefused, match="try again"):
+        guard.check(5000, "the limit still holds")

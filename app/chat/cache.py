@@ -14,8 +14,12 @@ import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Generic, TypeVar
 
 from app.backends import GenerationParams
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -39,22 +43,27 @@ def cache_key(
     return hashlib.sha256(encoded).hexdigest()
 
 
-class ResponseCache:
+class Lru(Generic[K, V]):
+    """At most ``max_entries`` values, the least recently used out first."""
+
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, CachedReply] = OrderedDict()
+        self._entries: OrderedDict[K, V] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> CachedReply | None:
+    def get(self, key: K) -> V | None:
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)
         return found
 
-    def put(self, key: str, reply: CachedReply) -> None:
-        self._entries[key] = reply
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = value
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+ResponseCache = Lru[str, CachedReply]

@@ -30,6 +30,7 @@ class Guard:
         self.settings = settings
         self._clock = clock
         self._sent: dict[int, deque[float]] = {}
+        self._swept_at = clock()
 
     def check(self, user_id: int, text: str) -> None:
         """Raises ``MessageRefused``; a message that passes counts against the user's rate."""
@@ -54,6 +55,11 @@ class Guard:
         if per_minute == 0:
             return
         now = self._clock()
+        if now - self._swept_at >= WINDOW_SECONDS:
+            # Once a window: forget the users who sent nothing in it, not keep every user seen.
+            self._sent = {user: times for user, times in self._sent.items()
+                          if times and now - times[-1] < WINDOW_SECONDS}
+            self._swept_at = now
         sent = self._sent.setdefault(user_id, deque())
         while sent and now - sent[0] >= WINDOW_SECONDS:
             sent.popleft()

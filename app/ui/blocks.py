@@ -15,6 +15,7 @@ import gradio as gr
 
 from app.backends import BackendError, BackendInfo, GenerationParams
 from app.chat import Chat, ChatService, ContextOverflow, Exchange
+from app.chat.cache import Lru
 from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
@@ -47,6 +48,7 @@ REPLY_OUTPUTS = ("chatbot", "chat", "message", "notice", "header", "conversation
 # How often the page re-reads the backend status panel (the app probes the backends in the
 # background; reading the panel costs nothing).
 STATUS_REFRESH_SECONDS = 5.0
+USER_IDS_KEPT = 10_000
 
 SIGN_IN_FIRST = "Sign in with Hugging Face first (the button at the top of the page)."
 
@@ -117,7 +119,8 @@ class PlaygroundUI:
         self.store = store
         self.guard = guard
         self.settings = service.settings
-        self._user_ids: dict[str, int] = {}
+        # Names to ids of the users seen lately (not of every user ever seen).
+        self._user_ids = Lru[str, int](USER_IDS_KEPT)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -132,9 +135,11 @@ class PlaygroundUI:
             raise gr.Error("Sign in first.")
         else:
             name = request.username
-        if name not in self._user_ids:
-            self._user_ids[name] = await asyncio.to_thread(self.store.user_id, name)
-        return History(self.store, self._user_ids[name])
+        user_id = self._user_ids.get(name)
+        if user_id is None:
+            user_id = await asyncio.to_thread(self.store.user_id, name)
+            self._user_ids.put(name, user_id)
+        return History(self.store, user_id)
 
     # -- helpers -------------------------------------------------------------------------
 
