@@ -147,6 +147,7 @@ class Settings(BaseSettings):
     token_ttl_hours: float = Field(24 * 7, gt=0)
 
     snippet_runs: Literal["auto", "on", "off"] = "auto"
+    snippet_runs_at_once: int = Field(2, ge=1)
 
     # Set by Hugging Face Spaces; its presence turns Space mode on (see ``_space_mode``).
     space_id: str | None = None

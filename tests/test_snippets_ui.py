@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import gradio as gr
@@ -20,11 +21,16 @@ CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 REPLY = ["Two blocks:\n", "```python\n", "x = 1\n", "```\n", "~~~bash\n", "echo hi\n", "~~~\n"]
 
 
-async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
-    settings = settings_for(url)
+def handlers(url: str, **overrides: Any) -> tuple[PlaygroundUI, SnippetsUI]:
+    """The page's chat and snippet handlers, runs allowed."""
+    settings = settings_for(url, **overrides)
     service = ChatService(settings)
     ui = PlaygroundUI(service, open_store(settings), Guard(settings))
-    snippets = SnippetsUI(service, ui.guard, ui.history_for, runs_allowed=True)
+    return ui, SnippetsUI(service, ui.guard, ui.history_for, runs_allowed=True)
+
+
+async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
+    ui, snippets = handlers(url)
     fake.tokens = REPLY
     chat = Chat()
     async for _ in ui.send(None, "show me", chat, "", "", None, *CONTROLS):
@@ -91,22 +97,43 @@ async def test_the_library_lists_while_the_page_loads_its_search_box(
     assert listed["choices"][0][0].startswith("one (")
 
 
-async def test_a_snippet_holding_four_backticks_reaches_the_refine_prompt_whole(
-    backend: ServerThread, fake: FakeBackend
-) -> None:
-    """The refine prompt fenced the code with four backticks, which such code closes."""
-    settings = settings_for(backend.url)
-    service = ChatService(settings)
-    ui = PlaygroundUI(service, open_store(settings), Guard(settings))
-    snippets = SnippetsUI(service, ui.guard, ui.history_for, runs_allowed=True)
-    code = 'print("````")\nprint("done")'
-    fake.tokens = ["`````python\n", f"{code}\n", "`````\n"]
+async def first_block_saved(
+    url: str, fake: FakeBackend, code: str, fence: str = "```", **overrides: Any
+) -> tuple[SnippetsUI, int]:
+    """A reply holding one Python block, that block saved as a snippet."""
+    ui, snippets = handlers(url, **overrides)
+    fake.tokens = [f"{fence}python\n", f"{code}\n", f"{fence}\n"]
     chat = Chat()
     async for _ in ui.send(None, "show me", chat, "", "", None, *CONTROLS):
         pass
     found = await snippets.code_blocks(chat)
-    listed, _ = await snippets.save(None, chat, found["choices"][0][1], "ticks", "")
+    listed, _ = await snippets.save(None, chat, found["choices"][0][1], "saved", "")
+    snippet_id: int = listed["choices"][0][1]
+    return snippets, snippet_id
+
+
+async def test_a_snippet_holding_four_backticks_reaches_the_refine_prompt_whole(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """The refine prompt fenced the code with four backticks, which such code closes."""
+    code = 'print("````")\nprint("done")'
+    snippets, snippet_id = await first_block_saved(backend.url, fake, code, fence="`````")
     fake.tokens = ["```python\n", "print(1)\n", "```\n"]
-    await snippets.refine(None, listed["choices"][0][1], "simpler")
+    await snippets.refine(None, snippet_id, "simpler")
     sent = fake.requests[-1]["messages"][1]["content"]
     assert sent.startswith(f"`````python\n{code}\n`````\n\nChange: simpler")
+
+
+async def test_snippet_runs_beyond_the_cap_are_refused_until_one_ends(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    snippets, snippet_id = await first_block_saved(
+        backend.url, fake, "import time\ntime.sleep(1.5)\nprint('slept')",
+        snippet_runs_at_once=1,
+    )
+    first = asyncio.create_task(snippets.run(None, snippet_id, None))
+    await asyncio.sleep(0.3)
+    with pytest.raises(gr.Error, match="1 snippet runs are going already"):
+        await snippets.run(None, snippet_id, None)
+    assert "slept" in await first
+    assert "slept" in await snippets.run(None, snippet_id, None), "room again after it ended"

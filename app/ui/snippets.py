@@ -66,6 +66,7 @@ class SnippetsUI:
         self.guard = guard
         self.history_for = history_for
         self.runs_allowed = runs_allowed
+        self._running = 0  # snippet runs going now, at most SNIPPET_RUNS_AT_ONCE
 
     async def _library(self, request: gr.Request | None) -> tuple[SnippetLibrary, int]:
         history = await self.history_for(request)
@@ -238,10 +239,17 @@ class SnippetsUI:
             raise gr.Error("Runs are off here (SNIPPET_RUNS).")
         record = await self._open(request, snippet_id)
         code = record.versions[(number or len(record.versions)) - 1].code
+        at_once = self.service.settings.snippet_runs_at_once
+        if self._running >= at_once:
+            raise gr.Error(f"{at_once} snippet runs are going already, the most this app "
+                           "allows at once (SNIPPET_RUNS_AT_ONCE); try again in a few seconds.")
+        self._running += 1
         try:
             result = await run_snippet(code, record.language, RunLimits())
         except (SandboxUnavailable, ValueError) as err:
             raise gr.Error(str(err)) from err
+        finally:
+            self._running -= 1
         return result_markdown(result)
 
 
