@@ -335,6 +335,20 @@ def test_the_coding_loop_ask_save_refine_diff_run(page: Page, fake: FakeBackend)
     expect(page.locator("#diff")).to_contain_text("-def add(a, b):")
     assert "Take an optional third number." in fake.requests[-1]["messages"][-1]["content"]
 
+    asked = len(fake.requests)
+    fake.tokens, fake.token_delay = [f"t{i} " for i in range(300)], 0.02
+    page.locator("#instruction textarea").fill("Make it much longer.")
+    page.locator("#refine").click()
+    deadline = time.monotonic() + 10
+    while len(fake.requests) == asked:
+        assert time.monotonic() < deadline, "the refinement never reached the backend"
+        time.sleep(0.05)
+    page.locator("#refine-stop").click()
+    while not fake.cancelled:
+        assert time.monotonic() < deadline + 10, "Stop did not close the upstream stream"
+        time.sleep(0.05)
+    expect(page.locator("#snippets")).to_contain_text("add numbers (python, v2)")
+
     page.locator("#run").click()
     expect(page.locator("#run-output")).to_contain_text("exit code 0")
     expect(page.locator("#run-output")).to_contain_text("9")

@@ -137,3 +137,31 @@ async def test_snippet_runs_beyond_the_cap_are_refused_until_one_ends(
         await snippets.run(None, snippet_id, None)
     assert "slept" in await first
     assert "slept" in await snippets.run(None, snippet_id, None), "room again after it ended"
+
+
+async def test_refinement_asks_the_model_on_the_page_and_can_be_stopped(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """It used to ask the default model whatever the page showed, and could not be stopped."""
+    fake.kind, fake.served = "openai", ["acme/default-coder", "acme/picked-coder"]
+    snippets, snippet_id = await first_block_saved(backend.url, fake, "x = 1")
+    fake.tokens = ["```python\n", "x = 2\n", "```\n"]
+    await snippets.refine(None, snippet_id, "two", "acme/picked-coder")
+    assert fake.requests[-1]["model"] == "acme/picked-coder"
+    fake.tokens, fake.token_delay = [f"t{i} " for i in range(200)], 0.02
+    refining = asyncio.create_task(snippets.refine(None, snippet_id, "longer", None))
+    for _ in range(100):
+        if len(fake.requests) == 3:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    refining.cancel()  # what the page's Stop does to the running event
+    with pytest.raises(asyncio.CancelledError):
+        await refining
+    for _ in range(100):
+        if fake.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.cancelled == 1, "the upstream stream was closed"
+    shown = await snippets.open(None, snippet_id)
+    assert shown[4]["value"] == 2, "no version was added"

@@ -561,6 +561,8 @@ class PlaygroundUI:
                                 )
                                 refine = gr.Button("Refine", variant="primary", size="sm",
                                                    elem_id="refine")
+                                refine_stop = gr.Button("Stop", variant="stop", size="sm",
+                                                        elem_id="refine-stop")
                             diff = gr.Code(label="Changes from the version before",
                                            interactive=False, elem_id="diff")
                             run = gr.Button("Run in the sandbox", visible=False, size="sm",
@@ -634,8 +636,11 @@ class PlaygroundUI:
             forget_yes.click(
                 snippets.delete, [snippet], [library, *shown], api_name="delete_snippet"
             ).then(lambda: gr.update(visible=False), None, [forget_row], api_visibility="private")
-            refine.click(snippets.refine, [snippet, instruction], [*shown, library, instruction],
-                         api_name="refine")
+            refining = refine.click(
+                snippets.refine, [snippet, instruction, model],
+                [*shown, library, instruction], api_name="refine",
+            )
+            refine_stop.click(None, None, None, cancels=[refining], api_visibility="private")
             run.click(snippets.run, [snippet, version], [output], api_name="run")
             demo.load(
                 self._signed_in_only(snippets.search), [snippet_search], [library],

@@ -184,9 +184,12 @@ class SnippetsUI:
     # -- refine and run -------------------------------------------------------------------
 
     async def refine(
-        self, request: gr.Request | None, snippet_id: int | None, instruction: str
+        self, request: gr.Request | None, snippet_id: int | None, instruction: str,
+        model: str | None = None,
     ) -> tuple[Any, ...]:
-        """Ask the model for a new version; it is kept as the snippet's next version."""
+        """Ask the model picked on the page (None: the default) for a new version; it is kept
+        as the snippet's next version. Cancelling (the page's Stop) closes the upstream
+        stream and keeps nothing."""
         record = await self._open(request, snippet_id)
         if not instruction.strip():
             raise gr.Error("Say what to change first.")
@@ -200,7 +203,7 @@ class SnippetsUI:
             {"role": "user", "content": f"{fenced(record.code, record.language)}\n\n"
                                         f"Change: {instruction}"},
         ]
-        reply = await self._generate(messages, history.user_id)
+        reply = await self._generate(messages, history.user_id, model)
         blocks = extract_blocks(reply)
         if not blocks:
             raise gr.Error("The model answered without a code block; try again or rephrase.")
@@ -216,9 +219,11 @@ class SnippetsUI:
         return (*self._show(updated, updated.versions[-1].number),
                 gr.update(choices=await self._choices(request), value=record.id), "")
 
-    async def _generate(self, messages: list[dict[str, str]], owner: int) -> str:
+    async def _generate(
+        self, messages: list[dict[str, str]], owner: int, model: str | None
+    ) -> str:
         try:
-            info = await self.service.backend_info()
+            info = await self.service.backend_info(model or None)
         except BackendError as err:
             raise gr.Error(str(err)) from err
         params = GenerationParams(max_new_tokens=self.service.settings.max_new_tokens,
