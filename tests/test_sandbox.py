@@ -30,7 +30,8 @@ from app.snippets.sandbox import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = RunLimits(wall_seconds=2, cpu_seconds=2, memory_mb=64, output_bytes=64 * 1024)
+SMALL = RunLimits(wall_seconds=2, cpu_seconds=2, memory_mb=64, output_bytes=64 * 1024,
+                  disk_mb=128)
 
 
 def _processes_marked(marker: bytes) -> list[str]:
@@ -256,6 +257,20 @@ async def test_writing_outside_the_run_directory_is_denied(tmp_path: Path) -> No
     assert not Path("/escaped.txt").exists()
 
 
+async def test_many_files_stop_at_the_disk_limit_and_the_host_disk_gains_nothing() -> None:
+    """One snippet wrote 45 files of 60 MB (2.7 GB) to the host's disk within its 10 s."""
+    code = (
+        "for i in range(400):\n"
+        "    with open(f'part{i}', 'wb') as f:\n        f.write(bytes(2**20))\n"
+    )
+    before = shutil.disk_usage(tempfile.gettempdir()).used
+    result = await run(code, limits=RunLimits(wall_seconds=5, memory_mb=64, disk_mb=16))
+    after = shutil.disk_usage(tempfile.gettempdir()).used
+    assert result.stopped == "disk limit (16 MB)", result.stderr
+    assert "No space left on device" in result.stderr
+    assert after - before < 64 * 2**20, "400 MB were asked for; the host's disk got none"
+
+
 async def test_a_huge_file_stops_at_the_file_size_limit() -> None:
     code = "with open('big', 'wb') as f:\n    for _ in range(100):\n        f.write(bytes(2**20))"
     result = await run(code)
@@ -338,9 +353,10 @@ def test_limits_must_be_positive() -> None:
 
 
 def test_the_command_binds_nothing_of_the_app(tmp_path: Path) -> None:
-    command = bwrap_command("/usr/bin/bwrap", "/usr/bin/prlimit", tmp_path, ["/bin/sh"], SMALL)
+    command = bwrap_command("/usr/bin/bwrap", "/usr/bin/prlimit", tmp_path,
+                            ["/bin/sh", "snippet.sh"], SMALL)
     binds = [command[i + 1] for i, arg in enumerate(command) if arg in ("--bind", "--ro-bind")]
-    assert binds == ["/usr", str(tmp_path)]
+    assert binds == ["/usr", str(tmp_path / "snippet.sh")]
     isolation = {"--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"}
     assert isolation | {"--clearenv"} <= set(command)
     assert not any(str(REPO) in arg for arg in command)

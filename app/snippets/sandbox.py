@@ -42,15 +42,16 @@ forks succeed and the 63rd fails with ``EAGAIN``, in each of three sandboxes at 
 ``pids.max`` would work too (cgroup v1 is writable by root here) but needs root or a delegated
 cgroup; this needs only unprivileged user namespaces, allowed by default on Debian.
 
-Not limited: the number of files in ``/sandbox``, which lives on the host's disk (each file is
-capped by ``RLIMIT_FSIZE``, and the run by its wall time). ``/dev/shm`` is read-only, so
+Disk: ``/sandbox`` (the snippet's file bound read-only into it) and ``/tmp`` are each a tmpfs
+of ``disk_mb``, in memory: a run writes nothing to the host's disk, and a write past the limit
+fails with ``ENOSPC`` ("disk limit"). ``/dev/shm`` is read-only, so
 Python's ``multiprocessing`` locks do not work inside. node needs ``memory_mb`` of 64 or more
 (under 32 MB of ``RLIMIT_DATA`` it hangs at start, and the run ends at its time limit).
 
 A ``stopped`` reason a user understands, from what ended the run: the deadline ("time limit
 (10 s)"), the output cap ("output limit (64 KB)"), ``SIGXCPU`` ("CPU limit"), ``SIGXFSZ``
-("file size limit (256 MB)"), an interpreter's own out-of-memory message on stderr ("memory
-limit (256 MB)"), failed forks on stderr ("too many processes"), another signal ("killed by
+("file size limit (256 MB)"), a full tmpfs on stderr ("disk limit (64 MB)"), an interpreter's
+own out-of-memory message on stderr ("memory limit (256 MB)"), failed forks on stderr ("too many processes"), another signal ("killed by
 signal N": bwrap reports a signal as exit status 128 + N, as shells do).
 """
 
@@ -96,6 +97,8 @@ PROCESS_SIGNS = (
 )
 # What Python prints past RLIMIT_FSIZE (it ignores SIGXFSZ; other programs die of it).
 FILE_SIGNS = (b"File too large",)
+# What they print when a write finds the run's tmpfs full (ENOSPC).
+DISK_SIGNS = (b"No space left on device", b"ENOSPC")
 READ_CHUNK = 65536
 DRAIN_SECONDS = 2.0
 
@@ -114,6 +117,7 @@ class RunLimits:
     memory_mb: int = 256
     output_bytes: int = 64 * 1024
     processes: int = 64
+    disk_mb: int = 64
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -187,8 +191,9 @@ def bwrap_command(
     bwrap: str, prlimit: str, workdir: Path, argv: list[str], limits: RunLimits
 ) -> list[str]:
     """The whole command line: bwrap's namespaces and mounts, then prlimit's limits, then
-    the interpreter and the snippet's file."""
-    memory = limits.memory_mb * MIB
+    the interpreter and the snippet's file (``argv``'s last, in ``workdir``)."""
+    memory, disk = limits.memory_mb * MIB, limits.disk_mb * MIB
+    script = argv[-1]
     env: list[str] = []
     for name, value in SANDBOX_ENV.items():
         env += ["--setenv", name, value]
@@ -199,8 +204,9 @@ def bwrap_command(
         *_root_binds(),
         "--proc", "/proc",
         "--dev", "/dev",
-        "--size", str(memory), "--tmpfs", "/tmp",
-        "--bind", str(workdir), WORKDIR,
+        "--size", str(disk), "--tmpfs", "/tmp",
+        "--size", str(disk), "--tmpfs", WORKDIR,
+        "--ro-bind", str(workdir / script), f"{WORKDIR}/{script}",
         "--remount-ro", "/dev",
         "--remount-ro", "/",
         "--chdir", WORKDIR,
@@ -332,6 +338,8 @@ def _ending(returncode: int, stderr: bytes, limits: RunLimits) -> tuple[int | No
         return None, "CPU limit"
     if signum == signal.SIGXFSZ or (returncode != 0 and any(s in stderr for s in FILE_SIGNS)):
         return exit_code, f"file size limit ({limits.memory_mb} MB)"
+    if returncode != 0 and any(sign in stderr for sign in DISK_SIGNS):
+        return exit_code, f"disk limit ({limits.disk_mb} MB)"
     if signum is not None:
         return None, f"killed by signal {signum}"
     return exit_code, None
