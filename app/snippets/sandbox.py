@@ -50,9 +50,10 @@ Python's ``multiprocessing`` locks do not work inside. node needs ``memory_mb`` 
 
 A ``stopped`` reason a user understands, from what ended the run: the deadline ("time limit
 (10 s)"), the output cap ("output limit (64 KB)"), ``SIGXCPU`` ("CPU limit"), ``SIGXFSZ``
-("file size limit (256 MB)"), a full tmpfs on stderr ("disk limit (64 MB)"), an interpreter's
-own out-of-memory message on stderr ("memory limit (256 MB)"), failed forks on stderr ("too many processes"), another signal ("killed by
-signal N": bwrap reports a signal as exit status 128 + N, as shells do).
+("file size limit (256 MB)"), a full tmpfs on stderr ("disk limit (64 MB)"), an
+interpreter's own out-of-memory message on stderr ("memory limit (256 MB)"), failed forks on
+stderr ("too many processes"), another signal ("killed by signal N": bwrap reports a signal
+as exit status 128 + N, as shells do).
 """
 
 from __future__ import annotations
