@@ -59,7 +59,8 @@ What a test reads back: ``requests`` (the bodies received), ``headers``, ``gener
 TGI: the parameters TGI would have generated with, after its mapping and the shard's
 sampling rule, so a test can assert greedy decoding or no repetition penalty), ``inputs``
 (the token ids TGI would feed the model), ``cancelled`` and ``completed`` (streams whose client
-left before the end, and streams sent to the end).
+left before the end, and streams sent to the end), ``probes`` (``/info`` and ``/v1/models``
+answered).
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class FakeBackend:
     inputs: list[list[int]] = field(default_factory=list)
     cancelled: int = 0
     completed: int = 0
+    probes: int = 0  # GET /info and /v1/models answered
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -205,6 +207,7 @@ class FakeBackend:
         return Response(status_code=200)
 
     async def info(self, request: Request) -> Response:
+        self.probes += 1
         if not self.tgi:
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         return JSONResponse({
@@ -218,6 +221,7 @@ class FakeBackend:
         })
 
     async def list_models(self, request: Request) -> Response:
+        self.probes += 1
         owner = {"tgi": self.model_id, "llama.cpp": "me", "openai": "vllm"}[self.kind]
         ids = self.served or [self.model_id]
         return JSONResponse({

@@ -149,7 +149,7 @@ async def test_the_raw_tab_renders_the_conversation_then_streams_coloured_tokens
 
     raw = RawUI(service, Guard(settings), local_history)
     chat = Chat(exchanges=[Exchange(user="first", reply="ok", done=True)])
-    prompt, note = await raw.render(None, chat, "sys", "python", "second")
+    prompt, note = await raw.render(None, None, chat, "sys", "python", "second")
     assert "<fake>user: first</fake>\n<fake>assistant: ok</fake>\n<fake>user: second" in prompt
     assert "own chat template" in note
     updates = [u async for u in raw.generate(None, None, prompt, RawRun(), *CONTROLS)]

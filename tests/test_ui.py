@@ -16,6 +16,7 @@ from app.chat import Chat, ChatService, Exchange
 from app.chat.guard import Guard
 from app.server import open_store
 from app.ui import PlaygroundUI
+from app.ui.blocks import CHECKS_PER_MINUTE
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
@@ -398,3 +399,20 @@ async def test_over_the_rate_limit_nothing_is_sent_or_stored(
         await drain(ui.send(None, "three", chat, "", "", None, *CONTROLS))
     assert [ex.user for ex in chat.exchanges] == ["one", "two"]
     assert len(fake.requests) == 2
+
+
+async def test_check_now_needs_a_signed_in_user_and_is_rate_limited(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """It probes every backend: anyone could make the app do it as often as they liked."""
+    signed_out = make_ui(backend.url, auth_mode="password")
+    with pytest.raises(gr.Error, match="Sign in first"):
+        await signed_out.check_backends(None, None)
+    ui = make_ui(backend.url)
+    probes = fake.probes
+    for _ in range(CHECKS_PER_MINUTE):
+        await ui.check_backends(None, None)
+    assert fake.probes == probes + CHECKS_PER_MINUTE
+    with pytest.raises(gr.Error, match=f"checked {CHECKS_PER_MINUTE} times in the last minute"):
+        await ui.check_backends(None, None)
+    assert fake.probes == probes + CHECKS_PER_MINUTE

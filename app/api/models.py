@@ -81,6 +81,13 @@ class TokenOut(BaseModel):
     expires_at: UtcTime = Field(description="When the token stops working (UTC).")
 
 
+class TokenListed(BaseModel):
+    id: int = Field(description="Revoke it with DELETE /api/v1/tokens/{id}.")
+    created_at: UtcTime = Field(description="When it was issued (UTC).")
+    expires_at: UtcTime = Field(description="When it stops working (UTC).")
+    current: bool = Field(description="Whether it is the token of this request.")
+
+
 # -- the backend ----------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ the same 401. A dialogue of another user is 404, the same as one that does not e
 """
 
 import asyncio
+import math
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -25,14 +26,16 @@ from app.api.models import (
     ErrorBody,
     MessagesOut,
     ModelOut,
+    TokenListed,
     TokenOut,
     UserOut,
 )
 from app.backends import BackendError
 from app.chat import ChatService
-from app.chat.guard import Guard
+from app.chat.guard import Guard, RateWindow
 from app.settings import Settings
 from app.store import AccountError, Accounts, NameTaken, NotFound, Store
+from app.store.accounts import token_hash
 
 PREFIX = "/api/v1"
 UNAUTHORIZED = (
@@ -46,6 +49,11 @@ SIGNUP_CLOSED = (
     "Sign-up is closed on this server (ALLOW_SIGNUP=false); ask its operator for an account."
 )
 WRONG_LOGIN = "Wrong name or password."
+# Failed logins (each costs an argon2 hash) allowed per account and per client address in any
+# FAILED_LOGIN_WINDOW seconds; past that, 429 with Retry-After.
+FAILED_LOGINS_PER_ACCOUNT = 5
+FAILED_LOGINS_PER_ADDRESS = 20
+FAILED_LOGIN_WINDOW = 900.0
 SSE = "text/event-stream"
 
 
@@ -64,6 +72,8 @@ class RestApi:
         self.accounts = accounts or Accounts(store)
         self.dialogues = Dialogues(settings, service, store, guard)
         self.local_user = store.user_id() if settings.auth_mode == "none" else None
+        self.failed_by_name = RateWindow(FAILED_LOGINS_PER_ACCOUNT, FAILED_LOGIN_WINDOW)
+        self.failed_by_address = RateWindow(FAILED_LOGINS_PER_ADDRESS, FAILED_LOGIN_WINDOW)
         self.bearer = HTTPBearer(
             auto_error=False, scheme_name="token",
             description="A token from POST /api/v1/login (AUTH_MODE=password only).",
@@ -120,23 +130,71 @@ class RestApi:
             return UserOut(id=user_id, name=body.name)
 
         @router.post(
-            "/login", response_model=TokenOut, responses=_errors(400, 401, 403, 422),
+            "/login", response_model=TokenOut, responses=_errors(400, 401, 403, 422, 429),
             summary="Get a bearer token",
         )
-        async def login(body: Credentials) -> TokenOut:
+        async def login(body: Credentials, request: Request) -> TokenOut:
             """Trade a name and password for a token valid TOKEN_TTL_HOURS (403 with
-            AUTH_MODE=none, where no token is needed)."""
+            AUTH_MODE=none, where no token is needed). After 5 failed logins for a name, or
+            20 from one address, within 15 minutes: 429 with Retry-After."""
             self._accounts_on()
+            name = body.name.casefold()
+            address = request.client.host if request.client else "unknown"
+            wait = max(self.failed_by_name.wait(name), self.failed_by_address.wait(address))
+            if wait > 0:
+                seconds = math.ceil(wait)
+                raise ApiError(
+                    429, f"Too many failed logins; try again in {seconds} s.",
+                    headers={"Retry-After": str(seconds)},
+                )
             user_id = await asyncio.to_thread(
                 self.accounts.check_password, body.name, body.password
             )
             if user_id is None:
+                self.failed_by_name.add(name)
+                self.failed_by_address.add(address)
                 raise ApiError(401, WRONG_LOGIN, headers={"WWW-Authenticate": "Bearer"})
+            self.failed_by_name.clear(name)
             ttl = timedelta(hours=self.settings.token_ttl_hours)
             token = await asyncio.to_thread(self.accounts.issue_token, user_id, ttl)
             info = await asyncio.to_thread(self.accounts.token_info, token)
             assert info is not None, "a token just issued is valid"
             return TokenOut(token=token, expires_at=info.expires_at)
+
+        @router.post(
+            "/logout", status_code=204, response_class=Response,
+            responses=_errors(401, 403), summary="Revoke this token",
+        )
+        async def logout(user_id: User, credentials: Token) -> Response:
+            """The token of this request stops working (403 with AUTH_MODE=none)."""
+            self._accounts_on()
+            assert credentials is not None, "a user in password mode came with a token"
+            await asyncio.to_thread(self.accounts.revoke, credentials.credentials)
+            return Response(status_code=204)
+
+        @router.get(
+            "/tokens", response_model=list[TokenListed], responses=_errors(401, 403),
+            summary="Your tokens still valid",
+        )
+        async def tokens(user_id: User, credentials: Token) -> list[TokenListed]:
+            """Every token of yours that still works, newest first; never the tokens
+            themselves, which are shown once, when issued."""
+            self._accounts_on()
+            assert credentials is not None, "a user in password mode came with a token"
+            mine = token_hash(credentials.credentials)
+            found = await asyncio.to_thread(self.accounts.tokens, user_id)
+            return [TokenListed(id=t.id, created_at=t.created_at, expires_at=t.expires_at,
+                                current=t.token_hash == mine) for t in found]
+
+        @router.delete(
+            "/tokens/{token_id}", status_code=204, response_class=Response,
+            responses=_errors(401, 403, 404), summary="Revoke one of your tokens",
+        )
+        async def revoke(user_id: User, token_id: Annotated[int, Path(ge=1)]) -> Response:
+            self._accounts_on()
+            if not await asyncio.to_thread(self.accounts.revoke_id, user_id, token_id):
+                raise ApiError(404, f"No token {token_id} among yours.")
+            return Response(status_code=204)
 
         @router.get(
             "/me", response_model=UserOut, responses=_errors(401),
@@ -154,10 +212,11 @@ class RestApi:
             dependencies=[Depends(current_user)], summary="The models on offer",
         )
         async def models() -> ModelOut:
-            """The default model and every model the backends offer, asked afresh; 503 with
-            the reason when no backend answers."""
+            """The default model and every model the backends offer, as the app's background
+            checks last found them (every BACKEND_CHECK_INTERVAL seconds); 503 with the
+            reason when no backend answers."""
             try:
-                info = await self.service.backend_info(refresh=True)
+                info = await self.service.backend_info()
             except BackendError as err:
                 if self.settings.debug:
                     raise

@@ -25,12 +25,48 @@ class MessageRefused(ValueError):
         self.retry_after = retry_after
 
 
+class RateWindow:
+    """At most ``limit`` events per key in any ``seconds``: ``wait(key)`` says how long until
+    one more is allowed (0 when it is now), ``add(key)`` counts one. Keys quiet for a whole
+    window are forgotten (swept once a window), so memory follows the keys active lately, not
+    every key ever seen."""
+
+    def __init__(
+        self, limit: int, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.seconds = seconds
+        self._clock = clock
+        self._events: dict[object, deque[float]] = {}
+        self._swept_at = clock()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def wait(self, key: object) -> float:
+        now = self._clock()
+        if now - self._swept_at >= self.seconds:
+            self._events = {key: times for key, times in self._events.items()
+                            if times and now - times[-1] < self.seconds}
+            self._swept_at = now
+        times = self._events.get(key)
+        if times is None:
+            return 0.0
+        while times and now - times[0] >= self.seconds:
+            times.popleft()
+        return self.seconds - (now - times[0]) if len(times) >= self.limit else 0.0
+
+    def add(self, key: object) -> None:
+        self._events.setdefault(key, deque()).append(self._clock())
+
+    def clear(self, key: object) -> None:
+        self._events.pop(key, None)
+
+
 class Guard:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
-        self._clock = clock
-        self._sent: dict[int, deque[float]] = {}
-        self._swept_at = clock()
+        self._sent = RateWindow(settings.rate_limit_per_minute, WINDOW_SECONDS, clock)
 
     def check(self, user_id: int, text: str) -> None:
         """Raises ``MessageRefused``; a message that passes counts against the user's rate."""
@@ -54,20 +90,12 @@ class Guard:
         per_minute = self.settings.rate_limit_per_minute
         if per_minute == 0:
             return
-        now = self._clock()
-        if now - self._swept_at >= WINDOW_SECONDS:
-            # Once a window: forget the users who sent nothing in it, not keep every user seen.
-            self._sent = {user: times for user, times in self._sent.items()
-                          if times and now - times[-1] < WINDOW_SECONDS}
-            self._swept_at = now
-        sent = self._sent.setdefault(user_id, deque())
-        while sent and now - sent[0] >= WINDOW_SECONDS:
-            sent.popleft()
-        if len(sent) >= per_minute:
-            wait = math.ceil(WINDOW_SECONDS - (now - sent[0]))
+        wait = self._sent.wait(user_id)
+        if wait > 0:
+            seconds = math.ceil(wait)
             raise MessageRefused(
                 f"You sent {per_minute} messages in the last minute, the most allowed; "
-                f"try again in {wait} s. Nothing was sent.",
-                retry_after=wait,
+                f"try again in {seconds} s. Nothing was sent.",
+                retry_after=seconds,
             )
-        sent.append(now)
+        self._sent.add(user_id)

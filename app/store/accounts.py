@@ -64,6 +64,16 @@ class TokenInfo:
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class TokenRecord:
+    """One of a user's tokens as the store keeps it: its id and hash, never the token."""
+
+    id: int
+    token_hash: str
+    created_at: datetime
+    expires_at: datetime
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
@@ -194,6 +204,27 @@ class Accounts:
     def user_for_token(self, token: str) -> int | None:
         info = self.token_info(token)
         return None if info is None else info.user_id
+
+    def tokens(self, user_id: int) -> list[TokenRecord]:
+        """The user's tokens still valid, newest first (their hashes only: a token is shown
+        once, when issued)."""
+        with self.store._session() as session:
+            rows = session.execute(
+                select(ApiToken.id, ApiToken.token_hash, ApiToken.created_at,
+                       ApiToken.expires_at)
+                .where(ApiToken.user_id == user_id, ApiToken.expires_at > self.clock())
+                .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+            ).all()
+        return [TokenRecord(row.id, row.token_hash, as_utc(row.created_at),
+                            as_utc(row.expires_at)) for row in rows]
+
+    def revoke_id(self, user_id: int, token_id: int) -> bool:
+        """Make the user's token ``token_id`` unusable; False when they have no such token."""
+        with self.store._session() as session:
+            result = session.execute(
+                delete(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user_id)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def revoke(self, token: str) -> None:
         """Make the token unusable; an unknown token is ignored."""

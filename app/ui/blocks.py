@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -16,7 +17,7 @@ import gradio as gr
 from app.backends import BackendError, BackendInfo, GenerationParams
 from app.chat import Chat, ChatService, ContextOverflow, Exchange
 from app.chat.cache import Lru
-from app.chat.guard import Guard, MessageRefused
+from app.chat.guard import Guard, MessageRefused, RateWindow
 from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.store import NotFound, Store, transfer
@@ -49,6 +50,8 @@ REPLY_OUTPUTS = ("chatbot", "chat", "message", "notice", "header", "conversation
 # background; reading the panel costs nothing).
 STATUS_REFRESH_SECONDS = 5.0
 USER_IDS_KEPT = 10_000
+# "Check now" probes every backend: a user may do it this often a minute.
+CHECKS_PER_MINUTE = 6
 
 SIGN_IN_FIRST = "Sign in with Hugging Face first (the button at the top of the page)."
 
@@ -121,6 +124,7 @@ class PlaygroundUI:
         self.settings = service.settings
         # Names to ids of the users seen lately (not of every user ever seen).
         self._user_ids = Lru[str, int](USER_IDS_KEPT)
+        self._checks = RateWindow(CHECKS_PER_MINUTE, 60.0)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -178,8 +182,18 @@ class PlaygroundUI:
     def status_panel(self) -> str:
         return status_markdown(self.service.statuses())
 
-    async def check_backends(self, model: str | None) -> tuple[str, Any]:
-        """Probe every backend now; the panel and the model menu show the result."""
+    async def check_backends(
+        self, request: gr.Request | None, model: str | None
+    ) -> tuple[str, Any]:
+        """Probe every backend now (a signed-in user, at most CHECKS_PER_MINUTE times a
+        minute); the panel and the model menu show the result."""
+        history = await self.history_for(request)
+        wait = self._checks.wait(history.user_id)
+        if wait > 0:
+            raise gr.Error(f"The backends were checked {CHECKS_PER_MINUTE} times in the last "
+                           f"minute; try again in {math.ceil(wait)} s. The panel refreshes "
+                           "by itself meanwhile.")
+        self._checks.add(history.user_id)
         await self.service.router.refresh(force=True)
         return self.status_panel(), self.model_menu(model or None)
 

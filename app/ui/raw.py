@@ -52,9 +52,16 @@ class RawUI:
             raise gr.Error(str(err)) from err
 
     async def render(
-        self, model: str | None, chat: Chat, system_prompt: str, language: str, message: str,
+        self, request: gr.Request | None, model: str | None, chat: Chat, system_prompt: str,
+        language: str, message: str,
     ) -> tuple[str, str]:
-        """The conversation on screen (and the message in the box) as one prompt."""
+        """The conversation on screen (and the message in the box) as one prompt, for a
+        signed-in user; it asks the backend, so it counts against the user's message rate."""
+        history = await self.history_for(request)
+        try:
+            self.guard.check(history.user_id, message or "render")
+        except MessageRefused as err:
+            raise gr.Error(str(err)) from err
         info = await self._info(model)
         messages = [{"role": "system", "content": system_prompt_for(system_prompt, language)}]
         for exchange in chat.exchanges:
