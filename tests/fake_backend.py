@@ -369,9 +369,11 @@ class FakeBackend:
         text = payload if isinstance(payload, str) else json.dumps(payload)
         return f"data: {text}\n\n".encode()
 
-    async def _faults(self, mode: Mode, i: int) -> bytes | None:
-        """What a faulty stream does at token ``i``: bytes to send instead, a stall, or a
-        dropped connection; None to go on."""
+    async def _step(self, mode: Mode, i: int, errors: dict[Mode, bytes]) -> bytes | None:
+        """Wait for token ``i``, then what a faulty stream does there: bytes that end the
+        stream (its error events, ``errors``, by mode), a stall, or a dropped connection;
+        None to send the token."""
+        await asyncio.sleep(self.token_delay)
         if mode == "stall_before_first" and i == 0:
             await asyncio.sleep(3600)
         if i != 2:
@@ -382,7 +384,7 @@ class FakeBackend:
             return self._data("{not json")
         if mode == "stall":
             await asyncio.sleep(3600)
-        return None
+        return errors.get(mode)
 
     async def chat(self, request: Request) -> Response:
         body = await self._received(request)
@@ -409,17 +411,15 @@ class FakeBackend:
             yield b"data: [DONE]\n\n"
             return
         tokens = self._generation(generated)
+        def event(message: str) -> bytes:
+            return self._data({"error": {"message": message, "http_status_code": 422}}) \
+                + b"data: [DONE]\n\n"
+
+        errors: dict[Mode, bytes] = {"generation_error": event(GENERATION_ERROR),
+                                     "unknown_error": event("Incomplete generation stream")}
         for i, (text, special, finish) in enumerate(tokens):
-            await asyncio.sleep(self.token_delay)
-            fault = await self._faults(mode, i)
-            if fault is not None:
+            if (fault := await self._step(mode, i, errors)) is not None:
                 yield fault
-                return
-            if i == 2 and mode in ("generation_error", "unknown_error"):
-                message = GENERATION_ERROR if mode == "generation_error" \
-                    else "Incomplete generation stream"
-                yield self._data({"error": {"message": message, "http_status_code": 422}})
-                yield b"data: [DONE]\n\n"
                 return
             reason = None if finish is None else "stop" if finish == "eos_token" else finish
             yield self._data(self._chunk("" if special else text, reason))
@@ -466,14 +466,11 @@ class FakeBackend:
             return
         tokens = self._generation(generated)
         text = ""
+        errors: dict[Mode, bytes] = {"generation_error": self._data(
+            {"error": GENERATION_ERROR, "error_type": "generation"})}
         for i, (piece, special, finish) in enumerate(tokens):
-            await asyncio.sleep(self.token_delay)
-            fault = await self._faults(mode, i)
-            if fault is not None:
+            if (fault := await self._step(mode, i, errors)) is not None:
                 yield fault
-                return
-            if i == 2 and mode == "generation_error":
-                yield self._data({"error": GENERATION_ERROR, "error_type": "generation"})
                 return
             text += "" if special else piece
             details = None
@@ -497,18 +494,14 @@ class FakeBackend:
     async def _openai_chat(self, body: dict[str, Any], mode: Mode) -> AsyncIterator[bytes]:
         limit = body.get("max_tokens") or len(self.tokens)
         tokens = self.tokens[:limit]
+        # vLLM's create_streaming_error_response (serving_engine.py), with its default type
+        # and code whatever went wrong, then [DONE].
+        errors: dict[Mode, bytes] = {"generation_error": self._data(
+            {"error": {"message": "boom", "type": "BadRequestError", "param": None, "code": 400}}
+        ) + b"data: [DONE]\n\n"}
         for i, token in enumerate(tokens):
-            await asyncio.sleep(self.token_delay)
-            fault = await self._faults(mode, i)
-            if fault is not None:
+            if (fault := await self._step(mode, i, errors)) is not None:
                 yield fault
-                return
-            if i == 2 and mode == "generation_error":
-                # vLLM's create_streaming_error_response (serving_engine.py), with its
-                # default type and code whatever went wrong, then [DONE].
-                yield self._data({"error": {"message": "boom", "type": "BadRequestError",
-                                            "param": None, "code": 400}})
-                yield b"data: [DONE]\n\n"
                 return
             last = i == len(tokens) - 1
             finish = ("length" if limit < len(self.tokens) else "stop") if last else None
