@@ -19,7 +19,7 @@ from app.chat import ChatService
 from app.chat.guard import Guard
 from app.logs import RequestIdMiddleware
 from app.settings import Settings
-from app.store import Accounts, Store
+from app.store import Accounts, Store, transfer
 from app.ui import PlaygroundUI
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,10 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     )
     # show_error=False: an unexpected exception shows as a generic error, never its text;
     # the messages meant for users are raised as gr.Error and always shown.
+    # max_file_size: an upload past the import limit is refused before Gradio stores it.
     app: FastAPI = gr.mount_gradio_app(
         api, demo, path="/", footer_links=["api", "settings"], show_error=False,
+        max_file_size=transfer.DEFAULT_MAX_BYTES,
         auth=page_login(Accounts(store)) if settings.auth_mode == "password" else None,
         auth_message="Sign in with your playground account.",
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -26,7 +28,7 @@ def handlers(url: str, **overrides: Any) -> tuple[PlaygroundUI, SnippetsUI]:
     settings = settings_for(url, **overrides)
     service = ChatService(settings)
     ui = PlaygroundUI(service, open_store(settings), Guard(settings))
-    return ui, SnippetsUI(service, ui.guard, ui.history_for, runs_allowed=True)
+    return ui, SnippetsUI(service, ui.guard, ui.history_for, True, ui.downloads)
 
 
 async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
@@ -165,3 +167,28 @@ async def test_refinement_asks_the_model_on_the_page_and_can_be_stopped(
     assert fake.cancelled == 1, "the upstream stream was closed"
     shown = await snippets.open(None, snippet_id)
     assert shown[4]["value"] == 2, "no version was added"
+
+
+async def test_opening_snippets_and_exporting_leave_no_pile_of_files(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """Each export and each snippet opened wrote a temporary folder, never removed."""
+    ui, snippets = handlers(backend.url)
+    fake.tokens = REPLY
+    chat = Chat()
+    async for _ in ui.send(None, "show me", chat, "", "", None, *CONTROLS):
+        pass
+    found = await snippets.code_blocks(chat)
+    listed, _ = await snippets.save(None, chat, found["choices"][1][1], "one", "")
+    snippet_id = listed["choices"][0][1]
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.iterdir())
+    for _ in range(100):
+        shown = await snippets.open(None, snippet_id)
+    for _ in range(20):
+        exported = Path(await ui.export(None, chat, "json"))
+    assert set(temp.iterdir()) - before == set(), "nothing new beside the downloads folder"
+    kept = list(ui.downloads.folder.iterdir())
+    assert len(kept) == ui.downloads.keep, "the oldest went as new ones came"
+    assert Path(shown[6]).read_text() == "x = 1", "the file on screen is still there"
+    assert exported.is_file()

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import httpx
 import pytest
 from sqlalchemy import text
 
 from app.backends.router import RECHECK_SECONDS
 from app.chat import Chat, ChatService, Exchange
 from app.chat.guard import Guard
-from app.server import open_store
+from app.server import create_app, open_store
 from app.ui import PlaygroundUI
 from app.ui.blocks import CHECKS_PER_MINUTE
 from tests.conftest import settings_for
@@ -416,3 +417,17 @@ async def test_check_now_needs_a_signed_in_user_and_is_rate_limited(
     with pytest.raises(gr.Error, match=f"checked {CHECKS_PER_MINUTE} times in the last minute"):
         await ui.check_backends(None, None)
     assert fake.probes == probes + CHECKS_PER_MINUTE
+
+
+def test_an_upload_past_the_import_limit_is_refused_before_it_is_stored(
+    backend: ServerThread,
+) -> None:
+    """The 20 MiB import limit was checked only after Gradio had stored the whole upload;
+    now Gradio refuses it while it comes in (its max_file_size)."""
+    with ServerThread(create_app(settings_for(backend.url))) as server:
+        big = httpx.post(f"{server.url}/gradio_api/upload", timeout=60,
+                         files={"files": ("all.json", b"x" * (21 * 2**20), "application/json")})
+        small = httpx.post(f"{server.url}/gradio_api/upload", timeout=60,
+                           files={"files": ("all.json", b"{}", "application/json")})
+    assert big.status_code == 413
+    assert small.status_code == 200

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import time
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
@@ -205,21 +204,19 @@ class History:
     async def delete(self, conversation_id: str) -> None:
         await asyncio.to_thread(self.store.delete, self.user_id, conversation_id)
 
-    async def export(self, conversation_id: str | None, markdown: bool) -> Path:
-        """One conversation (or all, for None) written to a new file, JSON or Markdown."""
+    async def export(self, conversation_id: str | None, markdown: bool) -> tuple[str, str]:
+        """One conversation (or all, for None) as a file's name and text, JSON or Markdown."""
         return await asyncio.to_thread(self._export, conversation_id, markdown)
 
     async def import_file(self, path: Path) -> list[str]:
         """Raises ``TransferError`` (nothing imported) for a file that is not a good export."""
         return await asyncio.to_thread(self._import, path)
 
-    def _export(self, conversation_id: str | None, markdown: bool) -> Path:
+    def _export(self, conversation_id: str | None, markdown: bool) -> tuple[str, str]:
         exporter = transfer.export_markdown if markdown else transfer.export_json
         document = exporter(self.store, self.user_id, conversation_id)
         name = "conversation" if conversation_id else "conversations"
-        path = Path(tempfile.mkdtemp(prefix="export-")) / f"{name}.{'md' if markdown else 'json'}"
-        path.write_text(document, encoding="utf-8")
-        return path
+        return f"{name}.{'md' if markdown else 'json'}", document
 
     def _import(self, path: Path) -> list[str]:
         if path.stat().st_size > transfer.DEFAULT_MAX_BYTES:

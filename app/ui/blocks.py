@@ -23,6 +23,7 @@ from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
 from app.ui.controls import CONTROL_NAMES, control_updates, params_from
+from app.ui.downloads import Downloads
 from app.ui.raw import RawRun, RawUI
 from app.ui.render import (
     chat_messages,
@@ -125,6 +126,7 @@ class PlaygroundUI:
         # Names to ids of the users seen lately (not of every user ever seen).
         self._user_ids = Lru[str, int](USER_IDS_KEPT)
         self._checks = RateWindow(CHECKS_PER_MINUTE, 60.0)
+        self.downloads = Downloads()
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -360,7 +362,8 @@ class PlaygroundUI:
             raise gr.Error("This conversation is empty; there is nothing to export yet.")
         conversation_id = None if which == "all" else chat.id
         history = await self.history_for(request)
-        return str(await history.export(conversation_id, markdown=which == "markdown"))
+        name, text = await history.export(conversation_id, markdown=which == "markdown")
+        return str(self.downloads.write(name, text))
 
     async def import_file(self, request: gr.Request | None, path: str, chat: Chat) -> Any:
         history = await self.history_for(request)
@@ -397,9 +400,12 @@ class PlaygroundUI:
 
     def build(self) -> gr.Blocks:
         s = self.settings
-        snippets = SnippetsUI(self.service, self.guard, self.history_for, s.runs_allowed)
+        snippets = SnippetsUI(
+            self.service, self.guard, self.history_for, s.runs_allowed, self.downloads
+        )
         raw = RawUI(self.service, self.guard, self.history_for)
-        with SkippingBlocks(title="Coding Playground") as demo:
+        # Gradio's copies of served and uploaded files: checked hourly, gone after a day.
+        with SkippingBlocks(title="Coding Playground", delete_cache=(3600, 86400)) as demo:
             chat = gr.State(Chat())
             with gr.Sidebar(label="Conversations", open=True):
                 new = gr.Button("New conversation", elem_id="new-chat")

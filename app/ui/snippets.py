@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import tempfile
 from collections.abc import Callable, Coroutine
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -23,6 +21,7 @@ from app.snippets.extract import CodeBlock, extract_blocks
 from app.snippets.library import SnippetLibrary, SnippetRecord, filename
 from app.snippets.sandbox import RunLimits, RunResult, SandboxUnavailable, languages, run_snippet
 from app.store import NotFound, StoreError
+from app.ui.downloads import Downloads
 
 REFINE_PROMPT = (
     "You revise code. Answer with the complete new version of the code in one fenced code "
@@ -60,9 +59,10 @@ class SnippetsUI:
     def __init__(
         self, service: ChatService, guard: Guard,
         history_for: Callable[[gr.Request | None], Coroutine[Any, Any, History]],
-        runs_allowed: bool,
+        runs_allowed: bool, downloads: Downloads,
     ) -> None:
         self.service = service
+        self.downloads = downloads
         self.guard = guard
         self.history_for = history_for
         self.runs_allowed = runs_allowed
@@ -151,12 +151,8 @@ class SnippetsUI:
         record = await self._open(request, snippet_id)
         return self._show(record, number or record.versions[-1].number)
 
-    @staticmethod
-    def _download(record: SnippetRecord, number: int) -> str:
-        folder = Path(tempfile.mkdtemp(prefix="snippet-"))
-        path = folder / filename(record)
-        path.write_text(record.versions[number - 1].code, encoding="utf-8")
-        return str(path)
+    def _download(self, record: SnippetRecord, number: int) -> str:
+        return str(self.downloads.write(filename(record), record.versions[number - 1].code))
 
     async def rename(
         self, request: gr.Request | None, snippet_id: int | None, title: str, tags: str
