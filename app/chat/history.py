@@ -111,9 +111,7 @@ class History:
                     if progress.error is not None:
                         exchange.error = str(progress.error)
                     if progress.done:
-                        if saving is not None:
-                            await saving
-                        await self.save_final(exchange)
+                        await self._after(saving, self.save_final(exchange))
                         exchange.done = True
                     elif time.monotonic() - saved_at >= SAVE_INTERVAL_SECONDS and (
                         saving is None or saving.done()

@@ -363,7 +363,7 @@ class PlaygroundUI:
         conversation_id = None if which == "all" else chat.id
         history = await self.history_for(request)
         name, text = await history.export(conversation_id, markdown=which == "markdown")
-        return str(self.downloads.write(name, text))
+        return str(await asyncio.to_thread(self.downloads.write, name, text))
 
     async def import_file(self, request: gr.Request | None, path: str, chat: Chat) -> Any:
         history = await self.history_for(request)
