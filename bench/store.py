@@ -88,10 +88,10 @@ def stream_replies(
         for _ in range(parameters.saves_per_reply):
             text += CHUNK
             begin = time.perf_counter()
-            store.save_reply(reply, text)
+            store.save_reply(user, reply, text)
             latencies.append(time.perf_counter() - begin)
         begin = time.perf_counter()
-        store.save_reply(reply, text + CHUNK, status="stop", tokens=400,
+        store.save_reply(user, reply, text + CHUNK, status="stop", tokens=400,
                          time_to_first_token=0.2, tokens_per_second=50.0)
         latencies.append(time.perf_counter() - begin)
     return len(latencies), sum(latencies), latencies
@@ -106,7 +106,7 @@ def load_conversation(store: Store, user: int, parameters: Parameters) -> list[f
     for _ in range(parameters.load_messages // 2):
         message = store.add_user_message(user, conversation, USER_TEXT)
         reply = store.start_reply(user, conversation, message, "bench-model", "tgi")
-        store.save_reply(reply, reply_text, status="stop", tokens=400)
+        store.save_reply(user, reply, reply_text, status="stop", tokens=400)
     record = store.get_conversation(user, conversation)  # warm-up, and a check
     if 2 * len(record.exchanges) != parameters.load_messages:
         raise RuntimeError(f"loaded {2 * len(record.exchanges)} messages, expected "

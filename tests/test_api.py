@@ -396,6 +396,27 @@ def test_a_client_that_gives_up_waiting_stops_the_reply(api: Api, fake: FakeBack
              ["status"] == "stopped")
 
 
+def test_a_dialogue_deleted_while_its_reply_streams_stays_deleted(
+    api: Api, fake: FakeBackend, caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake.tokens = [f"token{i} " for i in range(40)]
+    fake.token_delay = 0.02
+    alice = api.user("alice")
+    with api.http.stream(
+        "POST", "/dialogue", headers=alice, json={"message": "long one", "stream": True}
+    ) as response:
+        received = events(response)
+        dialogue_id = next(received)["dialogue_id"]
+        assert "delta" in next(received)
+        assert api.http.delete(f"/dialogues/{dialogue_id}", headers=alice).status_code == 204
+        last = list(received)[-1]
+    assert last["done"] is True
+    assert last["error"] is None, "the reply still reached its client"
+    assert api.messages(alice, dialogue_id).status_code == 404
+    assert api.http.get("/dialogues", headers=alice).json() == []
+    assert "Could not save" not in caplog.text
+
+
 def test_a_backend_failure_mid_reply_is_reported_and_kept(api: Api, fake: FakeBackend) -> None:
     fake.mode = "generation_error"
     alice = api.user("alice")

@@ -331,7 +331,7 @@ def test_a_snippet_outlives_its_conversation_and_message(
     conversation = store.create_conversation(user, "Short-lived")
     message = store.add_user_message(user, conversation, "sort a list")
     reply = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(reply, "```python\nsorted(xs)\n```", status="stop")
+    store.save_reply(user, reply, "```python\nsorted(xs)\n```", status="stop")
     snippet = library.save(user, "Sorted", "python", "sorted(xs)", conversation_id=conversation,
                            message_id=reply)
     undone = store.create_conversation(user, "Undone")

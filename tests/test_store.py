@@ -25,7 +25,7 @@ def exchange_with_reply(
 ) -> tuple[int, int]:
     message = store.add_user_message(user, conversation, text)
     reply_id = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(reply_id, reply, status=status)
+    store.save_reply(user, reply_id, reply, status=status)
     return message, reply_id
 
 
@@ -153,7 +153,7 @@ def test_percent_and_underscore_in_a_search_are_literal(store: Store) -> None:
 def test_another_user_cannot_see_or_touch_a_conversation(store: Store) -> None:
     alice, bob = store.user_id("alice"), store.user_id("bob")
     conversation = store.create_conversation(alice, "Alice's secret plan")
-    message, _reply = exchange_with_reply(store, alice, conversation, "the plan", "ok")
+    message, reply = exchange_with_reply(store, alice, conversation, "the plan", "ok")
 
     with pytest.raises(NotFound):
         store.get_conversation(bob, conversation)
@@ -167,6 +167,8 @@ def test_another_user_cannot_see_or_touch_a_conversation(store: Store) -> None:
         store.start_reply(bob, conversation, message, "smol", "llama.cpp")
     with pytest.raises(NotFound):
         store.delete_exchange(bob, conversation, message)
+    with pytest.raises(NotFound):
+        store.save_reply(bob, reply, "overwritten", status="stop")
     assert store.list_conversations(bob) == []
     assert store.list_conversations(bob, search="plan") == []
     assert store.count_messages(bob) == 0
@@ -187,9 +189,9 @@ def test_a_retry_keeps_both_versions_and_shows_the_latest(store: Store) -> None:
     conversation = store.create_conversation(user, "Retry")
     message = store.add_user_message(user, conversation, "write fizzbuzz")
     first = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(first, "first try", status="stop")
+    store.save_reply(user, first, "first try", status="stop")
     second = store.start_reply(user, conversation, message, "bigger", "tgi")
-    store.save_reply(second, "second try", status="stop")
+    store.save_reply(user, second, "second try", status="stop")
 
     assert second != first
     record = store.get_conversation(user, conversation)
@@ -218,19 +220,19 @@ def test_a_reply_is_saved_partial_then_final_with_its_stats(store: Store) -> Non
         )
 
     assert reply() == (reply_id, "", "streaming", None, None, None, None, "smol", "llama.cpp")
-    store.save_reply(reply_id, "one, ")
+    store.save_reply(user, reply_id, "one, ")
     assert reply() == (
         reply_id, "one, ", "streaming", None, None, None, None, "smol", "llama.cpp",
     )
     store.save_reply(
-        reply_id, "one, two, three", status="stop", tokens=6, time_to_first_token=0.25,
+        user, reply_id, "one, two, three", status="stop", tokens=6, time_to_first_token=0.25,
         tokens_per_second=12.5,
     )
     assert reply() == (reply_id, "one, two, three", "stop", None, 6, 0.25, 12.5, "smol",
                        "llama.cpp")
 
     failed = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(failed, "one, t", status="interrupted", error="The backend went away.")
+    store.save_reply(user, failed, "one, t", status="interrupted", error="The backend went away.")
     assert reply()[:4] == (failed, "one, t", "interrupted", "The backend went away.")
 
 
@@ -290,7 +292,7 @@ def test_delete_exchange_removes_the_message_and_every_version_of_its_reply(
     exchange_with_reply(store, user, conversation, "keep me", "kept")
     message, _ = exchange_with_reply(store, user, conversation, "take me back", "v1")
     retry = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(retry, "v2", status="stop")
+    store.save_reply(user, retry, "v2", status="stop")
     assert store.count_messages(user) == 5
 
     store.delete_exchange(user, conversation, message)

@@ -44,14 +44,15 @@ def fill(store: Store, user_id: int) -> list[str]:
     )
     question = store.add_user_message(user_id, first, CODE_QUESTION)
     reply = store.start_reply(user_id, first, question, "smollm2", "llama.cpp")
-    store.save_reply(reply, FIRST_ANSWER, status="stop", tokens=17,
+    store.save_reply(user_id, reply, FIRST_ANSWER, status="stop", tokens=17,
                      time_to_first_token=0.1234, tokens_per_second=41.5)
     retry = store.start_reply(user_id, first, question, "qwen-coder", "tgi")
-    store.save_reply(retry, SECOND_ANSWER, status="interrupted", error="The server went away.",
-                     tokens=9, time_to_first_token=0.5, tokens_per_second=12.25)
+    store.save_reply(user_id, retry, SECOND_ANSWER, status="interrupted",
+                     error="The server went away.", tokens=9, time_to_first_token=0.5,
+                     tokens_per_second=12.25)
     follow_up = store.add_user_message(user_id, first, SCRIPT)
     answer = store.start_reply(user_id, first, follow_up, "qwen-coder", "tgi")
-    store.save_reply(answer, f"It is text: {SCRIPT}", status="length", tokens=3)
+    store.save_reply(user_id, answer, f"It is text: {SCRIPT}", status="length", tokens=3)
     second = store.create_conversation(user_id, "Empty-ish")
     store.add_user_message(user_id, second, "no reply yet")
     return [first, second]

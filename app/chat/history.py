@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.backends import BackendInfo, GenerationParams
 from app.chat.models import FINISH_TEXT, Chat, Exchange, TurnStats
 from app.chat.service import ChatService
-from app.store import ConversationRecord, Store, StoredReply, transfer
+from app.store import ConversationRecord, NotFound, Store, StoredReply, transfer
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,11 @@ class History:
         if exchange.reply_id is None:
             return
         try:
-            await asyncio.to_thread(self.store.save_reply, exchange.reply_id, exchange.reply)
+            await asyncio.to_thread(
+                self.store.save_reply, self.user_id, exchange.reply_id, exchange.reply
+            )
+        except NotFound:
+            return  # its conversation was deleted while it streamed
         except SQLAlchemyError:
             log.warning("Could not save reply %s while it streams; retrying at the next save",
                         exchange.reply_id, exc_info=True)
@@ -182,8 +186,10 @@ class History:
                       "tokens_per_second": stats.tokens_per_second}
         try:
             await asyncio.to_thread(
-                self.store.save_reply, exchange.reply_id, exchange.reply, **final
+                self.store.save_reply, self.user_id, exchange.reply_id, exchange.reply, **final
             )
+        except NotFound:
+            return
         except SQLAlchemyError:
             log.exception("Could not save reply %s", exchange.reply_id)
             exchange.error = " ".join(

@@ -242,13 +242,22 @@ class Store:
             session.flush()
             return message.id
 
-    def save_reply(self, reply_id: int, content: str, **final: Any) -> None:
-        """Store the reply so far; with ``status`` (and stats) it is the final version."""
+    def save_reply(self, user_id: int, reply_id: int, content: str, **final: Any) -> None:
+        """Store the reply so far; with ``status`` (and stats) it is the final version.
+
+        Raises ``NotFound`` when the reply is not in one of the user's conversations (or its
+        conversation was deleted while it streamed).
+        """
+        owned = select(Conversation.id).where(Conversation.user_id == user_id)
         with self._session() as session:
-            session.execute(
-                update(Message).where(Message.id == reply_id)
+            saved = session.execute(
+                update(Message)
+                .where(Message.id == reply_id, Message.conversation_id.in_(owned))
                 .values(content=content, updated_at=now(), **final)
+                .execution_options(synchronize_session=False)  # no row of it is loaded
             )
+            if not saved.rowcount:  # type: ignore[attr-defined]
+                raise NotFound(f"No reply {reply_id} in your conversations.")
 
     def delete_exchange(self, user_id: int, conversation_id: str, user_message_id: int) -> None:
         """Take back a user message with every version of its reply."""
