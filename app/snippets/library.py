@@ -117,7 +117,7 @@ class SnippetLibrary:
         _check_language(language)
         _check_code(code)
         try:
-            with self.store._session() as session:
+            with self.store.transaction() as session:
                 if message_id is not None:
                     conversation_id = _owned_message(session, user_id, message_id,
                                                      conversation_id)
@@ -156,7 +156,7 @@ class SnippetLibrary:
                     SnippetVersion.code.ilike(pattern, escape="\\"),
                 ),
             ))
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             return [
                 SnippetSummary(
                     id=snippet.id, title=snippet.title, language=snippet.language,
@@ -169,7 +169,7 @@ class SnippetLibrary:
 
     def get(self, user_id: int, snippet_id: int) -> SnippetRecord:
         """The snippet with all its versions, oldest first."""
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             snippet = _owned(session, user_id, snippet_id)
             return SnippetRecord(
                 id=snippet.id, title=snippet.title, language=snippet.language,
@@ -186,7 +186,7 @@ class SnippetLibrary:
         """A new latest version of the snippet's code, made for ``instruction``; returns its
         number."""
         _check_code(code)
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             # Write first: that locks the snippet's row (PostgreSQL) or the database (SQLite)
             # until the commit, so two new versions at once cannot take the same number.
             _touch(session, user_id, snippet_id)
@@ -204,18 +204,18 @@ class SnippetLibrary:
 
     def rename(self, user_id: int, snippet_id: int, title: str) -> None:
         title = _title(title)
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             _touch(session, user_id, snippet_id, title=title)
 
     def set_tags(self, user_id: int, snippet_id: int, tags: Iterable[str]) -> None:
         """Replace the snippet's tags."""
         cleaned = _tags(tags)
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             _touch(session, user_id, snippet_id, tags=cleaned)
 
     def delete(self, user_id: int, snippet_id: int) -> None:
         """Delete the snippet with every version of it."""
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             session.delete(_owned(session, user_id, snippet_id))
 
     def _tag_matches(self, pattern: str) -> ColumnElement[bool]:

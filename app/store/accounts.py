@@ -119,7 +119,7 @@ class Accounts:
         taken = NameTaken(f"The name {name!r} is taken; pick another.")
         password_hash = self.hasher.hash(password)
         try:
-            with self.store._session() as session:
+            with self.store.transaction() as session:
                 if session.scalar(select(User.id).where(func.lower(User.name) == name.lower())):
                     raise taken
                 user = User(name=name, password_hash=password_hash)
@@ -134,7 +134,7 @@ class Accounts:
     def check_password(self, name: str, password: str) -> int | None:
         """The user id when ``password`` is this account's; None otherwise, in about the same
         time whether or not the name exists."""
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             row = session.execute(
                 select(User.id, User.password_hash).where(User.name == name)
             ).one_or_none()
@@ -147,7 +147,7 @@ class Accounts:
         except (VerificationError, InvalidHashError):
             return None
         if self.hasher.check_needs_rehash(row.password_hash):
-            with self.store._session() as session:
+            with self.store.transaction() as session:
                 session.execute(
                     update(User).where(User.id == row.id)
                     .values(password_hash=self.hasher.hash(password))
@@ -164,7 +164,7 @@ class Accounts:
 
     def name(self, user_id: int) -> str:
         """The user's name; raises ``NotFound`` for an unknown id."""
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             found = session.scalar(select(User.name).where(User.id == user_id))
         if found is None:
             raise NotFound(f"No user {user_id}.")
@@ -177,7 +177,7 @@ class Accounts:
         dropped on the way."""
         token = secrets.token_urlsafe(32)
         issued = self.clock()
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             session.execute(delete(ApiToken).where(ApiToken.expires_at <= issued))
             session.add(ApiToken(
                 token_hash=token_hash(token), user_id=user_id, created_at=issued,
@@ -189,7 +189,7 @@ class Accounts:
         """Whose token this is and until when; None when unknown, expired or malformed."""
         if not TOKEN_PATTERN.fullmatch(token):
             return None
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             row = session.execute(
                 select(ApiToken.user_id, ApiToken.expires_at)
                 .where(ApiToken.token_hash == token_hash(token))
@@ -208,7 +208,7 @@ class Accounts:
     def tokens(self, user_id: int) -> list[TokenRecord]:
         """The user's tokens still valid, newest first (their hashes only: a token is shown
         once, when issued)."""
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             rows = session.execute(
                 select(ApiToken.id, ApiToken.token_hash, ApiToken.created_at,
                        ApiToken.expires_at)
@@ -220,7 +220,7 @@ class Accounts:
 
     def revoke_id(self, user_id: int, token_id: int) -> bool:
         """Make the user's token ``token_id`` unusable; False when they have no such token."""
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             result = session.execute(
                 delete(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user_id)
             )
@@ -230,5 +230,5 @@ class Accounts:
         """Make the token unusable; an unknown token is ignored."""
         if not TOKEN_PATTERN.fullmatch(token):
             return
-        with self.store._session() as session:
+        with self.store.transaction() as session:
             session.execute(delete(ApiToken).where(ApiToken.token_hash == token_hash(token)))

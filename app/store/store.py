@@ -101,7 +101,10 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def _session(self) -> Iterator[Session]:
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: a session whose changes are committed when the block ends, and
+        rolled back when it raises. For the store's own modules (``app.store.*``), which hold
+        every query of the app."""
         with self._sessions.begin() as session:
             yield session
 
@@ -117,7 +120,7 @@ class Store:
         """Mark replies left streaming, and not saved for ``older_than``, as interrupted: the
         process streaming them has stopped (a live one saves them more often; other replicas
         on the same database may be streaming the recent ones). Returns how many."""
-        with self._session() as session:
+        with self.transaction() as session:
             result = session.execute(
                 update(Message)
                 .where(Message.status == "streaming", Message.updated_at < now() - older_than)
@@ -127,7 +130,7 @@ class Store:
 
     def user_id(self, name: str = LOCAL_USER) -> int:
         """The id of the user with this name, created on first use."""
-        with self._session() as session:
+        with self.transaction() as session:
             found = session.scalar(select(User.id).where(User.name == name))
             if found is not None:
                 return found
@@ -141,7 +144,7 @@ class Store:
     def create_conversation(
         self, user_id: int, title: str, system_prompt: str = "", **fields: Any
     ) -> str:
-        with self._session() as session:
+        with self.transaction() as session:
             conversation = Conversation(
                 user_id=user_id, title=title, system_prompt=system_prompt, **fields
             )
@@ -168,11 +171,11 @@ class Store:
                     Conversation.id.in_(in_messages))
             )
         query = query.order_by(Conversation.updated_at.desc()).limit(limit)
-        with self._session() as session:
+        with self.transaction() as session:
             return [ConversationSummary(*row) for row in session.execute(query)]
 
     def get_conversation(self, user_id: int, conversation_id: str) -> ConversationRecord:
-        with self._session() as session:
+        with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
             messages = session.scalars(
                 select(Message).where(Message.conversation_id == conversation_id)
@@ -194,7 +197,7 @@ class Store:
             )
 
     def rename(self, user_id: int, conversation_id: str, title: str) -> None:
-        with self._session() as session:
+        with self.transaction() as session:
             self._owned(session, user_id, conversation_id).title = title
 
     def update_settings(
@@ -203,7 +206,7 @@ class Store:
     ) -> None:
         """Store the conversation's prompt and settings; ``language`` None leaves it as it is,
         "" clears it."""
-        with self._session() as session:
+        with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
             conversation.system_prompt = system_prompt
             conversation.settings = settings
@@ -211,13 +214,13 @@ class Store:
                 conversation.language = language or None
 
     def delete(self, user_id: int, conversation_id: str) -> None:
-        with self._session() as session:
+        with self.transaction() as session:
             session.delete(self._owned(session, user_id, conversation_id))
 
     # -- messages ------------------------------------------------------------------------
 
     def add_user_message(self, user_id: int, conversation_id: str, content: str) -> int:
-        with self._session() as session:
+        with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
             conversation.updated_at = now()
             message = Message(conversation_id=conversation_id, role="user", content=content)
@@ -230,7 +233,7 @@ class Store:
         backend: str | None,
     ) -> int:
         """A new version of the reply to ``reply_to``, streaming; earlier versions are kept."""
-        with self._session() as session:
+        with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
             if model is not None:
                 conversation.model, conversation.backend = model, backend
@@ -249,7 +252,7 @@ class Store:
         conversation was deleted while it streamed).
         """
         owned = select(Conversation.id).where(Conversation.user_id == user_id)
-        with self._session() as session:
+        with self.transaction() as session:
             saved = session.execute(
                 update(Message)
                 .where(Message.id == reply_id, Message.conversation_id.in_(owned))
@@ -261,7 +264,7 @@ class Store:
 
     def delete_exchange(self, user_id: int, conversation_id: str, user_message_id: int) -> None:
         """Take back a user message with every version of its reply."""
-        with self._session() as session:
+        with self.transaction() as session:
             self._owned(session, user_id, conversation_id)
             message = session.get(Message, user_message_id)
             if message is None or message.conversation_id != conversation_id:
@@ -274,7 +277,7 @@ class Store:
             session.delete(message)
 
     def count_messages(self, user_id: int) -> int:
-        with self._session() as session:
+        with self.transaction() as session:
             total = session.scalar(
                 select(func.count(Message.id)).join(Conversation)
                 .where(Conversation.user_id == user_id)
@@ -298,7 +301,7 @@ class Store:
         )
         if conversation_id is not None:
             query = query.where(Conversation.id == conversation_id)
-        with self._session() as session:
+        with self.transaction() as session:
             rows = list(session.scalars(query))
         if conversation_id is not None and not rows:
             raise NotFound(f"No conversation {conversation_id}.")
@@ -316,7 +319,7 @@ class Store:
         The rows are consumed inside the transaction, so a failure while building or writing
         any of them rolls back every row. Returns the new conversation ids.
         """
-        with self._session() as session:
+        with self.transaction() as session:
             ids = []
             for conversation, messages in conversations:
                 conversation.user_id = user_id
