@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import AnyHttpUrl, SecretStr
 
 from app.settings import Settings, SettingsError, load_settings
 from tests.conftest import REPO
@@ -52,10 +53,45 @@ def test_a_wrong_value_names_the_variable(
         load_settings()
 
 
-def test_every_setting_is_in_the_readme_table() -> None:
-    readme = (REPO / "README.md").read_text()
-    table = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.MULTILINE))
-    assert table == {name.upper() for name in Settings.model_fields}
+SETTINGS_PAGE = REPO / "docs" / "settings.md"
+# Defaults the table describes in words rather than giving the value.
+DESCRIBED_DEFAULTS = {"SYSTEM_PROMPT": "a coding-assistant prompt"}
+
+
+def settings_table() -> dict[str, str]:
+    """docs/settings.md's rows: each variable and its Default cell, as written."""
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]*) \|", SETTINGS_PAGE.read_text(), re.MULTILINE)
+    names = [name for name, _ in rows]
+    assert len(names) == len(set(names)), f"a variable has two rows: {sorted(names)}"
+    return dict(rows)
+
+
+def shown_default(name: str) -> str:
+    """The code's default of a setting, written as the table writes it."""
+    value = Settings.model_fields[name.lower()].get_default(call_default_factory=True)
+    if value is None or value == []:
+        return "unset"
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).rstrip("/") if isinstance(value, AnyHttpUrl) else str(value)
+
+
+def test_every_setting_has_one_row_in_the_settings_table() -> None:
+    assert set(settings_table()) == {name.upper() for name in Settings.model_fields}
+
+
+def test_the_settings_table_gives_the_code_defaults() -> None:
+    for name, cell in settings_table().items():
+        written = re.match(r"`([^`]*)`", cell)
+        if written is None:
+            assert cell == DESCRIBED_DEFAULTS.get(name, "unset"), name
+            assert cell != "unset" or shown_default(name) == "unset", name
+        else:
+            assert written.group(1) == shown_default(name), name
 
 
 def test_the_app_refuses_to_start_with_a_clear_line(tmp_path: Path) -> None:
