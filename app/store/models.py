@@ -108,7 +108,7 @@ class ApiToken(Base):
 
 
 class Snippet(Base):
-    """A piece of code a user kept (app.snippets.library), with every version of it.
+    """A piece of code a user kept (app.store.snippets), with every version of it.
 
     It may point at the conversation and the reply it came from; deleting those leaves the
     snippet, with the pointer set to null.
