@@ -205,6 +205,27 @@ def test_a_retry_keeps_both_versions_and_shows_the_latest(store: Store) -> None:
     assert store.count_messages(user) == 3  # the question and both versions of the answer
 
 
+def test_conversation_records_are_the_users_oldest_first_as_get_conversation_gives_them(
+    store: Store,
+) -> None:
+    alice, bob = store.user_id("alice"), store.user_id("bob")
+    first = store.create_conversation(alice, "First", "You are terse.", model="smol")
+    message, _ = exchange_with_reply(store, alice, first, "write fizzbuzz", "first try")
+    retry = store.start_reply(alice, first, message, "bigger", "tgi")
+    store.save_reply(alice, retry, "second try", status="length")
+    second = store.create_conversation(alice, "Second")
+    store.add_user_message(alice, second, "no reply yet")
+    store.create_conversation(bob, "Bob's")
+
+    records = store.conversation_records(alice)
+    assert records == [store.get_conversation(alice, first), store.get_conversation(alice, second)]
+    assert store.conversation_records(alice, second) == records[1:]
+    assert records[0].created_at.tzinfo is not None  # aware, as SQLite would not give it
+    assert records[0].created_at <= records[1].created_at
+    with pytest.raises(NotFound):
+        store.conversation_records(bob, first)
+
+
 def test_a_reply_is_saved_partial_then_final_with_its_stats(store: Store) -> None:
     user = store.user_id()
     conversation = store.create_conversation(user, "Stream")

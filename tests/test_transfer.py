@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from app import markdown
+from app.chat.export import export_markdown
 from app.store import NotFound, Store, transfer
 from app.store.models import Conversation, Message
 from app.store.transfer import (
@@ -19,7 +20,6 @@ from app.store.transfer import (
     MAX_MESSAGES,
     TransferError,
     export_json,
-    export_markdown,
     import_json,
 )
 

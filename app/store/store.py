@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from app.store.models import Conversation, Message, User, escape_like, now
+from app.store.models import Conversation, Message, User, as_utc, escape_like, now
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCAL_USER = "local"
@@ -73,6 +73,7 @@ class ConversationRecord:
     backend: str | None
     language: str | None
     settings: dict[str, Any]
+    created_at: datetime
     exchanges: list[StoredExchange]
 
 
@@ -181,20 +182,7 @@ class Store:
                 select(Message).where(Message.conversation_id == conversation_id)
                 .order_by(Message.id)
             ).all()
-            latest: dict[int, Message] = {}
-            for message in messages:
-                if message.role == "assistant" and message.reply_to_id is not None:
-                    latest[message.reply_to_id] = message
-            exchanges = [
-                StoredExchange(m.id, m.content, _reply(latest.get(m.id)))
-                for m in messages if m.role == "user"
-            ]
-            return ConversationRecord(
-                id=conversation.id, title=conversation.title,
-                system_prompt=conversation.system_prompt, model=conversation.model,
-                backend=conversation.backend, language=conversation.language,
-                settings=dict(conversation.settings or {}), exchanges=exchanges,
-            )
+            return _record(conversation, messages)
 
     def rename(self, user_id: int, conversation_id: str, title: str) -> None:
         with self.transaction() as session:
@@ -284,7 +272,7 @@ class Store:
             )
             return int(total or 0)
 
-    # -- whole conversations, for export and import (app.store.transfer) -------------------
+    # -- whole conversations, for export and import (app.store.transfer, app.chat.export) --
 
     def conversation_rows(
         self, user_id: int, conversation_id: str | None = None
@@ -306,6 +294,19 @@ class Store:
         if conversation_id is not None and not rows:
             raise NotFound(f"No conversation {conversation_id}.")
         return rows
+
+    def conversation_records(
+        self, user_id: int, conversation_id: str | None = None
+    ) -> list[ConversationRecord]:
+        """The user's conversations (one, or all oldest first) as ``get_conversation`` gives
+        them.
+
+        Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
+        """
+        return [
+            _record(conversation, conversation.messages)
+            for conversation in self.conversation_rows(user_id, conversation_id)
+        ]
 
     def add_conversations(
         self,
@@ -340,6 +341,26 @@ class Store:
         if conversation is None or conversation.user_id != user_id:
             raise NotFound(f"No conversation {conversation_id}.")
         return conversation
+
+
+def _record(conversation: Conversation, messages: Sequence[Message]) -> ConversationRecord:
+    """The conversation with each user message and the latest version of its reply;
+    ``messages`` are all of its messages, in id order."""
+    latest: dict[int, Message] = {}
+    for message in messages:
+        if message.role == "assistant" and message.reply_to_id is not None:
+            latest[message.reply_to_id] = message
+    exchanges = [
+        StoredExchange(m.id, m.content, _reply(latest.get(m.id)))
+        for m in messages if m.role == "user"
+    ]
+    return ConversationRecord(
+        id=conversation.id, title=conversation.title,
+        system_prompt=conversation.system_prompt, model=conversation.model,
+        backend=conversation.backend, language=conversation.language,
+        settings=dict(conversation.settings or {}), created_at=as_utc(conversation.created_at),
+        exchanges=exchanges,
+    )
 
 
 def _reply(message: Message | None) -> StoredReply | None:

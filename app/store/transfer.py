@@ -2,7 +2,8 @@
 
 JSON is the exchange format: a versioned document holding everything needed to restore the
 conversations exactly (every version of a retried reply included, with the reply→user-message
-links as ids local to each conversation). Markdown is a readable export only.
+links as ids local to each conversation). The readable Markdown export is the chat's
+(``app.chat.export``): the store knows no presentation.
 
 Import reads untrusted files: the document is size-limited, parsed and validated against the
 models below (unknown fields refused, lengths and counts bounded), its links are checked, and
@@ -30,7 +31,6 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from app.markdown import close_open_fence, fenced
 from app.store.models import Conversation, Message, now
 from app.store.store import Store, StoreError
 
@@ -49,15 +49,6 @@ MAX_ERRORS_SHOWN = 3
 USER_STATUSES = frozenset({"complete"})
 REPLY_STATUSES = frozenset({"streaming", "stop", "length", "stopped", "interrupted"})
 STREAMING_AT_EXPORT = "This reply was still streaming when the conversation was exported."
-
-# Mirrors app.chat.models.FINISH_TEXT; the store does not depend on the chat package.
-FINISH_TEXT = {
-    "stop": "finished",
-    "length": "cut at the token limit",
-    "stopped": "stopped by you",
-    "interrupted": "interrupted",
-    "streaming": "still streaming when exported",
-}
 
 
 class TransferError(StoreError):
@@ -232,64 +223,6 @@ def _iso(moment: datetime) -> str:
 
 def _finite(number: float | None) -> float | None:
     return number if number is not None and math.isfinite(number) else None
-
-
-def export_markdown(store: Store, user_id: int, conversation_id: str | None = None) -> str:
-    """The user's conversations (one, or all oldest first) as a readable Markdown document:
-    each user message with the latest version of its reply. Export only.
-
-    What people typed (system prompt, user messages) is shown verbatim in a code fence longer
-    than any backtick run inside it; replies are Markdown already and are kept as written, with
-    a code fence the reply left open closed.
-
-    Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
-    """
-    rows = store.conversation_rows(user_id, conversation_id)
-    return "\n\n---\n\n".join(_conversation_markdown(c) for c in rows) + "\n"
-
-
-def _conversation_markdown(conversation: Conversation) -> str:
-    title = " ".join(conversation.title.split()) or "Untitled conversation"
-    parts = [f"# {title}", _about(conversation)]
-    if conversation.system_prompt:
-        parts += ["**System prompt**", fenced(conversation.system_prompt)]
-    latest = {m.reply_to_id: m for m in conversation.messages if m.role == "assistant"}
-    for message in conversation.messages:
-        if message.role == "user":
-            parts += ["## You", fenced(message.content)]
-            if (reply := latest.get(message.id)) is not None:
-                parts += ["## Assistant", *_reply_markdown(reply)]
-    return "\n\n".join(parts)
-
-
-def _about(conversation: Conversation) -> str:
-    facts = [f"Started {_iso(conversation.created_at)[:16].replace('T', ' ')} UTC"]
-    if conversation.model:
-        facts.append(f"model `{conversation.model}`")
-    if conversation.backend:
-        facts.append(f"backend {conversation.backend}")
-    return " · ".join(facts)
-
-
-def _reply_markdown(reply: Message) -> list[str]:
-    parts = [close_open_fence(reply.content)] if reply.content else []
-    if reply.error:
-        parts.append(f"⚠️ {reply.error}")
-    parts.append(f"_{stats_line(reply)}_")
-    return parts
-
-
-def stats_line(reply: Message) -> str:
-    """Tokens, speed and how the reply ended, as the chat shows them."""
-    parts = [] if reply.tokens is None else [f"{reply.tokens} tokens"]
-    if reply.time_to_first_token is not None:
-        parts.append(f"first token {reply.time_to_first_token:.2f} s")
-    if reply.tokens_per_second is not None:
-        parts.append(f"{reply.tokens_per_second:.1f} tokens/s")
-    parts.append(FINISH_TEXT.get(reply.status, reply.status))
-    if reply.model:
-        parts.append(reply.model)
-    return " · ".join(parts)
 
 
 # -- import ---------------------------------------------------------------------------------
