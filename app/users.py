@@ -2,6 +2,8 @@
 
 The password is asked for twice without echo (or read from standard input when it is not a
 terminal, e.g. ``printf '%s' "$PASSWORD" | python -m app.users add alice``); it is never shown.
+It opens the store at DATABASE_URL, migrated, and nothing of the web server: replies cut off by
+a stopped app are the app's to mark, when it starts.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ import argparse
 import getpass
 import sys
 
-from app.server import open_store
 from app.settings import SettingsError, load_settings
-from app.store import AccountError, Accounts
+from app.store import AccountError, Accounts, Store
 
 
 def read_password() -> str:
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("name", help="3-50 letters, digits, '.', '_' or '-'")
     args = parser.parse_args(argv)
     try:
-        accounts = Accounts(open_store(load_settings()))
+        store = Store(load_settings().database_url.get_secret_value())
+        store.migrate()
+        accounts = Accounts(store)
         user_id = accounts.signup(args.name, read_password())
     except SettingsError as err:
         print(err, file=sys.stderr)
