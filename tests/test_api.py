@@ -339,13 +339,16 @@ def test_a_conversation_from_the_page_continues_with_its_settings(
     page_settings = {"max_new_tokens": 2, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
                      "stop": "END\nSTOP", "seed": -1, "frequency_penalty": 0.5}
     dialogue_id = store.create_conversation(user_id, "From the page", "Be kind.",
-                                            settings=page_settings)
+                                            settings=page_settings, language="python")
     store.engine.dispose()
 
     body = api.say(alice, "go on", dialogue_id=dialogue_id, temperature=0.1).json()
     assert body["reply"] == "Hello,"
     sent = fake.requests[-1]
-    assert sent["messages"][0] == {"role": "system", "content": "Be kind."}
+    assert sent["messages"][0] == {
+        "role": "system", "content": "Be kind.\n\nWrite code in Python unless the user asks "
+        "for another language, in fenced code blocks tagged python.",
+    }, "with the conversation's language, as the page sends it"
     assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (2, 0.1, 0.9)
     assert (sent["stop"], sent["frequency_penalty"]) == (["END", "STOP"], 0.5)
     assert sent.get("seed") is None

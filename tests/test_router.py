@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +26,12 @@ from app.backends import (
 )
 from app.backends.errors import NoBackendAvailable
 from app.backends.router import RECHECK_SECONDS, Router
-from app.chat import ChatService
+from app.chat import Chat, ChatService
+from app.chat.guard import Guard
+from app.chat.history import History
+from app.chat.turns import TurnRequest, Turns
 from app.metrics import Metrics
+from app.server import open_store
 from tests.conftest import settings_for
 from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread, free_port
@@ -275,6 +280,33 @@ async def test_inference_providers_get_the_model_with_its_provider_and_hf_token(
     assert final.stats.backend == "providers"
     assert second.requests[-1]["model"] == "Qwen/Qwen2.5-Coder-32B-Instruct:together"
     assert second.headers[-1]["authorization"] == "Bearer hf_providerstoken"
+
+
+async def test_the_stored_reply_names_the_backend_that_answered(
+    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread,
+    tmp_path: Path,
+) -> None:
+    """The first backend is overloaded, the second answers: the reply is stored (and shown on
+    reopening) as the second's, not as the one first picked."""
+    fake.mode = "overloaded"
+    second.served = [MODEL]
+    settings = settings_for(
+        "http://127.0.0.1:1", database_url=f"sqlite:///{tmp_path / 'store.db'}",
+        backends=[{"name": "gpu", "url": backend.url}, {"name": "spare", "url": backend_b.url}],
+    )
+    store = open_store(settings)
+    history = History(store, store.user_id())
+    turns = Turns(ChatService(settings), Guard(settings))
+    turn = await turns.start(history, Chat(), TurnRequest("hi", "", {"model": MODEL}))
+    assert turn.info.name == "gpu", "picked first"
+    async with aclosing(turns.stream(history, turn)) as updates:
+        async for _ in updates:
+            pass
+    assert turn.exchange.reply == "from b"
+    assert turn.chat.id is not None
+    _, reopened = await history.open(turn.chat.id)
+    assert reopened.exchanges[0].stats is not None
+    assert reopened.exchanges[0].stats.backend == "spare"
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from app.api.dialogue import generation_params
 from app.backends import BackendInfo, GenerationParams, InvalidSetting
 from app.backends.sampling import BackendKind, check, openai_fields, tgi_parameters
+from app.chat.turns import generation_params
 
 PAGE = GenerationParams(
     max_new_tokens=64, temperature=0.2, top_p=0.95, top_k=40, repetition_penalty=1.0,

@@ -18,6 +18,7 @@ from app.chat.guard import Guard
 from app.server import create_app, open_store
 from app.ui import PlaygroundUI
 from app.ui.blocks import CHECKS_PER_MINUTE
+from app.ui.controls import CONTROL_NAMES
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
@@ -227,6 +228,43 @@ async def test_retry_undo_and_new_chat(backend: ServerThread, fake: FakeBackend)
     shown, fresh, box, _ = await ui.new_chat(chat)
     assert (shown, fresh, box) == ([], Chat(), "")
     assert [title for title, _ in await local.choices()] == ["first"]
+
+
+async def test_a_retry_stores_the_prompt_and_settings_it_used(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    ui = make_ui(backend.url)
+    chat = Chat()
+    await drain(ui.send(None, "first", chat, "be terse", "", None, *CONTROLS))
+    again = (256, 0.9, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
+    await drain(ui.retry(None, chat, "be thorough", "rust", None, *again))
+    assert fake.requests[-1]["temperature"] == 0.9
+    assert chat.id is not None
+    record = ui.store.get_conversation((await ui.history_for(None)).user_id, chat.id)
+    assert (record.system_prompt, record.language) == ("be thorough", "rust")
+    assert (record.settings["max_new_tokens"], record.settings["temperature"]) == (256, 0.9)
+
+
+async def test_reopening_an_imported_conversation_keeps_only_usable_settings(
+    backend: ServerThread, tmp_path: Path,
+) -> None:
+    """An import may carry any value: one the controls cannot take leaves them as they are."""
+    ui = make_ui(backend.url)
+    local = await ui.history_for(None)
+    conversation = ui.store.create_conversation(
+        local.user_id, "Imported", "", settings={
+            "temperature": "hot", "top_p": 0.5, "seed": 1.5, "max_new_tokens": 300.0,
+            "stop": ["END"], "top_k": float("nan"), "model": 7,
+        },
+    )
+    update = await ui.open_chat(None, conversation, Chat())
+    model, values = update[4], dict(zip(CONTROL_NAMES, update[6:], strict=True))
+    skipped = {name for name, value in values.items() if value == gr.skip()}
+    assert model == gr.skip()
+    assert skipped == {"temperature", "seed", "stop", "top_k", "repetition_penalty",
+                       "frequency_penalty", "presence_penalty"}
+    assert (values["top_p"], values["max_new_tokens"]) == (0.5, 300)
+    assert isinstance(values["max_new_tokens"], int)
 
 
 async def test_the_message_is_stored_first_and_the_reply_as_it_streams(

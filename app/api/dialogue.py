@@ -1,9 +1,4 @@
-"""One API turn, on the page's own path so that storage behaves the same.
-
-``History.open`` (a continued conversation), ``ChatService.backend_info`` and
-``ChatService.fit`` before anything is stored; then ``History.begin`` stores the message and an
-empty reply, and ``History.stream_and_save`` streams the reply into the exchange, saving it as
-it grows and with its stats at the end.
+"""One API turn, on the page's own path (``app.chat.turns``) so that it behaves the same.
 
 The reply runs in a task of its own, apart from the request that asked for it: a client that
 goes away sets the exchange's ``stop`` event, as the page's Stop button does, so the upstream
@@ -17,7 +12,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +22,11 @@ from fastapi.sse import format_sse_event
 
 from app.api.errors import ApiError
 from app.api.models import DialogueIn, DialogueOut, ExchangeOut, ReplyOut, StatsOut
-from app.backends import BackendError, BackendInfo, GenerationParams, InvalidSetting
-from app.backends.sampling import check
-from app.chat import Chat, ChatService, ContextOverflow, Exchange, TurnStats
-from app.chat.guard import Guard, MessageRefused
+from app.chat import Chat, ChatService, Exchange, TurnStats
+from app.chat.guard import Guard
 from app.chat.history import History
 from app.chat.models import FINISH_TEXT
+from app.chat.turns import Turn, TurnRefused, TurnRequest, Turns
 from app.settings import Settings
 from app.store import ConversationRecord, NotFound, Store, StoredExchange
 
@@ -86,66 +80,22 @@ def exchange_out(stored: StoredExchange) -> ExchangeOut:
     )
 
 
-def _number(value: Any) -> float | None:
-    """A stored setting as a number, or None when it is not a usable one."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def generation_params(
-    values: Mapping[str, Any], default_max_new_tokens: int, info: BackendInfo
-) -> GenerationParams:
-    """Sampling settings from a conversation's settings, read as the page stores them
-    (a seed below 0 means random, a top-k of 0 means off, stop sequences one per line).
-
-    Values of the wrong type (an import may carry anything) are left to the defaults; a
-    value the backend would refuse raises ``InvalidSetting``.
-    """
-    numbers = {name: _number(values.get(name)) for name in (
-        "max_new_tokens", "temperature", "top_p", "top_k", "seed", "frequency_penalty",
-        "presence_penalty", "repetition_penalty",
-    )}
-    max_new = numbers["max_new_tokens"]
-    seed, top_k = numbers["seed"], numbers["top_k"]
-    stop = values.get("stop")
-    if isinstance(stop, str):
-        stops = tuple(line for line in stop.splitlines() if line)
-    elif isinstance(stop, list):
-        stops = tuple(item for item in stop if isinstance(item, str) and item)
-    else:
-        stops = ()
-    if info.max_stop_sequences is not None:
-        stops = stops[: info.max_stop_sequences]
-    params = GenerationParams(
-        max_new_tokens=int(max_new) if max_new is not None and max_new >= 1
-        else default_max_new_tokens,
-        temperature=numbers["temperature"],
-        top_p=numbers["top_p"],
-        top_k=int(top_k) if top_k is not None and top_k >= 1 else None,
-        stop=stops,
-        seed=int(seed) if seed is not None and 0 <= seed < 2**32 else None,
-        frequency_penalty=numbers["frequency_penalty"],
-        presence_penalty=numbers["presence_penalty"],
-        repetition_penalty=numbers["repetition_penalty"],
-    )
-    check(info.kind, params)
-    return params
-
-
 @dataclass
-class Turn:
-    """A reply on its way: the conversation, its new exchange, and the task writing it."""
+class Running:
+    """A reply on its way: the turn, the task writing it, and an event set at each update."""
 
-    chat: Chat
-    exchange: Exchange
+    turn: Turn
     task: asyncio.Task[None] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
+    def exchange(self) -> Exchange:
+        return self.turn.exchange
+
+    @property
     def dialogue_id(self) -> str:
-        assert self.chat.id is not None, "a started turn has a stored conversation"
-        return self.chat.id
+        assert self.turn.chat.id is not None, "a started turn has a stored conversation"
+        return self.turn.chat.id
 
     def output(self) -> DialogueOut:
         return DialogueOut(
@@ -160,27 +110,18 @@ class Dialogues:
         self, settings: Settings, service: ChatService, store: Store, guard: Guard
     ) -> None:
         self.settings = settings
-        self.service = service
         self.store = store
-        self.guard = guard
+        self.turns = Turns(service, guard)
         self._running: set[asyncio.Task[None]] = set()
 
-    async def start(self, user_id: int, body: DialogueIn) -> Turn:
+    async def start(self, user_id: int, body: DialogueIn) -> Running:
         """Check the request, store the message and start the reply.
 
         Raises ``ApiError``: 404 for a dialogue that is not the user's, 422 for a message
-        refused (empty, too long, too long for the context), 429 over the rate limit (with
-        Retry-After), 503 when the backend does not answer. Nothing is stored when it raises.
+        refused (empty, too long, too long for the context, a setting the backend refuses),
+        429 over the rate limit (with Retry-After), 503 when the backend does not answer.
+        Nothing is stored when it raises.
         """
-        text = body.message
-        try:
-            self.guard.check(user_id, text)
-        except MessageRefused as err:
-            if err.retry_after is None:
-                raise ApiError(422, str(err)) from err
-            raise ApiError(
-                429, str(err), headers={"Retry-After": str(int(err.retry_after))}
-            ) from err
         history = History(self.store, user_id)
         record: ConversationRecord | None = None
         chat = Chat()
@@ -193,56 +134,37 @@ class Dialogues:
             name: value for name in STORED_CONTROLS
             if (value := getattr(body, name)) is not None
         }
-        settings = {**(record.settings if record else {}), **given}
-        model = settings.get("model")
-        try:
-            info = await self.service.backend_info(model if isinstance(model, str) else None)
-        except BackendError as err:
-            if self.settings.debug:
-                raise
-            if isinstance(model, str) and model not in self.service.models():
-                raise ApiError(
-                    422, f"No backend offers the model {model!r}; GET /api/v1/models lists "
-                    "those on offer."
-                ) from err
-            raise ApiError(503, str(err)) from err
-        try:
-            params = generation_params(settings, self.settings.max_new_tokens, info)
-        except InvalidSetting as err:
-            raise ApiError(422, str(err)) from err
         if body.system_prompt is not None:
             system_prompt = body.system_prompt
         else:
             system_prompt = record.system_prompt if record else self.settings.system_prompt
+        asked = TurnRequest(
+            body.message, system_prompt, {**(record.settings if record else {}), **given},
+            record.language if record else None,
+        )
         try:
-            fitted = self.service.fit(
-                info, system_prompt, chat.exchanges, text, params.max_new_tokens
-            )
-        except ContextOverflow as err:
-            raise ApiError(422, str(err)) from err
-        try:
-            exchange = await history.begin(chat, text, info, system_prompt, settings)
+            turn = await self.turns.start(history, chat, asked)
+        except TurnRefused as err:
+            headers = None
+            if err.retry_after is not None:
+                headers = {"Retry-After": str(math.ceil(err.retry_after))}
+            raise ApiError(err.status, str(err), headers=headers) from err
         except NotFound as err:  # deleted meanwhile
             raise not_found(chat.id or "") from err
-        turn = Turn(chat, exchange)
-        turn.task = asyncio.create_task(
-            self._run(turn, history, info, fitted.messages, params),
-            name=f"reply {exchange.reply_id}",
+        running = Running(turn)
+        running.task = asyncio.create_task(
+            self._run(running, history), name=f"reply {turn.exchange.reply_id}",
         )
-        self._running.add(turn.task)
-        turn.task.add_done_callback(self._running.discard)
-        return turn
+        self._running.add(running.task)
+        running.task.add_done_callback(self._running.discard)
+        return running
 
-    async def _run(
-        self, turn: Turn, history: History, info: BackendInfo, messages: list[dict[str, str]],
-        params: GenerationParams,
-    ) -> None:
-        exchange = turn.exchange
+    async def _run(self, running: Running, history: History) -> None:
+        exchange = running.exchange
         try:
-            updates = history.stream_and_save(self.service, exchange, info, messages, params)
-            async with aclosing(updates):
+            async with aclosing(self.turns.stream(history, running.turn)) as updates:
                 async for _ in updates:
-                    turn.changed.set()
+                    running.changed.set()
         except Exception:
             # Backend errors end the reply inside stream_and_save; this is anything else
             # (or a backend error re-raised under DEBUG): log it, store what there is.
@@ -252,9 +174,9 @@ class Dialogues:
                 await history.save_final(exchange)
                 exchange.done = True
         finally:
-            turn.changed.set()
+            running.changed.set()
 
-    async def reply(self, turn: Turn, request: Request) -> DialogueOut:
+    async def reply(self, turn: Running, request: Request) -> DialogueOut:
         """Wait for the whole reply; a client that goes away first stops it."""
         assert turn.task is not None
         gone = asyncio.ensure_future(_stop_when_gone(request, turn.exchange.stop))
@@ -267,7 +189,7 @@ class Dialogues:
             gone.cancel()
         return turn.output()
 
-    async def events(self, turn: Turn, request: Request) -> AsyncIterator[bytes]:
+    async def events(self, turn: Running, request: Request) -> AsyncIterator[bytes]:
         """Server-sent events: the dialogue id, the reply's new text as it comes, then the
         end with the stats. A client that goes away stops the reply."""
         assert turn.task is not None

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.backends import BackendInfo, GenerationParams
+from app.chat.export import export_markdown
 from app.chat.models import FINISH_TEXT, Chat, Exchange, TurnStats
 from app.chat.service import ChatService
 from app.store import ConversationRecord, NotFound, Store, StoredReply, transfer
@@ -78,10 +79,17 @@ class History:
         """The new exchange at the end of ``chat``, stored with an empty reply that streams.
 
         The user's message is stored first (for a retry, the retried exchange's message is
-        answered again and its earlier reply kept in the store).
+        answered again, the prompt and settings it is answered with stored, and its earlier
+        reply kept in the store).
         """
         exchange = Exchange(user=text)
         if retried is not None:
+            if chat.id is None:
+                raise ValueError("a retry answers a message of a stored conversation")
+            await asyncio.to_thread(
+                self.store.update_settings, self.user_id, chat.id, system_prompt, settings,
+                language,
+            )
             chat.exchanges.remove(retried)
             exchange.user_message_id = retried.user_message_id
         else:
@@ -184,6 +192,8 @@ class History:
         if stats is not None:
             final |= {"tokens": stats.tokens, "time_to_first_token": stats.time_to_first_token,
                       "tokens_per_second": stats.tokens_per_second}
+            if not stats.cached:  # the backend that answered, after any failover
+                final["backend"] = stats.backend
         try:
             await asyncio.to_thread(
                 self.store.save_reply, self.user_id, exchange.reply_id, exchange.reply, **final
@@ -217,7 +227,7 @@ class History:
         return await asyncio.to_thread(self._import, path)
 
     def _export(self, conversation_id: str | None, markdown: bool) -> tuple[str, str]:
-        exporter = transfer.export_markdown if markdown else transfer.export_json
+        exporter = export_markdown if markdown else transfer.export_json
         document = exporter(self.store, self.user_id, conversation_id)
         name = "conversation" if conversation_id else "conversations"
         return f"{name}.{'md' if markdown else 'json'}", document

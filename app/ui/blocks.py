@@ -14,15 +14,16 @@ from typing import Any
 
 import gradio as gr
 
-from app.backends import BackendError, BackendInfo, GenerationParams
-from app.chat import Chat, ChatService, ContextOverflow, Exchange
+from app.backends import BackendError, BackendInfo
+from app.chat import Chat, ChatService, Exchange
 from app.chat.cache import Lru
-from app.chat.guard import Guard, MessageRefused, RateWindow
+from app.chat.guard import Guard, RateWindow
 from app.chat.history import History
-from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
+from app.chat.languages import LANGUAGE_NAMES
+from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
-from app.ui.controls import CONTROL_NAMES, control_updates, params_from
+from app.ui.controls import CONTROL_NAMES, control_updates
 from app.ui.downloads import Downloads
 from app.ui.raw import RawRun, RawUI
 from app.ui.render import (
@@ -122,6 +123,7 @@ class PlaygroundUI:
         self.service = service
         self.store = store
         self.guard = guard
+        self.turns = Turns(service, guard)
         self.settings = service.settings
         # Names to ids of the users seen lately (not of every user ever seen).
         self._user_ids = Lru[str, int](USER_IDS_KEPT)
@@ -156,18 +158,6 @@ class PlaygroundUI:
             if self.settings.debug:
                 raise
             return None, err
-
-    def _params(self, info: BackendInfo, values: tuple[Any, ...]) -> GenerationParams:
-        try:
-            return params_from(info, values)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-
-    def _check(self, history: History, text: str) -> None:
-        try:
-            self.guard.check(history.user_id, text)
-        except MessageRefused as err:
-            raise gr.Error(str(err)) from err
 
     @staticmethod
     async def _list(history: History, chat: Chat, search: str = "") -> Any:
@@ -225,68 +215,57 @@ class PlaygroundUI:
             yield skip_all()
             return
         history = await self.history_for(request)
-        self._check(history, text)
-        async for update in self._reply(
-            history, text, chat, system_prompt, language, model, controls
-        ):
+        asked = self._request(text, system_prompt, language, model, controls)
+        async for update in self._reply(history, chat, asked):
             yield update
 
     async def retry(
         self, request: gr.Request | None, chat: Chat, system_prompt: str, language: str,
         model: str | None, *controls: Any,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Ask again for the last message; its reply is replaced once the new one starts (the
-        store keeps the earlier version)."""
+        """Ask again for the last message, with the prompt and settings on the page; its reply
+        is replaced once the new one starts (the store keeps the earlier version)."""
         if not chat.exchanges or not chat.exchanges[-1].done:
             yield skip_all()
             return
         last = chat.exchanges[-1]
         history = await self.history_for(request)
-        self._check(history, last.user)
-        async for update in self._reply(
-            history, last.user, chat, system_prompt, language, model, controls, retried=last
-        ):
+        asked = self._request(last.user, system_prompt, language, model, controls)
+        async for update in self._reply(history, chat, asked, retried=last):
             yield update
 
-    async def _reply(
-        self, history: History, text: str, chat: Chat, system_prompt: str, language: str,
-        model: str | None, controls: tuple[Any, ...], retried: Exchange | None = None,
-    ) -> AsyncIterator[tuple[Any, ...]]:
-        """Stream a reply to ``text``, storing the message first and the reply as it grows.
-
-        A refusal (gr.Error) leaves the conversation, shown and stored, as it was.
-        """
-        earlier = chat.exchanges[:-1] if retried else chat.exchanges
-        info, error = await self._info(model)
-        header = header_markdown(info, error)
-        params = None if info is None else self._params(info, controls)
-        fitted = None
-        if info is not None and params is not None:
-            try:
-                fitted = self.service.fit(
-                    info, system_prompt_for(system_prompt, language), earlier, text,
-                    params.max_new_tokens,
-                )
-            except ContextOverflow as err:
-                raise gr.Error(str(err)) from err
+    @staticmethod
+    def _request(
+        text: str, system_prompt: str, language: str, model: str | None, controls: tuple[Any, ...]
+    ) -> TurnRequest:
         settings = dict(zip(CONTROL_NAMES, controls, strict=True))
         if model:
             settings["model"] = model
-        exchange = await history.begin(
-            chat, text, info, system_prompt, settings, retried=retried, language=language
-        )
-        conversations = await self._list(history, chat) if retried is None else gr.skip()
-        if fitted is None or params is None or info is None:
-            exchange.error, exchange.done = str(error), True
-            await history.save_final(exchange)
+        return TurnRequest(text, system_prompt, settings, language)
+
+    async def _reply(
+        self, history: History, chat: Chat, asked: TurnRequest, retried: Exchange | None = None,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Stream a reply, storing the message first and the reply as it grows.
+
+        A refusal (gr.Error) leaves the conversation, shown and stored, as it was; a backend
+        that does not answer is shown in the conversation, the message kept.
+        """
+        try:
+            turn = await self.turns.start(history, chat, asked, retried)
+        except TurnRefused as err:
+            if err.backend_error is None:
+                raise gr.Error(str(err)) from err
+            await self.turns.unanswered(history, chat, asked, err, retried)
+            conversations = await self._list(history, chat) if retried is None else gr.skip()
+            header = header_markdown(None, err.backend_error)
             yield chat_messages(chat.exchanges), chat, "", "", header, conversations
             return
-        notice = dropped_notice(fitted.dropped_exchanges, fitted.budget)
+        conversations = await self._list(history, chat) if retried is None else gr.skip()
+        notice = dropped_notice(turn.dropped_exchanges, turn.budget)
+        header = header_markdown(turn.info, None)
         yield chat_messages(chat.exchanges), chat, "", notice, header, conversations
-        updates = history.stream_and_save(
-            self.service, exchange, info, fitted.messages, params
-        )
-        async with aclosing(updates):
+        async with aclosing(self.turns.stream(history, turn)) as updates:
             async for _ in updates:
                 # ``chat`` changes in place in the page's state: sending it again would only
                 # make Gradio 6.31 rebuild the State's config at every update.
@@ -330,9 +309,10 @@ class PlaygroundUI:
         except NotFound as err:
             raise gr.Error("That conversation no longer exists.") from err
         await self.leave(chat)
-        values = [record.settings.get(name, gr.skip()) for name in CONTROL_NAMES]
+        settings = sanitized(record.settings)
+        values = [settings.get(name, gr.skip()) for name in CONTROL_NAMES]
         return (chat_messages(opened.exchanges), opened, record.system_prompt,
-                record.language or "", record.settings.get("model", gr.skip()), record.title,
+                record.language or "", settings.get("model", gr.skip()), record.title,
                 *values)
 
     async def search(self, request: gr.Request | None, text: str, chat: Chat) -> Any:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
 
-from app.backends import BackendInfo, BackendKind, GenerationParams
-from app.backends.sampling import check
+from app.backends import BackendInfo, BackendKind
 
 # Controls in the order the handlers receive them; each is shown only where the backend
 # honours it (see ``app.backends.CONTROLS``).
@@ -38,26 +36,3 @@ def control_updates(info: BackendInfo | None) -> list[Any]:
         else:
             updates.append(gr.update(visible=name in info.controls))
     return updates
-
-
-def params_from(info: BackendInfo, values: Sequence[Any]) -> GenerationParams:
-    """The controls' values as generation parameters; ValueError (``InvalidSetting``) says
-    what to fix."""
-    given = dict(zip(CONTROL_NAMES, values, strict=True))
-    stops = tuple(line for line in str(given.pop("stop") or "").splitlines() if line)
-    if info.max_stop_sequences is not None and len(stops) > info.max_stop_sequences:
-        raise ValueError(
-            f"This backend takes at most {info.max_stop_sequences} stop sequences; "
-            f"you gave {len(stops)}. Remove some (one per line)."
-        )
-    seed = given.pop("seed")
-    top_k = given.pop("top_k")
-    params = GenerationParams(
-        stop=stops,
-        seed=None if seed is None or int(seed) < 0 else int(seed),
-        top_k=int(top_k) if top_k else None,
-        max_new_tokens=int(given.pop("max_new_tokens")),
-        **{name: float(value) for name, value in given.items()},
-    )
-    check(info.kind, params)
-    return params

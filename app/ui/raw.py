@@ -12,14 +12,15 @@ from typing import Any
 
 import gradio as gr
 
-from app.backends import BackendError, BackendInfo
+from app.backends import BackendError, BackendInfo, InvalidSetting
 from app.backends.raw import RawToken, render_prompt, stream_raw
 from app.chat import Chat, ChatService
 from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
 from app.chat.languages import system_prompt_for
 from app.chat.service import next_unless_stopped
-from app.ui.controls import params_from
+from app.chat.turns import generation_params
+from app.ui.controls import CONTROL_NAMES
 from app.ui.render import token_html
 
 
@@ -96,9 +97,10 @@ class RawUI:
         except MessageRefused as err:
             raise gr.Error(str(err)) from err
         info = await self._info(model)
+        settings = dict(zip(CONTROL_NAMES, controls, strict=True))
         try:
-            params = params_from(info, controls)
-        except ValueError as err:
+            params = generation_params(settings, self.service.settings.max_new_tokens, info)
+        except InvalidSetting as err:
             raise gr.Error(str(err)) from err
         client = self.service.router.client(info.name)
         run.stop.clear()

@@ -1,0 +1,209 @@
+"""One chat turn, for the page and the REST API alike: check the message, pick the backend,
+read the settings, fit the context, store the message with an empty reply, then stream the
+reply through the router, saving it as it grows and with its stats at the end.
+
+``Turns.start`` does everything that can refuse a message before anything is stored, so a
+refusal (``TurnRefused``) loses nothing and stores nothing. The page shows a backend that does
+not answer inside the conversation instead (``Turns.unanswered``), as a reply that failed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from app.backends import BackendError, BackendInfo, GenerationParams, InvalidSetting
+from app.backends.sampling import check
+from app.chat.context import ContextOverflow
+from app.chat.guard import Guard, MessageRefused
+from app.chat.history import History
+from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
+from app.chat.models import Chat, Exchange
+from app.chat.service import ChatService
+
+# The settings a conversation keeps: the page's generation controls and the model, each with
+# the type its value must have.
+SETTING_TYPES: dict[str, type] = {
+    "max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int,
+    "repetition_penalty": float, "frequency_penalty": float, "presence_penalty": float,
+    "stop": str, "seed": int, "model": str,
+}
+
+
+class TurnRefused(ValueError):
+    """The message cannot be answered now; ``str(err)`` says why and what to do. Nothing was
+    stored. ``status`` is the HTTP status the REST API answers with; ``retry_after`` is set
+    (seconds) over the rate limit; ``backend_error`` when no backend answers."""
+
+    def __init__(
+        self, message: str, status: int = 422, retry_after: float | None = None,
+        backend_error: BackendError | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.backend_error = backend_error
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """What a user asks: the message, the conversation's system prompt and language (None:
+    as the conversation has it), and its settings by name (``SETTING_TYPES``)."""
+
+    text: str
+    system_prompt: str
+    settings: Mapping[str, Any]
+    language: str | None = None
+
+
+@dataclass
+class Turn:
+    """A reply on its way: its exchange (at the end of ``chat``), where it goes and what is
+    sent, and how many earlier exchanges were left out to fit the context."""
+
+    chat: Chat
+    exchange: Exchange
+    info: BackendInfo
+    messages: list[dict[str, str]]
+    params: GenerationParams
+    dropped_exchanges: int = 0
+    budget: int = 0
+
+
+def _number(value: Any) -> float | None:
+    """A setting as a number, or None when it is not a usable one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def sanitized(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The known settings of a stored conversation that have a usable value (an imported one
+    may carry anything): finite numbers, whole where they must be; text for the stop
+    sequences and the model. The rest is left out, so the page keeps its own value."""
+    kept: dict[str, Any] = {}
+    for name, kind in SETTING_TYPES.items():
+        value = settings.get(name)
+        if kind is str:
+            if isinstance(value, str):
+                kept[name] = value
+            continue
+        number = _number(value)
+        if number is not None and (kind is float or number.is_integer()):
+            kept[name] = number if kind is float else int(number)
+    return kept
+
+
+def generation_params(
+    settings: Mapping[str, Any], default_max_new_tokens: int, info: BackendInfo
+) -> GenerationParams:
+    """The generation parameters of a conversation's settings, read as the page keeps them: a
+    seed below 0 means random, a top-k of 0 means off, stop sequences one per line.
+
+    Unusable values are left to the defaults; a value the backend would refuse raises
+    ``InvalidSetting`` with what to change.
+    """
+    kept = sanitized(settings)
+    numbers = {name: kept.get(name) for name in (
+        "temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty",
+    )}
+    max_new, seed, top_k = kept.get("max_new_tokens"), kept.get("seed"), kept.get("top_k")
+    stops = tuple(line for line in kept.get("stop", "").splitlines() if line)
+    if info.max_stop_sequences is not None and len(stops) > info.max_stop_sequences:
+        raise InvalidSetting(
+            f"This backend takes at most {info.max_stop_sequences} stop sequences; "
+            f"you gave {len(stops)}. Remove some (one per line)."
+        )
+    params = GenerationParams(
+        max_new_tokens=max_new if max_new is not None and max_new >= 1
+        else default_max_new_tokens,
+        top_k=top_k if top_k is not None and top_k >= 1 else None,
+        stop=stops,
+        seed=seed if seed is not None and 0 <= seed < 2**32 else None,
+        **numbers,
+    )
+    check(info.kind, params)
+    return params
+
+
+class Turns:
+    def __init__(self, service: ChatService, guard: Guard) -> None:
+        self.service = service
+        self.guard = guard
+        self.settings = service.settings
+
+    async def start(
+        self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None = None,
+    ) -> Turn:
+        """Check the message, then store it (a retry answers ``retried``'s message again; the
+        store keeps its earlier reply) with an empty reply, and return the turn to stream.
+
+        Raises ``TurnRefused`` with nothing stored: the message refused by the guard (422, or
+        429 with ``retry_after``), no backend for the model (503, or 422 for a model nobody
+        offers), a setting the backend would refuse or a message too long for its context
+        (422).
+        """
+        try:
+            self.guard.check(history.user_id, request.text)
+        except MessageRefused as err:
+            status = 422 if err.retry_after is None else 429
+            raise TurnRefused(str(err), status, err.retry_after) from err
+        info = await self.backend(request.settings.get("model"))
+        try:
+            params = generation_params(request.settings, self.settings.max_new_tokens, info)
+        except InvalidSetting as err:
+            raise TurnRefused(str(err)) from err
+        earlier = [e for e in chat.exchanges if e is not retried]
+        language = request.language if request.language in LANGUAGE_NAMES else None
+        try:
+            fitted = self.service.fit(
+                info, system_prompt_for(request.system_prompt, language), earlier,
+                request.text, params.max_new_tokens,
+            )
+        except ContextOverflow as err:
+            raise TurnRefused(str(err)) from err
+        exchange = await history.begin(
+            chat, request.text, info, request.system_prompt, dict(request.settings),
+            retried=retried, language=request.language,
+        )
+        return Turn(chat, exchange, info, fitted.messages, params, fitted.dropped_exchanges,
+                    fitted.budget)
+
+    async def backend(self, model: Any) -> BackendInfo:
+        """Where a reply for ``model`` (not text: the default model) goes; raises
+        ``TurnRefused`` (503, or 422 for a model no backend offers) when none answers."""
+        wanted = model if isinstance(model, str) and model else None
+        try:
+            return await self.service.backend_info(wanted)
+        except BackendError as err:
+            if self.settings.debug:
+                raise
+            if wanted is not None and wanted not in self.service.models():
+                raise TurnRefused(
+                    f"No backend offers the model {wanted!r}; GET /api/v1/models lists those "
+                    "on offer.", backend_error=err,
+                ) from err
+            raise TurnRefused(str(err), 503, backend_error=err) from err
+
+    async def unanswered(
+        self, history: History, chat: Chat, request: TurnRequest, error: TurnRefused,
+        retried: Exchange | None = None,
+    ) -> Exchange:
+        """Keep the message, with a reply that failed for ``error`` (no backend answers): the
+        page shows it in the conversation, where Retry can ask again."""
+        exchange = await history.begin(
+            chat, request.text, None, request.system_prompt, dict(request.settings),
+            retried=retried, language=request.language,
+        )
+        exchange.error, exchange.done = str(error), True
+        await history.save_final(exchange)
+        return exchange
+
+    def stream(self, history: History, turn: Turn) -> AsyncGenerator[None]:
+        """Stream the reply into the turn's exchange, yielding after each update (see
+        ``History.stream_and_save``)."""
+        return history.stream_and_save(
+            self.service, turn.exchange, turn.info, turn.messages, turn.params
+        )
