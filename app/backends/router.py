@@ -190,7 +190,7 @@ class Router:
                             started = started or bool(delta.text)
                             yield delta
                 except BackendError as err:
-                    self.metrics.error(state.name, err)
+                    self.metrics.error(state.name, err.kind)
                     self._failed(state, err)
                     if started or not isinstance(err, RETRYABLE):
                         raise
