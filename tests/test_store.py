@@ -400,3 +400,36 @@ def test_the_store_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
         assert row["writes_per_second"] > 0
         assert row["load_messages"] == report["parameters"]["load_messages"]
         assert row["load_ms_median"] > 0
+
+
+def test_a_turn_begins_in_one_transaction(store: Store) -> None:
+    user = store.user_id()
+    first = store.begin_turn(user, None, "be terse", {"temperature": 0.2}, "python",
+                             message="write fizzbuzz", title="Fizzbuzz", model="smol",
+                             backend="llama.cpp")
+    record = store.get_conversation(user, first.conversation_id)
+    assert (record.title, record.system_prompt, record.language) == (
+        "Fizzbuzz", "be terse", "python")
+    assert [(e.user_message_id, e.user, e.reply and e.reply.status) for e in record.exchanges] \
+        == [(first.user_message_id, "write fizzbuzz", "streaming")]
+
+    retry = store.begin_turn(user, first.conversation_id, "be thorough", {"temperature": 0.9},
+                             "", reply_to=first.user_message_id, model="big", backend="tgi")
+    assert retry.user_message_id == first.user_message_id
+    record = store.get_conversation(user, first.conversation_id)
+    assert (record.system_prompt, record.settings, record.language) == (
+        "be thorough", {"temperature": 0.9}, None)
+    assert record.exchanges[0].reply is not None
+    assert (record.exchanges[0].reply.id, record.model) == (retry.reply_id, "big")
+    assert store.count_messages(user) == 3
+
+
+def test_a_turn_that_cannot_begin_stores_nothing(store: Store) -> None:
+    alice, bob = store.user_id("alice"), store.user_id("bob")
+    theirs = store.begin_turn(bob, None, "", {}, None, message="mine", title="Bob's")
+    with pytest.raises(NotFound):
+        store.begin_turn(alice, None, "", {}, None, reply_to=theirs.user_message_id)
+    with pytest.raises(NotFound):
+        store.begin_turn(alice, theirs.conversation_id, "", {}, None, message="hello?")
+    assert store.list_conversations(alice) == []
+    assert store.count_messages(bob) == 2

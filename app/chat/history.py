@@ -76,26 +76,27 @@ class History:
         self, chat: Chat, text: str, info: BackendInfo | None, system_prompt: str,
         settings: dict[str, Any], retried: Exchange | None = None, language: str | None = None,
     ) -> Exchange:
-        """The new exchange at the end of ``chat``, stored with an empty reply that streams.
+        """The new exchange at the end of ``chat``, stored with an empty reply that streams,
+        in one transaction with the conversation's prompt, settings and language (None: the
+        language as it is).
 
-        The user's message is stored first (for a retry, the retried exchange's message is
-        answered again, the prompt and settings it is answered with stored, and its earlier
-        reply kept in the store).
+        For a retry, the retried exchange's message is answered again and its earlier reply
+        kept in the store. Raises ``NotFound`` when the conversation was deleted meanwhile.
         """
-        exchange = Exchange(user=text)
+        if retried is not None and (chat.id is None or retried.user_message_id is None):
+            raise ValueError("a retry answers a stored message of a stored conversation")
+        begun = await asyncio.to_thread(
+            self.store.begin_turn, self.user_id, chat.id, system_prompt, settings, language,
+            message=None if retried else text, title=title_from(text),
+            reply_to=retried.user_message_id if retried else None,
+            model=info.model_id if info else None, backend=info.name if info else None,
+        )
+        chat.id = begun.conversation_id
         if retried is not None:
-            if chat.id is None:
-                raise ValueError("a retry answers a message of a stored conversation")
-            await asyncio.to_thread(
-                self.store.update_settings, self.user_id, chat.id, system_prompt, settings,
-                language,
-            )
             chat.exchanges.remove(retried)
-            exchange.user_message_id = retried.user_message_id
-        else:
-            await self.add_message(chat, exchange, system_prompt, settings, language)
+        exchange = Exchange(user=text, user_message_id=begun.user_message_id,
+                            reply_id=begun.reply_id)
         chat.exchanges.append(exchange)
-        await self.start_reply(chat, exchange, info)
         return exchange
 
     async def stream_and_save(
@@ -140,34 +141,6 @@ class History:
         if earlier is not None:
             await asyncio.wait({earlier})
         await save
-
-    async def add_message(
-        self, chat: Chat, exchange: Exchange, system_prompt: str, settings: dict[str, Any],
-        language: str | None = None,
-    ) -> None:
-        """Store the user's message (creating the conversation on its first one), with the
-        conversation's prompt, settings and language (None: the language as it is)."""
-        if chat.id is None:
-            chat.id = await asyncio.to_thread(
-                self.store.create_conversation, self.user_id, title_from(exchange.user),
-                system_prompt, settings=settings, language=language or None,
-            )
-        else:
-            await asyncio.to_thread(
-                self.store.update_settings, self.user_id, chat.id, system_prompt, settings,
-                language,
-            )
-        exchange.user_message_id = await asyncio.to_thread(
-            self.store.add_user_message, self.user_id, chat.id, exchange.user
-        )
-
-    async def start_reply(self, chat: Chat, exchange: Exchange, info: BackendInfo | None) -> None:
-        if chat.id is None or exchange.user_message_id is None:
-            raise ValueError("start_reply needs the stored conversation and message")
-        exchange.reply_id = await asyncio.to_thread(
-            self.store.start_reply, self.user_id, chat.id, exchange.user_message_id,
-            info.model_id if info else None, info.name if info else None,
-        )
 
     async def save_progress(self, exchange: Exchange) -> None:
         if exchange.reply_id is None:

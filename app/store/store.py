@@ -36,6 +36,15 @@ class NotFound(StoreError):
 
 
 @dataclass(frozen=True)
+class BegunTurn:
+    """What ``Store.begin_turn`` stored: the conversation, the message answered, the reply."""
+
+    conversation_id: str
+    user_message_id: int
+    reply_id: int
+
+
+@dataclass(frozen=True)
 class ConversationSummary:
     id: str
     title: str
@@ -207,14 +216,45 @@ class Store:
 
     # -- messages ------------------------------------------------------------------------
 
+    def begin_turn(
+        self, user_id: int, conversation_id: str | None, system_prompt: str,
+        settings: dict[str, Any], language: str | None, *, message: str | None = None,
+        reply_to: int | None = None, title: str = "", model: str | None = None,
+        backend: str | None = None,
+    ) -> BegunTurn:
+        """The start of a turn, in one transaction: the conversation created (for
+        ``conversation_id`` None, titled ``title``) or its prompt, settings and language
+        (None: as it is, "": none) stored; the user's ``message`` added, or for a retry the
+        message ``reply_to`` answered again; and an empty reply, streaming.
+
+        Raises ``NotFound`` for a conversation or message that is not the user's.
+        """
+        with self.transaction() as session:
+            if conversation_id is None:
+                conversation = Conversation(
+                    user_id=user_id, title=title, system_prompt=system_prompt,
+                    settings=settings, language=language or None,
+                )
+                session.add(conversation)
+                session.flush()
+            else:
+                conversation = self._owned(session, user_id, conversation_id)
+                conversation.system_prompt, conversation.settings = system_prompt, settings
+                if language is not None:
+                    conversation.language = language or None
+            if message is not None:
+                reply_to = self._add_message(session, conversation, message)
+            asked = session.get(Message, reply_to) if reply_to is not None else None
+            if asked is None or asked.conversation_id != conversation.id or asked.role != "user":
+                raise NotFound(f"No message {reply_to} to answer in this conversation.")
+            reply_id = self._start_reply(session, conversation, asked.id, model, backend)
+            return BegunTurn(conversation.id, asked.id, reply_id)
+
     def add_user_message(self, user_id: int, conversation_id: str, content: str) -> int:
         with self.transaction() as session:
-            conversation = self._owned(session, user_id, conversation_id)
-            conversation.updated_at = now()
-            message = Message(conversation_id=conversation_id, role="user", content=content)
-            session.add(message)
-            session.flush()
-            return message.id
+            return self._add_message(
+                session, self._owned(session, user_id, conversation_id), content
+            )
 
     def start_reply(
         self, user_id: int, conversation_id: str, reply_to: int, model: str | None,
@@ -223,15 +263,30 @@ class Store:
         """A new version of the reply to ``reply_to``, streaming; earlier versions are kept."""
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            if model is not None:
-                conversation.model, conversation.backend = model, backend
-            message = Message(
-                conversation_id=conversation_id, role="assistant", reply_to_id=reply_to,
-                status="streaming", model=model, backend=backend,
-            )
-            session.add(message)
-            session.flush()
-            return message.id
+            return self._start_reply(session, conversation, reply_to, model, backend)
+
+    @staticmethod
+    def _add_message(session: Session, conversation: Conversation, content: str) -> int:
+        conversation.updated_at = now()
+        message = Message(conversation_id=conversation.id, role="user", content=content)
+        session.add(message)
+        session.flush()
+        return message.id
+
+    @staticmethod
+    def _start_reply(
+        session: Session, conversation: Conversation, reply_to: int, model: str | None,
+        backend: str | None,
+    ) -> int:
+        if model is not None:
+            conversation.model, conversation.backend = model, backend
+        message = Message(
+            conversation_id=conversation.id, role="assistant", reply_to_id=reply_to,
+            status="streaming", model=model, backend=backend,
+        )
+        session.add(message)
+        session.flush()
+        return message.id
 
     def save_reply(self, user_id: int, reply_id: int, content: str, **final: Any) -> None:
         """Store the reply so far; with ``status`` (and stats) it is the final version.
