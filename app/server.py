@@ -21,6 +21,7 @@ from app.logs import RequestIdMiddleware
 from app.settings import Settings
 from app.store import Accounts, Store, transfer
 from app.ui import PlaygroundUI
+from app.ui.gradio_compat import configure_queue
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
+            await chat.aclose()
 
     api = FastAPI(
         title="Coding Playground", docs_url="/api/docs", openapi_url="/api/openapi.json",
@@ -102,14 +104,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     install_api(api, settings, chat, store, guard)
 
     demo = PlaygroundUI(chat, store, guard).build()
-    # Gradio caps concurrent events at ``max_threads`` even for async handlers; raise the cap
-    # together with the per-event limit so that users do not wait for one another.
-    demo.max_threads = settings.queue_concurrency
-    # Gradio keeps each opened page's state (0.38 MiB, bench/results/sessions.json) until this
-    # many newer pages push it out, also after its tab is closed.
-    demo.state_session_capacity = settings.session_capacity
-    demo.queue(
-        default_concurrency_limit=settings.queue_concurrency, max_size=settings.queue_max_size
+    configure_queue(
+        demo, concurrency=settings.queue_concurrency, max_size=settings.queue_max_size,
+        session_capacity=settings.session_capacity,
     )
     # show_error=False: an unexpected exception shows as a generic error, never its text;
     # the messages meant for users are raised as gr.Error and always shown.

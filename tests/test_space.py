@@ -34,7 +34,7 @@ from app.chat.guard import Guard
 from app.settings import SPACE_DEFAULT_MODEL, load_settings
 from app.store import Store
 from app.ui import PlaygroundUI
-from app.ui.blocks import oauth_username
+from app.ui.gradio_compat import oauth_username
 from tests.conftest import REPO, answers
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port

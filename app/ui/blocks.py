@@ -4,9 +4,7 @@ controls. Handlers are async generators; they know the chat service, never HTTP.
 from __future__ import annotations
 
 import asyncio
-import copy
 import math
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -25,6 +23,7 @@ from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
 from app.ui.controls import CONTROL_NAMES, control_updates
 from app.ui.downloads import Downloads
+from app.ui.gradio_compat import SkippingBlocks, oauth_username
 from app.ui.raw import RawRun, RawUI
 from app.ui.render import (
     chat_messages,
@@ -60,58 +59,6 @@ SIGN_IN_FIRST = "Sign in with Hugging Face first (the button at the top of the p
 # Conversations of Hugging Face users are stored under this prefix, so that they can never be
 # those of a password account of the same name (account names have no colon).
 HF_USER_PREFIX = "hf:"
-
-
-def oauth_username(request: gr.Request | None) -> str | None:
-    """The Hugging Face user signed in with OAuth, or None.
-
-    Gradio's ``/login/callback`` stores the OAuth token response, ``userinfo`` (OpenID claims)
-    included, as ``oauth_info`` in its signed session cookie; the cookie's middleware puts it
-    in the request's scope. An expired login counts as none, as in Gradio.
-    """
-    underlying = getattr(request, "request", None) if request is not None else None
-    scope = getattr(underlying, "scope", None)
-    session = scope.get("session") if isinstance(scope, dict) else None
-    info = session.get("oauth_info") if isinstance(session, dict) else None
-    if not isinstance(info, dict):
-        return None
-    expires_at = info.get("expires_at")
-    if isinstance(expires_at, int | float) and expires_at < time.time():
-        return None
-    userinfo = info.get("userinfo")
-    name = userinfo.get("preferred_username") if isinstance(userinfo, dict) else None
-    return name if isinstance(name, str) and name else None
-
-
-SKIP = gr.skip()
-
-
-class SkippingBlocks(gr.Blocks):
-    """``gr.Blocks`` that passes ``gr.skip()`` outputs through as they are.
-
-    Gradio 6.31 rebuilds the whole component (and its config) for every ``gr.skip()`` output of
-    every update a generator yields; for the skipped outputs of a streaming reply that was
-    about half the app's CPU under load. What it sends for them is ``{"__type__": "update"}``
-    either way, which is what this sends.
-    """
-
-    async def postprocess_data(self, block_fn: Any, predictions: Any, state: Any) -> list[Any]:
-        outputs = block_fn.outputs
-        if not isinstance(predictions, list | tuple) or len(predictions) != len(outputs):
-            return await super().postprocess_data(block_fn, predictions, state)
-        kept = [i for i, value in enumerate(predictions) if value != SKIP]
-        if len(kept) in (0, len(predictions)):
-            return await super().postprocess_data(block_fn, list(predictions), state)
-        partial = copy.copy(block_fn)
-        partial.outputs = [outputs[i] for i in kept]
-        values = [predictions[i] for i in kept]
-        done = await super().postprocess_data(
-            partial, values if len(kept) > 1 else values[0], state
-        )
-        result: list[Any] = [dict(SKIP) for _ in predictions]
-        for i, value in zip(kept, done, strict=True):
-            result[i] = value
-        return result
 
 
 def skip_all() -> tuple[Any, ...]:
