@@ -170,9 +170,11 @@ async def test_refinement_asks_the_model_on_the_page_and_can_be_stopped(
 
 
 async def test_opening_snippets_and_exporting_leave_no_pile_of_files(
-    backend: ServerThread, fake: FakeBackend
+    backend: ServerThread, fake: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each export and each snippet opened wrote a temporary folder, never removed."""
+    # A temporary folder of the test's own: other processes write to the machine's.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     ui, snippets = handlers(backend.url)
     fake.tokens = REPLY
     chat = Chat()
