@@ -4,7 +4,8 @@ source has them (tests/fake_backend.py), and OpenAI-compatible ones."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -32,13 +33,30 @@ from tests.servers import ServerThread, free_port
 PARAMS = GenerationParams(max_new_tokens=64)
 
 
+ClientFor = Callable[..., BackendClient]
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[ClientFor]:
+    """Makes backend clients, and closes them after the test as the app closes its own."""
+    made: list[BackendClient] = []
+
+    def make(url: str, **options: Any) -> BackendClient:
+        made.append(BackendClient(url, **options))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.aclose()
+
+
 async def collect(client: BackendClient, params: GenerationParams = PARAMS) -> list[Delta]:
     info = await client.probe()
     return [d async for d in client.stream_chat([{"role": "user", "content": "hi"}], params, info)]
 
 
-async def test_probe_finds_tgi_and_its_limits(backend: ServerThread) -> None:
-    info = await BackendClient(backend.url).probe()
+async def test_probe_finds_tgi_and_its_limits(backend: ServerThread, client_for: ClientFor) -> None:
+    info = await client_for(backend.url).probe()
     assert info == BackendInfo(
         kind="tgi", url=backend.url, model_id="bigcode/starcoder2-3b", max_input_tokens=1024,
         max_total_tokens=2048, version=TGI_VERSION, max_stop_sequences=4,
@@ -47,15 +65,17 @@ async def test_probe_finds_tgi_and_its_limits(backend: ServerThread) -> None:
 
 
 @pytest.mark.parametrize("kind", ["openai", "llama.cpp"])
-async def test_probe_falls_back_to_openai_models(fake: FakeBackend, kind: str) -> None:
+async def test_probe_falls_back_to_openai_models(
+    fake: FakeBackend, kind: str, client_for: ClientFor
+) -> None:
     fake.kind = kind  # type: ignore[assignment]
     with ServerThread(fake.app()) as server:
-        info = await BackendClient(server.url, context_tokens=4096).probe()
+        info = await client_for(server.url, context_tokens=4096).probe()
     assert (info.kind, info.model_id, info.max_total_tokens) == (kind, fake.model_id, 4096)
     assert ("top_k" in info.controls) is (kind == "llama.cpp")
 
 
-async def test_llama_cpps_own_server_is_recognised_as_llama_cpp() -> None:
+async def test_llama_cpps_own_server_is_recognised_as_llama_cpp(client_for: ClientFor) -> None:
     """llama-server (tools/server/server.cpp) says its models are owned by "llamacpp"."""
 
     async def models(request: object) -> JSONResponse:
@@ -64,21 +84,21 @@ async def test_llama_cpps_own_server_is_recognised_as_llama_cpp() -> None:
              "owned_by": "llamacpp", "meta": {"n_ctx_train": 32768}}]})
 
     with ServerThread(Starlette(routes=[Route("/v1/models", models)])) as server:
-        info = await BackendClient(server.url).probe()
+        info = await client_for(server.url).probe()
     assert info.kind == "llama.cpp"
     assert {"top_k", "repetition_penalty"} <= info.controls
 
 
-async def test_probe_of_a_closed_port_says_unreachable_with_the_url() -> None:
+async def test_probe_of_a_closed_port_says_unreachable_with_the_url(client_for: ClientFor) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(BackendUnreachable, match=f"The backend 'default' at {url} is unreachable"):
-        await BackendClient(url).probe()
+        await client_for(url).probe()
 
 
 async def test_stream_yields_tokens_then_finish_reason_and_the_servers_token_count(
-    backend: ServerThread, fake: FakeBackend
+    backend: ServerThread, fake: FakeBackend, client_for: ClientFor
 ) -> None:
-    deltas = await collect(BackendClient(backend.url))
+    deltas = await collect(client_for(backend.url))
     assert "".join(d.text for d in deltas) == "Hello, world!"
     assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
     assert fake.requests[-1]["stream_options"] == {"include_usage": True}
@@ -86,12 +106,12 @@ async def test_stream_yields_tokens_then_finish_reason_and_the_servers_token_cou
 
 
 async def test_stream_sends_parameters_and_token(
-    backend: ServerThread, fake: FakeBackend
+    backend: ServerThread, fake: FakeBackend, client_for: ClientFor
 ) -> None:
     params = GenerationParams(
         max_new_tokens=2, temperature=0.3, top_p=0.9, top_k=5, stop=("\n\n",), seed=7
     )
-    deltas = await collect(BackendClient(backend.url, token="s3cret"), params)
+    deltas = await collect(client_for(backend.url, token="s3cret"), params)
     sent = fake.requests[-1]
     assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (2, 0.3, 0.9)
     assert (sent["stop"], sent["seed"], sent["stream"]) == (["\n\n"], 7, True)
@@ -121,18 +141,20 @@ GREEDY = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=0.95, top_k=4
 )
 async def test_tgi_generates_with_what_the_page_asked_for(
     backend: ServerThread, fake: FakeBackend, params: GenerationParams,
-    generated: dict[str, object],
+    generated: dict[str, object], client_for: ClientFor,
 ) -> None:
-    deltas = await collect(BackendClient(backend.url), params)
+    deltas = await collect(client_for(backend.url), params)
     assert "".join(d.text for d in deltas) == "Hello, world!"
     used = fake.generated[-1]
     assert {key: used[key] for key in generated} == pytest.approx(generated)
 
 
-async def test_llama_cpp_gets_its_own_sampling_knobs(fake: FakeBackend) -> None:
+async def test_llama_cpp_gets_its_own_sampling_knobs(
+    fake: FakeBackend, client_for: ClientFor
+) -> None:
     fake.kind = "llama.cpp"
     with ServerThread(fake.app()) as server:
-        await collect(BackendClient(server.url), GenerationParams(max_new_tokens=8, top_k=5))
+        await collect(client_for(server.url), GenerationParams(max_new_tokens=8, top_k=5))
     assert fake.requests[-1]["top_k"] == 5
 
 
@@ -147,13 +169,14 @@ async def test_llama_cpp_gets_its_own_sampling_knobs(fake: FakeBackend) -> None:
     ],
 )
 async def test_tgi_failures_map_to_their_errors(
-    fake: FakeBackend, backend: ServerThread, mode: str, error: type[BackendError], message: str
+    fake: FakeBackend, backend: ServerThread, mode: str, error: type[BackendError], message: str,
+    client_for: ClientFor,
 ) -> None:
     """TGI's chat stream answers HTTP 200 and sends every kind of error as
     {"error": {"message", "http_status_code": 422}}: the message says which kind it is."""
     fake.mode = mode  # type: ignore[assignment]
     with pytest.raises(error, match=message):
-        await collect(BackendClient(backend.url))
+        await collect(client_for(backend.url))
 
 
 @pytest.mark.parametrize(
@@ -170,19 +193,20 @@ async def test_tgi_failures_map_to_their_errors(
     ids=["too-long", "penalty", "stops"],
 )
 async def test_tgi_validation_errors_in_the_stream_are_validation_errors(
-    fake: FakeBackend, backend: ServerThread, params: GenerationParams, message: str
+    fake: FakeBackend, backend: ServerThread, params: GenerationParams, message: str,
+    client_for: ClientFor,
 ) -> None:
     fake.max_input_tokens, fake.max_total_tokens = 999, 1000
     with pytest.raises(BackendValidationError, match=message):
-        await collect(BackendClient(backend.url), params)
+        await collect(client_for(backend.url), params)
 
 
 async def test_a_model_without_a_chat_template_says_so(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:
     fake.chat_template = False
     with pytest.raises(ChatTemplateError, match="Template error: template not found"):
-        await collect(BackendClient(backend.url))
+        await collect(client_for(backend.url))
 
 
 @pytest.mark.parametrize(
@@ -195,11 +219,11 @@ async def test_a_model_without_a_chat_template_says_so(
     ],
 )
 async def test_openai_compatible_failures_map_to_their_errors(
-    fake: FakeBackend, mode: str, error: type[BackendError], message: str
+    fake: FakeBackend, mode: str, error: type[BackendError], message: str, client_for: ClientFor
 ) -> None:
     fake.kind, fake.mode = "openai", mode  # type: ignore[assignment]
     with ServerThread(fake.app()) as server, pytest.raises(error, match=message):
-        await collect(BackendClient(server.url))
+        await collect(client_for(server.url))
 
 
 @pytest.mark.parametrize(
@@ -226,10 +250,10 @@ def test_every_error_shape_is_read(
 
 
 async def test_in_stream_error_keeps_the_tokens_before_it(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:
     fake.mode = "generation_error"
-    client = BackendClient(backend.url)
+    client = client_for(backend.url)
     info = await client.probe()
     received: list[str] = []
 
@@ -243,19 +267,21 @@ async def test_in_stream_error_keeps_the_tokens_before_it(
 
 
 async def test_a_stalled_stream_times_out_though_keep_alives_come(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:
     """TGI keeps writing its ':' keep-alive comment into a stalled stream (axum's KeepAlive):
     the read timeout counts the time since the last data, not the last byte."""
     fake.mode, fake.keepalive = "stall", 0.1
     async with asyncio.timeout(10):
         with pytest.raises(BackendTimeout, match=r"sent nothing for 0\.5 s"):
-            await collect(BackendClient(backend.url, read_timeout=0.5))
+            await collect(client_for(backend.url, read_timeout=0.5))
     await asyncio.sleep(0.3)
     assert fake.cancelled == 1, "the stalled stream's connection was closed"
 
 
-async def test_keep_alives_and_crlf_framing_are_read_as_the_spec_says() -> None:
+async def test_keep_alives_and_crlf_framing_are_read_as_the_spec_says(
+    client_for: ClientFor
+) -> None:
     """Comments (llama-cpp-python's ': ping - <time>'), CRLF line endings and an event's
     data spread over several lines, as the SSE spec allows."""
 
@@ -272,13 +298,13 @@ async def test_keep_alives_and_crlf_framing_are_read_as_the_spec_says() -> None:
     info = BackendInfo(kind="openai", url="", model_id="m", max_input_tokens=10,
                        max_total_tokens=20)
     with ServerThread(app) as server:
-        client = BackendClient(server.url)
+        client = client_for(server.url)
         deltas = [d async for d in client.stream_chat([], PARAMS, info)]
     assert [(d.text, d.finish_reason) for d in deltas] == [("a", None), ("b", "stop")]
 
 
-async def test_unreachable_while_streaming(backend: ServerThread) -> None:
-    client = BackendClient(backend.url)
+async def test_unreachable_while_streaming(backend: ServerThread, client_for: ClientFor) -> None:
+    client = client_for(backend.url)
     info = await client.probe()
     backend.stop()
     with pytest.raises(BackendUnreachable):
@@ -286,11 +312,11 @@ async def test_unreachable_while_streaming(backend: ServerThread) -> None:
             pass
 
 
-async def test_probe_of_something_else_says_so() -> None:
+async def test_probe_of_something_else_says_so(client_for: ClientFor) -> None:
     async def page(request: object) -> HTMLResponse:
         return HTMLResponse("<html>a web page</html>")
 
     site = Starlette(routes=[Route("/{path:path}", page)])
     not_one = "does not answer like TGI or an OpenAI-compatible server"
     with ServerThread(site) as server, pytest.raises(BackendError, match=not_one):
-        await BackendClient(server.url).probe()
+        await client_for(server.url).probe()

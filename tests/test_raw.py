@@ -5,6 +5,7 @@ engine's /v1/completions."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -27,26 +28,44 @@ MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content
 CONTROLS: tuple[Any, ...] = (8, 0.0, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 
 
-async def raw_tokens(url: str, prompt: str) -> list[RawToken]:
-    client = BackendClient(url)
+ClientFor = Callable[..., BackendClient]
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[ClientFor]:
+    """Makes backend clients, and closes them after the test as the app closes its own."""
+    made: list[BackendClient] = []
+
+    def make(url: str, **options: Any) -> BackendClient:
+        made.append(BackendClient(url, **options))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.aclose()
+
+
+async def raw_tokens(client: BackendClient, prompt: str) -> list[RawToken]:
     info = await client.probe()
     async with aclosing(stream_raw(client, info, prompt, PARAMS)) as stream:
         return [token async for token in stream]
 
 
-async def test_tgi_renders_with_the_models_template(backend: ServerThread) -> None:
-    client = BackendClient(backend.url)
+async def test_tgi_renders_with_the_models_template(
+    backend: ServerThread, client_for: ClientFor
+) -> None:
+    client = client_for(backend.url)
     rendered = await render_prompt(client, await client.probe(), MESSAGES)
     assert rendered.from_model
     assert rendered.text.startswith("<s><fake>system: be brief</fake>\n<fake>user: hi</fake>")
 
 
 async def test_a_model_without_a_chat_template_falls_back_to_chatml_and_says_so(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:
     """TGI answers /chat_tokenize with 422 template_error (router/src/infer/mod.rs)."""
     fake.chat_template = False
-    client = BackendClient(backend.url)
+    client = client_for(backend.url)
     rendered = await render_prompt(client, await client.probe(), MESSAGES)
     assert not rendered.from_model
     assert rendered.text.startswith("<|im_start|>system\nbe brief<|im_end|>")
@@ -55,23 +74,23 @@ async def test_a_model_without_a_chat_template_falls_back_to_chatml_and_says_so(
 
 
 async def test_a_rendered_prompt_reaches_the_model_with_one_bos(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:
     """TGI adds the BOS to every /generate_stream input (router/src/lib.rs); the template
     wrote one already."""
-    client = BackendClient(backend.url)
+    client = client_for(backend.url)
     rendered = await render_prompt(client, await client.probe(), MESSAGES)
     assert rendered.text.startswith("<s>")
-    await raw_tokens(backend.url, rendered.text)
+    await raw_tokens(client, rendered.text)
     assert fake.inputs[-1].count(1) == 1, "one BOS (id 1) in what the model reads"
-    await raw_tokens(backend.url, "no BOS here")
+    await raw_tokens(client, "no BOS here")
     assert fake.requests[-1]["inputs"] == "no BOS here"
 
 
-async def test_other_servers_get_generic_chatml(fake: FakeBackend) -> None:
+async def test_other_servers_get_generic_chatml(fake: FakeBackend, client_for: ClientFor) -> None:
     fake.kind = "openai"
     with ServerThread(fake.app()) as server:
-        client = BackendClient(server.url)
+        client = client_for(server.url)
         rendered = await render_prompt(client, await client.probe(), MESSAGES)
     assert not rendered.from_model
     assert rendered.text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi"
@@ -79,9 +98,9 @@ async def test_other_servers_get_generic_chatml(fake: FakeBackend) -> None:
 
 
 async def test_tgi_streams_each_token_with_its_logprob(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:
-    tokens = await raw_tokens(backend.url, "<fake>user: hi</fake>")
+    tokens = await raw_tokens(client_for(backend.url), "<fake>user: hi</fake>")
     assert [t.text for t in tokens] == ["Hello", ",", " world", "!", "</s>"]
     assert [t.logprob for t in tokens][:4] == [-0.1, -1.6, -3.1, -4.6]
     assert [t.special for t in tokens] == [False] * 4 + [True]
@@ -92,11 +111,11 @@ async def test_tgi_streams_each_token_with_its_logprob(
 
 
 async def test_greedy_raw_generation_sends_no_sampling_knob(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:
     """A top_p or top_k turns TGI's sampling back on (utils/tokens.py); the page's hidden
     top-k slider was sent to TGI all the same."""
-    client = BackendClient(backend.url)
+    client = client_for(backend.url)
     params = GenerationParams(max_new_tokens=8, temperature=0.0, top_p=0.95, top_k=40)
     async with aclosing(stream_raw(client, await client.probe(), "x", params)) as stream:
         [token async for token in stream]
@@ -104,10 +123,12 @@ async def test_greedy_raw_generation_sends_no_sampling_knob(
     assert fake.generated[-1]["top_k"] is None
 
 
-async def test_openai_servers_stream_completions_with_logprobs(fake: FakeBackend) -> None:
+async def test_openai_servers_stream_completions_with_logprobs(
+    fake: FakeBackend, client_for: ClientFor
+) -> None:
     fake.kind = "openai"
     with ServerThread(fake.app()) as server:
-        tokens = await raw_tokens(server.url, "def f():")
+        tokens = await raw_tokens(client_for(server.url), "def f():")
     assert [(t.text, t.logprob) for t in tokens] == [
         ("Hello", -0.1), (",", -1.6), (" world", -3.1), ("!", -4.6)
     ], "vLLM's chunks carry two tokens each here: each keeps its own log-probability"
@@ -117,11 +138,11 @@ async def test_openai_servers_stream_completions_with_logprobs(fake: FakeBackend
 
 
 async def test_an_error_event_in_the_raw_stream_has_its_message(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:
     fake.mode = "generation_error"
     with pytest.raises(BackendError, match="The model failed while generating"):
-        await raw_tokens(backend.url, "x")
+        await raw_tokens(client_for(backend.url), "x")
 
 
 def test_tokens_are_coloured_by_probability_and_shown_as_text() -> None:
@@ -157,14 +178,15 @@ async def test_the_raw_tab_renders_the_conversation_then_streams_coloured_tokens
     assert html.count('class="tok"') == 5
     assert "5 tokens" in stats
     assert "finished" in stats
+    await service.aclose()
 
 
 @pytest.mark.engine
 async def test_the_real_engine_streams_completions_with_logprobs(
-    running_app: RunningApp,
+    running_app: RunningApp, client_for: ClientFor
 ) -> None:
     tokens = await raw_tokens(
-        running_app.engine_url,
+        client_for(running_app.engine_url),
         "<|im_start|>user\nWrite hello world in Python.<|im_end|>\n<|im_start|>assistant\n",
     )
     texts = [t for t in tokens if t.text]

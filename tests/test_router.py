@@ -5,7 +5,7 @@ the issue lists. Sleeps are recorded instead of slept where a test checks the ba
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -60,11 +60,25 @@ class Clock:
         return self.now
 
 
-def router(*backends: tuple[str, str], **options: Any) -> Router:
-    timeout = options.pop("read_timeout", 5.0)
-    clients = [BackendClient(url, name=name, read_timeout=timeout) for name, url in backends]
-    options.setdefault("sleep", Sleeps())
-    return Router(clients, Metrics(), **options)
+MakeRouter = Callable[..., Router]
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[MakeRouter]:
+    """Makes routers over ``(name, url)`` backends, and closes them after the test as the app
+    closes its own."""
+    made: list[Router] = []
+
+    def make(*backends: tuple[str, str], **options: Any) -> Router:
+        timeout = options.pop("read_timeout", 5.0)
+        clients = [BackendClient(url, name=name, read_timeout=timeout) for name, url in backends]
+        options.setdefault("sleep", Sleeps())
+        made.append(Router(clients, Metrics(), **options))
+        return made[-1]
+
+    yield make
+    for r in made:
+        await r.aclose()
 
 
 async def reply(r: Router, model: str | None = MODEL) -> tuple[str, str | None]:
@@ -90,7 +104,7 @@ def backend_b(second: FakeBackend) -> Iterator[ServerThread]:
 
 
 async def test_the_model_menu_lists_every_backends_models(
-    backend: ServerThread, second: FakeBackend, backend_b: ServerThread
+    backend: ServerThread, second: FakeBackend, backend_b: ServerThread, router: MakeRouter
 ) -> None:
     second.served = [MODEL, "Qwen/Qwen2.5-Coder-7B-Instruct"]
     r = router(("gpu", backend.url), ("vllm", backend_b.url))
@@ -105,7 +119,8 @@ async def test_the_model_menu_lists_every_backends_models(
 
 
 async def test_a_failing_backend_fails_over_to_another_serving_the_model(
-    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread
+    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread,
+    router: MakeRouter,
 ) -> None:
     fake.mode = "overloaded"
     r = router(("gpu", backend.url), ("vllm", backend_b.url))
@@ -114,7 +129,7 @@ async def test_a_failing_backend_fails_over_to_another_serving_the_model(
 
 
 async def test_retries_with_backoff_before_the_first_token(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, router: MakeRouter
 ) -> None:
     fake.mode, fake.fail_times = "overloaded", 2
     sleeps = Sleeps()
@@ -127,7 +142,8 @@ async def test_retries_with_backoff_before_the_first_token(
 
 
 async def test_no_retry_once_tokens_have_flowed(
-    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread
+    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread,
+    router: MakeRouter,
 ) -> None:
     fake.mode = "die_mid_stream"
     r = router(("gpu", backend.url), ("vllm", backend_b.url))
@@ -147,7 +163,8 @@ async def test_no_retry_once_tokens_have_flowed(
 
 
 async def test_a_backend_that_keeps_failing_is_marked_down_and_not_hammered(
-    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread
+    fake: FakeBackend, backend: ServerThread, second: FakeBackend, backend_b: ServerThread,
+    router: MakeRouter,
 ) -> None:
     fake.mode, fake.keepalive = "stall_before_first", 0.05  # pings, but sends no data
     clock = Clock()
@@ -169,7 +186,9 @@ async def test_a_backend_that_keeps_failing_is_marked_down_and_not_hammered(
     assert await reply(r) == ("Hello, world!", "gpu")
 
 
-async def test_every_backend_down_then_one_back_without_a_restart(fake: FakeBackend) -> None:
+async def test_every_backend_down_then_one_back_without_a_restart(
+    fake: FakeBackend, router: MakeRouter
+) -> None:
     ports = free_port(), free_port()
     clock = Clock()
     r = router(("gpu", f"http://127.0.0.1:{ports[0]}"),
@@ -186,7 +205,7 @@ async def test_every_backend_down_then_one_back_without_a_restart(fake: FakeBack
 
 
 async def test_a_stalled_stream_times_out_with_a_clear_message(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, router: MakeRouter
 ) -> None:
     fake.mode, fake.keepalive = "stall_before_first", 0.05  # pings, but sends no data
     r = router(("gpu", backend.url), read_timeout=0.3, retries=0)
@@ -207,7 +226,8 @@ async def test_a_stalled_stream_times_out_with_a_clear_message(
     ],
 )
 async def test_each_fault_has_its_own_message(
-    fake: FakeBackend, backend: ServerThread, mode: str, error: type[Exception], message: str
+    fake: FakeBackend, backend: ServerThread, mode: str, error: type[Exception], message: str,
+    router: MakeRouter,
 ) -> None:
     fake.mode = mode  # type: ignore[assignment]
     r = router(("gpu", backend.url))
@@ -216,7 +236,7 @@ async def test_each_fault_has_its_own_message(
 
 
 async def test_a_validation_error_is_neither_retried_nor_held_against_the_backend(
-    fake: FakeBackend, backend: ServerThread
+    fake: FakeBackend, backend: ServerThread, router: MakeRouter
 ) -> None:
     """TGI sends it inside an HTTP 200 stream (router/src/server.rs): read as a broken stream,
     it was retried and, three times over, marked a healthy backend down."""
@@ -241,7 +261,7 @@ async def test_a_validation_error_is_neither_retried_nor_held_against_the_backen
 
 
 async def test_a_retry_after_too_long_is_not_waited_for(
-    second: FakeBackend, backend_b: ServerThread
+    second: FakeBackend, backend_b: ServerThread, router: MakeRouter
 ) -> None:
     """A proxy in front of an OpenAI-compatible server may send Retry-After (TGI never does)."""
     second.mode, second.retry_after = "http_429", 30
@@ -252,7 +272,7 @@ async def test_a_retry_after_too_long_is_not_waited_for(
 
 
 async def test_a_short_retry_after_is_honoured(
-    second: FakeBackend, backend_b: ServerThread
+    second: FakeBackend, backend_b: ServerThread, router: MakeRouter
 ) -> None:
     second.mode, second.fail_times, second.retry_after = "http_429", 1, 3
     sleeps = Sleeps()
@@ -280,6 +300,7 @@ async def test_inference_providers_get_the_model_with_its_provider_and_hf_token(
     assert final.stats.backend == "providers"
     assert second.requests[-1]["model"] == "Qwen/Qwen2.5-Coder-32B-Instruct:together"
     assert second.headers[-1]["authorization"] == "Bearer hf_providerstoken"
+    await service.aclose()
 
 
 async def test_the_stored_reply_names_the_backend_that_answered(
@@ -296,7 +317,8 @@ async def test_the_stored_reply_names_the_backend_that_answered(
     )
     store = open_store(settings)
     history = History(store, store.user_id())
-    turns = Turns(ChatService(settings), Guard(settings))
+    service = ChatService(settings)
+    turns = Turns(service, Guard(settings))
     turn = await turns.start(history, Chat(), TurnRequest("hi", "", {"model": MODEL}))
     assert turn.info.name == "gpu", "picked first"
     async with aclosing(turns.stream(history, turn)) as updates:
@@ -307,6 +329,7 @@ async def test_the_stored_reply_names_the_backend_that_answered(
     _, reopened = await history.open(turn.chat.id)
     assert reopened.exchanges[0].stats is not None
     assert reopened.exchanges[0].stats.backend == "spare"
+    await service.aclose()
 
 
 @pytest.mark.parametrize(
@@ -315,7 +338,7 @@ async def test_the_stored_reply_names_the_backend_that_answered(
     ids=["not-json", "null", "text"],
 )
 async def test_a_malformed_info_marks_that_backend_down_and_no_other(
-    body: bytes, backend_b: ServerThread
+    body: bytes, backend_b: ServerThread, router: MakeRouter
 ) -> None:
     """One bad /info used to escape the probe as ValueError/TypeError and stop every check."""
 
@@ -336,7 +359,7 @@ async def test_a_malformed_info_marks_that_backend_down_and_no_other(
 
 
 async def test_the_background_checks_survive_anything(
-    fake: FakeBackend, backend: ServerThread, caplog: pytest.LogCaptureFixture
+    fake: FakeBackend, backend: ServerThread, caplog: pytest.LogCaptureFixture, router: MakeRouter
 ) -> None:
     r = router(("gpu", backend.url), check_interval=0.05)
     calls = 0

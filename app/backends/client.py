@@ -2,10 +2,16 @@
 
 ``probe()`` finds what answers at the URL: TGI (``GET /info`` answers, with its token limits)
 or any OpenAI-compatible server (``GET /v1/models``), Hugging Face Inference Providers'
-router included. ``stream_chat()`` streams one reply as ``Delta`` values. Each call opens
-its own HTTP session and closes it on exit, so closing the iterator (the user pressed Stop)
-closes the upstream HTTP stream. The raw-prompt mode (``render_prompt``, ``stream_raw``) is in
-``app.backends.raw``.
+router included. ``stream_chat()`` streams one reply as ``Delta`` values. The raw-prompt mode
+(``render_prompt``, ``stream_raw``) is in ``app.backends.raw``.
+
+Every request to one backend (probes, streams, raw-prompt calls) goes through one pooled
+``aiohttp`` session of its ``BackendClient``, opened on first use on the running event loop and
+closed by ``aclose()``, which the app calls as it stops (``Router.aclose``). A connection goes
+back to the pool only when its response was read to the end: leaving a stream early (the user
+pressed Stop, the iterator was closed) closes that connection, and so the upstream stream. Each
+request has its own timeouts, and every failure (connection, timeout, HTTP status, an error
+inside the stream) is mapped to the ``BackendError`` tree in one place (``mapped_errors``).
 
 Streams are read with ``aiohttp`` and ``json``: every token of every reply is one chunk to
 read, and that cost bounds how many streams one process carries (``bench/``). Measured per
@@ -14,8 +20,7 @@ chunk, JSON included: ``httpx`` 205 µs, ``aiohttp`` 56 µs; ``AsyncInferenceCli
 server-sent events ending with ``data: [DONE]``, with ``:`` keep-alive comments between them;
 errors come as an HTTP status or inside a stream that began with HTTP 200, in each server's
 shape (``error_parts``), and are classified by ``classified``. What each kind of server is
-sent for the page's controls is in ``app.backends.sampling``. The probe, a few requests a
-minute, uses ``httpx``.
+sent for the page's controls is in ``app.backends.sampling``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import asyncio
 import functools
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -46,6 +51,13 @@ from app.backends.errors import (
 from app.backends.sampling import CONTROLS, BackendKind, GenerationParams, openai_fields
 from app.logs import scrub
 
+# How long an idle connection waits in the pool for the next request: less than the 5 s after
+# which uvicorn (llama-cpp-python's and vLLM's server) closes it, so that a request never goes
+# out on a connection the server is closing (aiohttp retries only idempotent requests).
+KEEPALIVE_SECONDS = 4.0
+# How long a finished stream waits for the end of its body (a chunked body's last chunk comes
+# just after ``data: [DONE]``) so that its connection goes back to the pool.
+BODY_END_SECONDS = 0.1
 # What BACKENDS may say of a server: ``auto`` probes for TGI, then OpenAI-compatible.
 ConfiguredKind = Literal["auto", "tgi", "openai", "hf"]
 # What ``owned_by`` in ``/v1/models`` says of llama.cpp: llama-cpp-python's server writes
@@ -117,6 +129,11 @@ class BackendClient:
     models: tuple[str, ...] = ()
     provider: str | None = None
     _headers: dict[str, str] = field(init=False, repr=False)
+    # One session for each event loop that uses the client: the app has one loop; tests also
+    # run servers in threads, each with its own (a session works only on its loop).
+    _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -126,70 +143,108 @@ class BackendClient:
     def label(self) -> str:
         return f"{self.name!r} at {safe_url(self.url)}"
 
+    async def aclose(self) -> None:
+        """Close the connections opened on the running loop (and those of any loop that has
+        closed since). Call it on each loop that used the client: the app's lifespan does, for
+        its one loop. The client stays usable: the next request opens a new session."""
+        loop = asyncio.get_running_loop()
+        await self._close_sessions(lambda owner: owner is loop or owner.is_closed())
+
+    async def _session(self) -> aiohttp.ClientSession:
+        """This backend's session on the running loop, opened on first use."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            # trust_env: HTTP(S)_PROXY and NO_PROXY apply. limit=0: as many connections at
+            # once as there are requests (a reply never waits for another's connection).
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                headers=self._headers, trust_env=True,
+                connector=aiohttp.TCPConnector(
+                    ssl=_tls_context(), limit=0, keepalive_timeout=KEEPALIVE_SECONDS
+                ),
+            )
+            # A loop that closed (a test's) left its session behind: nothing can use it now.
+            await self._close_sessions(lambda owner: owner.is_closed())
+        return session
+
+    async def _close_sessions(
+        self, which: Callable[[asyncio.AbstractEventLoop], bool]
+    ) -> None:
+        # Out of the mapping before the first await, so that no other task picks one up while
+        # it closes. Closing the session of a closed loop, from any loop, only marks it closed:
+        # its connections cannot run without their loop.
+        closing = [self._sessions.pop(owner, None) for owner in list(self._sessions)
+                   if which(owner)]
+        for session in closing:
+            if session is not None:
+                await session.close()
+
+    @asynccontextmanager
+    async def _request(
+        self, method: str, path: str, read_timeout: float, body: Mapping[str, Any] | None = None,
+        *, probe: bool = False,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request on the pooled session and yield its response, whatever its status.
+        Connecting may take the probe timeout, each read ``read_timeout``. Every failure, in
+        the request or in the caller's reading of the response, comes out as a
+        ``BackendError`` (``mapped_errors``); a probe's (``probe``) reads as the server not
+        answering and does not follow redirects."""
+        timeout = aiohttp.ClientTimeout(sock_connect=self.probe_timeout, sock_read=read_timeout)
+        async with (
+            mapped_errors(self.label, read_timeout, self.token, probe=probe),
+            (await self._session()).request(
+                method, f"{self.url}{path}", json=body, timeout=timeout,
+                allow_redirects=not probe,
+            ) as response,
+        ):
+            yield response
+
     @asynccontextmanager
     async def post(
         self, path: str, body: Mapping[str, Any], read_timeout: float | None = None,
         missing: str | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST ``body`` as JSON to ``path`` with the token, in a session of its own; yields
-        the response (read or stream it) once its status is known to be a success. Waits
-        ``read_timeout`` (the backend's by default) for each read, the probe timeout to connect.
-        Leaving closes the connection. Raises ``BackendError`` (within ``mapped_errors``);
-        ``missing`` is its message for a 404, a server without that API."""
-        limits = aiohttp.ClientTimeout(
-            sock_read=read_timeout or self.read_timeout, sock_connect=self.probe_timeout
-        )
-        # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as they do to the probe (httpx).
-        async with (
-            aiohttp.ClientSession(
-                headers=self._headers, timeout=limits, trust_env=True,
-                connector=aiohttp.TCPConnector(ssl=_tls_context()),
-            ) as session,
-            session.post(f"{self.url}{path}", json=body) as response,
-        ):
+        """POST ``body`` as JSON to ``path`` with the token; yields the response (read or
+        stream it) once its status is known to be a success. Waits ``read_timeout`` (the
+        backend's by default) for each read, the probe timeout to connect. Raises
+        ``BackendError``, for failures while the response is read too; ``missing`` is its
+        message for a 404, a server without that API. Leaving on an exception (a closed
+        iterator, a cancelled task) closes the connection; leaving at the reply's end puts it
+        back in the pool."""
+        async with self._request("POST", path, read_timeout or self.read_timeout, body) as response:
             if response.status == 404 and missing is not None:
                 raise BackendError(missing)
             await _raise_for_status(self, response)
             yield response
+            await _read_to_end(response)
 
-    def mapped_errors(self, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
-        """``mapped_errors`` for this backend: its label, timeout and token."""
-        return mapped_errors(self.label, timeout or self.read_timeout, self.token)
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        """A probe's GET: its status and body."""
+        async with self._request("GET", path, self.probe_timeout, probe=True) as response:
+            return response.status, await response.read()
 
     async def probe(self) -> BackendInfo:
         """Ask the server what it is. Raises ``BackendError`` when nothing usable answers."""
-        timeout = httpx.Timeout(self.probe_timeout)
-        try:
-            async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as http:
-                if self.kind in ("auto", "tgi"):
-                    info = await http.get(f"{self.url}/info")
-                    if info.status_code == 200 and "max_total_tokens" in info.text:
-                        return self._narrowed(self._tgi_info(info))
-                    if self.kind == "tgi":
-                        raise BackendError(
-                            f"The backend {self.label} does not answer like TGI (GET /info "
-                            f"gave HTTP {info.status_code}); check its kind and URL."
-                        )
-                models = await http.get(f"{self.url}/v1/models")
-        except httpx.TimeoutException as err:
-            raise BackendTimeout(
-                f"The backend {self.label} did not answer within {self.probe_timeout:g} s."
-            ) from err
-        except httpx.TransportError as err:
-            raise BackendUnreachable(f"The backend {self.label} is unreachable.") from err
-        if models.status_code in (401, 403):
-            raise BackendError(
-                f"The backend {self.label} refused the token (HTTP {models.status_code}); "
-                "check the backend's token (or HF_TOKEN)."
-            )
+        if self.kind in ("auto", "tgi"):
+            status, info = await self._get("/info")
+            if status == 200 and b"max_total_tokens" in info:
+                return self._narrowed(self._tgi_info(info))
+            if self.kind == "tgi":
+                raise BackendError(
+                    f"The backend {self.label} does not answer like TGI (GET /info "
+                    f"gave HTTP {status}); check its kind and URL."
+                )
+        status, models = await self._get("/v1/models")
+        if status in (401, 403):
+            raise http_error(self.label, status, f"HTTP {status}", {})
         not_a_backend = BackendError(
             f"The backend {self.label} does not answer like TGI or an OpenAI-compatible server"
-            f" (GET /v1/models gave HTTP {models.status_code}); check its URL."
+            f" (GET /v1/models gave HTTP {status}); check its URL."
         )
-        if models.status_code != 200:
+        if status != 200:
             raise not_a_backend
         try:
-            return self._narrowed(self._openai_info(models.json()))
+            return self._narrowed(self._openai_info(json.loads(models)))
         except (ValueError, AttributeError, TypeError) as err:
             raise not_a_backend from err
 
@@ -206,10 +261,10 @@ class BackendClient:
             )
         return replace(info, model_id=offered[0], models=tuple(offered))
 
-    def _tgi_info(self, response: httpx.Response) -> BackendInfo:
+    def _tgi_info(self, content: bytes) -> BackendInfo:
         """TGI's ``/info``; raises ``BackendError`` when it is not what TGI sends."""
         try:
-            body = response.json()
+            body = json.loads(content)
             total = int(body["max_total_tokens"])
             max_input = int(
                 body.get("max_input_tokens") or body.get("max_input_length") or total - 1
@@ -265,7 +320,7 @@ class BackendClient:
             **openai_fields(info.kind, params),
         }
         finished = False
-        async with self.mapped_errors(), self.post("/v1/chat/completions", body) as response:
+        async with self.post("/v1/chat/completions", body) as response:
             async for event in sse_events(self, response):
                 usage = event.get("usage")
                 tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
@@ -289,9 +344,20 @@ class BackendClient:
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
-    """One TLS context for every call: building one loads the CA bundle, 10 to 30 ms of
-    CPU, which was a third of the app's CPU while many streams started at once."""
+    """One TLS context for every session: building one loads the CA bundle, 10 to 30 ms of
+    CPU. The trust store is httpx's (certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR), the
+    one the backends have always been checked against."""
     return httpx.create_ssl_context()
+
+
+async def _read_to_end(response: aiohttp.ClientResponse) -> None:
+    """Read what is left of a body the caller is done with, so that its connection goes back
+    to the pool; a server that sends for ``BODY_END_SECONDS`` more, or fails, loses the
+    connection instead (it is closed), and the reply is not affected."""
+    with suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout(BODY_END_SECONDS):
+            while await response.content.readany():
+                pass
 
 
 async def _raise_for_status(client: BackendClient, response: aiohttp.ClientResponse) -> None:
@@ -318,7 +384,7 @@ async def sse_events(
     timeout counts from the last data event: keep-alive comments (TGI and llama-cpp-python
     send one every 15 s) do not reset it, so a server that only pings times out. An error
     event raises its ``BackendError``; malformed JSON raises ``json.JSONDecodeError`` and a
-    timeout ``TimeoutError``, which ``mapped_errors`` turns into theirs.
+    timeout ``TimeoutError``, which the request's ``mapped_errors`` turns into theirs.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + client.read_timeout
@@ -354,15 +420,18 @@ async def sse_events(
 
 @asynccontextmanager
 async def mapped_errors(
-    label: str, read_timeout: float, token: str | None = None
+    label: str, read_timeout: float, token: str | None = None, *, probe: bool = False
 ) -> AsyncIterator[None]:
-    """Translate transport, HTTP and in-stream failures into the ``BackendError`` tree.
+    """Translate transport, HTTP and in-stream failures into the ``BackendError`` tree: a
+    timeout is ``BackendTimeout``, a failed connection ``BackendUnreachable``, a connection
+    broken later (or malformed data) a ``StreamError``; during a ``probe`` every transport
+    failure is ``BackendUnreachable``.
 
     The messages quote what the server said; a server that echoes the request's
     credentials (some do, in their errors) has them scrubbed before anyone sees them.
     """
     try:
-        async with _translated(label, read_timeout):
+        async with _translated(label, read_timeout, probe):
             yield
     except BackendError as err:
         text = str(err)
@@ -373,25 +442,28 @@ async def mapped_errors(
 
 
 @asynccontextmanager
-async def _translated(label: str, read_timeout: float) -> AsyncIterator[None]:
+async def _translated(label: str, read_timeout: float, probe: bool) -> AsyncIterator[None]:
     try:
         yield
     except BackendError:
         raise
     except TimeoutError as err:  # aiohttp's timeouts are TimeoutErrors
         raise BackendTimeout(
-            f"The backend {label} sent nothing for {read_timeout:g} s; the reply timed out."
+            f"The backend {label} did not answer within {read_timeout:g} s." if probe
+            else f"The backend {label} sent nothing for {read_timeout:g} s; the reply timed out."
         ) from err
     except aiohttp.ClientConnectorError as err:
         raise BackendUnreachable(f"The backend {label} is unreachable.") from err
+    except aiohttp.ClientError as err:
+        if probe:
+            raise BackendUnreachable(f"The backend {label} is unreachable.") from err
+        raise StreamError(
+            f"The stream from {label} broke before the reply was finished ({type(err).__name__})."
+        ) from err
     except json.JSONDecodeError as err:
         raise StreamError(
             f"The backend {label} sent malformed data in the stream (not JSON); the reply "
             "was cut there."
-        ) from err
-    except aiohttp.ClientError as err:
-        raise StreamError(
-            f"The stream from {label} broke before the reply was finished ({type(err).__name__})."
         ) from err
 
 

@@ -5,8 +5,8 @@ TGI renders the prompt with the model's own chat template (``POST /chat_tokenize
 streams tokens with details from ``POST /generate_stream``. OpenAI-compatible servers that
 have the completions API (vLLM, llama.cpp) stream from ``POST /v1/completions`` with
 ``logprobs``; they do not expose their chat template, so the prompt starts from a generic
-ChatML rendering for the user to edit. Both are read with the same ``aiohttp`` request and
-server-sent-event reader as the chat (``app.backends.client``).
+ChatML rendering for the user to edit. Both go through the backend's pooled session, its error
+mapping and server-sent-event reader, as the chat does (``app.backends.client``).
 """
 
 from __future__ import annotations
@@ -55,10 +55,7 @@ async def render_prompt(
         return RenderedPrompt(chatml(messages), from_model=False)
     body = {"model": info.model_id, "messages": [dict(m) for m in messages]}
     try:
-        async with (
-            client.mapped_errors(client.probe_timeout),
-            client.post("/chat_tokenize", body, client.probe_timeout) as response,
-        ):
+        async with client.post("/chat_tokenize", body, client.probe_timeout) as response:
             templated = (await response.json(content_type=None)).get("templated_text")
     except ChatTemplateError as err:
         return RenderedPrompt(chatml(messages), from_model=False, problem=str(err))
@@ -88,10 +85,7 @@ async def stream_raw(
         "or a server with the completions API."
     )
     finished = False
-    async with (
-        client.mapped_errors(),
-        client.post(path, body, missing=missing) as response,
-    ):
+    async with client.post(path, body, missing=missing) as response:
         async for event in sse_events(client, response):
             for token in [_tgi_token(event)] if tgi else _completion_tokens(event):
                 finished = finished or token.finish_reason is not None
@@ -109,10 +103,7 @@ async def _without_added_bos(client: BackendClient, prompt: str) -> str:
 
     TGI's ``/tokenize`` tells: an added token spans no text (``start == stop == 0``), and a
     BOS written in the prompt is the same token right after it."""
-    async with (
-        client.mapped_errors(client.probe_timeout),
-        client.post("/tokenize", {"inputs": prompt}, client.probe_timeout) as response,
-    ):
+    async with client.post("/tokenize", {"inputs": prompt}, client.probe_timeout) as response:
         tokens = await response.json(content_type=None)
     if not isinstance(tokens, list) or len(tokens) < 2:
         return prompt

@@ -107,6 +107,11 @@ class Router:
         self._clock = clock
         self._sleep = sleep
 
+    async def aclose(self) -> None:
+        """Close every backend's connections (``BackendClient.aclose``); the app calls it as it
+        stops. The router stays usable: a later request opens new ones."""
+        await asyncio.gather(*(state.client.aclose() for state in self.states))
+
     # -- what is there -----------------------------------------------------------------
 
     async def refresh(self, force: bool = False) -> None:

@@ -77,6 +77,11 @@ class ChatService:
         self._clock = clock
         self._streaming = 0  # replies streaming now, in this process
 
+    async def aclose(self) -> None:
+        """Close the backends' connections (``Router.aclose``): the app calls it as it stops.
+        The service stays usable; a later request opens new ones."""
+        await self.router.aclose()
+
     async def backend_info(self, model: str | None = None, refresh: bool = False) -> BackendInfo:
         """Where a reply for ``model`` (None: the default model) would go; raises
         ``BackendError`` (``NoBackendAvailable``) when no backend serves it now."""
