@@ -132,17 +132,22 @@ def standin(
 def app(
     folder: Path, backend_url: str, app_path: Path = REPO, database_url: str | None = None,
     port: int | None = None, settings: dict[str, str] | None = None,
+    snapshots: Path | None = None,
 ) -> Child:
     """``python -m app`` from ``app_path`` (another checkout, to compare), its database in
     ``folder`` unless ``database_url`` says otherwise, the per-user rate limit off, and
-    ``settings`` (names as in the README's settings table, any case)."""
+    ``settings`` (names as in the README's settings table, any case). With ``snapshots``, the
+    app runs under ``bench/traced.py``, which writes a memory snapshot there on SIGUSR1."""
     port = port or free_port()
+    command = served("app") if snapshots is None else served("bench.traced", str(snapshots))
     env = base_env(app_path) | {
         "BACKEND_URL": backend_url, "APP_PORT": str(port),
         "DATABASE_URL": database_url or f"sqlite:///{folder / 'bench.db'}",
         "RATE_LIMIT_PER_MINUTE": "0",
     } | {name.upper(): value for name, value in (settings or {}).items()}
-    return Child("app", served("app"), env, folder, port, "/healthz")
+    if snapshots is not None:
+        env["PYTHONPATH"] += os.pathsep + str(REPO)
+    return Child("app", command, env, folder, port, "/healthz")
 
 
 def served(module: str, *args: str) -> list[str]:

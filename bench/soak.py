@@ -3,6 +3,8 @@
     python -m bench.soak            # 32 users, 10 minutes; writes bench/results/soak.json,
                                     # soak.md and soak.png
     python -m bench.soak --quick    # 4 users, 20 seconds: checks the harness
+    python -m bench.soak --trace    # the same under tracemalloc: what grew, where; writes
+                                    # bench/results/soak-tracemalloc.md only
 
 Each user opens the page once and keeps it: it sends a message, reads the reply to its end,
 sends the next, and every ``messages_per_conversation`` messages presses "New conversation".
@@ -13,22 +15,26 @@ for every conversation would measure that instead.)
 
 Memory is the app's resident set, sampled every second. Growth is measured from the end of the
 warm-up (``warmup_seconds``) to the end: the median of the last minute's samples over the
-median of the minute after the warm-up.
+median of the minute after the warm-up. With ``--trace`` the app runs under ``bench/traced.py``
+(``tracemalloc``, from halfway through the warm-up; several times slower): a snapshot at the end
+of the warm-up and one at the end, and the allocation sites that grew most between them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import cli, procs
+from bench import cli, procs, traced
 from bench.client import (
     GradioTarget,
     StreamResult,
@@ -54,6 +60,11 @@ FULL = Parameters(users=32, seconds=600, warmup_seconds=120, tokens=200, rate=50
                   messages_per_conversation=5, window_seconds=60)
 QUICK = Parameters(users=4, seconds=20, warmup_seconds=5, tokens=20, rate=50.0,
                    messages_per_conversation=3, window_seconds=5)
+# Under tracemalloc the app runs about four times slower. Each session's conversation list
+# grows until it holds the 200 newest (``Store.list_conversations``): a new conversation for
+# every message, and the first snapshot at 5 minutes, get it there before the comparison
+# starts, so what grows between the snapshots is not that list.
+TRACED = replace(FULL, warmup_seconds=300, messages_per_conversation=1)
 
 
 async def user(
@@ -102,25 +113,60 @@ def summarize(
     }
 
 
-async def run(p: Parameters, folder: Path, app_path: Path) -> tuple[dict[str, Any], list[Any]]:
+async def snapshot(app: procs.Child, folder: Path, number: int) -> Path:
+    """Have the traced app write its ``number``-th snapshot; its path once written."""
+    os.kill(app.pid, signal.SIGUSR1)
+    path = folder / f"{number}.snapshot"
+    for _ in range(600):
+        if path.exists():
+            return path
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the app wrote no {path.name} in 5 minutes; its log:\n{app.tail()}")
+
+
+async def run(
+    p: Parameters, folder: Path, app_path: Path, trace: bool = False,
+) -> tuple[dict[str, Any], list[Any], list[Path]]:
+    snapshots = folder / "snapshots" if trace else None
+    taken: list[Path] = []
     with procs.standin(folder, p.rate, p.tokens) as standin:
-        app = procs.app(folder / "app", standin.url, app_path).start()
+        app = procs.app(folder / "app", standin.url, app_path, snapshots=snapshots).start()
         try:
             target = GradioTarget(app.url, await find_endpoint(app.url))
             sampler = procs.Sampler(app.pid, interval=1.0).start()
             start = time.perf_counter()
             deadline = start + p.seconds
             length = p.tokens / p.rate
-            users = await asyncio.gather(*(
+            sessions = asyncio.gather(*(
                 user(target, p, deadline, i * length / p.users) for i in range(p.users)
             ))
+            if snapshots is not None:
+                await asyncio.sleep(p.warmup_seconds / 2)
+                os.kill(app.pid, signal.SIGUSR1)  # starts tracing
+                await asyncio.sleep(p.warmup_seconds / 2)
+                taken.append(await snapshot(app, snapshots, 1))
+            users = await sessions
             usage = sampler.stop()
             wall = time.perf_counter() - start
+            if snapshots is not None:
+                taken.append(await snapshot(app, snapshots, 2))
         finally:
             app.stop()
     results = [result for one in users for result in one]
     summary = summarize(p, results, usage.samples, usage.cpu_seconds, wall, start)
-    return summary, [(round(t, 1), round(rss / 2**20, 1)) for t, rss in usage.samples]
+    series = [(round(t, 1), round(rss / 2**20, 1)) for t, rss in usage.samples]
+    return summary, series, taken
+
+
+def grown(before: Path, after: Path, title: str) -> str:
+    """The Markdown of what grew between two snapshots of ``bench/traced.py``."""
+    lines = [f"# {title}", "",
+             "The allocation sites (tracebacks, innermost frame last) that grew most from the "
+             "end of the warm-up to the end, still allocated at the end.", ""]
+    for size, count, traceback in traced.compare(before, after):
+        lines += [f"## +{size / 2**10:,.0f} KiB in {count:+,} blocks", "", "```",
+                  *traceback, "```", ""]
+    return "\n".join(lines)
 
 
 def plot(series: list[Any], p: Parameters, path: Path, title: str) -> None:
@@ -144,13 +190,20 @@ def plot(series: list[Any], p: Parameters, path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parser("soak", __doc__, "4 users for 20 seconds",
-                      "soak.json, soak.md and soak.png").parse_args(argv)
-    p = QUICK if args.quick else FULL
+    made = cli.parser("soak", __doc__, "4 users for 20 seconds",
+                      "soak.json, soak.md and soak.png (with --trace: soak-tracemalloc.md)")
+    made.add_argument("--trace", action="store_true",
+                      help="run the app under tracemalloc and write what grew, where")
+    args = made.parse_args(argv)
+    p = QUICK if args.quick else TRACED if args.trace else FULL
     output = cli.output_folder(args)
     started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as folder:
-        summary, series = asyncio.run(run(p, Path(folder), args.app_path.resolve()))
+        summary, series, taken = asyncio.run(
+            run(p, Path(folder), args.app_path.resolve(), args.trace))
+        title = (f"What grew in the soak run under tracemalloc, {started:%Y-%m-%d} "
+                 f"({p.users} users, {p.seconds / 60:g} minutes)")
+        found = grown(taken[0], taken[-1], title) if taken else ""
     growth = summary["memory_growth_after_warmup"]
     table = "\n".join([
         "| users | minutes | messages | errors | aggregate tokens/s | RSS after warm-up (MiB) "
@@ -162,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| {summary['server_cpu_percent']:.0f} |",
     ])
     print(table)
+    if found:
+        print(f"\n{found}\nfirst errors: {summary['first_errors']}")
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "soak-tracemalloc.md").write_text(f"{found}\n{table}\n")
+        return 0 if summary["errors"] == 0 else 1
     report = cli.report("soak", args, started, parameters=asdict(p), results=summary,
                         rss_mib_series=series)
     machine = report["machine"]
