@@ -86,11 +86,18 @@ class ConversationRecord:
     exchanges: list[StoredExchange]
 
 
+# Each pooled SQLite connection keeps its own page cache, 2 MiB by default, filled as the
+# database grows: with a dozen connections that was most of the app's memory growth in a long
+# run (bench/results/soak-tracemalloc.md). Pages past it come from the OS's file cache.
+SQLITE_CACHE_KIB = 512
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.close()
 
 
