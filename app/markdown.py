@@ -1,46 +1,49 @@
-"""Markdown helpers shared by the page and the exports: code fences that cannot clash, and
-HTML shown as text."""
+"""Markdown helpers shared by the page, the exports and the snippets: code fences that cannot
+clash, HTML shown as text, a fence left open closed, and the fenced code blocks of a text.
+
+One tokenizer reads Markdown for all of them: markdown-it-py, CommonMark with GFM tables, with
+raw HTML, autolinks and entities off. That is how the page reads a text once ``escape_html``
+has turned its ``<`` and ``&`` outside code into entities, so what is code here is code there:
+a fence indented in a list item or a block quote, an indented code block, a fence inside
+``<pre>`` (which is text).
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
-_INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+from markdown_it import MarkdownIt
+from markdown_it.rules_inline import StateInline, backtick
+from markdown_it.token import Token
+
+_LINE_BREAK = re.compile(r"(\r\n|\r|\n)")  # markdown-it's line breaks
+_CELL_PIPE = re.compile(r"(?<!\\)(\|)")  # a pipe between table cells, as markdown-it splits them
+_LINE_START_TAG = re.compile(r"(\n[ \t>]*)<")
+_SPECIAL = re.compile(r"\\[\\&<]|[&<]")  # a backslash escape already shows its character
+_ENTITIES = {"&": "&amp;", "<": "&lt;"}
 
 
-@dataclass
-class _Run:
-    """Consecutive lines that are all prose, or one fenced block with its fence lines."""
+def _code_span(state: StateInline, silent: bool) -> bool:
+    """markdown-it's code span rule, noting where each span is in the source as
+    ``meta["span"]``: ``(start, end)``."""
+    start, count = state.pos, len(state.tokens)
+    if not backtick(state, silent):
+        return False
+    if len(state.tokens) > count and state.tokens[-1].type == "code_inline":
+        state.tokens[-1].meta["span"] = (start, state.pos)
+    return True
 
-    fenced: bool
-    lines: list[str] = field(default_factory=list)
 
-
-def _runs(text: str) -> tuple[list[_Run], str | None]:
-    """``text`` split into prose and fenced runs (CommonMark rules: a closing fence is the same
-    character, at least as long, with nothing after it; a backtick fence's info string has no
-    backticks), and the fence left open at the end, if any."""
-    runs: list[_Run] = []
-    opener: str | None = None
-    for line in text.split("\n"):
-        match = _FENCE_LINE.match(line)
-        if opener is None:
-            run, rest = match.groups() if match else ("", "")
-            if match is not None and not (run[0] == "`" and "`" in rest):
-                opener = run
-                runs.append(_Run(fenced=True))
-            elif not runs or runs[-1].fenced:
-                runs.append(_Run(fenced=False))
-        elif match is not None:
-            run, rest = match.groups()
-            if run[0] == opener[0] and len(run) >= len(opener) and not rest.strip():
-                runs[-1].lines.append(line)
-                opener = None
-                continue
-        runs[-1].lines.append(line)
-    return runs, opener
+# With the core rule "inline" off a parse gives the blocks alone, in about a third of the time
+# of a full parse; _code_spans parses inline only a block's text that holds a backtick and
+# needs entities.
+_MD = (
+    MarkdownIt("commonmark", {"html": False})
+    .enable("table")
+    .disable(["autolink", "entity", "inline", "text_join"])
+)
+_MD.inline.ruler.at("backticks", _code_span)
 
 
 def fenced(text: str, info: str = "text") -> str:
@@ -50,38 +53,131 @@ def fenced(text: str, info: str = "text") -> str:
     return f"{fence}{info}\n{text.rstrip(chr(10))}\n{fence}"
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A fenced code block."""
+
+    info: str  # the info string, stripped
+    code: str  # its lines less the fence's indentation, joined by "\n", no newline at the end
+
+
+def code_fences(text: str) -> list[Fence]:
+    """The fenced code blocks of ``text``, in document order; a fence left open runs to the end
+    of its container (the text, a list item, a block quote)."""
+    if "```" not in text and "~~~" not in text:
+        return []
+    return [
+        Fence(token.info.strip(), token.content.removesuffix("\n"))
+        for token in _MD.parse(text)
+        if token.type == "fence"
+    ]
+
+
 def close_open_fence(text: str) -> str:
-    """``text`` with a code fence it leaves open closed by a matching fence."""
-    _, opener = _runs(text)
-    if opener is None:
-        return text
-    return text.rstrip("\n") + "\n" + opener
+    """``text`` with the code fence it ends inside, if any, closed: a reply cut off or still
+    streaming shows its last block as code, and what follows it is not taken into the block.
 
-
-def escape_html(text: str) -> str:
-    """``text`` with HTML outside code shown as text: ``&`` and ``<`` become entities (``>``
-    stays, so block quotes still work; without a ``<`` no tag can start).
-
-    Fenced blocks and inline code spans are left alone: Markdown already shows them as text,
-    and entities there would show literally.
+    The closing fence is the opening one, behind the same block quote markers and list item
+    indentation; line breaks at the end of ``text`` go.
     """
-    runs, _ = _runs(text)
-    return "\n".join(
-        "\n".join(run.lines) if run.fenced else _escape_prose("\n".join(run.lines))
-        for run in runs
-    )
+    if "```" not in text and "~~~" not in text:
+        return text
+    closing = _closing_fence(_LINE_BREAK.split(text)[::2], _MD.parse(text))
+    return text if closing is None else text.rstrip("\r\n") + "\n" + closing
 
 
-def _escape_prose(text: str) -> str:
+def escape_html(text: str, *, close_fence: bool = False) -> str:
+    """``text`` with HTML outside code shown as text: ``&`` and ``<`` become entities (``>``
+    stays, so block quotes still work; without a ``<`` no tag can start). With
+    ``close_fence``, also the fence ``text`` ends inside closed, as by ``close_open_fence``
+    (one parse instead of two).
+
+    Code blocks (fenced or indented) and code spans are left alone: Markdown already shows them
+    as text, and entities there would show literally. So is a backslash escape: ``\\<`` shows
+    a ``<`` already.
+    """
+    close_fence = close_fence and ("```" in text or "~~~" in text)
+    if not close_fence and "<" not in text and "&" not in text:
+        return text
+    pieces = _LINE_BREAK.split(text)
+    lines = pieces[::2]
+    tokens = _MD.parse(text)
+    closing = _closing_fence(lines, tokens) if close_fence else None
+    done = [False] * len(lines)
+    for token in tokens:
+        if token.map is None or done[token.map[0]]:
+            continue
+        start, end = token.map
+        if token.type == "table_open":
+            for number in range(start, end):
+                cells = _CELL_PIPE.split(lines[number])
+                lines[number] = "".join(_escape_inline(cell) for cell in cells)
+        elif token.type == "inline":
+            lines[start:end] = _escape_inline("\n".join(lines[start:end])).split("\n")
+        elif token.type not in ("fence", "code_block"):
+            continue
+        done[start:end] = [True] * (end - start)
+    for number, line in enumerate(lines):
+        if not done[number]:  # blank, or a link reference definition
+            lines[number] = _entities(line)
+    pieces[::2] = lines
+    shown = "".join(pieces)
+    return shown if closing is None else shown.rstrip("\r\n") + "\n" + closing
+
+
+def _closing_fence(lines: list[str], tokens: list[Token]) -> str | None:
+    """The line that closes the fence the text of ``lines`` ends inside, if any."""
+    fence = next((token for token in reversed(tokens) if token.type == "fence"), None)
+    if fence is None or fence.map is None:
+        return None
+    start, end = fence.map
+    if any(line.strip(" \t") for line in lines[end:]):
+        return None  # the text goes on after it
+    content = fence.content.removesuffix("\n")  # a line break ends each line but the text's last
+    if end - start - 1 > (len(content.split("\n")) if fence.content else 0):
+        return None  # a line is left for its closing fence
+    opening = lines[start]
+    containers = re.sub(r"[^\s>]", " ", opening[: opening.index(fence.markup)])
+    return containers + fence.markup
+
+
+def _escape_inline(source: str) -> str:
+    """``source``, the text of a paragraph, a heading or a table cell, with ``&`` and ``<``
+    outside its code spans as entities.
+
+    A ``<`` that starts a line inside a code span becomes an entity too: where HTML is on, it
+    could start an HTML block, which would end the paragraph and the span with it.
+    """
+    if "<" not in source and "&" not in source:
+        return source
+    if "`" not in source:
+        return _entities(source)
     pieces: list[str] = []
     position = 0
-    for span in _INLINE_CODE.finditer(text):
-        pieces.append(_entities(text[position:span.start()]))
-        pieces.append(span.group(0))
-        position = span.end()
-    pieces.append(_entities(text[position:]))
+    for start, end in _code_spans(source):
+        span = _LINE_START_TAG.sub(r"\1&lt;", source[start:end])
+        pieces += [_entities(source[position:start]), span]
+        position = end
+    pieces.append(_entities(source[position:]))
     return "".join(pieces)
 
 
+def _code_spans(source: str) -> list[tuple[int, int]]:
+    """Where the code spans of ``source`` start and end once its ``<`` outside them are
+    entities (which no longer open a link target in angle brackets)."""
+    link = source.find("](")
+    if "\\`" in source or (link != -1 and "`" in source[link:]):  # escaped, or a link's target
+        tokens = _MD.inline.parse(source.replace("<", "\ue000"), _MD, {}, [])
+    else:  # no other rule takes a backtick: run the code span rule at each one
+        state = StateInline(source, _MD, {}, [])
+        while (start := source.find("`", state.pos)) != -1:
+            state.pos = start
+            _code_span(state, silent=False)
+        tokens = state.tokens
+    return [token.meta["span"] for token in tokens if token.type == "code_inline"]
+
+
 def _entities(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;")
+    if "\\" not in text:
+        return text.replace("&", "&amp;").replace("<", "&lt;")
+    return _SPECIAL.sub(lambda match: _ENTITIES.get(match[0], match[0]), text)

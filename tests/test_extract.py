@@ -166,6 +166,11 @@ def test_an_indented_fence_removes_that_much_indentation_from_its_lines() -> Non
     ]
 
 
+def test_a_fence_inside_html_counts_as_html_is_shown_as_text() -> None:
+    reply = "<pre>\n```python\nx = 1\n```\n</pre>"
+    assert extract_blocks(reply) == [CodeBlock(0, "python", "x = 1", tagged=True)]
+
+
 def test_indented_code_blocks_are_not_extracted_nor_fences_inside_them() -> None:
     reply = md("""
         An indented block:

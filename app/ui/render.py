@@ -13,7 +13,7 @@ from app.backends.client import safe_url
 from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
 from app.chat import Exchange
-from app.markdown import close_open_fence, escape_html
+from app.markdown import escape_html
 
 TITLE = "## Coding Playground"
 
@@ -25,7 +25,7 @@ STATE_MARKS = {"up": "🟢 up", "down": "🔴 down", "unknown": "⚪ not checked
 
 
 def _reply_shown(reply: str) -> str:
-    return escape_html(close_open_fence(reply))
+    return escape_html(reply, close_fence=True)
 
 
 # Every update of a streaming reply shows the whole conversation again: the messages that no
