@@ -188,8 +188,12 @@ class BackendClient:
         Connecting may take the probe timeout, each read ``read_timeout``. Every failure, in
         the request or in the caller's reading of the response, comes out as a
         ``BackendError`` (``mapped_errors``); a probe's (``probe``) reads as the server not
-        answering and does not follow redirects."""
-        timeout = aiohttp.ClientTimeout(sock_connect=self.probe_timeout, sock_read=read_timeout)
+        answering, its name lookup counts in its connect timeout, and it does not follow
+        redirects."""
+        timeout = aiohttp.ClientTimeout(
+            connect=self.probe_timeout if probe else None, sock_connect=self.probe_timeout,
+            sock_read=read_timeout,
+        )
         async with (
             mapped_errors(self.label, read_timeout, self.token, probe=probe),
             (await self._session()).request(
