@@ -3,8 +3,7 @@
 
 It starts the playground as ``python -m app`` does. Space mode comes from the Space's own
 environment (SPACE_ID): Hugging Face login, all interfaces on port 7860, the database on the
-persistent storage (/data) when the Space has one, snippet runs off. See the README's
-"Deploy to a Space".
+persistent storage (/data) when the Space has one, snippet runs off. See docs/spaces.md.
 """
 
 import sys

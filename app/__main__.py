@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m app",
         description=(
             "Start the coding-assistant playground at http://APP_HOST:APP_PORT. Settings come "
-            "from environment variables and the env file (see the README's settings table)."
+            "from environment variables and the env file (see docs/settings.md)."
         ),
     )
     parser.add_argument(

@@ -1,7 +1,7 @@
 """The one settings object, built once in ``main`` and passed down.
 
 Values come from environment variables and an env file (``.env`` by default); the shell
-environment wins over the file. Every field here has a row in the README's settings table.
+environment wins over the file. Every field here has a row in docs/settings.md's table.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def app(
 ) -> Child:
     """``python -m app`` from ``app_path`` (another checkout, to compare), its database in
     ``folder`` unless ``database_url`` says otherwise, the per-user rate limit off, and
-    ``settings`` (names as in the README's settings table, any case). With ``snapshots``, the
+    ``settings`` (names as in docs/settings.md, any case). With ``snapshots``, the
     app runs under ``bench/traced.py``, which writes a memory snapshot there on SIGUSR1."""
     port = port or free_port()
     command = served("app") if snapshots is None else served("bench.traced", str(snapshots))
