@@ -26,7 +26,7 @@ from app.backends import (
     GenerationParams,
     StreamError,
 )
-from app.backends.client import event_error
+from app.backends.errors import event_error
 from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread, free_port
 

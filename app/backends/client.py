@@ -11,16 +11,18 @@ closed by ``aclose()``, which the app calls as it stops (``Router.aclose``). A c
 back to the pool only when its response was read to the end: leaving a stream early (the user
 pressed Stop, the iterator was closed) closes that connection, and so the upstream stream. Each
 request has its own timeouts, and every failure (connection, timeout, HTTP status, an error
-inside the stream) is mapped to the ``BackendError`` tree in one place (``mapped_errors``).
+inside the stream) is mapped to the ``BackendError`` tree in one place (``mapped_errors``, in
+``app.backends.errors``).
 
 Streams are read with ``aiohttp`` and ``json``: every token of every reply is one chunk to
 read, and that cost bounds how many streams one process carries (``bench/``). Measured per
 chunk, JSON included: ``httpx`` 205 µs, ``aiohttp`` 56 µs; ``AsyncInferenceClient`` adds about
 125 µs to its transport's to build typed objects for each. The wire format: ``data: {chunk}``
-server-sent events ending with ``data: [DONE]``, with ``:`` keep-alive comments between them;
-errors come as an HTTP status or inside a stream that began with HTTP 200, in each server's
-shape (``error_parts``), and are classified by ``classified``. What each kind of server is
-sent for the page's controls is in ``app.backends.sampling``.
+server-sent events ending with ``data: [DONE]``, with ``:`` keep-alive comments between them,
+read by ``app.backends.sse``; errors come as an HTTP status or inside a stream that began with
+HTTP 200, in each server's shape (``error_parts``), and are classified by ``classified``, both
+in ``app.backends.errors``. What each kind of server is sent for the page's controls is in
+``app.backends.sampling``.
 """
 
 from __future__ import annotations
@@ -40,16 +42,13 @@ import httpx
 
 from app.backends.errors import (
     BackendError,
-    BackendOverloaded,
-    BackendTimeout,
-    BackendUnreachable,
-    BackendValidationError,
-    ChatTemplateError,
-    GenerationError,
     StreamError,
+    error_parts,
+    http_error,
+    mapped_errors,
 )
 from app.backends.sampling import CONTROLS, BackendKind, GenerationParams, openai_fields
-from app.logs import scrub
+from app.backends.sse import sse_events
 
 # How long an idle connection waits in the pool for the next request: less than the 5 s after
 # which uvicorn (llama-cpp-python's and vLLM's server) closes it, so that a request never goes
@@ -376,200 +375,3 @@ async def _raise_for_status(client: BackendClient, response: aiohttp.ClientRespo
         client.label, response.status, detail or f"HTTP {response.status}", response.headers,
         kind,
     )
-
-
-async def sse_events(
-    client: BackendClient, response: aiohttp.ClientResponse
-) -> AsyncGenerator[dict[str, Any]]:
-    """The JSON objects of a server-sent event stream, up to ``data: [DONE]`` or its end.
-
-    Read to the SSE spec: LF or CRLF line endings, the ``data:`` lines of one event joined,
-    an event dispatched at its blank line, ``:`` comments and other fields skipped. The read
-    timeout counts from the last data event: keep-alive comments (TGI and llama-cpp-python
-    send one every 15 s) do not reset it, so a server that only pings times out. An error
-    event raises its ``BackendError``; malformed JSON raises ``json.JSONDecodeError`` and a
-    timeout ``TimeoutError``, which the request's ``mapped_errors`` turns into theirs.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + client.read_timeout
-    rest, data = b"", []
-    while True:
-        async with asyncio.timeout_at(deadline):
-            chunk = await response.content.readany()
-        if not chunk:
-            return
-        *lines, rest = (rest + chunk).split(b"\n")
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-                continue
-            if line or not data:
-                continue
-            payload = b"\n".join(data)
-            data.clear()
-            if payload == b"[DONE]":
-                return
-            event = json.loads(payload)
-            if not isinstance(event, dict):
-                raise StreamError(
-                    f"The backend {client.label} sent an event that is not an object."
-                )
-            if event.get("error") is not None or event.get("object") == "error":
-                raise event_error(client.label, event)
-            deadline = loop.time() + client.read_timeout
-            yield event
-
-
-@asynccontextmanager
-async def mapped_errors(
-    label: str, read_timeout: float, token: str | None = None, *, probe: bool = False
-) -> AsyncIterator[None]:
-    """Translate transport, HTTP and in-stream failures into the ``BackendError`` tree: a
-    timeout is ``BackendTimeout``, a failed connection ``BackendUnreachable``, a connection
-    broken later (or malformed data) a ``StreamError``; during a ``probe`` every transport
-    failure is ``BackendUnreachable``.
-
-    The messages quote what the server said; a server that echoes the request's
-    credentials (some do, in their errors) has them scrubbed before anyone sees them.
-    """
-    try:
-        async with _translated(label, read_timeout, probe):
-            yield
-    except BackendError as err:
-        text = str(err)
-        scrubbed = scrub(text, [token] if token else [])
-        if scrubbed != text:
-            err.args = (scrubbed,)
-        raise
-
-
-@asynccontextmanager
-async def _translated(label: str, read_timeout: float, probe: bool) -> AsyncIterator[None]:
-    try:
-        yield
-    except BackendError:
-        raise
-    except TimeoutError as err:  # aiohttp's timeouts are TimeoutErrors
-        raise BackendTimeout(
-            f"The backend {label} did not answer within {read_timeout:g} s." if probe
-            else f"The backend {label} sent nothing for {read_timeout:g} s; the reply timed out."
-        ) from err
-    except aiohttp.ClientConnectorError as err:
-        raise BackendUnreachable(f"The backend {label} is unreachable.") from err
-    except aiohttp.ClientError as err:
-        if probe:
-            raise BackendUnreachable(f"The backend {label} is unreachable.") from err
-        raise StreamError(
-            f"The stream from {label} broke before the reply was finished ({type(err).__name__})."
-        ) from err
-    except json.JSONDecodeError as err:
-        raise StreamError(
-            f"The backend {label} sent malformed data in the stream (not JSON); the reply "
-            "was cut there."
-        ) from err
-
-
-def http_error(
-    label: str, status: int, detail: str, headers: Mapping[str, str], kind: str | None = None
-) -> BackendError:
-    """The error for an HTTP error status, with the server's own message and error type."""
-    if status in (401, 403):
-        return BackendError(
-            f"The backend {label} refused the token (HTTP {status}); check the backend's "
-            "token (or HF_TOKEN)."
-        )
-    retry_after = _retry_after(headers.get("retry-after"))
-    error = classified(label, detail, kind=kind, status=status, retry_after=retry_after)
-    if error is not None:
-        return error
-    return BackendError(f"The backend {label} answered HTTP {status}: {detail}")
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the HTTP-date form is not used by inference servers)."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and seconds >= 0 else None
-
-
-# What TGI's messages start with, by kind (``router/src/infer/mod.rs``, ``InferError``): in a
-# chat stream every kind comes as ``{"error": {"message", "http_status_code": 422}}``
-# (``into_openai_event``), so the message is all that tells them apart.
-MESSAGE_KINDS = (
-    ("Input validation error:", "validation"),
-    ("Template error:", "template"),
-    ("Model is overloaded", "overloaded"),
-    ("Request failed during generation:", "generation"),
-)
-# The kind of an HTTP status (or an error's ``code``), then of an error's ``error_type`` (TGI) or
-# ``type`` (vLLM: vllm/entrypoints/openai; llama-server: server-common.cpp; llama-cpp-python:
-# server/errors.py).
-STATUS_KINDS = {400: "validation", 422: "validation", 429: "overloaded", 503: "overloaded",
-                424: "generation"}
-TYPE_KINDS = {
-    "validation": "validation", "template_error": "template", "overloaded": "overloaded",
-    "generation": "generation", "BadRequestError": "validation", "Bad Request": "validation",
-    "invalid_request_error": "validation", "exceed_context_size_error": "validation",
-}
-
-
-def error_parts(body: Any) -> tuple[str | None, str | None, int | None]:
-    """The message, type and status of an error body, in any of the shapes servers send:
-    TGI's ``{"error": "..", "error_type"}``, TGI chat's ``{"error": {"message",
-    "http_status_code"}}`` (always 422, so not read), vLLM's, llama.cpp's and OpenAI's
-    ``{"error": {"message", "type", "code"}}`` and vLLM's before 0.10.1 ``{"object": "error",
-    "message", "type", "code"}``."""
-    if not isinstance(body, dict):
-        return None, None, None
-    error = body.get("error")
-    if isinstance(error, dict):
-        body, error = error, error.get("message")
-    elif error is None:
-        error = body.get("message")
-    kind = body.get("error_type") or body.get("type")
-    status = body.get("code")
-    return (
-        error if isinstance(error, str) and error else None,
-        kind if isinstance(kind, str) else None,
-        status if isinstance(status, int) and not isinstance(status, bool) else None,
-    )
-
-
-def classified(
-    label: str, message: str, *, kind: str | None = None, status: int | None = None,
-    retry_after: float | None = None,
-) -> BackendError | None:
-    """The ``BackendError`` a server's error stands for: by TGI's message prefix first, then
-    by its status, then by its type; None when none of them says."""
-    found = next((k for prefix, k in MESSAGE_KINDS if message.startswith(prefix)), None)
-    found = found or STATUS_KINDS.get(status or 0) or TYPE_KINDS.get(kind or "")
-    if found == "template":
-        return ChatTemplateError(f"The backend {label} could not apply the model's chat "
-                                 f"template: {message}")
-    if found == "validation":
-        hint = ""
-        if "token" in message.lower():
-            hint = " Shorten the message, start a new conversation, or lower max new tokens."
-        return BackendValidationError(f"The backend {label} rejected the request: {message}{hint}")
-    if found == "overloaded":
-        when = "shortly" if retry_after is None else f"in {retry_after:g} s"
-        return BackendOverloaded(
-            f"The backend {label} is overloaded; try again {when}.", retry_after
-        )
-    if found == "generation":
-        return GenerationError(f"The model failed while generating: {message}")
-    return None
-
-
-def event_error(label: str, event: Mapping[str, Any]) -> BackendError:
-    """The error an error event inside a stream stands for."""
-    message, kind, status = error_parts(event)
-    message = message or str(event.get("error"))
-    error = classified(label, message, kind=kind, status=status)
-    if error is not None:
-        return error
-    return StreamError(f"The backend {label} sent an error inside the stream: {message}")

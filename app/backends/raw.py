@@ -6,7 +6,8 @@ streams tokens with details from ``POST /generate_stream``. OpenAI-compatible se
 have the completions API (vLLM, llama.cpp) stream from ``POST /v1/completions`` with
 ``logprobs``; they do not expose their chat template, so the prompt starts from a generic
 ChatML rendering for the user to edit. Both go through the backend's pooled session, its error
-mapping and server-sent-event reader, as the chat does (``app.backends.client``).
+mapping and server-sent-event reader, as the chat does (``app.backends.client``,
+``app.backends.errors``, ``app.backends.sse``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.backends.client import BackendClient, BackendInfo, sse_events
+from app.backends.client import BackendClient, BackendInfo
 from app.backends.errors import BackendError, ChatTemplateError, StreamError
 from app.backends.sampling import GenerationParams, openai_fields, tgi_parameters
+from app.backends.sse import sse_events
 
 
 @dataclass(frozen=True)
