@@ -21,10 +21,10 @@ from app.chat.languages import LANGUAGE_NAMES
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
-from app.ui.controls import CONTROL_NAMES, control_updates
+from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import SkippingBlocks, oauth_username
-from app.ui.raw import RawRun, RawUI
+from app.ui.raw import RawUI
 from app.ui.render import (
     chat_messages,
     dropped_notice,
@@ -421,100 +421,11 @@ class PlaygroundUI:
                     gr.Examples(EXAMPLES, inputs=[message], label="Try one")
                     with gr.Accordion("System prompt and generation settings", open=False):
                         system_prompt = gr.Textbox(s.system_prompt, label="System prompt", lines=4)
-                        controls = [
-                            gr.Slider(1, s.context_tokens - 1, value=s.max_new_tokens, step=1,
-                                      label="Max new tokens"),
-                            gr.Slider(0.0, 2.0, value=0.2, step=0.05, label="Temperature",
-                                      info="0 picks the likeliest token every time",
-                                      elem_id="temperature"),
-                            gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p",
-                                      info="1 turns it off"),
-                            gr.Slider(0, 200, value=40, step=1, label="Top-k", visible=False,
-                                      info="0 turns it off"),
-                            gr.Slider(1.0, 2.0, value=1.0, step=0.05,
-                                      label="Repetition penalty", visible=False,
-                                      info="1 turns it off", elem_id="repetition-penalty"),
-                            gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Frequency penalty"),
-                            gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Presence penalty",
-                                      elem_id="presence-penalty"),
-                            gr.Textbox("", label="Stop sequences", lines=2, info="One per line"),
-                            gr.Number(
-                                -1, label="Seed", precision=0, minimum=-1,
-                                info="-1 for a random seed",
-                            ),
-                        ]
+                        controls = generation_controls(s)
+                    saving = snippets.save_panel()
 
-                    with gr.Accordion("Save code from this conversation", open=False):
-                        with gr.Row(equal_height=True):
-                            find = gr.Button("Find code blocks", size="sm", elem_id="find-code")
-                            found = gr.Dropdown(
-                                [], label="Code block", scale=3, elem_id="code-blocks"
-                            )
-                        with gr.Row(equal_height=True):
-                            new_title = gr.Textbox(label="Title", elem_id="snippet-title")
-                            new_tags = gr.Textbox(label="Tags, comma-separated",
-                                                  elem_id="snippet-tags")
-                            keep = gr.Button("Save to library", size="sm", elem_id="save-code")
-                with gr.Tab("Raw prompt", elem_id="raw-tab"):
-                    raw_run = gr.State(RawRun())
-                    gr.Markdown(
-                        "The prompt exactly as the model sees it. **Render** fills it from the "
-                        "conversation (and the message box) with the model's chat template; "
-                        "edit it, then **Generate**: each token is coloured by its "
-                        "probability (green likely, red unlikely; hover for the log-probability)."
-                    )
-                    raw_note = gr.Markdown(elem_id="raw-note")
-                    raw_prompt = gr.Textbox(
-                        label="Prompt", lines=10, max_lines=30, elem_id="raw-prompt"
-                    )
-                    with gr.Row():
-                        render = gr.Button("Render", size="sm", elem_id="raw-render")
-                        generate = gr.Button(
-                            "Generate", variant="primary", size="sm", elem_id="raw-generate"
-                        )
-                        raw_stop = gr.Button("Stop", variant="stop", size="sm",
-                                             elem_id="raw-stop")
-                    raw_output = gr.HTML(elem_id="raw-output")
-                    raw_stats = gr.Markdown(elem_id="raw-stats")
-                with gr.Tab("Snippets", elem_id="snippets-tab"):
-                    snippet = gr.State(None)
-                    with gr.Row():
-                        with gr.Column(scale=1, min_width=220):
-                            snippet_search = gr.Textbox(
-                                placeholder="Search titles, tags and code", show_label=False,
-                                elem_id="snippet-search",
-                            )
-                            library = gr.Radio([], show_label=False, elem_id="snippets")
-                        with gr.Column(scale=3):
-                            with gr.Row(equal_height=True):
-                                snippet_title = gr.Textbox(label="Title", elem_id="open-title")
-                                snippet_tags = gr.Textbox(label="Tags", elem_id="open-tags")
-                                retitle = gr.Button("Save title and tags", size="sm",
-                                                    elem_id="retitle")
-                            code = gr.Code(label="Code", interactive=False, elem_id="code")
-                            with gr.Row(equal_height=True):
-                                version = gr.Dropdown([], label="Version", elem_id="version")
-                                download = gr.DownloadButton("Download", elem_id="download")
-                                forget = gr.Button("Delete", variant="stop", size="sm",
-                                                   elem_id="delete-snippet")
-                            with gr.Row(visible=False) as forget_row:
-                                gr.Markdown("Delete this snippet and all its versions?")
-                                forget_yes = gr.Button("Delete", variant="stop", size="sm",
-                                                       elem_id="confirm-snippet")
-                                forget_no = gr.Button("Keep", size="sm")
-                            with gr.Row(equal_height=True):
-                                instruction = gr.Textbox(
-                                    label="What to change", scale=4, elem_id="instruction",
-                                )
-                                refine = gr.Button("Refine", variant="primary", size="sm",
-                                                   elem_id="refine")
-                                refine_stop = gr.Button("Stop", variant="stop", size="sm",
-                                                        elem_id="refine-stop")
-                            diff = gr.Code(label="Changes from the version before",
-                                           interactive=False, elem_id="diff")
-                            run = gr.Button("Run in the sandbox", visible=False, size="sm",
-                                            elem_id="run")
-                            output = gr.Markdown(elem_id="run-output")
+                raw.tab(chat, model, system_prompt, language, message, controls)
+                snippets.tab(demo, saving, chat, model, self._signed_in_only)
 
             reply_outputs = [chatbot, chat, message, notice, header, conversations]
             gr.on(
@@ -564,35 +475,6 @@ class PlaygroundUI:
             upload.upload(
                 self.import_file, [upload, chat], [conversations], api_name="import_file"
             )
-            shown = [snippet, snippet_title, snippet_tags, code, version, diff, download, run]
-            find.click(snippets.code_blocks, [chat], [found], queue=False,
-                       api_name="code_blocks")
-            keep.click(snippets.save, [chat, found, new_title, new_tags], [library, new_title],
-                       api_name="save_snippet")
-            snippet_search.change(snippets.search, [snippet_search], [library], queue=False,
-                                  api_name="search_snippets")
-            library.input(snippets.open, [library], shown, api_name="open_snippet")
-            version.input(snippets.show_version, [snippet, version], shown,
-                          api_name="show_version")
-            retitle.click(snippets.rename, [snippet, snippet_title, snippet_tags], [library],
-                          api_name="rename_snippet")
-            forget.click(lambda: gr.update(visible=True), None, [forget_row], queue=False,
-                         api_visibility="private")
-            forget_no.click(lambda: gr.update(visible=False), None, [forget_row],
-                            queue=False, api_visibility="private")
-            forget_yes.click(
-                snippets.delete, [snippet], [library, *shown], api_name="delete_snippet"
-            ).then(lambda: gr.update(visible=False), None, [forget_row], api_visibility="private")
-            refining = refine.click(
-                snippets.refine, [snippet, instruction, model],
-                [*shown, library, instruction], api_name="refine",
-            )
-            refine_stop.click(None, None, None, cancels=[refining], api_visibility="private")
-            run.click(snippets.run, [snippet, version], [output], api_name="run")
-            demo.load(
-                self._signed_in_only(snippets.search), [snippet_search], [library],
-                api_visibility="private",
-            )
             demo.load(
                 self.on_load, None, [header, conversations, model, backends, *controls],
                 api_name="backend_info",
@@ -606,10 +488,5 @@ class PlaygroundUI:
             panel.collapse(lambda: gr.Timer(active=False), None, [timer], queue=False,
                            api_visibility="private")
             check.click(self.check_backends, [model], [backends, model], api_name="check_backends")
-            render.click(raw.render, [model, chat, system_prompt, language, message],
-                         [raw_prompt, raw_note], api_name="render_prompt")
-            generate.click(raw.generate, [model, raw_prompt, raw_run, *controls],
-                           [raw_output, raw_stats], api_name="raw_generate")
-            raw_stop.click(raw.stop, [raw_run], None, queue=False, api_name="raw_stop")
         blocks: gr.Blocks = demo
         return blocks

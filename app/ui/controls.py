@@ -7,6 +7,7 @@ from typing import Any
 import gradio as gr
 
 from app.backends import BackendInfo, BackendKind
+from app.settings import Settings
 
 # Controls in the order the handlers receive them; each is shown only where the backend
 # honours it (see ``app.backends.CONTROLS``).
@@ -36,3 +37,31 @@ def control_updates(info: BackendInfo | None) -> list[Any]:
         else:
             updates.append(gr.update(visible=name in info.controls))
     return updates
+
+
+def generation_controls(settings: Settings) -> list[Any]:
+    """The controls, in ``CONTROL_NAMES`` order, at the settings' starting values; those the
+    first backend's kind ignores are shown or hidden once it answers (``control_updates``)."""
+    s = settings
+    return [
+        gr.Slider(1, s.context_tokens - 1, value=s.max_new_tokens, step=1,
+                  label="Max new tokens"),
+        gr.Slider(0.0, 2.0, value=0.2, step=0.05, label="Temperature",
+                  info="0 picks the likeliest token every time",
+                  elem_id="temperature"),
+        gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p",
+                  info="1 turns it off"),
+        gr.Slider(0, 200, value=40, step=1, label="Top-k", visible=False,
+                  info="0 turns it off"),
+        gr.Slider(1.0, 2.0, value=1.0, step=0.05,
+                  label="Repetition penalty", visible=False,
+                  info="1 turns it off", elem_id="repetition-penalty"),
+        gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Frequency penalty"),
+        gr.Slider(-2.0, 2.0, value=0.0, step=0.1, label="Presence penalty",
+                  elem_id="presence-penalty"),
+        gr.Textbox("", label="Stop sequences", lines=2, info="One per line"),
+        gr.Number(
+            -1, label="Seed", precision=0, minimum=-1,
+            info="-1 for a random seed",
+        ),
+    ]

@@ -123,3 +123,36 @@ class RawUI:
 
     async def stop(self, run: RawRun) -> None:
         run.stop.set()
+
+    def tab(
+        self, chat: gr.State, model: gr.Dropdown, system_prompt: gr.Textbox,
+        language: gr.Dropdown, message: gr.Textbox, controls: list[Any],
+    ) -> None:
+        """The "Raw prompt" tab and its events, inside the page's ``gr.Tabs``; it renders
+        the conversation on screen and generates with the chat tab's model and controls."""
+        with gr.Tab("Raw prompt", elem_id="raw-tab"):
+            raw_run = gr.State(RawRun())
+            gr.Markdown(
+                "The prompt exactly as the model sees it. **Render** fills it from the "
+                "conversation (and the message box) with the model's chat template; "
+                "edit it, then **Generate**: each token is coloured by its "
+                "probability (green likely, red unlikely; hover for the log-probability)."
+            )
+            raw_note = gr.Markdown(elem_id="raw-note")
+            raw_prompt = gr.Textbox(
+                label="Prompt", lines=10, max_lines=30, elem_id="raw-prompt"
+            )
+            with gr.Row():
+                render = gr.Button("Render", size="sm", elem_id="raw-render")
+                generate = gr.Button(
+                    "Generate", variant="primary", size="sm", elem_id="raw-generate"
+                )
+                raw_stop = gr.Button("Stop", variant="stop", size="sm",
+                                     elem_id="raw-stop")
+            raw_output = gr.HTML(elem_id="raw-output")
+            stats = gr.Markdown(elem_id="raw-stats")
+        render.click(self.render, [model, chat, system_prompt, language, message],
+                     [raw_prompt, raw_note], api_name="render_prompt")
+        generate.click(self.generate, [model, raw_prompt, raw_run, *controls],
+                       [raw_output, stats], api_name="raw_generate")
+        raw_stop.click(self.stop, [raw_run], None, queue=False, api_name="raw_stop")

@@ -8,6 +8,7 @@ import asyncio
 import difflib
 from collections.abc import Callable, Coroutine
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -53,6 +54,26 @@ def result_markdown(result: RunResult) -> str:
     if result.truncated:
         parts.append("_(output cut at the limit)_")
     return "\n\n".join(parts)
+
+
+# gr.Code's names for the languages it highlights; the others show as plain text.
+CODE_HIGHLIGHT = {"python": "python", "javascript": "javascript", "typescript": "typescript",
+                  "bash": "shell", "sql": "sql", "c": "c", "cpp": "cpp"}
+
+
+def _code_language(language: str) -> str | None:
+    return CODE_HIGHLIGHT.get(language)
+
+
+@dataclass(frozen=True)
+class SavePanel:
+    """The components that save a code block of the conversation to the library."""
+
+    find: gr.Button
+    found: gr.Dropdown
+    title: gr.Textbox
+    tags: gr.Textbox
+    keep: gr.Button
 
 
 class SnippetsUI:
@@ -254,10 +275,93 @@ class SnippetsUI:
         return result_markdown(result)
 
 
-# gr.Code's names for the languages it highlights; the others show as plain text.
-CODE_HIGHLIGHT = {"python": "python", "javascript": "javascript", "typescript": "typescript",
-                  "bash": "shell", "sql": "sql", "c": "c", "cpp": "cpp"}
+    def save_panel(self) -> SavePanel:
+        """The chat tab's "Save code from this conversation" fold; ``tab`` wires it."""
+        with gr.Accordion("Save code from this conversation", open=False):
+            with gr.Row(equal_height=True):
+                find = gr.Button("Find code blocks", size="sm", elem_id="find-code")
+                found = gr.Dropdown(
+                    [], label="Code block", scale=3, elem_id="code-blocks"
+                )
+            with gr.Row(equal_height=True):
+                new_title = gr.Textbox(label="Title", elem_id="snippet-title")
+                new_tags = gr.Textbox(label="Tags, comma-separated",
+                                      elem_id="snippet-tags")
+                keep = gr.Button("Save to library", size="sm", elem_id="save-code")
+        return SavePanel(find, found, new_title, new_tags, keep)
 
-
-def _code_language(language: str) -> str | None:
-    return CODE_HIGHLIGHT.get(language)
+    def tab(
+        self, page: gr.Blocks, saving: SavePanel, chat: gr.State, model: gr.Dropdown,
+        signed_in_only: Callable[[Any], Any],
+    ) -> None:
+        """The "Snippets" tab and its events, with those of the chat tab's ``saving`` fold;
+        refinement uses the chat tab's ``model``. ``signed_in_only`` wraps the page-load
+        handler (no library before a Hugging Face sign-in)."""
+        with gr.Tab("Snippets", elem_id="snippets-tab"):
+            snippet = gr.State(None)
+            with gr.Row():
+                with gr.Column(scale=1, min_width=220):
+                    snippet_search = gr.Textbox(
+                        placeholder="Search titles, tags and code", show_label=False,
+                        elem_id="snippet-search",
+                    )
+                    library = gr.Radio([], show_label=False, elem_id="snippets")
+                with gr.Column(scale=3):
+                    with gr.Row(equal_height=True):
+                        snippet_title = gr.Textbox(label="Title", elem_id="open-title")
+                        snippet_tags = gr.Textbox(label="Tags", elem_id="open-tags")
+                        retitle = gr.Button("Save title and tags", size="sm",
+                                            elem_id="retitle")
+                    code = gr.Code(label="Code", interactive=False, elem_id="code")
+                    with gr.Row(equal_height=True):
+                        version = gr.Dropdown([], label="Version", elem_id="version")
+                        download = gr.DownloadButton("Download", elem_id="download")
+                        forget = gr.Button("Delete", variant="stop", size="sm",
+                                           elem_id="delete-snippet")
+                    with gr.Row(visible=False) as forget_row:
+                        gr.Markdown("Delete this snippet and all its versions?")
+                        forget_yes = gr.Button("Delete", variant="stop", size="sm",
+                                               elem_id="confirm-snippet")
+                        forget_no = gr.Button("Keep", size="sm")
+                    with gr.Row(equal_height=True):
+                        instruction = gr.Textbox(
+                            label="What to change", scale=4, elem_id="instruction",
+                        )
+                        refine = gr.Button("Refine", variant="primary", size="sm",
+                                           elem_id="refine")
+                        refine_stop = gr.Button("Stop", variant="stop", size="sm",
+                                                elem_id="refine-stop")
+                    diff = gr.Code(label="Changes from the version before",
+                                   interactive=False, elem_id="diff")
+                    run = gr.Button("Run in the sandbox", visible=False, size="sm",
+                                    elem_id="run")
+                    output = gr.Markdown(elem_id="run-output")
+        shown = [snippet, snippet_title, snippet_tags, code, version, diff, download, run]
+        saving.find.click(self.code_blocks, [chat], [saving.found], queue=False,
+                          api_name="code_blocks")
+        saving.keep.click(self.save, [chat, saving.found, saving.title, saving.tags],
+                          [library, saving.title], api_name="save_snippet")
+        snippet_search.change(self.search, [snippet_search], [library], queue=False,
+                              api_name="search_snippets")
+        library.input(self.open, [library], shown, api_name="open_snippet")
+        version.input(self.show_version, [snippet, version], shown,
+                      api_name="show_version")
+        retitle.click(self.rename, [snippet, snippet_title, snippet_tags], [library],
+                      api_name="rename_snippet")
+        forget.click(lambda: gr.update(visible=True), None, [forget_row], queue=False,
+                     api_visibility="private")
+        forget_no.click(lambda: gr.update(visible=False), None, [forget_row],
+                        queue=False, api_visibility="private")
+        forget_yes.click(
+            self.delete, [snippet], [library, *shown], api_name="delete_snippet"
+        ).then(lambda: gr.update(visible=False), None, [forget_row], api_visibility="private")
+        refining = refine.click(
+            self.refine, [snippet, instruction, model],
+            [*shown, library, instruction], api_name="refine",
+        )
+        refine_stop.click(None, None, None, cancels=[refining], api_visibility="private")
+        run.click(self.run, [snippet, version], [output], api_name="run")
+        page.load(
+            signed_in_only(self.search), [snippet_search], [library],
+            api_visibility="private",
+        )
