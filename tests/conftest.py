@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.backends import BackendClient
 from app.settings import Settings, load_settings
 from app.store import Store
 from tests.fake_backend import FakeBackend
@@ -122,3 +123,20 @@ def store(open_store: Callable[[], Store]) -> Store:
     store = open_store()
     store.migrate()
     return store
+
+
+ClientFor = Callable[..., BackendClient]
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[ClientFor]:
+    """Makes backend clients, and closes them after the test as the app closes its own."""
+    made: list[BackendClient] = []
+
+    def make(url: str, **options: Any) -> BackendClient:
+        made.append(BackendClient(url, **options))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.aclose()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from app.store import Accounts, Store
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.waiting import wait_for
 
 PASSWORD = "a long enough passphrase"
 SSE = "text/event-stream"
@@ -88,13 +88,6 @@ def events(response: httpx.Response) -> Iterator[dict[str, Any]]:
     for line in response.iter_lines():
         if line.startswith("data: "):
             yield json.loads(line.removeprefix("data: "))
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def assert_error_shape(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -358,16 +351,27 @@ def test_a_conversation_from_the_page_continues_with_its_settings(
     assert stored["system_prompt"] == "Be kind."
 
 
-def test_a_client_that_leaves_mid_stream_stops_the_reply(api: Api, fake: FakeBackend) -> None:
-    fake.tokens = [f"token{i} " for i in range(200)]
+@contextmanager
+def long_reply(
+    api: Api, fake: FakeBackend, user: dict[str, str], tokens: int,
+) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
+    """A streamed dialogue of ``tokens`` paced tokens, open once its first piece has come: its
+    id and the rest of its events."""
+    fake.tokens = [f"token{i} " for i in range(tokens)]
     fake.token_delay = 0.02
-    alice = api.user("alice")
     with api.http.stream(
-        "POST", "/dialogue", headers=alice, json={"message": "long one", "stream": True}
+        "POST", "/dialogue", headers=user, json={"message": "long one", "stream": True}
     ) as response:
         received = events(response)
         dialogue_id = next(received)["dialogue_id"]
         assert "delta" in next(received)
+        yield dialogue_id, received
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_reply(api: Api, fake: FakeBackend) -> None:
+    alice = api.user("alice")
+    with long_reply(api, fake, alice, 200) as (dialogue_id, _):
+        pass
     # Leaving the block closes the connection before the reply has ended.
     wait_for(lambda: fake.cancelled == 1)
     assert fake.completed == 0
@@ -402,15 +406,8 @@ def test_a_client_that_gives_up_waiting_stops_the_reply(api: Api, fake: FakeBack
 def test_a_dialogue_deleted_while_its_reply_streams_stays_deleted(
     api: Api, fake: FakeBackend, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fake.tokens = [f"token{i} " for i in range(40)]
-    fake.token_delay = 0.02
     alice = api.user("alice")
-    with api.http.stream(
-        "POST", "/dialogue", headers=alice, json={"message": "long one", "stream": True}
-    ) as response:
-        received = events(response)
-        dialogue_id = next(received)["dialogue_id"]
-        assert "delta" in next(received)
+    with long_reply(api, fake, alice, 40) as (dialogue_id, received):
         assert api.http.delete(f"/dialogues/{dialogue_id}", headers=alice).status_code == 204
         last = list(received)[-1]
     assert last["done"] is True

@@ -5,7 +5,6 @@ engine's /v1/completions."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -18,7 +17,7 @@ from app.chat import Chat, ChatService, Exchange
 from app.chat.guard import Guard
 from app.ui.raw import RawRun, RawUI
 from app.ui.render import token_html
-from tests.conftest import RunningApp, settings_for
+from tests.conftest import ClientFor, RunningApp, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
 
@@ -28,21 +27,6 @@ MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content
 CONTROLS: tuple[Any, ...] = (8, 0.0, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 
 
-ClientFor = Callable[..., BackendClient]
-
-
-@pytest.fixture
-async def client_for() -> AsyncIterator[ClientFor]:
-    """Makes backend clients, and closes them after the test as the app closes its own."""
-    made: list[BackendClient] = []
-
-    def make(url: str, **options: Any) -> BackendClient:
-        made.append(BackendClient(url, **options))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.aclose()
 
 
 async def raw_tokens(client: BackendClient, prompt: str) -> list[RawToken]:
