@@ -204,19 +204,6 @@ class Store:
         with self.transaction() as session:
             self._owned(session, user_id, conversation_id).title = title
 
-    def update_settings(
-        self, user_id: int, conversation_id: str, system_prompt: str, settings: dict[str, Any],
-        language: str | None = None,
-    ) -> None:
-        """Store the conversation's prompt and settings; ``language`` None leaves it as it is,
-        "" clears it."""
-        with self.transaction() as session:
-            conversation = self._owned(session, user_id, conversation_id)
-            conversation.system_prompt = system_prompt
-            conversation.settings = settings
-            if language is not None:
-                conversation.language = language or None
-
     def delete(self, user_id: int, conversation_id: str) -> None:
         with self.transaction() as session:
             session.delete(self._owned(session, user_id, conversation_id))
