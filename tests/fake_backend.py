@@ -60,7 +60,7 @@ TGI: the parameters TGI would have generated with, after its mapping and the sha
 sampling rule, so a test can assert greedy decoding or no repetition penalty), ``inputs``
 (the token ids TGI would feed the model), ``cancelled`` and ``completed`` (streams whose client
 left before the end, and streams sent to the end), ``probes`` (``/info`` and ``/v1/models``
-answered).
+answered), ``chunks`` (stream chunks sent: a test waits on it for a reply to be under way).
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ class FakeBackend:
     cancelled: int = 0
     completed: int = 0
     probes: int = 0  # GET /info and /v1/models answered
+    chunks: int = 0  # stream chunks sent, every stream together (keep-alives not counted)
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -352,6 +353,7 @@ class FakeBackend:
                 except StopAsyncIteration:
                     break
                 step = None
+                self.chunks += 1
                 yield chunk
             self.completed += 1
         except asyncio.CancelledError:

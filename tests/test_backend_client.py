@@ -29,6 +29,7 @@ from app.backends import (
 from app.backends.errors import event_error
 from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.waiting import eventually
 
 PARAMS = GenerationParams(max_new_tokens=64)
 
@@ -275,7 +276,7 @@ async def test_a_stalled_stream_times_out_though_keep_alives_come(
     async with asyncio.timeout(10):
         with pytest.raises(BackendTimeout, match=r"sent nothing for 0\.5 s"):
             await collect(client_for(backend.url, read_timeout=0.5))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: fake.cancelled, what="the stalled stream's connection to close")
     assert fake.cancelled == 1, "the stalled stream's connection was closed"
 
 

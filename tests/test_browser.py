@@ -18,6 +18,7 @@ from app.ui import PlaygroundUI
 from tests.conftest import OUTPUT, RunningApp, settings_for
 from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -61,19 +62,15 @@ def test_type_watch_the_reply_grow_and_stop_it(page: Page, fake: FakeBackend) ->
     page.locator("#send").click()
     expect(page.locator("#chat .message.bot")).to_contain_text("word1 ", timeout=15_000)
     first = len(bot_text(page))
-    time.sleep(0.5)
-    second = len(bot_text(page))
-    assert second > first, "the reply grows while it streams"
+    wait_for(lambda: len(bot_text(page)) > first, 5, what="the reply to grow while it streams")
     expect(page.locator("#chat .message.bot pre code").first).to_contain_text("return a + b")
     page.locator("#stop").click()
     expect(page.locator("#chat .message.bot")).to_contain_text("stopped by you")
-    deadline = time.monotonic() + 5
-    while not fake.cancelled and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: fake.cancelled, 5, what="Stop to close the upstream stream")
     assert fake.cancelled == 1, "Stop closed the upstream stream"
     assert fake.completed == 0
     stopped_at = len(bot_text(page))
-    time.sleep(0.5)
+    time.sleep(0.5)  # a quiet interval: streaming on, it would show some 25 more tokens
     assert len(bot_text(page)) == stopped_at, "nothing more arrives after Stop"
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-stop.png"), full_page=True)
@@ -89,7 +86,9 @@ def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_is_kept_stoppe
     expect(page.locator("#chat .message.bot")).to_contain_text("word3 ", timeout=15_000)
     page.locator("#new-chat").click()
     expect(page.locator("#chat .message")).to_have_count(0)
-    time.sleep(1.5)
+    wait_for(lambda: fake.cancelled, 5, what="the reply left behind to be stopped")
+    # A quiet interval: the stopped reply's last update, sent as it stopped, would show by now.
+    time.sleep(0.5)
     expect(page.locator("#chat .message")).to_have_count(0)
     page.locator("#conversations").get_by_text("a long answer, please").click()
     expect(page.locator("#chat .message.user")).to_have_text(["a long answer, please"])
@@ -102,7 +101,8 @@ def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_is_kept_stoppe
 def test_the_backends_panel_polls_only_while_unfolded(
     browser: Browser, backend: ServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every open page used to have the server build the panel every 5 s, folded or not."""
+    """Every open page used to have the server build the panel every 5 s, folded or not.
+    Here the period is 1 s, and each check that nothing is built lasts 3.5 periods."""
     built: list[float] = []
     status_panel = PlaygroundUI.status_panel
 
@@ -111,23 +111,24 @@ def test_the_backends_panel_polls_only_while_unfolded(
         return status_panel(ui)
 
     monkeypatch.setattr(PlaygroundUI, "status_panel", counted)
+    monkeypatch.setattr("app.ui.blocks.STATUS_REFRESH_SECONDS", 1.0)
     with ServerThread(create_app(settings_for(backend.url))) as server:
         page = browser.new_page()
         page.goto(server.url)
+        # The header comes with the panel built at load.
         expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
-        time.sleep(2)
         started = len(built)
-        time.sleep(11)
+        time.sleep(3.5)  # a quiet interval
         assert len(built) == started, "folded: no polling"
         page.get_by_text("Backends", exact=True).click()
         expect(page.locator("#backends")).to_contain_text("up")
-        time.sleep(11)
-        assert len(built) >= started + 3, "unfolded: at once, then every 5 s"
+        wait_for(lambda: len(built) >= started + 3, 10,
+                 what="the unfolded panel to be built at once, then every second")
         page.get_by_text("Backends", exact=True).click()
-        time.sleep(1)
         folded = len(built)
-        time.sleep(11)
-        assert len(built) == folded, "folded again: no more polling"
+        time.sleep(3.5)  # a quiet interval
+        # A tick already on its way as the panel folded may land; polling on would be 3.
+        assert len(built) <= folded + 1, "folded again: no more polling"
         page.close()
 
 
@@ -339,14 +340,9 @@ def test_the_coding_loop_ask_save_refine_diff_run(page: Page, fake: FakeBackend)
     fake.tokens, fake.token_delay = [f"t{i} " for i in range(300)], 0.02
     page.locator("#instruction textarea").fill("Make it much longer.")
     page.locator("#refine").click()
-    deadline = time.monotonic() + 10
-    while len(fake.requests) == asked:
-        assert time.monotonic() < deadline, "the refinement never reached the backend"
-        time.sleep(0.05)
+    wait_for(lambda: len(fake.requests) > asked, what="the refinement to reach the backend")
     page.locator("#refine-stop").click()
-    while not fake.cancelled:
-        assert time.monotonic() < deadline + 10, "Stop did not close the upstream stream"
-        time.sleep(0.05)
+    wait_for(lambda: fake.cancelled, what="Stop to close the upstream stream")
     expect(page.locator("#snippets")).to_contain_text("add numbers (python, v2)")
 
     page.locator("#run").click()

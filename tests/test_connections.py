@@ -9,7 +9,6 @@ import asyncio
 import gc
 import time
 import warnings
-from collections.abc import Callable
 from contextlib import aclosing
 from types import TracebackType
 
@@ -23,6 +22,7 @@ from bench.client import GradioTarget, find_endpoint, gradio_stream, open_page
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
+from tests.waiting import eventually
 
 PARAMS = GenerationParams(max_new_tokens=16)
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -79,14 +79,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def wait_for(condition: Callable[[], bool]) -> None:
-    for _ in range(250):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out waiting")
-
-
 async def chat(client: BackendClient, info: BackendInfo) -> str:
     async with aclosing(client.stream_chat(MESSAGES, PARAMS, info)) as stream:
         return "".join([delta.text async for delta in stream])
@@ -121,7 +113,7 @@ async def test_probes_and_streams_to_one_backend_share_its_connections(
             assert relay.open == relay.opened, "idle in the pool"
         finally:
             await client.aclose()
-        await wait_for(lambda: relay.open == 0)
+        await eventually(lambda: relay.open == 0)
 
 
 async def test_a_stopped_stream_closes_its_connection_and_the_next_one_streams(
@@ -136,8 +128,8 @@ async def test_a_stopped_stream_closes_its_connection_and_the_next_one_streams(
             info = await client.probe()
             async with aclosing(client.stream_chat(MESSAGES, PARAMS, info)) as stream:
                 assert (await anext(stream)).text == "Hello"
-            await wait_for(lambda: fake.cancelled == 1)
-            await wait_for(lambda: relay.open == 0)
+            await eventually(lambda: fake.cancelled == 1)
+            await eventually(lambda: relay.open == 0)
             fake.token_delay = 0
             assert await chat(client, info) == "Hello, world!"
             assert relay.opened == 2
@@ -145,17 +137,18 @@ async def test_a_stopped_stream_closes_its_connection_and_the_next_one_streams(
             await client.aclose()
 
 
-async def run_app(url: str) -> None:
-    """Start the app on the backend at ``url``, send one message from a page, and stop the
-    app while it keeps probing the backend. It stops from a thread, so that the relay (on
-    this loop) carries the app's requests until the app has stopped."""
+async def run_app(url: str, fake: FakeBackend) -> None:
+    """Start the app on the backend at ``url`` (``fake`` behind it), send one message from a
+    page, and stop the app while it keeps probing the backend. It stops from a thread, so that
+    the relay (on this loop) carries the app's requests until the app has stopped."""
     settings = settings_for(url, backend_check_interval=0.2, rate_limit_per_minute=0)
     server = ServerThread(create_app(settings)).start()
     try:
         target = GradioTarget(server.url, await find_endpoint(server.url))
         result = await gradio_stream(target, "hi", session=await open_page(target))
         assert not result.error
-        await asyncio.sleep(0.5)  # a few more probes
+        probed = fake.probes
+        await eventually(lambda: fake.probes >= probed + 2, what="a few more probes")
     finally:
         await asyncio.to_thread(server.stop)
 
@@ -169,9 +162,9 @@ async def test_the_app_closes_its_backend_connections_as_it_stops(
     async with Relay(backend.port) as relay:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            await run_app(relay.url)
+            await run_app(relay.url, fake)
             stopped = time.monotonic()
-            await wait_for(lambda: relay.open == 0)
+            await eventually(lambda: relay.open == 0)
             closed_after = time.monotonic() - stopped
             gc.collect()
     assert fake.completed == 1

@@ -22,6 +22,7 @@ from app.store import Store, StoredReply
 from tests.conftest import REPO, answers, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.waiting import wait_for
 
 # max_new_tokens, temperature, top_p, top_k, repetition_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
@@ -78,31 +79,33 @@ def test_a_reply_cut_by_sigkill_is_kept_and_marked(
     app = AppProcess(slow_backend.url, tmp_path)
     app.env["BACKEND_READ_TIMEOUT"] = "1"
     app.start()
+    store = Store(app.database)
+    user = store.user_id()
+
+    def reply() -> StoredReply | None:
+        listed = store.list_conversations(user)
+        return store.get_conversation(user, listed[0].id).exchanges[0].reply if listed else None
+
+    def saved_while_streaming() -> bool:
+        found = reply()
+        return found is not None and found.status == "streaming" and bool(found.content)
+
+    def marked() -> bool:
+        found = reply()
+        return found is None or found.status != "streaming"
+
     try:
         Client(app.url, verbose=False).submit(
             "count for me", "", "", "", *CONTROLS, api_name="/chat"
         )
-        deadline = time.monotonic() + 30
-        while not fake.requests:
-            assert time.monotonic() < deadline, "the reply never started"
-            time.sleep(0.1)
-        time.sleep(2.5)  # about 50 tokens, past at least two saves
+        wait_for(saved_while_streaming, 30, what="a save of the reply while it streams")
         app.kill()
     finally:
         app.kill()
     app.start()
     try:
-        store = Store(app.database)
-        user = store.user_id()
         [summary] = store.list_conversations(user)
-
-        def reply() -> StoredReply | None:
-            return store.get_conversation(user, summary.id).exchanges[0].reply
-
-        deadline = time.monotonic() + 1 + RECOVERY_MARGIN_SECONDS * 2
-        while (found := reply()) is not None and found.status == "streaming":
-            assert time.monotonic() < deadline, "never marked"
-            time.sleep(0.5)
+        wait_for(marked, 1 + RECOVERY_MARGIN_SECONDS * 2, step=0.5, what="the reply to be marked")
         [exchange] = store.get_conversation(user, summary.id).exchanges
         assert exchange.user == "count for me"
         assert exchange.reply is not None

@@ -35,6 +35,7 @@ from app.server import open_store
 from tests.conftest import settings_for
 from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.waiting import eventually
 
 PARAMS = GenerationParams(max_new_tokens=16)
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -212,7 +213,7 @@ async def test_a_stalled_stream_times_out_with_a_clear_message(
     with pytest.raises(BackendTimeout, match=r"The backend 'gpu' at .* sent nothing for 0\.3 s"):
         async with asyncio.timeout(10):
             await reply(r)
-    await asyncio.sleep(0.1)
+    await eventually(lambda: fake.cancelled, what="the stalled request to close")
     assert fake.cancelled == 1, "the stalled request was closed"
 
 
@@ -342,7 +343,10 @@ async def test_a_malformed_info_marks_that_backend_down_and_no_other(
 ) -> None:
     """One bad /info used to escape the probe as ValueError/TypeError and stop every check."""
 
+    asked: list[object] = []
+
     async def info(request: object) -> Response:
+        asked.append(request)
         return Response(body, media_type="application/json")
 
     broken = Starlette(routes=[Route("/info", info)])
@@ -352,8 +356,10 @@ async def test_a_malformed_info_marks_that_backend_down_and_no_other(
         rows = {row.name: row for row in r.statuses()}
         assert (rows["bad"].state, rows["vllm"].state) == ("down", "up")
         assert "/info" in (rows["bad"].error or "")
+        probed = len(asked)
         checks = asyncio.create_task(r.run_checks())
-        await asyncio.sleep(0.3)
+        await eventually(lambda: checks.done() or len(asked) >= probed + 3,
+                         what="three background checks")
         assert not checks.done(), "the background checks go on"
         checks.cancel()
 
@@ -374,10 +380,7 @@ async def test_the_background_checks_survive_anything(
 
     r.states[0].client.probe = flaky  # type: ignore[method-assign]
     checks = asyncio.create_task(r.run_checks())
-    for _ in range(100):
-        if calls >= 3:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: checks.done() or calls >= 3, what="three background checks")
     assert not checks.done()
     checks.cancel()
     assert {row.name: row.state for row in r.statuses()} == {"gpu": "up"}

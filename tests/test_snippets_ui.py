@@ -13,11 +13,13 @@ import pytest
 from app.chat import Chat, ChatService
 from app.chat.guard import Guard
 from app.server import open_store
+from app.snippets.sandbox import RunLimits, RunResult, run_snippet
 from app.ui import PlaygroundUI
 from app.ui.snippets import SnippetsUI, diff_text
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
+from tests.waiting import eventually
 
 CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 REPLY = ["Two blocks:\n", "```python\n", "x = 1\n", "```\n", "~~~bash\n", "echo hi\n", "~~~\n"]
@@ -127,14 +129,21 @@ async def test_a_snippet_holding_four_backticks_reaches_the_refine_prompt_whole(
 
 
 async def test_snippet_runs_beyond_the_cap_are_refused_until_one_ends(
-    backend: ServerThread, fake: FakeBackend
+    backend: ServerThread, fake: FakeBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     snippets, snippet_id = await first_block_saved(
         backend.url, fake, "import time\ntime.sleep(1.5)\nprint('slept')",
         snippet_runs_at_once=1,
     )
+    started: list[str] = []
+
+    async def recorded(code: str, language: str, limits: RunLimits) -> RunResult:
+        started.append(code)
+        return await run_snippet(code, language, limits)
+
+    monkeypatch.setattr("app.ui.snippets.run_snippet", recorded)
     first = asyncio.create_task(snippets.run(None, snippet_id, None))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: started, what="the first run to start")
     with pytest.raises(gr.Error, match="1 snippet runs are going already"):
         await snippets.run(None, snippet_id, None)
     assert "slept" in await first
@@ -151,19 +160,13 @@ async def test_refinement_asks_the_model_on_the_page_and_can_be_stopped(
     await snippets.refine(None, snippet_id, "two", "acme/picked-coder")
     assert fake.requests[-1]["model"] == "acme/picked-coder"
     fake.tokens, fake.token_delay = [f"t{i} " for i in range(200)], 0.02
+    sent = fake.chunks
     refining = asyncio.create_task(snippets.refine(None, snippet_id, "longer", None))
-    for _ in range(100):
-        if len(fake.requests) == 3:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: fake.chunks >= sent + 3, what="the refinement's reply to stream")
     refining.cancel()  # what the page's Stop does to the running event
     with pytest.raises(asyncio.CancelledError):
         await refining
-    for _ in range(100):
-        if fake.cancelled:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: fake.cancelled, what="the upstream stream to close")
     assert fake.cancelled == 1, "the upstream stream was closed"
     shown = await snippets.open(None, snippet_id)
     assert shown[4]["value"] == 2, "no version was added"

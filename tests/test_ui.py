@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from app.ui.controls import CONTROL_NAMES
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.waiting import eventually
 
 # max_new_tokens, temperature, top_p, top_k, repetition_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
@@ -119,9 +120,18 @@ async def test_backend_down_then_back_without_a_restart(fake: FakeBackend) -> No
     assert f"The backend 'default' at {url} is unreachable" in last_reply(updates[-1])
     assert "Traceback" not in last_reply(updates[-1])
     with ServerThread(fake.app(), port=port):
-        # A backend that is down is probed again at most every RECHECK_SECONDS.
-        await asyncio.sleep(RECHECK_SECONDS)
-        updates = await drain(ui.send(None, "hello again", chat, "", "", None, *CONTROLS))
+        # A backend that is down is probed again at most every RECHECK_SECONDS: until then a
+        # message still finds it down, and is taken back (Undo) to be sent again.
+        async def sent_and_answered() -> bool:
+            nonlocal updates
+            updates = await drain(ui.send(None, "hello again", chat, "", "", None, *CONTROLS))
+            if last_reply(updates[-1]).startswith("Hello, world!"):
+                return True
+            await ui.undo(None, chat)
+            return False
+
+        await eventually(sent_and_answered, RECHECK_SECONDS + 5, step=0.2,
+                         what="the backend to be seen up again")
     assert last_reply(updates[-1]).startswith("Hello, world!")
     assert fake.requests[-1]["messages"][-1]["content"] == "hello again"
     assert [ex.user for ex in chat.exchanges] == ["hello?", "hello again"]
@@ -154,7 +164,7 @@ async def test_stop_closes_the_upstream_stream(fake: FakeBackend, backend: Serve
     assert len(rest) == 1, "the handler ends at once with the reply marked stopped"
     assert last_reply(rest[0]).endswith("stopped by you_")
     assert last_reply(rest[0]).startswith(partial)
-    await wait_for(lambda: fake.cancelled == 1)
+    await eventually(lambda: fake.cancelled == 1)
     assert fake.completed == 0
 
 
@@ -171,7 +181,7 @@ async def test_stop_works_while_the_backend_is_silent(
     final = last_reply((await drain(updates))[-1])
     assert final.startswith("Hello,")
     assert final.endswith("stopped by you_")
-    await wait_for(lambda: fake.cancelled == 1)
+    await eventually(lambda: fake.cancelled == 1)
 
 
 async def test_a_stream_that_only_pings_times_out_while_other_users_keep_streaming(
@@ -186,7 +196,7 @@ async def test_a_stream_that_only_pings_times_out_while_other_users_keep_streami
     ui = make_ui(backend.url, backend_read_timeout=2.0)
     stalled, other = Chat(), Chat()
     first = asyncio.ensure_future(drain(ui.send(None, "first", stalled, "", "", None, *CONTROLS)))
-    await wait_for(lambda: len(fake.generated) == 1)
+    await eventually(lambda: len(fake.generated) == 1)
     second = await drain(ui.send(None, "second", other, "", "", None, *CONTROLS))
     assert last_reply(second[-1]).startswith("".join(fake.tokens))
     assert "finished" in last_reply(second[-1])
@@ -195,15 +205,7 @@ async def test_a_stream_that_only_pings_times_out_while_other_users_keep_streami
     assert final.startswith("t0 t1 ")
     assert "sent nothing for 2 s; the reply timed out" in final
     assert stalled.exchanges[0].reply == "t0 t1 "
-    await wait_for(lambda: fake.cancelled == 1)
-
-
-async def wait_for(condition: Callable[[], bool]) -> None:
-    for _ in range(250):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the fake backend never saw the stream closed")
+    await eventually(lambda: fake.cancelled == 1)
 
 
 async def test_retry_undo_and_new_chat(backend: ServerThread, fake: FakeBackend) -> None:
@@ -309,7 +311,7 @@ async def test_a_cancelled_reply_is_stored_as_stopped_with_its_text(
             seen.append(last_reply(update))
 
     handler = asyncio.create_task(page())
-    await wait_for(lambda: any(text.startswith("t0 t1 t2") for text in seen))
+    await eventually(lambda: any(text.startswith("t0 t1 t2") for text in seen))
     handler.cancel()
     with pytest.raises(asyncio.CancelledError):
         await handler
@@ -319,7 +321,7 @@ async def test_a_cancelled_reply_is_stored_as_stopped_with_its_text(
     assert reply is not None
     assert reply.status == "stopped"
     assert reply.content.startswith("t0 t1 t2")
-    await wait_for(lambda: fake.cancelled == 1)
+    await eventually(lambda: fake.cancelled == 1)
 
 
 async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
