@@ -17,8 +17,8 @@ import random
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import pytest
 from tests.docker_engine import DockerEngine, read_env_file
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.servers import free_port
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -110,16 +111,30 @@ class Stack:
         rows = [json.loads(line) for line in found.stdout.splitlines() if line.strip()]
         return rows[0] if rows else {}
 
-    def logs(self, service: str) -> str:
-        """What ``scripts/logs SERVICE`` prints within a few seconds (it follows)."""
+    def logs(self, service: str, *wanted: str) -> str:
+        """What ``scripts/logs SERVICE`` prints (it follows) until it has printed one of
+        ``wanted``, or for 30 s; then Ctrl-C stops it."""
         process = subprocess.Popen(
             [SCRIPTS / "logs", service], env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
-        time.sleep(3)
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, to the script and its docker
-        out, _ = process.communicate(timeout=30)
-        return out
+        lines: list[str] = []
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: any(text in "".join(lines) for text in wanted), 30,
+                     what=f"any of {wanted} in the logs of {service}")
+        finally:
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, to the script and its docker
+            process.wait(timeout=30)
+            reader.join(timeout=30)
+        return "".join(lines)
 
 
 @pytest.fixture
@@ -147,13 +162,6 @@ def say(stack: Stack, message: str) -> list[dict[str, object]]:
     return events
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 120, step: float = 1) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(step)
-
-
 def test_up_chat_status_logs_down_and_up_again(stack: Stack, hub: FakeHub) -> None:
     up = stack.run("up", "cpu")
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
@@ -162,7 +170,7 @@ def test_up_chat_status_logs_down_and_up_again(stack: Stack, hub: FakeHub) -> No
     assert {p.name for p in next(snapshot.iterdir()).iterdir()} == set(FILES)
     assert stack.container("downloader-cpu")["ExitCode"] == 0
     assert stack.container("tgi-cpu")["Health"] == "healthy"
-    downloaded = stack.logs("downloader-cpu")
+    downloaded = stack.logs("downloader-cpu", f"Fetching {len(FILES)} files: 100%")
     assert f"Fetching {MODEL} (main) from {stack.env['HF_ENDPOINT']}" in downloaded
     assert f"Fetching {len(FILES)} files: 100%" in downloaded, "with its progress"
 
@@ -180,7 +188,8 @@ def test_up_chat_status_logs_down_and_up_again(stack: Stack, hub: FakeHub) -> No
     assert "(healthy)" in status.stdout
     assert f"app: up (http://127.0.0.1:{stack.env['APP_PORT']}/healthz)" in status.stdout
     assert f"tgi: up (http://127.0.0.1:{stack.env['TGI_PORT']}/health)" in status.stdout
-    assert "Uvicorn running" in stack.logs("app") or "GET /healthz" in stack.logs("app")
+    logged = stack.logs("app", "Uvicorn running", "GET /healthz")
+    assert "Uvicorn running" in logged or "GET /healthz" in logged
 
     assert stack.run("down").returncode == 0
     asked = len(hub.requests)
@@ -207,11 +216,13 @@ def test_a_killed_tgi_is_restarted_and_the_next_message_works(stack: Stack) -> N
         models = httpx.get(f"{stack.app_url}/api/v1/models", timeout=10)
         return models.status_code == 503 and "No backend can answer" in models.text
 
-    wait_until(backend_down, 30, step=0.2)
-    wait_until(lambda: stack.container("tgi-cpu").get("Health") == "healthy")
+    wait_for(backend_down, 30, step=0.2, what="the app to see TGI gone")
+    wait_for(lambda: stack.container("tgi-cpu").get("Health") == "healthy", 120, step=1,
+             what="Docker to restart TGI")
     # Docker's check and the app's own (each every second here) see TGI back up to a second
     # apart; a message in between is refused by design (down backends are not hammered).
-    wait_until(lambda: httpx.get(f"{stack.app_url}/api/v1/models", timeout=10).is_success, 10)
+    wait_for(lambda: httpx.get(f"{stack.app_url}/api/v1/models", timeout=10).is_success, 10,
+             step=1, what="the app to see TGI back")
     events = say(stack, "again?")
     assert events[-1]["error"] is None
     assert "return s[::-1]" in "".join(str(e.get("delta", "")) for e in events)
