@@ -227,6 +227,9 @@ def test_accounts_see_only_their_own_conversations(
         refused = sign_in(browser, server.url, "alice", "wrong password")
         expect(refused.get_by_text("Incorrect Credentials")).to_be_visible()
         alice = sign_in(browser, server.url, "alice", "correct horse")
+        # The page's load fills the (empty) list: a message sent before it ends would have its
+        # conversation listed, then the list emptied by the load.
+        expect(alice.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
         alice.locator("#message textarea").fill("alice's secret plan")
         alice.locator("#message textarea").press("Enter")
         expect(alice.locator("#chat .message.bot")).to_contain_text("finished")
