@@ -253,7 +253,7 @@ def without_docker(tmp_path: Path) -> str:
     return str(folder)
 
 
-@pytest.mark.parametrize("script", [*DOCKER_SCRIPTS, "run", "test"])
+@pytest.mark.parametrize("script", [*DOCKER_SCRIPTS, "run", "test", "lock"])
 def test_every_script_explains_itself(script: str) -> None:
     result = run(script, "--help", path="/usr/bin:/bin")
     assert result.returncode == 0

@@ -38,6 +38,7 @@ from app.ui.gradio_compat import oauth_username
 from tests.conftest import REPO, answers
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.test_lock import Pin, read_lock
 from tests.test_persistence import CONTROLS
 
 # The Spaces configuration reference (huggingface.co/docs/hub/spaces-config-reference).
@@ -61,10 +62,9 @@ def runtime_requirements() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in found}
 
 
-def space_requirements() -> dict[str, Requirement]:
-    lines = (REPO / "requirements.txt").read_text().splitlines()
-    found = (Requirement(line) for line in lines if line.strip() and not line.startswith("#"))
-    return {canonicalize_name(r.name): r for r in found}
+def space_requirements() -> dict[str, Pin]:
+    """What the Space installs on Linux with Python 3.11 (its README's python_version)."""
+    return {pin.name: pin for pin in read_lock(REPO / "requirements.txt") if pin.applies()}
 
 
 # -- the configuration block ---------------------------------------------------------------
@@ -99,23 +99,26 @@ def test_the_two_commands_still_come_first_for_github_readers() -> None:
     assert "## " not in body.split("```bash\n", 1)[0], "no section before the two commands"
 
 
-def test_the_space_requirements_follow_pyproject() -> None:
-    """Every runtime dependency with the same specifier (extras may only be added), nothing
-    else: not the engine, not the test tools."""
+def test_the_space_requirements_are_the_apps_lock() -> None:
+    """The Space installs requirements.txt, the app's lock (tests/test_lock.py): each runtime
+    dependency pinned at a version pyproject.toml allows, with its hashes, and gradio at the
+    README's sdk_version (the Space installs that one too); not the engine, not the test tools."""
     runtime, space = runtime_requirements(), space_requirements()
-    assert set(space) == set(runtime)
+    assert set(runtime) <= set(space)
     for name, wanted in runtime.items():
-        assert space[name].specifier == wanted.specifier, name
+        assert wanted.specifier.contains(space[name].version), name
         assert wanted.extras <= space[name].extras, name
-        assert space[name].marker == wanted.marker, name
+        assert space[name].hashes, name
     assert "oauth" in space["gradio"].extras, "the Space's Hugging Face login needs gradio[oauth]"
-    assert "llama-cpp-python" not in space
+    config = front_matter((REPO / "README.md").read_text())
+    assert space["gradio"].version == config["sdk_version"]
+    assert not {"llama-cpp-python", "pytest", "matplotlib"} & set(space)
 
 
 @pytest.mark.pypi
 def test_the_space_requirements_install_into_a_fresh_virtualenv(tmp_path: Path) -> None:
-    """Downloads from PyPI (pip's cache is reused): what the Space's build does, then the
-    import the Space's start needs."""
+    """Downloads from PyPI (pip's cache is reused): what the Space's build does (its hashes
+    put pip in hash-checking mode), then the import the Space's start needs."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
