@@ -4,8 +4,7 @@ source has them (tests/fake_backend.py), and OpenAI-compatible ones."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 from starlette.applications import Starlette
@@ -27,6 +26,7 @@ from app.backends import (
     StreamError,
 )
 from app.backends.errors import event_error
+from tests.conftest import ClientFor
 from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread, free_port
 from tests.waiting import eventually
@@ -34,21 +34,6 @@ from tests.waiting import eventually
 PARAMS = GenerationParams(max_new_tokens=64)
 
 
-ClientFor = Callable[..., BackendClient]
-
-
-@pytest.fixture
-async def client_for() -> AsyncIterator[ClientFor]:
-    """Makes backend clients, and closes them after the test as the app closes its own."""
-    made: list[BackendClient] = []
-
-    def make(url: str, **options: Any) -> BackendClient:
-        made.append(BackendClient(url, **options))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.aclose()
 
 
 async def collect(client: BackendClient, params: GenerationParams = PARAMS) -> list[Delta]:
