@@ -189,6 +189,7 @@ def run_bench(name: str, folder: Path, *args: str) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.bench
 def test_the_streaming_comparison_runs_without_errors(tmp_path: Path) -> None:
     done = run_bench("streaming", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -205,6 +206,7 @@ def test_the_streaming_comparison_runs_without_errors(tmp_path: Path) -> None:
     assert "| 4 | app |" in (tmp_path / "streaming.md").read_text()
 
 
+@pytest.mark.bench
 def test_the_fault_runs_pass(tmp_path: Path) -> None:
     done = run_bench("faults", tmp_path)
     report = json.loads((tmp_path / "faults.json").read_text())
@@ -215,6 +217,7 @@ def test_the_fault_runs_pass(tmp_path: Path) -> None:
         "cut", "stall", "kill", "kill: second wave", "db-lock"}
 
 
+@pytest.mark.bench
 def test_the_soak_runs_without_errors(tmp_path: Path) -> None:
     done = run_bench("soak", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -224,6 +227,7 @@ def test_the_soak_runs_without_errors(tmp_path: Path) -> None:
     assert report["rss_mib_series"]
 
 
+@pytest.mark.bench
 @pytest.mark.postgres
 def test_the_scale_out_stack_streams_through_nginx_with_sticky_sessions(tmp_path: Path) -> None:
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
@@ -238,6 +242,7 @@ def test_the_scale_out_stack_streams_through_nginx_with_sticky_sessions(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.bench
 def test_the_page_memory_run_works(tmp_path: Path) -> None:
     done = run_bench("sessions", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -176,13 +176,14 @@ def test_the_docker_space_installs_the_apps_lock_with_its_hashes() -> None:
 
 def test_the_scripts_install_the_lock_for_their_part() -> None:
     """scripts/run: the app and the engine, in a virtualenv of its own; scripts/test: all of
-    it."""
+    it (--fast: without the engine, which it leaves in place)."""
     run = (REPO / "scripts/run").read_text()
     assert re.findall(r"^ensure_venv .*$", run, flags=re.MULTILINE) == [
         'ensure_venv "$RUN_VENV" engine']
     test = (REPO / "scripts/test").read_text()
     assert re.findall(r"^\s*ensure_venv .*$", test, flags=re.MULTILINE) == [
-        'ensure_venv "$VENV" engine,test,bench']
+        '    ensure_venv "$VENV" test,bench engine,test,bench',
+        '    ensure_venv "$VENV" engine,test,bench']
 
 
 def stub_python(folder: Path) -> Path:
@@ -233,6 +234,21 @@ def test_ensure_venv_removes_what_the_lock_does_not_name(tmp_path: Path) -> None
     assert not record.exists()
     assert not (site / "stray_tool.py").exists()
     assert list(site.glob("pip-*.dist-info"))
+
+
+def test_the_fast_run_leaves_out_every_slow_tier() -> None:
+    """Every marker pyproject.toml registers is a slow tier that scripts/test --fast skips."""
+    markers = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"][
+        "ini_options"]["markers"]
+    registered = {line.split(":", 1)[0] for line in markers}
+    test = (REPO / "scripts/test").read_text()
+    [expression] = re.findall(r'-m "not \(([^)]*)\)" "\$@"', test)
+    assert set(expression.split(" or ")) == registered
+    assert {"engine", "browser", "postgres", "pypi", "docker", "bench"} <= registered
+    usage = subprocess.run([REPO / "scripts/test", "--help"], capture_output=True, text=True,
+                           check=True).stdout
+    assert usage.startswith("Usage: scripts/test [--fast] [PYTEST_ARGS...]")
+    assert f'"not ({expression})"' in " ".join(usage.split())
 
 
 @pytest.mark.pypi
