@@ -252,6 +252,7 @@ def test_the_fast_run_leaves_out_every_slow_tier() -> None:
 
 
 @pytest.mark.pypi
+@pytest.mark.timeout(600)
 def test_the_files_are_what_scripts_lock_writes_from_pyproject() -> None:
     """Resolves everything again against PyPI, keeping the pinned versions: a pyproject.toml
     changed without running scripts/lock fails here."""

@@ -116,6 +116,7 @@ def test_the_space_requirements_are_the_apps_lock() -> None:
 
 
 @pytest.mark.pypi
+@pytest.mark.timeout(1500)
 def test_the_space_requirements_install_into_a_fresh_virtualenv(tmp_path: Path) -> None:
     """Downloads from PyPI (pip's cache is reused): what the Space's build does (its hashes
     put pip in hash-checking mode), then the import the Space's start needs."""
