@@ -48,8 +48,9 @@ def _die_with_parent() -> None:
 def _check_can_start(settings: Settings) -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         raise EngineError(
-            "The embedded engine is not installed. Install it with "
-            "`pip install -e '.[engine]'` (scripts/run does this for you)."
+            "The embedded engine is not installed. Install it with `pip install "
+            "--require-hashes -r requirements.txt -r requirements-engine.txt` (scripts/run "
+            "does this for you)."
         )
     if not settings.engine_model_path.is_file():
         raise EngineError(
