@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from app.backends import BackendClient
+from app.chat import ChatService
 from app.settings import Settings, load_settings
 from app.store import Store
 from tests.fake_backend import FakeBackend
@@ -140,3 +141,20 @@ async def client_for() -> AsyncIterator[ClientFor]:
     yield make
     for client in made:
         await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+async def close_services(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Every ``ChatService`` a test makes is closed after it (its backends' HTTP sessions), as
+    the app's lifespan closes its own."""
+    made: list[ChatService] = []
+    original = ChatService.__init__
+
+    def init(self: ChatService, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(ChatService, "__init__", init)
+    yield
+    for service in made:
+        await service.aclose()

@@ -178,7 +178,7 @@ def test_the_dockerfile_is_lint_clean_slim_and_non_root() -> None:
 
 
 def test_the_bake_file_builds_the_image_compose_runs() -> None:
-    bake = hcl2.load((REPO / "docker-bake.hcl").open())
+    bake = hcl2.loads((REPO / "docker-bake.hcl").read_text())
 
     def unquote(value: str) -> str:
         return value.strip('"')
@@ -288,7 +288,7 @@ def test_a_missing_plugin_or_engine_is_named(
 def bake_target(name: str, env: dict[str, str]) -> dict[str, Any]:
     """A target of docker-bake.hcl as a full HCL parser reads it, its variables filled in
     (the environment's value first, as bake does)."""
-    bake = hcl2.load((REPO / "docker-bake.hcl").open())
+    bake = hcl2.loads((REPO / "docker-bake.hcl").read_text())
     values: dict[str, str] = {
         name.strip('"'): env.get(name.strip('"'), body["default"].strip('"'))
         for block in bake["variable"] for name, body in block.items()
