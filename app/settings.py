@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     stream_interval: float = Field(0.05, ge=0)
     stream_updates_per_second: float = Field(400.0, gt=0)
     session_capacity: int = Field(2000, ge=1)
+    reply_keeps_running: bool = True
+    max_running_replies: int = Field(512, ge=1)
+    max_running_replies_per_user: int = Field(4, ge=1)
 
     engine_model_path: Path = Path("volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     engine_host: str = "127.0.0.1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -281,7 +282,8 @@ def test_a_streamed_reply_arrives_as_ordered_events(api: Api, fake: FakeBackend)
         assert response.headers["content-type"].startswith(SSE)
         received = list(events(response))
     first, *deltas, last = received
-    assert set(first) == {"dialogue_id"}
+    assert set(first) == {"dialogue_id", "message_id"}
+    assert first["message_id"] == last["message_id"]
     assert all(set(event) == {"delta"} and event["delta"] for event in deltas)
     assert "".join(event["delta"] for event in deltas) == "Sure: `x[::-1]`"
     assert last["done"] is True
@@ -353,43 +355,76 @@ def test_a_conversation_from_the_page_continues_with_its_settings(
 
 @contextmanager
 def long_reply(
-    api: Api, fake: FakeBackend, user: dict[str, str], tokens: int,
+    api: Api, fake: FakeBackend, user: dict[str, str], tokens: int, **fields: Any,
 ) -> Iterator[tuple[str, Iterator[dict[str, Any]]]]:
     """A streamed dialogue of ``tokens`` paced tokens, open once its first piece has come: its
-    id and the rest of its events."""
+    id and the rest of its events (the first piece included)."""
     fake.tokens = [f"token{i} " for i in range(tokens)]
     fake.token_delay = 0.02
     with api.http.stream(
-        "POST", "/dialogue", headers=user, json={"message": "long one", "stream": True}
+        "POST", "/dialogue", headers=user,
+        json={"message": "long one", "stream": True, **fields},
     ) as response:
         received = events(response)
         dialogue_id = next(received)["dialogue_id"]
-        assert "delta" in next(received)
-        yield dialogue_id, received
+        first = next(received)
+        assert "delta" in first
+        yield dialogue_id, itertools.chain([first], received)
 
 
-def test_a_client_that_leaves_mid_stream_stops_the_reply(api: Api, fake: FakeBackend) -> None:
+def stored_reply(api: Api, user: dict[str, str], dialogue_id: str) -> dict[str, Any]:
+    exchange: dict[str, Any] = api.messages(user, dialogue_id).json()["exchanges"][0]
+    return dict(exchange["reply"])
+
+
+def test_a_client_that_leaves_mid_stream_picks_the_reply_up_where_it_left(
+    api: Api, fake: FakeBackend
+) -> None:
     alice = api.user("alice")
-    with long_reply(api, fake, alice, 200) as (dialogue_id, _):
+    with long_reply(api, fake, alice, 100) as (dialogue_id, received):
+        got = next(received)["delta"]
+    # Leaving the block closed the connection before the reply ended: it goes on.
+    with api.http.stream(
+        "GET", f"/dialogues/{dialogue_id}/stream", headers=alice, params={"offset": len(got)}
+    ) as response:
+        assert response.status_code == 200
+        first, *deltas, last = events(response)
+    assert first["dialogue_id"] == dialogue_id
+    assert got + "".join(event["delta"] for event in deltas) == "".join(fake.tokens)
+    assert (last["done"], last["stats"]["finish"], last["message_id"]) == (
+        True, "stop", first["message_id"])
+    assert (fake.cancelled, fake.completed) == (0, 1)
+    assert stored_reply(api, alice, dialogue_id)["content"] == "".join(fake.tokens)
+
+    # Once it has ended, the same call gives the whole reply at once.
+    with api.http.stream("GET", f"/dialogues/{dialogue_id}/stream", headers=alice) as again:
+        _, whole, end = events(again)
+    assert whole["delta"] == "".join(fake.tokens)
+    assert end == last
+
+
+def test_a_client_that_asked_for_it_stops_the_reply_by_leaving(
+    api: Api, fake: FakeBackend
+) -> None:
+    alice = api.user("alice")
+    with long_reply(api, fake, alice, 200, stop_on_disconnect=True) as (dialogue_id, _):
         pass
-    # Leaving the block closes the connection before the reply has ended.
     wait_for(lambda: fake.cancelled == 1)
     assert fake.completed == 0
-
-    def reply() -> dict[str, Any]:
-        exchange: dict[str, Any] = api.messages(alice, dialogue_id).json()["exchanges"][0]
-        return dict(exchange["reply"])
-
-    wait_for(lambda: reply()["status"] != "streaming")
-    stopped = reply()
+    wait_for(lambda: stored_reply(api, alice, dialogue_id)["status"] != "streaming")
+    stopped = stored_reply(api, alice, dialogue_id)
     assert stopped["status"] == "stopped"
     assert stopped["stats"]["finish"] == "stopped"
     assert stopped["content"].startswith("token0 ")
     assert len(stopped["content"]) < len("".join(fake.tokens))
 
 
-def test_a_client_that_gives_up_waiting_stops_the_reply(api: Api, fake: FakeBackend) -> None:
-    fake.tokens = [f"token{i} " for i in range(200)]
+@pytest.mark.parametrize("keeps_running", [True, False])
+def test_a_client_that_gives_up_waiting_stops_the_reply_only_if_replies_do_not_keep_running(
+    start_api: Callable[..., Api], fake: FakeBackend, keeps_running: bool
+) -> None:
+    api = start_api(reply_keeps_running=keeps_running)
+    fake.tokens = [f"token{i} " for i in range(100)]
     fake.token_delay = 0.02
     alice = api.user("alice")
     with pytest.raises(httpx.ReadTimeout):
@@ -397,10 +432,62 @@ def test_a_client_that_gives_up_waiting_stops_the_reply(api: Api, fake: FakeBack
             "/dialogue", headers=alice, json={"message": "long one"},
             timeout=httpx.Timeout(10, read=0.5),
         )
-    wait_for(lambda: fake.cancelled == 1)
     [dialogue] = api.http.get("/dialogues", headers=alice).json()
-    wait_for(lambda: api.messages(alice, dialogue["id"]).json()["exchanges"][0]["reply"]
-             ["status"] == "stopped")
+    wait_for(lambda: stored_reply(api, alice, dialogue["id"])["status"] != "streaming")
+    reply = stored_reply(api, alice, dialogue["id"])
+    if keeps_running:
+        assert (reply["status"], reply["content"]) == ("stop", "".join(fake.tokens))
+        assert fake.cancelled == 0
+    else:
+        assert reply["status"] == "stopped"
+        assert fake.cancelled == 1
+
+
+def test_stop_from_another_client_ends_the_reply_for_its_follower(
+    api: Api, fake: FakeBackend
+) -> None:
+    alice = api.user("alice")
+    with long_reply(api, fake, alice, 200) as (dialogue_id, received):
+        mallory = api.user("mallory")
+        assert api.http.post(f"/dialogues/{dialogue_id}/stop", headers=mallory).status_code \
+            == 404
+        assert api.http.post(f"/dialogues/{dialogue_id}/stop", headers=alice).status_code == 204
+        last = list(received)[-1]
+    assert last["stats"]["finish"] == "stopped"
+    wait_for(lambda: stored_reply(api, alice, dialogue_id)["status"] == "stopped")
+    assert fake.cancelled == 1
+    assert api.http.get(f"/dialogues/{dialogue_id}/stream", headers=mallory).status_code == 404
+
+
+def test_a_reply_another_process_writes_is_not_followed_here(api: Api) -> None:
+    alice = api.user("alice")
+    store = Store(api.database_url)
+    user_id = store.user_id("alice")
+    begun = store.begin_turn(user_id, None, "", {}, None, message="hi", title="hi")
+    store.save_reply(user_id, begun.reply_id, "half a rep")
+    answer = api.http.get(f"/dialogues/{begun.conversation_id}/stream", headers=alice)
+    assert "another app process" in assert_error_shape(answer, 409)["error"].lower()
+    store.engine.dispose()
+
+
+def test_running_replies_are_limited_per_user_and_per_process(
+    start_api: Callable[..., Api], fake: FakeBackend
+) -> None:
+    api = start_api(max_running_replies_per_user=1, max_running_replies=2)
+    alice, bob, carol = api.user("alice"), api.user("bob"), api.user("carol")
+    with long_reply(api, fake, alice, 300) as (dialogue_id, _):
+        refused = api.say(alice, "and another")
+        assert refused.status_code == 429
+        assert "stop one or wait" in assert_error_shape(refused, 429)["error"]
+        assert len(api.http.get("/dialogues", headers=alice).json()) == 1, "nothing stored"
+        with long_reply(api, fake, bob, 300):
+            full = api.say(carol, "me too")
+            assert_error_shape(full, 503)
+            assert full.headers["Retry-After"] == "5"
+        api.http.post(f"/dialogues/{dialogue_id}/stop", headers=alice)
+        wait_for(lambda: stored_reply(api, alice, dialogue_id)["status"] == "stopped")
+    fake.token_delay = 0
+    assert api.say(alice, "now it fits").status_code == 200
 
 
 def test_a_dialogue_deleted_while_its_reply_streams_stays_deleted(
@@ -599,6 +686,7 @@ def test_no_input_makes_the_api_fail(
         "POST /api/v1/signup", "POST /api/v1/login", "GET /api/v1/me", "GET /api/v1/models",
         "POST /api/v1/dialogue", "GET /api/v1/dialogues", "GET /api/v1/messages",
         "DELETE /api/v1/dialogues/{dialogue_id}", "GET /healthz", "GET /api/v1/tokens",
+        "GET /api/v1/dialogues/{dialogue_id}/stream", "POST /api/v1/dialogues/{dialogue_id}/stop",
     }
     assert no_invalid_input <= {
         "GET /api/v1/me", "GET /api/v1/models", "GET /healthz", "GET /api/v1/tokens",

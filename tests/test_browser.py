@@ -45,10 +45,11 @@ def page(browser: Browser, backend: ServerThread, fake: FakeBackend) -> Iterator
     fake.token_delay = 0.02
     app = create_app(settings_for(backend.url, stream_interval=0.05))
     with ServerThread(app) as server:
-        page = browser.new_page(viewport={"width": 1200, "height": 1100})
+        context = browser.new_context(viewport={"width": 1200, "height": 1100})
+        page = context.new_page()
         page.goto(server.url)
         yield page
-        page.close()
+        context.close()
 
 
 def bot_text(page: Page) -> str:
@@ -76,26 +77,89 @@ def test_type_watch_the_reply_grow_and_stop_it(page: Page, fake: FakeBackend) ->
     page.screenshot(path=str(OUTPUT / "browser-stop.png"), full_page=True)
 
 
-def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_is_kept_stopped(
+def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_goes_on(
     page: Page, fake: FakeBackend
 ) -> None:
-    """The stopped reply's last update used to repaint the conversation being left."""
+    """The reply left behind used to repaint the conversation being left; now it also goes
+    on (REPLY_KEEPS_RUNNING), shown growing when its conversation is opened again."""
+    fake.token_delay = 0.03
     expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
     page.locator("#message textarea").fill("a long answer, please")
     page.locator("#message textarea").press("Enter")
     expect(page.locator("#chat .message.bot")).to_contain_text("word3 ", timeout=15_000)
     page.locator("#new-chat").click()
     expect(page.locator("#chat .message")).to_have_count(0)
-    wait_for(lambda: fake.cancelled, 5, what="the reply left behind to be stopped")
-    # A quiet interval: the stopped reply's last update, sent as it stopped, would show by now.
+    # A quiet interval: an update of the reply left behind would show by now.
     time.sleep(0.5)
     expect(page.locator("#chat .message")).to_have_count(0)
     page.locator("#conversations").get_by_text("a long answer, please").click()
     expect(page.locator("#chat .message.user")).to_have_text(["a long answer, please"])
-    reply = page.locator("#chat .message.bot")
-    expect(reply).to_contain_text("stopped by you")
-    expect(reply).to_contain_text("word3 ")
+    grows_live(page)
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished", timeout=20_000)
+    expect(page.locator("#chat .message.bot")).to_contain_text("word399 ")
+    assert (fake.cancelled, fake.completed) == (0, 1)
+
+
+def grows_live(page: Page) -> None:
+    """The reply on the page grows while the test watches."""
+    expect(page.locator("#chat .message.bot")).to_contain_text("word", timeout=15_000)
+    shown = len(bot_text(page))
+    wait_for(lambda: len(bot_text(page)) > shown, 5, what="the reply to grow on the page")
+
+
+def test_a_reply_goes_on_through_a_reload_shows_in_a_second_tab_and_stops_in_both(
+    page: Page, fake: FakeBackend
+) -> None:
+    fake.token_delay = 0.03
+    page.locator("#message textarea").fill("Write an add function in Python.")
+    page.locator("#send").click()
+    expect(page.locator("#chat .message.bot")).to_contain_text("word3 ", timeout=15_000)
+    page.reload()
+    expect(page.locator("#chat .message.user")).to_have_text(["Write an add function in Python."])
+    grows_live(page)
+    expect(page.locator("#conversations input:checked")).to_have_count(1)
+
+    second = page.context.new_page()
+    second.goto(page.url)
+    grows_live(second)
+    second.locator("#stop").click()
+    for tab in (second, page):
+        expect(tab.locator("#chat .message.bot")).to_contain_text("stopped by you")
+    wait_for(lambda: fake.cancelled, 5, what="Stop to close the upstream stream")
     assert fake.completed == 0
+    assert bot_text(page) == bot_text(second), "both tabs show the same reply"
+    second.close()
+
+
+def test_a_reply_is_finished_and_stored_after_every_page_closed(
+    browser: Browser, backend: ServerThread, fake: FakeBackend, tmp_path: Path
+) -> None:
+    fake.tokens = REPLY
+    fake.token_delay = 0.01
+    settings = settings_for(backend.url, database_url=f"sqlite:///{tmp_path / 'closed.db'}")
+    with ServerThread(create_app(settings)) as server:
+        context = browser.new_context(viewport={"width": 1200, "height": 1100})
+        page = context.new_page()
+        page.goto(server.url)
+        page.locator("#message textarea").fill("a long answer, please")
+        page.locator("#send").click()
+        expect(page.locator("#chat .message.bot")).to_contain_text("word3 ", timeout=15_000)
+        page.close()
+        wait_for(lambda: fake.completed == 1, 15, what="the reply to finish with no page open")
+        store = open_store(settings)
+        [summary] = store.list_conversations(store.user_id())
+
+        def status() -> str | None:
+            [exchange] = store.get_conversation(store.user_id(), summary.id).exchanges
+            return exchange.reply.status if exchange.reply else None
+
+        wait_for(lambda: status() == "stop", 5, what="the finished reply to be stored")
+        assert fake.cancelled == 0
+        again = context.new_page()
+        again.goto(server.url)  # the browser shows the conversation it showed last
+        expect(again.locator("#chat .message.bot")).to_contain_text("word399 ")
+        expect(again.locator("#chat .message.bot")).to_contain_text("finished")
+        context.close()
 
 
 def test_the_backends_panel_polls_only_while_unfolded(

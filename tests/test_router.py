@@ -322,9 +322,8 @@ async def test_the_stored_reply_names_the_backend_that_answered(
     turns = Turns(service, Guard(settings))
     turn = await turns.start(history, Chat(), TurnRequest("hi", "", {"model": MODEL}))
     assert turn.info.name == "gpu", "picked first"
-    async with aclosing(turns.stream(history, turn)) as updates:
-        async for _ in updates:
-            pass
+    assert turn.live.task is not None
+    await turn.live.task
     assert turn.exchange.reply == "from b"
     assert turn.chat.id is not None
     _, reopened = await history.open(turn.chat.id)

@@ -16,6 +16,7 @@ from app.backends.router import RECHECK_SECONDS
 from app.chat import Chat, ChatService, Exchange
 from app.chat.guard import Guard
 from app.server import create_app, open_store
+from app.store import StoredReply
 from app.ui import PlaygroundUI
 from app.ui.blocks import CHECKS_PER_MINUTE
 from app.ui.controls import CONTROL_NAMES
@@ -259,7 +260,7 @@ async def test_reopening_an_imported_conversation_keeps_only_usable_settings(
             "stop": ["END"], "top_k": float("nan"), "model": 7,
         },
     )
-    update = await ui.open_chat(None, conversation, Chat())
+    [update] = await drain(ui.open_chat(None, conversation, Chat()))
     model, values = update[4], dict(zip(CONTROL_NAMES, update[6:], strict=True))
     skipped = {name for name, value in values.items() if value == gr.skip()}
     assert model == gr.skip()
@@ -295,14 +296,16 @@ async def test_the_message_is_stored_first_and_the_reply_as_it_streams(
     assert (final.status, final.tokens, final.content) == ("stop", 13, "".join(fake.tokens))
 
 
-async def test_a_cancelled_reply_is_stored_as_stopped_with_its_text(
-    backend: ServerThread, fake: FakeBackend
+@pytest.mark.parametrize("keeps_running", [True, False])
+async def test_a_page_that_goes_away_leaves_its_reply_running_unless_told_otherwise(
+    backend: ServerThread, fake: FakeBackend, keeps_running: bool
 ) -> None:
-    """Gradio cancels the handler's task when a page goes away: the reply used to stay
-    "streaming" until the next restart, and the cancellation was swallowed."""
+    """Gradio cancels the handler's task when a page goes away: the reply goes on and is
+    stored whole; with REPLY_KEEPS_RUNNING off it is stored as stopped, with its text (it
+    once stayed "streaming" until the next restart, the cancellation swallowed)."""
     fake.tokens = [f"t{i} " for i in range(100)]
     fake.token_delay = 0.02
-    ui = make_ui(backend.url)
+    ui = make_ui(backend.url, reply_keeps_running=keeps_running)
     chat = Chat()
     seen: list[str] = []
 
@@ -317,11 +320,43 @@ async def test_a_cancelled_reply_is_stored_as_stopped_with_its_text(
         await handler
     local = await ui.history_for(None)
     assert chat.id is not None
+
+    def stored() -> StoredReply:
+        assert chat.id is not None
+        reply = ui.store.get_conversation(local.user_id, chat.id).exchanges[0].reply
+        assert reply is not None
+        return reply
+
+    await eventually(lambda: stored().status != "streaming")
+    if keeps_running:
+        assert (stored().status, stored().content) == ("stop", "".join(fake.tokens))
+        assert fake.cancelled == 0
+    else:
+        assert stored().status == "stopped"
+        assert stored().content.startswith("t0 t1 t2")
+        await eventually(lambda: fake.cancelled == 1)
+
+
+async def test_replies_still_running_are_stored_as_stopped_when_the_app_stops(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    fake.tokens = [f"t{i} " for i in range(500)]
+    fake.token_delay = 0.02
+    ui = make_ui(backend.url)
+    chat = Chat()
+    updates = ui.send(None, "go on", chat, "", "", None, *CONTROLS)
+    await anext(updates)
+    await anext(updates)
+    await ui.service.aclose()  # what the app's lifespan does as it stops
+    assert chat.exchanges[0].done
+    local = await ui.history_for(None)
+    assert chat.id is not None
     reply = ui.store.get_conversation(local.user_id, chat.id).exchanges[0].reply
     assert reply is not None
-    assert reply.status == "stopped"
-    assert reply.content.startswith("t0 t1 t2")
-    await eventually(lambda: fake.cancelled == 1)
+    assert (reply.status, reply.content) == ("stopped", chat.exchanges[0].reply)
+    assert reply.content.startswith("t0 ")
+    *_, last = await drain(updates)
+    assert last_reply(last).endswith("stopped by you_")
 
 
 async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
@@ -339,8 +374,8 @@ async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
         "content": "be terse\n\nWrite code in Go unless the user asks for another language, "
                    "in fenced code blocks tagged go.",
     }
-    shown, opened, prompt, language, model, title, *values = await ui.open_chat(
-        None, chat.id, Chat()
+    [(shown, opened, prompt, language, model, title, *values)] = await drain(
+        ui.open_chat(None, chat.id, Chat())
     )
     assert model == fake.model_id
     assert opened.id == chat.id
@@ -373,7 +408,7 @@ async def test_another_users_conversation_cannot_be_opened(backend: ServerThread
     await drain(ui.send(alice, "mine", chat, "", "", None, *CONTROLS))
     assert chat.id is not None
     with pytest.raises(gr.Error, match="no longer exists"):
-        await ui.open_chat(mallory, chat.id, Chat())
+        await drain(ui.open_chat(mallory, chat.id, Chat()))
     assert await (await ui.history_for(mallory)).choices() == []
     with pytest.raises(gr.Error, match="Sign in first"):
         await ui.history_for(None)

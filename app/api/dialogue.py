@@ -1,20 +1,19 @@
 """One API turn, on the page's own path (``app.chat.turns``) so that it behaves the same.
 
-The reply runs in a task of its own, apart from the request that asked for it: a client that
-goes away sets the exchange's ``stop`` event, as the page's Stop button does, so the upstream
-stream is closed and the reply is stored as ``stopped`` rather than left streaming.
+The reply runs on the server (``app.chat.replies``), apart from the request that asked for it:
+a client that goes away leaves it running, to be read again with ``GET
+/api/v1/dialogues/{id}/stream``, unless it asked otherwise (``stop_on_disconnect``) or
+``REPLY_KEEPS_RUNNING`` is off. Then it sets the exchange's ``stop`` event, as the page's Stop
+button does, so the upstream stream is closed and the reply is stored as ``stopped``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import re
 from collections.abc import AsyncIterator
-from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -22,17 +21,15 @@ from fastapi.sse import format_sse_event
 
 from app.api.errors import ApiError
 from app.api.models import DialogueIn, DialogueOut, ExchangeOut, ReplyOut, StatsOut
-from app.chat import Chat, ChatService, Exchange, TurnStats
+from app.chat import Chat, ChatService, TurnStats
 from app.chat.guard import Guard
 from app.chat.history import History
 from app.chat.models import FINISH_TEXT
+from app.chat.replies import LiveReply
 from app.chat.turns import Turn, TurnRefused, TurnRequest, Turns
 from app.settings import Settings
 from app.store import ConversationRecord, NotFound, Store, StoredExchange
 
-log = logging.getLogger(__name__)
-
-FAILED_ON_SERVER = "The reply failed on the server; the details are in its log."
 # The fields of DialogueIn kept with the conversation, under the page's names for them.
 STORED_CONTROLS = ("max_new_tokens", "temperature", "top_p", "seed", "model")
 
@@ -80,47 +77,23 @@ def exchange_out(stored: StoredExchange) -> ExchangeOut:
     )
 
 
-@dataclass
-class Running:
-    """A reply on its way: the turn, the task writing it, and an event set at each update."""
-
-    turn: Turn
-    task: asyncio.Task[None] | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def exchange(self) -> Exchange:
-        return self.turn.exchange
-
-    @property
-    def dialogue_id(self) -> str:
-        assert self.turn.chat.id is not None, "a started turn has a stored conversation"
-        return self.turn.chat.id
-
-    def output(self) -> DialogueOut:
-        return DialogueOut(
-            dialogue_id=self.dialogue_id, message_id=self.exchange.reply_id,
-            reply=self.exchange.reply, stats=stats_out(self.exchange.stats),
-            error=self.exchange.error,
-        )
-
-
 class Dialogues:
     def __init__(
         self, settings: Settings, service: ChatService, store: Store, guard: Guard
     ) -> None:
         self.settings = settings
         self.store = store
+        self.replies = service.replies
         self.turns = Turns(service, guard)
-        self._running: set[asyncio.Task[None]] = set()
 
-    async def start(self, user_id: int, body: DialogueIn) -> Running:
+    async def start(self, user_id: int, body: DialogueIn) -> Turn:
         """Check the request, store the message and start the reply.
 
         Raises ``ApiError``: 404 for a dialogue that is not the user's, 422 for a message
         refused (empty, too long, too long for the context, a setting the backend refuses),
-        429 over the rate limit (with Retry-After), 503 when the backend does not answer.
-        Nothing is stored when it raises.
+        429 over the rate limit (with Retry-After) or with too many replies of the user's
+        running, 503 when the backend does not answer or the process writes as many replies
+        as it takes (with Retry-After). Nothing is stored when it raises.
         """
         history = History(self.store, user_id)
         record: ConversationRecord | None = None
@@ -151,80 +124,125 @@ class Dialogues:
             raise ApiError(err.status, str(err), headers=headers) from err
         except NotFound as err:  # deleted meanwhile
             raise not_found(chat.id or "") from err
-        running = Running(turn)
-        running.task = asyncio.create_task(
-            self._run(running, history), name=f"reply {turn.exchange.reply_id}",
-        )
-        self._running.add(running.task)
-        running.task.add_done_callback(self._running.discard)
-        return running
+        return turn
 
-    async def _run(self, running: Running, history: History) -> None:
-        exchange = running.exchange
-        try:
-            async with aclosing(self.turns.stream(history, running.turn)) as updates:
-                async for _ in updates:
-                    running.changed.set()
-        except Exception:
-            # Backend errors end the reply inside stream_and_save; this is anything else
-            # (or a backend error re-raised under DEBUG): log it, store what there is.
-            log.exception("Reply %s failed", exchange.reply_id)
-            exchange.error = FAILED_ON_SERVER
-            if not exchange.done:
-                await history.save_final(exchange)
-                exchange.done = True
-        finally:
-            running.changed.set()
+    def stopped_by(self, body: DialogueIn, request: Request) -> Request | None:
+        """The request whose client, going away, stops the reply it asked for; None when the
+        reply goes on without it."""
+        stops = body.stop_on_disconnect or not self.settings.reply_keeps_running
+        return request if stops else None
 
-    async def reply(self, turn: Running, request: Request) -> DialogueOut:
-        """Wait for the whole reply; a client that goes away first stops it."""
-        assert turn.task is not None
-        gone = asyncio.ensure_future(_stop_when_gone(request, turn.exchange.stop))
+    async def reply(self, turn: Turn, stop_if_gone: Request | None) -> DialogueOut:
+        """Wait for the whole reply; the client of ``stop_if_gone`` going away first stops
+        it."""
+        live = turn.live
+        assert live.task is not None
+        gone = _stop_when_gone(stop_if_gone, live) if stop_if_gone else None
         try:
-            await asyncio.shield(turn.task)
+            await asyncio.shield(live.task)
         except asyncio.CancelledError:
-            turn.exchange.stop.set()
+            if stop_if_gone:
+                live.stop()
             raise
         finally:
-            gone.cancel()
-        return turn.output()
+            if gone is not None:
+                gone.cancel()
+        exchange = live.exchange
+        return DialogueOut(
+            dialogue_id=live.conversation_id, message_id=exchange.reply_id,
+            reply=exchange.reply, stats=stats_out(exchange.stats), error=exchange.error,
+        )
 
-    async def events(self, turn: Running, request: Request) -> AsyncIterator[bytes]:
-        """Server-sent events: the dialogue id, the reply's new text as it comes, then the
-        end with the stats. A client that goes away stops the reply."""
-        assert turn.task is not None
-        gone = asyncio.ensure_future(_stop_when_gone(request, turn.exchange.stop))
+    @staticmethod
+    async def events(
+        live: LiveReply, offset: int = 0, stop_if_gone: Request | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Server-sent events: the dialogue and reply ids, the reply's text from ``offset``
+        on as it comes, then the end with the stats. The client of ``stop_if_gone`` going
+        away stops the reply."""
+        gone = _stop_when_gone(stop_if_gone, live) if stop_if_gone else None
         try:
-            yield _event({"dialogue_id": turn.dialogue_id})
-            sent = 0
+            yield _event({"dialogue_id": live.conversation_id,
+                          "message_id": live.exchange.reply_id})
+            sent = offset
             while True:
-                await turn.changed.wait()
-                turn.changed.clear()
-                text = turn.exchange.reply
+                ended = live.done  # before the text: its last update is then in it
+                text = live.exchange.reply
                 if len(text) > sent:
                     yield _event({"delta": text[sent:]})
                     sent = len(text)
-                if turn.task.done():
+                if ended:
                     break
-            exchange = turn.exchange
-            stats = stats_out(exchange.stats)
-            yield _event({
-                "done": True, "message_id": exchange.reply_id,
-                "stats": None if stats is None else stats.model_dump(), "error": exchange.error,
-            })
+                await live.wait()
+            yield _end(live.exchange.reply_id, stats_out(live.exchange.stats),
+                       live.exchange.error)
         finally:
-            # Cancelled or closed before the end: the client is gone; stop the reply.
-            if not turn.task.done():
-                turn.exchange.stop.set()
-            gone.cancel()
+            # Cancelled or closed before the end: the client is gone.
+            if stop_if_gone and not live.done:
+                live.stop()
+            if gone is not None:
+                gone.cancel()
+
+    async def follow(self, user_id: int, dialogue_id: str) -> LiveReply | StoredExchange:
+        """The reply of the dialogue being written now, or else its last stored exchange.
+
+        Raises ``ApiError`` 404 for a dialogue that is not the user's, or one without a
+        message yet; 409 for a reply that another process is writing.
+        """
+        live = self.replies.running(user_id, check_id(dialogue_id))
+        if live is not None:
+            return live
+        try:
+            record = await asyncio.to_thread(self.store.get_conversation, user_id, dialogue_id)
+        except NotFound as err:
+            raise not_found(dialogue_id) from err
+        if not record.exchanges:
+            raise ApiError(404, f"The dialogue {dialogue_id!r} has no message yet.")
+        last = record.exchanges[-1]
+        if last.reply is not None and last.reply.status == "streaming":
+            raise ApiError(409, "Another app process is writing this reply (or stopped while "
+                           "it did): follow it there (behind the scale-out proxy, send its "
+                           "route cookie), or read it with GET /messages.")
+        return last
+
+    def stop(self, user_id: int, dialogue_id: str) -> bool:
+        """Stop the dialogue's reply being written, if any; returns whether one was."""
+        live = self.replies.running(user_id, check_id(dialogue_id))
+        if live is not None:
+            live.stop()
+        return live is not None
+
+
+def stored_events(dialogue_id: str, stored: StoredExchange, offset: int) -> list[bytes]:
+    """The events of ``Dialogues.events`` for a reply that has ended (or whose process
+    stopped): its ids, its text from ``offset`` on, and its end."""
+    reply = stored.reply
+    text = reply.content if reply is not None else ""
+    events = [_event({"dialogue_id": dialogue_id, "message_id": reply.id if reply else None})]
+    if len(text) > offset:
+        events.append(_event({"delta": text[offset:]}))
+    out = exchange_out(stored).reply
+    events.append(_end(out.id if out else None, out.stats if out else None,
+                       out.error if out else None))
+    return events
+
+
+def _end(message_id: int | None, stats: StatsOut | None, error: str | None) -> bytes:
+    return _event({"done": True, "message_id": message_id,
+                   "stats": None if stats is None else stats.model_dump(), "error": error})
 
 
 def _event(payload: dict[str, Any]) -> bytes:
     return format_sse_event(data_str=json.dumps(payload))
 
 
-async def _stop_when_gone(request: Request, stop: asyncio.Event) -> None:
-    """Set ``stop`` once the client has gone away (the request's body is already read)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    stop.set()
+def _stop_when_gone(request: Request, live: LiveReply) -> asyncio.Future[None]:
+    """A task that stops the reply once the client has gone away (the request's body is
+    already read); cancel it when the reply has ended."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        live.stop()
+
+    return asyncio.ensure_future(watch())

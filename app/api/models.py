@@ -147,8 +147,15 @@ class DialogueIn(Body):
     )
     stream: bool = Field(
         False, description="Answer with server-sent events (as does `Accept: "
-        "text/event-stream`): `{\"dialogue_id\"}` first, then `{\"delta\"}` pieces of the "
-        "reply, then `{\"done\": true, \"message_id\", \"stats\", \"error\"}`.",
+        "text/event-stream`): `{\"dialogue_id\", \"message_id\"}` first, then "
+        "`{\"delta\"}` pieces of the reply, then `{\"done\": true, \"message_id\", "
+        "\"stats\", \"error\"}`.",
+    )
+    stop_on_disconnect: bool = Field(
+        False, description="Stop the reply (stored as stopped) when this request goes away "
+        "before it ends. By default it goes on, stored as it ends, and `GET "
+        "/dialogues/{id}/stream` reads it again (unless the server runs with "
+        "REPLY_KEEPS_RUNNING=false, where going away always stops it).",
     )
 
 

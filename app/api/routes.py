@@ -8,6 +8,7 @@ the same 401. A dialogue of another user is 404, the same as one that does not e
 
 import asyncio
 import math
+from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import StreamingResponse
 
-from app.api.dialogue import Dialogues, check_id, exchange_out, not_found
+from app.api.dialogue import Dialogues, check_id, exchange_out, not_found, stored_events
 from app.api.errors import ApiError
 from app.api.models import (
     MAX_ID_CHARS,
@@ -34,7 +35,7 @@ from app.backends import BackendError
 from app.chat import ChatService
 from app.chat.guard import Guard, RateWindow
 from app.settings import Settings
-from app.store import AccountError, Accounts, NameTaken, NotFound, Store
+from app.store import AccountError, Accounts, NameTaken, NotFound, Store, StoredExchange
 from app.store.accounts import token_hash
 
 PREFIX = "/api/v1"
@@ -55,6 +56,12 @@ FAILED_LOGINS_PER_ACCOUNT = 5
 FAILED_LOGINS_PER_ADDRESS = 20
 FAILED_LOGIN_WINDOW = 900.0
 SSE = "text/event-stream"
+
+
+def _sse(events: AsyncIterator[bytes] | Iterable[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events, media_type=SSE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -243,12 +250,54 @@ class RestApi:
             """Start a conversation, or continue one of yours with `dialogue_id`. The
             message is stored first, then the reply as it streams, with its stats."""
             turn = await self.dialogues.start(user_id, body)
+            stop_if_gone = self.dialogues.stopped_by(body, request)
             if body.stream or SSE in request.headers.get("accept", ""):
-                return StreamingResponse(
-                    self.dialogues.events(turn, request), media_type=SSE,
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                )
-            return await self.dialogues.reply(turn, request)
+                return _sse(self.dialogues.events(turn.live, stop_if_gone=stop_if_gone))
+            return await self.dialogues.reply(turn, stop_if_gone)
+
+        @router.get(
+            "/dialogues/{dialogue_id}/stream", responses={
+                200: {"content": {SSE: {"schema": {
+                    "type": "string", "description": "`data: {json}` events, as `POST "
+                    "/dialogue` with stream=true sends them.",
+                }}}},
+                **_errors(401, 404, 409, 422),
+            },
+            response_class=StreamingResponse, summary="Follow the reply being written",
+        )
+        async def follow(
+            user_id: User,
+            dialogue_id: Annotated[str, Path(
+                max_length=MAX_ID_CHARS, description="One of your conversations."
+            )],
+            offset: Annotated[int, Query(
+                ge=0, description="Send the reply's text from this character on (what a "
+                "client already has, to pick up where it was cut off).",
+            )] = 0,
+        ) -> StreamingResponse:
+            """The reply of the conversation, as server-sent events: the text so far (from
+            `offset`), then each new piece as it is written, then its end. A reply that has
+            already ended comes whole, at once. Going away does not stop it."""
+            found = await self.dialogues.follow(user_id, dialogue_id)
+            if isinstance(found, StoredExchange):
+                return _sse(stored_events(dialogue_id, found, offset))
+            return _sse(self.dialogues.events(found, offset))
+
+        @router.post(
+            "/dialogues/{dialogue_id}/stop", status_code=204, response_class=Response,
+            responses=_errors(401, 404, 422), summary="Stop the reply being written",
+        )
+        async def stop(
+            user_id: User,
+            dialogue_id: Annotated[str, Path(
+                max_length=MAX_ID_CHARS, description="One of your conversations."
+            )],
+        ) -> Response:
+            """Stop the conversation's reply, for every page and client following it; it is
+            stored as stopped, with its text so far. Nothing happens when none is running."""
+            if not self.dialogues.stop(user_id, dialogue_id):
+                await self.dialogues.follow(user_id, dialogue_id)  # 404 if not the user's
+            return Response(status_code=204)
 
         @router.get(
             "/dialogues", response_model=list[DialogueSummary], responses=_errors(401, 422),

@@ -21,6 +21,7 @@ from app.backends.router import BackendStatus, Router
 from app.chat.cache import CachedReply, ResponseCache, cache_key, is_deterministic
 from app.chat.context import ContextOverflow, FittedContext, fit_messages, input_budget
 from app.chat.models import Exchange, Finish, TurnStats, finish_from_backend
+from app.chat.replies import Replies
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -74,12 +75,15 @@ class ChatService:
         self.cache = (
             ResponseCache(settings.response_cache_size) if settings.response_cache_size else None
         )
+        self.replies = Replies(settings)
         self._clock = clock
         self._streaming = 0  # replies streaming now, in this process
 
     async def aclose(self) -> None:
-        """Close the backends' connections (``Router.aclose``): the app calls it as it stops.
-        The service stays usable; a later request opens new ones."""
+        """Stop the replies still running, once each is stored, then close the backends'
+        connections (``Router.aclose``): the app calls it as it stops. The service stays
+        usable; a later request opens new ones."""
+        await self.replies.aclose()
         await self.router.aclose()
 
     async def backend_info(self, model: str | None = None, refresh: bool = False) -> BackendInfo:

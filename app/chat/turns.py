@@ -1,6 +1,7 @@
 """One chat turn, for the page and the REST API alike: check the message, pick the backend,
-read the settings, fit the context, store the message with an empty reply, then stream the
-reply through the router, saving it as it grows and with its stats at the end.
+read the settings, fit the context, store the message with an empty reply, then start the
+reply as a task on the server (``app.chat.replies``) that streams it through the router,
+saving it as it grows and with its stats at the end.
 
 ``Turns.start`` does everything that can refuse a message before anything is stored, so a
 refusal (``TurnRefused``) loses nothing and stores nothing. The page shows a backend that does
@@ -10,7 +11,7 @@ not answer inside the conversation instead (``Turns.unanswered``), as a reply th
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.chat.models import Chat, Exchange
+from app.chat.replies import LiveReply, TooManyReplies
 from app.chat.service import ChatService
 
 # The settings a conversation keeps: the page's generation controls and the model, each with
@@ -35,7 +37,8 @@ SETTING_TYPES: dict[str, type] = {
 class TurnRefused(ValueError):
     """The message cannot be answered now; ``str(err)`` says why and what to do. Nothing was
     stored. ``status`` is the HTTP status the REST API answers with; ``retry_after`` is set
-    (seconds) over the rate limit; ``backend_error`` when no backend answers."""
+    (seconds) over a rate limit or the process's limit on running replies; ``backend_error``
+    when no backend answers."""
 
     def __init__(
         self, message: str, status: int = 422, retry_after: float | None = None,
@@ -60,16 +63,19 @@ class TurnRequest:
 
 @dataclass
 class Turn:
-    """A reply on its way: its exchange (at the end of ``chat``), where it goes and what is
-    sent, and how many earlier exchanges were left out to fit the context."""
+    """A reply on its way: the reply running on the server (its exchange at the end of
+    ``chat``), where it goes, and how many earlier exchanges were left out to fit the
+    context."""
 
     chat: Chat
-    exchange: Exchange
+    live: LiveReply
     info: BackendInfo
-    messages: list[dict[str, str]]
-    params: GenerationParams
     dropped_exchanges: int = 0
     budget: int = 0
+
+    @property
+    def exchange(self) -> Exchange:
+        return self.live.exchange
 
 
 def _number(value: Any) -> float | None:
@@ -138,13 +144,23 @@ class Turns:
         self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None = None,
     ) -> Turn:
         """Check the message, then store it (a retry answers ``retried``'s message again; the
-        store keeps its earlier reply) with an empty reply, and return the turn to stream.
+        store keeps its earlier reply) with an empty reply, and start the reply on the server.
 
         Raises ``TurnRefused`` with nothing stored: the message refused by the guard (422, or
-        429 with ``retry_after``), no backend for the model (503, or 422 for a model nobody
-        offers), a setting the backend would refuse or a message too long for its context
-        (422).
+        429 with ``retry_after``), too many replies running (429 for the user's, 503 with
+        ``retry_after`` for the process's), no backend for the model (503, or 422 for a model
+        nobody offers), a setting the backend would refuse or a message too long for its
+        context (422).
         """
+        try:
+            with self.service.replies.admitting(history.user_id):
+                return await self._start(history, chat, request, retried)
+        except TooManyReplies as err:
+            raise TurnRefused(str(err), err.status, err.retry_after) from err
+
+    async def _start(
+        self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None,
+    ) -> Turn:
         try:
             self.guard.check(history.user_id, request.text)
         except MessageRefused as err:
@@ -168,8 +184,10 @@ class Turns:
             chat, request.text, info, request.system_prompt, dict(request.settings),
             retried=retried, language=request.language,
         )
-        return Turn(chat, exchange, info, fitted.messages, params, fitted.dropped_exchanges,
-                    fitted.budget)
+        assert chat.id is not None, "a begun turn has a stored conversation"
+        updates = history.stream_and_save(self.service, exchange, info, fitted.messages, params)
+        live = self.service.replies.run(exchange, history.user_id, chat.id, updates)
+        return Turn(chat, live, info, fitted.dropped_exchanges, fitted.budget)
 
     async def backend(self, model: Any) -> BackendInfo:
         """Where a reply for ``model`` (not text: the default model) goes; raises
@@ -200,10 +218,3 @@ class Turns:
         exchange.error, exchange.done = str(error), True
         await history.save_final(exchange)
         return exchange
-
-    def stream(self, history: History, turn: Turn) -> AsyncGenerator[None]:
-        """Stream the reply into the turn's exchange, yielding after each update (see
-        ``History.stream_and_save``)."""
-        return history.stream_and_save(
-            self.service, turn.exchange, turn.info, turn.messages, turn.params
-        )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ from app.chat.cache import Lru
 from app.chat.guard import Guard, RateWindow
 from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES
+from app.chat.replies import LiveReply
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
-from app.store import NotFound, Store, transfer
+from app.store import ConversationRecord, NotFound, Store, transfer
 from app.store.store import LOCAL_USER
 from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
 from app.ui.downloads import Downloads
@@ -212,15 +212,34 @@ class PlaygroundUI:
         notice = dropped_notice(turn.dropped_exchanges, turn.budget)
         header = header_markdown(turn.info, None)
         yield chat_messages(chat.exchanges), chat, "", notice, header, conversations
-        async with aclosing(self.turns.stream(history, turn)) as updates:
-            async for _ in updates:
+        async for shown in self._follow(chat, turn.live):
+            yield shown, *(gr.skip(),) * 5
+
+    async def _follow(self, chat: Chat, live: LiveReply) -> AsyncIterator[Any]:
+        """The chat pane at each update of the reply ``live`` (running on the server), while
+        the tab shows its conversation. A tab that goes away (closed, reloaded) leaves the
+        reply running, unless REPLY_KEEPS_RUNNING is off: then it stops it."""
+        try:
+            while True:
+                await live.wait()  # at once when it ended since the pane was last shown
+                ended = live.done  # before the render: its last update is then in it
+                if not chat.on_screen:
+                    # Gradio sends a handler's last update again as it ends: one that
+                    # changes nothing, so that the conversation left stays off screen.
+                    yield gr.skip()
+                    return
                 # ``chat`` changes in place in the page's state: sending it again would only
                 # make Gradio 6.31 rebuild the State's config at every update.
-                shown = chat_messages(chat.exchanges) if chat.on_screen else gr.skip()
-                yield shown, *(gr.skip(),) * 5
+                yield chat_messages(chat.exchanges)
+                if ended:
+                    return
+        finally:
+            if chat.on_screen and not live.done and not self.service.replies.keeps_running:
+                live.stop()
 
     async def stop(self, chat: Chat) -> None:
-        """Ask the reply in progress to end; its handler shows it as stopped."""
+        """Ask the reply in progress to end, for every tab that shows it; they show it as
+        stopped."""
         for exchange in chat.exchanges:
             exchange.stop.set()
 
@@ -234,33 +253,68 @@ class PlaygroundUI:
         return chat_messages(chat.exchanges), chat, last.user
 
     async def leave(self, chat: Chat) -> None:
-        """The tab moves to another conversation: a reply still streaming in this one ends
-        (stopped, and kept) without painting over the next one."""
+        """The tab moves to another conversation: a reply still being written in this one
+        no longer paints over the next one. It goes on (REPLY_KEEPS_RUNNING), or ends,
+        stopped and kept."""
         chat.on_screen = False
-        await self.stop(chat)
+        if not self.service.replies.keeps_running:
+            await self.stop(chat)
 
     async def new_chat(self, chat: Chat) -> tuple[list[Any], Chat, str, Any]:
-        """Start an empty conversation; the one on screen stays in the list. A reply still
-        streaming ends (stopped) and is kept."""
+        """Start an empty conversation; the one on screen stays in the list, with its reply
+        going on if one is being written."""
         await self.leave(chat)
         return [], Chat(), "", gr.update(value=None)
 
     async def open_chat(
         self, request: gr.Request | None, conversation_id: str | None, chat: Chat
-    ) -> tuple[Any, ...]:
-        """Show a stored conversation with its system prompt, model and settings."""
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Show a stored conversation with its system prompt, model and settings, and its
+        reply still being written, if any, as it grows."""
         if not conversation_id or conversation_id == chat.id:
-            return (gr.skip(),) * (6 + len(CONTROL_NAMES))
+            yield (gr.skip(),) * (6 + len(CONTROL_NAMES))
+            return
         try:
             record, opened = await (await self.history_for(request)).open(conversation_id)
         except NotFound as err:
             raise gr.Error("That conversation no longer exists.") from err
         await self.leave(chat)
+        async for update in self._shown(record, opened):
+            yield update
+
+    async def reopen(
+        self, request: gr.Request | None, conversation_id: str | None, chat: Chat
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """At page load: the conversation the browser showed last (a reload, or another tab
+        of it), with its reply still being written, if any; nothing when it is gone."""
+        nothing = (gr.skip(),) * (7 + len(CONTROL_NAMES))
+        if not conversation_id or chat.id is not None:
+            yield nothing
+            return
+        try:
+            record, opened = await (await self.history_for(request)).open(conversation_id)
+        except (NotFound, gr.Error):  # deleted meanwhile, or another account's
+            yield nothing
+            return
+        selected = gr.update(value=record.id)  # in the sidebar, once
+        async for update in self._shown(record, opened):
+            yield *update, selected
+            selected = gr.skip()
+
+    async def _shown(
+        self, record: ConversationRecord, opened: Chat
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Outputs of ``open_chat``: the conversation, then the chat pane alone at each
+        update of its reply being written."""
+        live = self.service.replies.attach(opened)
         settings = sanitized(record.settings)
         values = [settings.get(name, gr.skip()) for name in CONTROL_NAMES]
-        return (chat_messages(opened.exchanges), opened, record.system_prompt,
-                record.language or "", settings.get("model", gr.skip()), record.title,
-                *values)
+        yield (chat_messages(opened.exchanges), opened, record.system_prompt,
+               record.language or "", settings.get("model", gr.skip()), record.title,
+               *values)
+        if live is not None:
+            async for shown in self._follow(opened, live):
+                yield shown, *(gr.skip(),) * (5 + len(CONTROL_NAMES))
 
     async def search(self, request: gr.Request | None, text: str, chat: Chat) -> Any:
         return await self._list(await self.history_for(request), chat, text)
@@ -447,11 +501,13 @@ class PlaygroundUI:
                 [clear.click, new.click], self.new_chat, [chat],
                 [chatbot, chat, title, conversations], queue=False, api_name="new_chat",
             )
+            shown = [chatbot, chat, system_prompt, language, model, title, *controls]
             conversations.input(
-                self.open_chat, [conversations, chat],
-                [chatbot, chat, system_prompt, language, model, title, *controls],
-                api_name="open_chat",
+                self.open_chat, [conversations, chat], shown, api_name="open_chat"
             )
+            # The browser keeps the conversation on screen, to show it again after a reload.
+            last = gr.BrowserState(None, storage_key="coding-playground-conversation")
+            conversations.change(None, [conversations], [last], js="(id) => id")
             search.change(
                 self.search, [search, chat], [conversations], queue=False, api_name="search"
             )
@@ -478,7 +534,7 @@ class PlaygroundUI:
             demo.load(
                 self.on_load, None, [header, conversations, model, backends, *controls],
                 api_name="backend_info",
-            )
+            ).then(self.reopen, [last, chat], [*shown, conversations], api_visibility="private")
             model.input(self.model_picked, [model], [header, *controls], queue=False,
                         api_visibility="private")
             timer.tick(self.status_panel, None, [backends], queue=False,

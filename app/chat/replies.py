@@ -1,0 +1,169 @@
+"""Replies that run on the server, apart from the page or the request that asked for them.
+
+A reply is a task of its own that streams into its exchange and saves it (``History``);
+pages and API clients *follow* it: each shows the reply so far, then each update until it
+ends (``LiveReply.wait``). Reloading a page, or opening the conversation in another tab or on
+another device, just follows the reply again; Stop in any of them sets the exchange's
+``stop`` event, which ends it for all. With ``REPLY_KEEPS_RUNNING`` on (the default), a reply
+nobody follows any more goes on until it ends and is stored; off, a follower that goes away
+stops it, as the page did before.
+
+Running replies are counted per process (``MAX_RUNNING_REPLIES``) and per user
+(``MAX_RUNNING_REPLIES_PER_USER``), so that replies that outlive their pages cannot pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass, field
+
+from app.chat.models import Chat, Exchange
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FAILED_ON_SERVER = "The reply failed on the server; the details are in its log."
+# Seconds a client over the process's limit is asked to wait before it tries again.
+RETRY_AFTER_SECONDS = 5.0
+
+
+class TooManyReplies(Exception):
+    """Over a limit on running replies; ``str(err)`` says which and what to do."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
+class LiveReply:
+    """A reply on its way: its exchange, whose it is, and the task writing it."""
+
+    exchange: Exchange
+    user_id: int
+    conversation_id: str
+    task: asyncio.Task[None] | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    def stop(self) -> None:
+        self.exchange.stop.set()
+
+    def changed(self) -> None:
+        """Wake every follower; the next change gets a new event."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self) -> None:
+        """Until the next update of the reply, or its end (``done`` then); at once when it
+        has ended."""
+        if not self.done:
+            await self._changed.wait()
+
+
+class Replies:
+    def __init__(self, settings: Settings) -> None:
+        self.keeps_running = settings.reply_keeps_running
+        self.max_running = settings.max_running_replies
+        # In AUTH_MODE=none every page is the same local user: the process's limit only.
+        self.max_per_user = (
+            settings.max_running_replies_per_user if settings.auth_mode != "none" else None
+        )
+        self._by_reply: dict[int, LiveReply] = {}
+        self._per_user: Counter[int] = Counter()
+        self._starting = 0
+
+    def __len__(self) -> int:
+        return len(self._by_reply)
+
+    @contextmanager
+    def admitting(self, user_id: int) -> Iterator[None]:
+        """Hold a place for a reply of ``user_id`` while it starts (``run`` takes it over);
+        raises ``TooManyReplies`` over a limit."""
+        if len(self._by_reply) + self._starting >= self.max_running:
+            raise TooManyReplies(
+                f"The server is writing {self.max_running} replies, the most it takes at "
+                "once; try again in a moment.", 503, RETRY_AFTER_SECONDS,
+            )
+        if self.max_per_user is not None and self._per_user[user_id] >= self.max_per_user:
+            raise TooManyReplies(
+                f"You have {self.max_per_user} replies being written, the most one user may; "
+                "stop one or wait for it to end.", 429,
+            )
+        self._starting += 1
+        self._per_user[user_id] += 1
+        try:
+            yield
+        finally:
+            self._starting -= 1
+            self._per_user[user_id] -= 1
+            if not self._per_user[user_id]:
+                del self._per_user[user_id]
+
+    def run(
+        self, exchange: Exchange, user_id: int, conversation_id: str,
+        updates: AsyncGenerator[None],
+    ) -> LiveReply:
+        """Start the task that drives ``updates`` (the reply streaming into ``exchange``)."""
+        assert exchange.reply_id is not None, "a started reply is stored"
+        live = LiveReply(exchange, user_id, conversation_id)
+        live.task = asyncio.create_task(
+            self._drive(live, updates), name=f"reply {exchange.reply_id}"
+        )
+        self._by_reply[exchange.reply_id] = live
+        self._per_user[user_id] += 1
+        return live
+
+    async def _drive(self, live: LiveReply, updates: AsyncGenerator[None]) -> None:
+        exchange = live.exchange
+        try:
+            async with aclosing(updates):
+                async for _ in updates:
+                    live.changed()
+        except Exception:
+            # Backend errors end the reply inside it; this is anything else (or a backend
+            # error re-raised under DEBUG): log it and show it. The reply was saved as it
+            # ended (History.stream_and_save saves in any case).
+            log.exception("Reply %s failed", exchange.reply_id)
+            exchange.error = FAILED_ON_SERVER
+        finally:
+            assert exchange.reply_id is not None
+            del self._by_reply[exchange.reply_id]
+            self._per_user[live.user_id] -= 1
+            if not self._per_user[live.user_id]:
+                del self._per_user[live.user_id]
+            live.changed()
+
+    def running(self, user_id: int, conversation_id: str) -> LiveReply | None:
+        """The reply of the user's conversation that is being written, if any."""
+        for live in self._by_reply.values():
+            if live.user_id == user_id and live.conversation_id == conversation_id:
+                return live
+        return None
+
+    def attach(self, chat: Chat) -> LiveReply | None:
+        """Put the live exchange of a reply still being written in place of its stored copy
+        in ``chat`` (one of the user's, just opened), so that the tab shows it grow and its
+        Stop stops it; returns that reply."""
+        for index, exchange in enumerate(chat.exchanges):
+            live = self._by_reply.get(exchange.reply_id) if exchange.reply_id else None
+            if live is not None and not live.done:
+                chat.exchanges[index] = live.exchange
+                return live
+        return None
+
+    async def aclose(self) -> None:
+        """Stop every running reply and wait until each is stored (the app stops)."""
+        running = list(self._by_reply.values())
+        for live in running:
+            live.stop()
+        await asyncio.gather(*(live.task for live in running if live.task is not None),
+                             return_exceptions=True)
