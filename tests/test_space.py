@@ -153,6 +153,7 @@ def test_space_mode_defaults(tmp_path: Path) -> None:
     assert settings.database_url.get_secret_value() == f"sqlite:///{storage}/playground.db"
     assert not settings.ephemeral_history
     assert not settings.runs_allowed
+    assert not settings.allow_sharing
     [backend] = settings.backend_list
     assert (backend.kind, backend.root, backend.models) == (
         "hf", "https://router.huggingface.co", [SPACE_DEFAULT_MODEL]
@@ -164,7 +165,7 @@ def test_space_secrets_choose_the_backend_and_explicit_settings_win(tmp_path: Pa
     tgi = load_settings(
         space_id="someone/playground", backend_url="https://endpoint.example:8080",
         backend_token="hf_endpoint", space_storage=tmp_path / "none", auth_mode="none",
-        snippet_runs="on", database_url="sqlite:///elsewhere.db",
+        snippet_runs="on", database_url="sqlite:///elsewhere.db", allow_sharing=True,
     )
     [backend] = tgi.backend_list
     assert (backend.kind, backend.root) == ("auto", "https://endpoint.example:8080")
@@ -172,6 +173,7 @@ def test_space_secrets_choose_the_backend_and_explicit_settings_win(tmp_path: Pa
     assert tgi.database_url.get_secret_value() == "sqlite:///elsewhere.db"
     assert not tgi.ephemeral_history
     assert not tgi.runs_allowed, "never snippet runs in a Space"
+    assert tgi.allow_sharing
     chosen = load_settings(
         space_id="someone/playground", hf_token="hf_x", default_model=MODEL,
         space_storage=tmp_path / "none",
@@ -190,6 +192,7 @@ def test_outside_a_space_nothing_changes() -> None:
     assert not settings.space_mode
     assert not settings.ephemeral_history
     assert (settings.auth_mode, settings.app_host) == ("none", "127.0.0.1")
+    assert settings.allow_sharing
     assert settings.backend_list[0].kind == "auto"
 
 

@@ -17,19 +17,20 @@ from starlette.responses import StreamingResponse
 
 from app.api.dialogue import Dialogues, check_id, exchange_out, not_found
 from app.api.errors import ApiError
+from app.api.errors import error_responses as _errors
 from app.api.models import (
     MAX_ID_CHARS,
     Credentials,
     DialogueIn,
     DialogueOut,
     DialogueSummary,
-    ErrorBody,
     MessagesOut,
     ModelOut,
     TokenListed,
     TokenOut,
     UserOut,
 )
+from app.api.sharing import add_share_routes
 from app.backends import BackendError
 from app.chat import ChatService
 from app.chat.guard import Guard, RateWindow
@@ -55,10 +56,6 @@ FAILED_LOGINS_PER_ACCOUNT = 5
 FAILED_LOGINS_PER_ADDRESS = 20
 FAILED_LOGIN_WINDOW = 900.0
 SSE = "text/event-stream"
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody} for status in statuses}
 
 
 class RestApi:
@@ -307,6 +304,8 @@ class RestApi:
             except NotFound as err:
                 raise not_found(dialogue_id) from err
             return Response(status_code=204)
+
+        add_share_routes(router, User, self.settings, self.store)
 
         @router.api_route(
             "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],

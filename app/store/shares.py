@@ -20,6 +20,7 @@ import re
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime
+
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
