@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from html import escape
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
@@ -57,6 +58,13 @@ table { border-collapse: collapse; } th, td { border: 1px solid #d1d9e0; padding
 def share_url(root: str, token: str) -> str:
     """The link of the share with ``token`` on the app whose public root URL is ``root``."""
     return f"{root.rstrip('/')}{PATH}/{token}"
+
+
+def token_from(link: str) -> str:
+    """The token in a share's link (any host, a query or fragment ignored), or the token
+    itself given alone."""
+    path = urlsplit(link.strip()).path.rstrip("/")
+    return path.rsplit("/", 1)[-1]
 
 
 @functools.cache

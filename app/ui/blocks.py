@@ -32,6 +32,7 @@ from app.ui.render import (
     model_choices,
     status_markdown,
 )
+from app.ui.sharing import SharingUI
 from app.ui.snippets import SnippetsUI
 
 EXAMPLES = [
@@ -331,6 +332,7 @@ class PlaygroundUI:
             self.service, self.guard, self.history_for, s.runs_allowed, self.downloads
         )
         raw = RawUI(self.service, self.guard, self.history_for)
+        sharing = SharingUI(self.history_for) if s.allow_sharing else None
         # Gradio's copies of served and uploaded files: checked hourly, gone after a day.
         with SkippingBlocks(title="Coding Playground", delete_cache=(3600, 86400)) as demo:
             chat = gr.State(Chat())
@@ -371,6 +373,10 @@ class PlaygroundUI:
                     upload = gr.UploadButton(
                         "Import JSON", file_types=[".json"], size="sm", elem_id="import"
                     )
+                    if sharing is not None:
+                        sharing.import_box(conversations)
+                if sharing is not None:
+                    sharing.panel(demo, chat, self._signed_in_only)
             header = gr.Markdown(header_markdown(None, None), elem_id="header")
             if s.auth_mode == "hf":
                 gr.Markdown(
