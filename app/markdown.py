@@ -5,7 +5,8 @@ One tokenizer reads Markdown for all of them: markdown-it-py, CommonMark with GF
 raw HTML, autolinks and entities off. That is how the page reads a text once ``escape_html``
 has turned its ``<`` and ``&`` outside code into entities, so what is code here is code there:
 a fence indented in a list item or a block quote, an indented code block, a fence inside
-``<pre>`` (which is text).
+``<pre>`` (which is text). ``to_html`` renders with the same reading, code blocks highlighted
+by Pygments, for pages the app writes itself (a shared conversation).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from dataclasses import dataclass
 from markdown_it import MarkdownIt
 from markdown_it.rules_inline import StateInline, backtick
 from markdown_it.token import Token
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
 
 _LINE_BREAK = re.compile(r"(\r\n|\r|\n)")  # markdown-it's line breaks
 _CELL_PIPE = re.compile(r"(?<!\\)(\|)")  # a pipe between table cells, as markdown-it splits them
@@ -44,6 +49,41 @@ _MD = (
     .disable(["autolink", "entity", "inline", "text_join"])
 )
 _MD.inline.ruler.at("backticks", _code_span)
+
+# Classes, not inline styles: the stylesheet is ``highlight_css``'s.
+_FORMATTER = HtmlFormatter(nowrap=True)
+
+
+def _highlighted(code: str, info: str, _attrs: object) -> str:
+    """A code block's code as HTML spans for its language (the first word of the fence's
+    info string); "" for a language Pygments does not know, which markdown-it then escapes."""
+    name = info.split(maxsplit=1)[0] if info.strip() else ""
+    try:
+        lexer = get_lexer_by_name(name)
+    except ClassNotFound:
+        return ""
+    spans: str = highlight(code, lexer, _FORMATTER)
+    return spans
+
+
+_HTML = (
+    MarkdownIt("commonmark", {"html": False, "highlight": _highlighted})
+    .enable("table")
+    .disable(["autolink", "entity"])
+)
+
+
+def to_html(text: str) -> str:
+    """``text`` as HTML: Markdown read as everywhere else here (raw HTML shows as text), code
+    blocks of a known language highlighted with the classes of ``highlight_css``."""
+    html: str = _HTML.render(text)
+    return html
+
+
+def highlight_css() -> str:
+    """The colours of ``to_html``'s highlighted code."""
+    css: str = _FORMATTER.get_style_defs("pre code")
+    return css
 
 
 def fenced(text: str, info: str = "text") -> str:

@@ -1,6 +1,7 @@
-"""The ASGI app: FastAPI with the Gradio page mounted at ``/``, a health route and the
-Prometheus metrics; while it runs, the backends are probed and replies left streaming by a
-stopped process are marked interrupted, in the background."""
+"""The ASGI app: FastAPI with the Gradio page mounted at ``/``, a health route, the
+Prometheus metrics and the pages of shared conversations; while it runs, the backends are
+probed and replies left streaming by a stopped process are marked interrupted, in the
+background."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from app.chat import ChatService
 from app.chat.guard import Guard
 from app.logs import RequestIdMiddleware
 from app.settings import Settings
+from app.share_page import install_share_page
 from app.store import Accounts, Store, transfer
 from app.ui import PlaygroundUI
 from app.ui.gradio_compat import configure_queue
@@ -102,6 +104,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
 
     guard = Guard(settings)
     install_api(api, settings, chat, store, guard)
+    install_share_page(api, settings, store)
 
     demo = PlaygroundUI(chat, store, guard).build()
     configure_queue(

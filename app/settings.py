@@ -147,6 +147,7 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("sqlite:///volumes/data/playground.db")
     auth_mode: Literal["none", "password", "hf"] = "none"
     allow_signup: bool = False
+    allow_sharing: bool = True
     token_ttl_hours: float = Field(24 * 7, gt=0)
 
     snippet_runs: Literal["auto", "on", "off"] = "auto"
@@ -178,7 +179,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _space_mode(self) -> Settings:
         """In a Space (SPACE_ID set): Hugging Face login, all interfaces, the database on the
-        persistent storage when the Space has one; settings given explicitly still win."""
+        persistent storage when the Space has one, no sharing by link; settings given
+        explicitly still win."""
         if self.space_id is None:
             return self
         given = self.model_fields_set
@@ -186,6 +188,8 @@ class Settings(BaseSettings):
             self.auth_mode = "hf"
         if "app_host" not in given:
             self.app_host = "0.0.0.0"
+        if "allow_sharing" not in given:
+            self.allow_sharing = False
         if "database_url" not in given:
             if self.space_storage.is_dir():
                 self.database_url = SecretStr(f"sqlite:///{self.space_storage / 'playground.db'}")

@@ -687,6 +687,8 @@ def test_no_input_makes_the_api_fail(
         "POST /api/v1/dialogue", "GET /api/v1/dialogues", "GET /api/v1/messages",
         "DELETE /api/v1/dialogues/{dialogue_id}", "GET /healthz", "GET /api/v1/tokens",
         "GET /api/v1/dialogues/{dialogue_id}/stream", "POST /api/v1/dialogues/{dialogue_id}/stop",
+        "POST /api/v1/dialogues/{dialogue_id}/share", "GET /api/v1/shares",
+        "DELETE /api/v1/shares/{share_id}",
     }
     assert no_invalid_input <= {
         "GET /api/v1/me", "GET /api/v1/models", "GET /healthz", "GET /api/v1/tokens",

@@ -471,3 +471,63 @@ def test_pick_a_model_see_the_backends_and_use_the_raw_prompt(
             OUTPUT.mkdir(exist_ok=True)
             page.screenshot(path=str(OUTPUT / "browser-raw-prompt.png"), full_page=True)
             page.close()
+
+
+def test_share_read_signed_out_import_and_revoke_a_conversation(
+    browser: Browser, backend: ServerThread, fake: FakeBackend
+) -> None:
+    fake.tokens = ["Here:\n\n", "```python\n", "def add(a, b):\n", "    return a + b\n", "```\n"]
+    fake.token_delay = 0.0
+    settings = settings_for(backend.url, auth_mode="password")
+    accounts = Accounts(open_store(settings))
+    accounts.signup("alice", "correct horse")
+    accounts.signup("bob", "battery staple")
+    with ServerThread(create_app(settings)) as server:
+        alice = sign_in(browser, server.url, "alice", "correct horse")
+        expect(alice.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+        alice.get_by_text("Share", exact=True).click()
+        alice.locator("#share").click()
+        expect(alice.get_by_text("This conversation is empty; send a first")).to_be_visible()
+        alice.locator("#message textarea").fill("Write add.")
+        alice.locator("#message textarea").press("Enter")
+        expect(alice.locator("#chat .message.bot")).to_contain_text("finished")
+        alice.locator("#share").click()
+        link_box = alice.locator("#share-link textarea, #share-link input").first
+        expect(link_box).to_have_value(re.compile(rf"^{server.url}/share/[A-Za-z0-9_-]{{43}}$"))
+        link = link_box.input_value()
+        expect(alice.locator("#shares label")).to_have_count(1)
+
+        signed_out = browser.new_context(viewport={"width": 900, "height": 700})
+        reader = signed_out.new_page()
+        opened = reader.goto(link)
+        assert opened is not None
+        assert opened.status == 200
+        expect(reader.locator("h1")).to_have_text("Write add.")
+        keyword = reader.locator("pre code .k").first
+        expect(keyword).to_have_text("def")
+        plain = reader.locator("pre code").first.evaluate("e => getComputedStyle(e).color")
+        assert keyword.evaluate("e => getComputedStyle(e).color") != plain, "highlighted"
+        expect(reader.locator("body")).not_to_contain_text("alice")
+        expect(reader.locator("input, textarea, button, script")).to_have_count(0)
+        OUTPUT.mkdir(exist_ok=True)
+        reader.screenshot(path=str(OUTPUT / "browser-shared.png"), full_page=True)
+
+        bob = sign_in(browser, server.url, "bob", "battery staple")
+        expect(bob.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+        bob.get_by_text("Export and import").click()
+        bob.locator("#import-link textarea, #import-link input").first.fill(link)
+        bob.locator("#import-share").click()
+        expect(bob.locator("#conversations label")).to_have_count(1)
+        bob.locator("#conversations").get_by_text("Write add.").click()
+        expect(bob.locator("#chat .message.user")).to_have_text(["Write add."])
+        expect(bob.locator("#chat .message.bot pre code").first).to_contain_text("return a + b")
+
+        alice.locator("#shares label").first.click()
+        alice.locator("#revoke-share").click()
+        expect(alice.locator("#shares label")).to_have_count(0)
+        expect(link_box).to_have_value("")
+        gone = reader.goto(link)
+        assert gone is not None
+        assert gone.status == 404
+        expect(reader.locator("body")).to_contain_text("its owner has revoked it")
+        signed_out.close()

@@ -10,6 +10,8 @@ it, and says which piece of the module to look at.
 - ``oauth_profile``: a request whose session holds a current ``oauth_info`` gives the user, an
   expired or missing one gives None, and that is what a handler parameter typed
   ``gr.OAuthProfile | None`` gets from Gradio for the same request.
+- ``page_root_url``: a queued event's request gives the page's URL, behind a proxy the one its
+  ``X-Forwarded-*`` headers name, under a root path with it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from app.ui.gradio_compat import (
     configure_queue,
     oauth_profile,
     oauth_username,
+    page_root_url,
 )
 
 SKIPPED = {"__type__": "update"}
@@ -196,3 +199,28 @@ async def test_the_oauth_profile_is_what_a_gradio_handler_gets(case: str) -> Non
         block_fn=0, inputs=[], state=SessionState(demo), request=request_with(session())
     )
     assert given == [oauth_profile(request_with(session()))]
+
+
+# -- page_root_url -----------------------------------------------------------------------------
+
+
+def queued_request(headers: dict[str, str], root_path: str = "") -> gr.Request:
+    """A gr.Request as a queued event gets it: the page's POST to the queue's join route."""
+    scope = {
+        "type": "http", "method": "POST", "scheme": "http", "server": ("10.0.0.5", 7860),
+        "root_path": root_path, "path": f"{root_path}/gradio_api/queue/join",
+        "query_string": b"", "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    return gr.Request(request=Request(scope))
+
+
+@pytest.mark.parametrize(("headers", "root_path", "expected"), [
+    ({"host": "10.0.0.5:7860"}, "", "http://10.0.0.5:7860"),
+    ({"host": "10.0.0.5:7860"}, "/playground", "http://10.0.0.5:7860/playground"),
+    ({"host": "10.0.0.5:7860", "x-forwarded-host": "code.example",
+      "x-forwarded-proto": "https"}, "", "https://code.example"),
+])
+def test_the_page_url_comes_from_the_queued_request(
+    headers: dict[str, str], root_path: str, expected: str
+) -> None:
+    assert page_root_url(queued_request(headers, root_path)) == expected

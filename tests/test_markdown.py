@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from app.chat import Exchange
-from app.markdown import close_open_fence, escape_html
+from app.markdown import close_open_fence, escape_html, to_html
 from app.snippets import extract_blocks
 from app.ui.render import assistant_markdown
 
@@ -132,3 +132,14 @@ def test_the_snippets_are_the_code_blocks_the_page_shows(text: str) -> None:
     shown = PAGE.parse(escape_html(text, close_fence=True))
     blocks = [token.content.rstrip() for token in shown if token.type == "fence"]
     assert [block.code.rstrip() for block in extract_blocks(text)] == blocks
+
+
+def test_to_html_shows_html_as_text_and_highlights_known_languages_only() -> None:
+    html = to_html(
+        "<b>bold?</b> &amp; [x](javascript:alert(1))\n\n"
+        "```python\nprint('<i>')\n```\n\n```no-such-language\n<i>kept</i>\n```\n"
+    )
+    assert "<p>&lt;b&gt;bold?&lt;/b&gt; &amp;amp; [x](javascript:alert(1))</p>" in html
+    assert '<span class="nb">print</span>' in html
+    assert """<span class="s1">'&lt;i&gt;'</span>""" in html
+    assert '<code class="language-no-such-language">&lt;i&gt;kept&lt;/i&gt;\n</code>' in html

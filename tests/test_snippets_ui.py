@@ -191,7 +191,7 @@ async def test_opening_snippets_and_exporting_leave_no_pile_of_files(
     for _ in range(100):
         shown = await snippets.open(None, snippet_id)
     for _ in range(20):
-        exported = Path(await ui.export(None, chat, "json"))
+        exported = Path(await ui.transfer.export(None, chat, "json"))
     assert set(temp.iterdir()) - before == set(), "nothing new beside the downloads folder"
     kept = list(ui.downloads.folder.iterdir())
     assert len(kept) == ui.downloads.keep, "the oldest went as new ones came"

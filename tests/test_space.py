@@ -153,6 +153,7 @@ def test_space_mode_defaults(tmp_path: Path) -> None:
     assert settings.database_url.get_secret_value() == f"sqlite:///{storage}/playground.db"
     assert not settings.ephemeral_history
     assert not settings.runs_allowed
+    assert not settings.allow_sharing
     [backend] = settings.backend_list
     assert (backend.kind, backend.root, backend.models) == (
         "hf", "https://router.huggingface.co", [SPACE_DEFAULT_MODEL]
@@ -164,7 +165,7 @@ def test_space_secrets_choose_the_backend_and_explicit_settings_win(tmp_path: Pa
     tgi = load_settings(
         space_id="someone/playground", backend_url="https://endpoint.example:8080",
         backend_token="hf_endpoint", space_storage=tmp_path / "none", auth_mode="none",
-        snippet_runs="on", database_url="sqlite:///elsewhere.db",
+        snippet_runs="on", database_url="sqlite:///elsewhere.db", allow_sharing=True,
     )
     [backend] = tgi.backend_list
     assert (backend.kind, backend.root) == ("auto", "https://endpoint.example:8080")
@@ -172,6 +173,7 @@ def test_space_secrets_choose_the_backend_and_explicit_settings_win(tmp_path: Pa
     assert tgi.database_url.get_secret_value() == "sqlite:///elsewhere.db"
     assert not tgi.ephemeral_history
     assert not tgi.runs_allowed, "never snippet runs in a Space"
+    assert tgi.allow_sharing
     chosen = load_settings(
         space_id="someone/playground", hf_token="hf_x", default_model=MODEL,
         space_storage=tmp_path / "none",
@@ -190,6 +192,7 @@ def test_outside_a_space_nothing_changes() -> None:
     assert not settings.space_mode
     assert not settings.ephemeral_history
     assert (settings.auth_mode, settings.app_host) == ("none", "127.0.0.1")
+    assert settings.allow_sharing
     assert settings.backend_list[0].kind == "auto"
 
 
@@ -234,6 +237,22 @@ def test_the_page_warns_when_history_is_lost_on_restart(tmp_path: Path) -> None:
     assert without["storage-warning"] == "markdown"
 
 
+SHARING = {"share", "share-link", "shares", "revoke-share", "import-link", "import-share"}
+
+
+@pytest.mark.usefixtures("oauth_app")
+def test_in_a_space_the_page_shares_nothing_unless_allow_sharing_is_true(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'ui.db'}")
+    store.migrate()
+
+    def page(**options: Any) -> dict[str, str]:
+        settings = load_settings(space_id="someone/playground", hf_token="hf_x", **options)
+        return components_of(PlaygroundUI(ChatService(settings), store, Guard(settings)).build())
+
+    assert SHARING.isdisjoint(page())
+    assert set(page(allow_sharing=True)) >= SHARING
+
+
 def test_outside_a_space_the_page_has_no_login_button(tmp_path: Path) -> None:
     settings = load_settings()
     store = Store(f"sqlite:///{tmp_path / 'ui.db'}")
@@ -241,6 +260,7 @@ def test_outside_a_space_the_page_has_no_login_button(tmp_path: Path) -> None:
     demo = PlaygroundUI(ChatService(settings), store, Guard(settings)).build()
     assert not demo.expects_oauth
     assert {"sign-in", "sign-in-note", "storage-warning"}.isdisjoint(components_of(demo))
+    assert set(components_of(demo)) >= SHARING, "sharing on by default"
 
 
 class FakeRequest:

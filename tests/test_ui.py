@@ -450,18 +450,18 @@ async def test_export_then_import_through_the_page(backend: ServerThread, tmp_pa
     ui = make_ui(backend.url)
     chat = Chat()
     await drain(ui.send(None, "export me", chat, "", "", None, *CONTROLS))
-    markdown = Path(await ui.export(None, chat, "markdown"))
+    markdown = Path(await ui.transfer.export(None, chat, "markdown"))
     assert markdown.read_text().startswith("# export me")
-    everything = Path(await ui.export(None, chat, "all"))
-    listed = await ui.import_file(None, str(everything), chat)
+    everything = Path(await ui.transfer.export(None, chat, "all"))
+    listed = await ui.transfer.import_file(None, str(everything), chat)
     assert [title for title, _ in listed["choices"]] == ["export me", "export me"]
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
     with pytest.raises(gr.Error, match="Nothing was imported: "):
-        await ui.import_file(None, str(bad), chat)
+        await ui.transfer.import_file(None, str(bad), chat)
     assert len(await (await ui.history_for(None)).choices()) == 2
     with pytest.raises(gr.Error, match="nothing to export yet"):
-        await ui.export(None, Chat(), "json")
+        await ui.transfer.export(None, Chat(), "json")
 
 
 async def test_over_the_rate_limit_nothing_is_sent_or_stored(

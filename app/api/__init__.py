@@ -5,6 +5,7 @@
     routes.py    the endpoints and who may call them (``AUTH_MODE``)
     dialogue.py  one turn on the page's own path (``History``, ``ChatService``), streamed
                  as server-sent events or answered whole
+    sharing.py   links to read-only snapshots of conversations (``app.store.shares``)
 """
 
 from fastapi import FastAPI

@@ -21,6 +21,11 @@ from app.api.models import ErrorBody
 MAX_PROBLEMS_SHOWN = 3
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """An endpoint's ``responses`` for OpenAPI: each of ``statuses`` answers an ``ErrorBody``."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
 class ApiError(Exception):
     """An answer other than success; ``message`` is shown to the client as it is."""
 

@@ -188,6 +188,18 @@ class DialogueSummary(BaseModel):
     updated_at: UtcTime = Field(description="When a message was last added.")
 
 
+class ShareOut(BaseModel):
+    id: int = Field(description="Revoke it with DELETE /api/v1/shares/{id}.")
+    token: str = Field(description="The random key in its link; whoever has it can read it.")
+    url: str = Field(description="The link to the read-only page (no sign-in needed).")
+    title: str = Field(description="The conversation's title when it was shared.")
+    dialogue_id: str | None = Field(
+        description="The conversation it was made from; null once that is deleted (the "
+        "snapshot stays until revoked)."
+    )
+    created_at: UtcTime = Field(description="When it was shared (UTC).")
+
+
 class ReplyOut(BaseModel):
     id: int = Field(description="The reply's message id.")
     content: str = Field(description="The reply's text.")

@@ -18,19 +18,20 @@ from starlette.responses import StreamingResponse
 
 from app.api.dialogue import Dialogues, check_id, exchange_out, not_found, stored_events
 from app.api.errors import ApiError
+from app.api.errors import error_responses as _errors
 from app.api.models import (
     MAX_ID_CHARS,
     Credentials,
     DialogueIn,
     DialogueOut,
     DialogueSummary,
-    ErrorBody,
     MessagesOut,
     ModelOut,
     TokenListed,
     TokenOut,
     UserOut,
 )
+from app.api.sharing import add_share_routes
 from app.backends import BackendError
 from app.chat import ChatService
 from app.chat.guard import Guard, RateWindow
@@ -62,10 +63,6 @@ def _sse(events: AsyncIterator[bytes] | Iterable[bytes]) -> StreamingResponse:
     return StreamingResponse(
         events, media_type=SSE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody} for status in statuses}
 
 
 class RestApi:
@@ -356,6 +353,8 @@ class RestApi:
             except NotFound as err:
                 raise not_found(dialogue_id) from err
             return Response(status_code=204)
+
+        add_share_routes(router, User, self.settings, self.store)
 
         @router.api_route(
             "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],

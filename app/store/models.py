@@ -153,3 +153,27 @@ class SnippetVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
     snippet: Mapped[Snippet] = relationship(back_populates="versions")
+
+
+class Share(Base):
+    """A read-only snapshot of a conversation, readable by anyone with its token
+    (app.store.shares).
+
+    ``snapshot`` holds the exchanges as they were shared; the conversation may change or go
+    (the pointer is then set to null) without changing it. Lookups go by ``token_hash``, the
+    token's SHA-256, so that the database's comparison of the token given with the stored ones
+    reveals nothing of a token; the token itself is kept to show its owner the link again.
+    """
+
+    __tablename__ = "shares"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), default=None, index=True
+    )
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    snapshot: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,7 +18,7 @@ from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES
 from app.chat.replies import LiveReply
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
-from app.store import ConversationRecord, NotFound, Store, transfer
+from app.store import ConversationRecord, NotFound, Store
 from app.store.store import LOCAL_USER
 from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
 from app.ui.downloads import Downloads
@@ -32,7 +31,9 @@ from app.ui.render import (
     model_choices,
     status_markdown,
 )
+from app.ui.sharing import SharingUI
 from app.ui.snippets import SnippetsUI
+from app.ui.transfer import TransferUI
 
 EXAMPLES = [
     "Write a Python function that checks whether a string is a palindrome, ignoring case and "
@@ -76,6 +77,7 @@ class PlaygroundUI:
         self._user_ids = Lru[str, int](USER_IDS_KEPT)
         self._checks = RateWindow(CHECKS_PER_MINUTE, 60.0)
         self.downloads = Downloads()
+        self.transfer = TransferUI(self.history_for, self.downloads)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -328,33 +330,6 @@ class PlaygroundUI:
         await history.rename(chat.id, title.strip()[:200])
         return await self._list(history, chat)
 
-    async def export_json(self, request: gr.Request | None, chat: Chat) -> str:
-        return await self.export(request, chat, "json")
-
-    async def export_markdown(self, request: gr.Request | None, chat: Chat) -> str:
-        return await self.export(request, chat, "markdown")
-
-    async def export_all(self, request: gr.Request | None, chat: Chat) -> str:
-        return await self.export(request, chat, "all")
-
-    async def export(self, request: gr.Request | None, chat: Chat, which: str) -> str:
-        """A file to download: this conversation (JSON or Markdown) or all of them (JSON)."""
-        if which != "all" and chat.id is None:
-            raise gr.Error("This conversation is empty; there is nothing to export yet.")
-        conversation_id = None if which == "all" else chat.id
-        history = await self.history_for(request)
-        name, text = await history.export(conversation_id, markdown=which == "markdown")
-        return str(await asyncio.to_thread(self.downloads.write, name, text))
-
-    async def import_file(self, request: gr.Request | None, path: str, chat: Chat) -> Any:
-        history = await self.history_for(request)
-        try:
-            added = await history.import_file(Path(path))
-        except transfer.TransferError as err:
-            raise gr.Error(f"Nothing was imported: {err}") from err
-        gr.Info(f"Imported {len(added)} conversation(s).")
-        return await self._list(history, chat)
-
     async def delete(
         self, request: gr.Request | None, chat: Chat
     ) -> tuple[list[Any], Chat, str, Any, Any]:
@@ -385,6 +360,7 @@ class PlaygroundUI:
             self.service, self.guard, self.history_for, s.runs_allowed, self.downloads
         )
         raw = RawUI(self.service, self.guard, self.history_for)
+        sharing = SharingUI(self.history_for) if s.allow_sharing else None
         # Gradio's copies of served and uploaded files: checked hourly, gone after a day.
         with SkippingBlocks(title="Coding Playground", delete_cache=(3600, 86400)) as demo:
             chat = gr.State(Chat())
@@ -414,17 +390,11 @@ class PlaygroundUI:
                     confirm = gr.Button("Delete", size="sm", variant="stop", elem_id="confirm")
                     cancel = gr.Button("Keep", size="sm", elem_id="cancel")
                 with gr.Accordion("Export and import", open=False):
-                    exports = {
-                        "json": gr.Button("This one as JSON", size="sm", elem_id="export-json"),
-                        "markdown": gr.Button(
-                            "This one as Markdown", size="sm", elem_id="export-markdown"
-                        ),
-                        "all": gr.Button("All as JSON", size="sm", elem_id="export-all"),
-                    }
-                    exported = gr.File(label="Download", interactive=False, elem_id="exported")
-                    upload = gr.UploadButton(
-                        "Import JSON", file_types=[".json"], size="sm", elem_id="import"
-                    )
+                    self.transfer.controls(chat, conversations)
+                    if sharing is not None:
+                        sharing.import_box(conversations)
+                if sharing is not None:
+                    sharing.panel(demo, chat, self._signed_in_only)
             header = gr.Markdown(header_markdown(None, None), elem_id="header")
             if s.auth_mode == "hf":
                 gr.Markdown(
@@ -521,15 +491,6 @@ class PlaygroundUI:
             confirm.click(
                 self.delete, [chat], [chatbot, chat, title, conversations, confirm_row],
                 queue=False, api_name="delete",
-            )
-            handlers = {
-                "json": self.export_json, "markdown": self.export_markdown,
-                "all": self.export_all,
-            }
-            for which, button in exports.items():
-                button.click(handlers[which], [chat], [exported], api_name=f"export_{which}")
-            upload.upload(
-                self.import_file, [upload, chat], [conversations], api_name="import_file"
             )
             demo.load(
                 self.on_load, None, [header, conversations, model, backends, *controls],

@@ -13,6 +13,9 @@ changes what the piece relies on:
   ``launch()`` takes as arguments but ``mount_gradio_app`` does not, as attributes, before
   ``queue()`` reads the first and the app Gradio builds reads the second.
 - ``oauth_profile`` / ``oauth_username``: the Hugging Face user signed in with Gradio's OAuth.
+- ``page_root_url``: the page's public URL as Gradio works it out for the links it writes
+  itself, with ``gradio.route_utils.get_root_url`` and ``get_api_call_path`` on the queued
+  request (``gr.Request.request``).
 
 The OAuth choice. Gradio's documented way is a handler parameter typed
 ``gr.OAuthProfile | None``: it fills it from the session cookie of its ``/login/callback``,
@@ -36,6 +39,7 @@ import copy
 from typing import Any
 
 import gradio as gr
+from gradio import route_utils
 from gradio.helpers import special_args
 
 SKIP = gr.skip()
@@ -111,3 +115,16 @@ def oauth_username(request: gr.Request | None) -> str | None:
     profile = oauth_profile(request)
     name = profile.username if profile is not None else None
     return name if isinstance(name, str) and name else None
+
+
+def page_root_url(request: gr.Request) -> str:
+    """The public root URL of the page an event came from, without a trailing slash: behind a
+    proxy, its ``X-Forwarded-Host`` and ``X-Forwarded-Proto``; under a root path (uvicorn's
+    ``--root-path``), with it."""
+    raw = request.request
+    if raw is None:
+        raise RuntimeError("an event called without its HTTP request has no page URL")
+    root: str = route_utils.get_root_url(
+        raw, route_utils.get_api_call_path(raw), raw.scope.get("root_path") or None
+    )
+    return root
