@@ -24,6 +24,7 @@ from app.share_page import install_share_page
 from app.store import Accounts, Store, transfer
 from app.ui import PlaygroundUI
 from app.ui.gradio_compat import configure_queue
+from app.ui.render import PAGE_CSS
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     # the messages meant for users are raised as gr.Error and always shown.
     # max_file_size: an upload past the import limit is refused before Gradio stores it.
     app: FastAPI = gr.mount_gradio_app(
-        api, demo, path="/", footer_links=["api", "settings"], show_error=False,
+        api, demo, path="/", footer_links=["api", "settings"], show_error=False, css=PAGE_CSS,
         max_file_size=transfer.DEFAULT_MAX_BYTES,
         auth=page_login(Accounts(store)) if settings.auth_mode == "password" else None,
         auth_message="Sign in with your playground account.",

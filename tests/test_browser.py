@@ -177,7 +177,7 @@ def test_the_backends_panel_polls_only_while_unfolded(
     monkeypatch.setattr(PlaygroundUI, "status_panel", counted)
     monkeypatch.setattr("app.ui.blocks.STATUS_REFRESH_SECONDS", 1.0)
     with ServerThread(create_app(settings_for(backend.url))) as server:
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 1000, "height": 900})  # a narrow window
         page.goto(server.url)
         # The header comes with the panel built at load.
         expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
@@ -188,6 +188,17 @@ def test_the_backends_panel_polls_only_while_unfolded(
         expect(page.locator("#backends")).to_contain_text("up")
         wait_for(lambda: len(built) >= started + 3, 10,
                  what="the unfolded panel to be built at once, then every second")
+        # Marks that need no emoji font (there was none here: they showed as empty boxes),
+        # and headers on one line each (they broke as "Stat e", "Kin d").
+        panel = page.locator("#backends")
+        assert not any(ord(char) > 0x2FFF for char in panel.inner_text())
+        expect(panel.locator(".state-up")).to_have_css("color", "rgb(26, 127, 55)")
+        for header in panel.locator("th").all():
+            lines = header.evaluate(
+                "th => { const text = document.createRange(); text.selectNodeContents(th);"
+                " return new Set([...text.getClientRects()].map(r => Math.round(r.top))).size; }"
+            )
+            assert lines == 1, f"{header.inner_text()!r} on one line"
         page.get_by_text("Backends", exact=True).click()
         folded = len(built)
         time.sleep(3.5)  # a quiet interval

@@ -57,6 +57,20 @@ async def test_a_model_without_a_chat_template_falls_back_to_chatml_and_says_so(
     assert "Template error: template not found" in rendered.problem
 
 
+async def test_a_server_without_the_route_says_which_route_is_missing(
+    backend: ServerThread, client_for: ClientFor
+) -> None:
+    """It read "answered HTTP 404: HTTP 404"."""
+    info = await client_for(backend.url).probe()
+    elsewhere = client_for(f"{backend.url}/elsewhere")
+    with pytest.raises(BackendError) as raised:
+        await render_prompt(elsewhere, info, MESSAGES)
+    assert str(raised.value).endswith(
+        "answered HTTP 404: it has no POST /elsewhere/chat_tokenize; check the backend's kind "
+        "and URL"
+    )
+
+
 async def test_a_rendered_prompt_reaches_the_model_with_one_bos(
     fake: FakeBackend, backend: ServerThread, client_for: ClientFor
 ) -> None:

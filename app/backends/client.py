@@ -371,7 +371,8 @@ async def _raise_for_status(client: BackendClient, response: aiohttp.ClientRespo
         detail, kind, _ = error_parts(json.loads(await response.read()))
     except ValueError:
         detail, kind = None, None
-    raise http_error(
-        client.label, response.status, detail or f"HTTP {response.status}", response.headers,
-        kind,
-    )
+    if detail is None:  # a bare status (TGI's router answers an unknown route with no body)
+        asked = f"{response.method} {response.url.path}"
+        detail = (f"it has no {asked}; check the backend's kind and URL"
+                  if response.status == 404 else f"{asked} failed")
+    raise http_error(client.label, response.status, detail, response.headers, kind)

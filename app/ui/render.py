@@ -21,7 +21,21 @@ KIND_NAMES = {
     "tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatible server",
     "hf": "Inference Providers", "auto": "not probed yet",
 }
-STATE_MARKS = {"up": "🟢 up", "down": "🔴 down", "unknown": "⚪ not checked yet"}
+# Colour and text, no emoji: a machine without an emoji font showed empty boxes.
+STATE_MARKS = {
+    "up": '<span class="state-up">● up</span>',
+    "down": '<span class="state-down">● down</span>',
+    "unknown": '<span class="state-unknown">○ not checked yet</span>',
+}
+# The page's own rules (given to Gradio as it is mounted): the state marks' colours, and the
+# backends table's headers on one line ("State", not "Stat e"), the table scrolling instead.
+PAGE_CSS = """
+.state-up { color: #1a7f37; font-weight: 600; }
+.state-down { color: #cf222e; font-weight: 600; }
+.state-unknown { color: #59636e; }
+#backends table { display: block; overflow-x: auto; }
+#backends th { white-space: nowrap; word-break: keep-all; }
+"""
 
 
 def _reply_shown(reply: str) -> str:
@@ -83,13 +97,13 @@ def status_markdown(rows: Sequence[BackendStatus]) -> str:
         limits = (f"{row.max_input_tokens} / {row.max_total_tokens}"
                   if row.max_total_tokens else "")
         checked = row.checked_at.strftime("%H:%M:%S UTC") if row.checked_at else ""
-        state = STATE_MARKS[row.state]
-        if row.error:
-            state += f": {row.error}"
-        cells = [f"**{row.name}** `{row.url}`", state, KIND_NAMES.get(row.kind, row.kind),
+        error = f": {row.error}" if row.error else ""
+        cells = [f"**{row.name}** `{row.url}`", error, KIND_NAMES.get(row.kind, row.kind),
                  ", ".join(row.models[:5]) + (" …" if len(row.models) > 5 else ""),
                  limits, row.version or "", checked]
-        lines.append("| " + " | ".join(escape_html(c).replace("|", "\\|") for c in cells) + " |")
+        shown = [escape_html(c).replace("|", "\\|") for c in cells]
+        shown[1] = STATE_MARKS[row.state] + shown[1]
+        lines.append("| " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
