@@ -128,7 +128,7 @@ def test_the_json_holds_every_reply_version_with_local_links(tmp_path: Path) -> 
     exported = json.loads(export_json(store, user, first))
 
     assert exported["format"] == "coding-playground.conversations"
-    assert exported["version"] == 1
+    assert exported["version"] == 2
     [only] = exported["conversations"]
     assert only["id"] == first
     assert only["title"] == "Ünïcode & code 🐍"
@@ -136,9 +136,10 @@ def test_the_json_holds_every_reply_version_with_local_links(tmp_path: Path) -> 
     assert only["language"] == "python"
     messages = only["messages"]
     assert [(m["id"], m["role"], m["reply_to"]) for m in messages] == [
-        (1, "user", None), (2, "assistant", 1), (3, "assistant", 1), (4, "user", None),
+        (1, "user", None), (2, "assistant", 1), (3, "assistant", 1), (4, "user", 3),
         (5, "assistant", 4),
     ]
+    assert only["leaf"] == 5
     assert [m["content"] for m in messages[:3]] == [CODE_QUESTION, FIRST_ANSWER, SECOND_ANSWER]
     assert messages[2]["status"] == "interrupted"
     assert messages[2]["error"] == "The server went away."
@@ -269,7 +270,7 @@ BAD_DOCUMENTS: list[tuple[str, str | bytes | dict[str, Any], str]] = [
     ("not utf-8", b'{"format": "\xff"}', "document: Invalid JSON"),
     ("not an object", "[1, 2]", "document: Input should be an object"),
     ("another format", {**good(), "format": "chatgpt"}, "format: Value error, not a conv"),
-    ("another version", {**good(), "version": 2}, "version: Value error, version 2 is not sup"),
+    ("another version", {**good(), "version": 3}, "version: Value error, version 3 is not sup"),
     ("no version", {k: v for k, v in good().items() if k != "version"}, "version: Field req"),
     ("unknown field", {**good(), "extra": 1}, "extra: Extra inputs are not permitted"),
     ("system role", with_message(role="system"), "conversations[0].messages[1].role: Input sh"),
@@ -364,8 +365,8 @@ def test_a_database_failure_midway_rolls_back_every_conversation(
     build = transfer._rows
     built: list[Conversation] = []
 
-    def failing_third(doc: transfer.ConversationDoc) -> Any:
-        rows = build(doc)
+    def failing_third(doc: transfer.ConversationDoc, version: int) -> Any:
+        rows = build(doc, version)
         built.append(rows[0])
         if len(built) == 3:
             rows[0].title = None  # type: ignore[assignment]  # NOT NULL
@@ -398,8 +399,8 @@ def test_round_trip_through_postgresql(
     build = transfer._rows
     calls = iter(range(10))
 
-    def failing_second(doc: transfer.ConversationDoc) -> Any:
-        rows = build(doc)
+    def failing_second(doc: transfer.ConversationDoc, version: int) -> Any:
+        rows = build(doc, version)
         if next(calls) == 1:
             rows[1][0][0].role = None  # type: ignore[assignment]  # NOT NULL
         return rows
