@@ -451,7 +451,7 @@ def turn(store: Store, user: int, conversation: str | None, text: str, parent: i
 
 
 def shown(store: Store, user: int, conversation: str) -> list[tuple[str, str | None]]:
-    return [(e.user, e.reply and e.reply.content)
+    return [(e.user, e.reply.content if e.reply else None)
             for e in store.get_conversation(user, conversation).exchanges]
 
 

@@ -136,9 +136,12 @@ class Turns:
 
     async def start(
         self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None = None,
+        edited: Exchange | None = None,
     ) -> Turn:
         """Check the message, then store it (a retry answers ``retried``'s message again; the
-        store keeps its earlier reply) with an empty reply, and return the turn to stream.
+        store keeps its earlier reply; an edit stores a new version of ``edited``'s message,
+        forking the conversation there, and sends only the exchanges before it) with an empty
+        reply, and return the turn to stream.
 
         Raises ``TurnRefused`` with nothing stored: the message refused by the guard (422, or
         429 with ``retry_after``), no backend for the model (503, or 422 for a model nobody
@@ -155,7 +158,10 @@ class Turns:
             params = generation_params(request.settings, self.settings.max_new_tokens, info)
         except InvalidSetting as err:
             raise TurnRefused(str(err)) from err
-        earlier = [e for e in chat.exchanges if e is not retried]
+        if edited is not None:
+            earlier = chat.exchanges[:chat.exchanges.index(edited)]
+        else:
+            earlier = [e for e in chat.exchanges if e is not retried]
         language = request.language if request.language in LANGUAGE_NAMES else None
         try:
             fitted = self.service.fit(
@@ -166,7 +172,7 @@ class Turns:
             raise TurnRefused(str(err)) from err
         exchange = await history.begin(
             chat, request.text, info, request.system_prompt, dict(request.settings),
-            retried=retried, language=request.language,
+            retried=retried, language=request.language, edited=edited,
         )
         return Turn(chat, exchange, info, fitted.messages, params, fitted.dropped_exchanges,
                     fitted.budget)
@@ -189,13 +195,13 @@ class Turns:
 
     async def unanswered(
         self, history: History, chat: Chat, request: TurnRequest, error: TurnRefused,
-        retried: Exchange | None = None,
+        retried: Exchange | None = None, edited: Exchange | None = None,
     ) -> Exchange:
         """Keep the message, with a reply that failed for ``error`` (no backend answers): the
         page shows it in the conversation, where Retry can ask again."""
         exchange = await history.begin(
             chat, request.text, None, request.system_prompt, dict(request.settings),
-            retried=retried, language=request.language,
+            retried=retried, language=request.language, edited=edited,
         )
         exchange.error, exchange.done = str(error), True
         await history.save_final(exchange)

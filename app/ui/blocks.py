@@ -21,6 +21,7 @@ from app.chat.languages import LANGUAGE_NAMES
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
 from app.store import NotFound, Store, transfer
 from app.store.store import LOCAL_USER
+from app.ui.branches import BranchesUI, edited
 from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import SkippingBlocks, oauth_username
@@ -76,6 +77,7 @@ class PlaygroundUI:
         self._user_ids = Lru[str, int](USER_IDS_KEPT)
         self._checks = RateWindow(CHECKS_PER_MINUTE, 60.0)
         self.downloads = Downloads()
+        self.branches = BranchesUI(self.history_for)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -181,6 +183,21 @@ class PlaygroundUI:
         async for update in self._reply(history, chat, asked, retried=last):
             yield update
 
+    async def edit(
+        self, request: gr.Request | None, edit: gr.EditData, chat: Chat, system_prompt: str,
+        language: str, model: str | None, *controls: Any,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Answer an earlier message as edited, as Send does: the conversation forks there,
+        and the old branch stays a switch away. Outputs as in ``REPLY_OUTPUTS``."""
+        found = edited(chat, edit)
+        if found is None:
+            yield chat_messages(chat.exchanges), *skip_all()[1:]
+            return
+        history = await self.history_for(request)
+        asked = self._request(found[1], system_prompt, language, model, controls)
+        async for update in self._reply(history, chat, asked, edited=found[0]):
+            yield update
+
     @staticmethod
     def _request(
         text: str, system_prompt: str, language: str, model: str | None, controls: tuple[Any, ...]
@@ -192,6 +209,7 @@ class PlaygroundUI:
 
     async def _reply(
         self, history: History, chat: Chat, asked: TurnRequest, retried: Exchange | None = None,
+        edited: Exchange | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Stream a reply, storing the message first and the reply as it grows.
 
@@ -199,11 +217,11 @@ class PlaygroundUI:
         that does not answer is shown in the conversation, the message kept.
         """
         try:
-            turn = await self.turns.start(history, chat, asked, retried)
+            turn = await self.turns.start(history, chat, asked, retried, edited)
         except TurnRefused as err:
             if err.backend_error is None:
                 raise gr.Error(str(err)) from err
-            await self.turns.unanswered(history, chat, asked, err, retried)
+            await self.turns.unanswered(history, chat, asked, err, retried, edited)
             conversations = await self._list(history, chat) if retried is None else gr.skip()
             header = header_markdown(None, err.backend_error)
             yield chat_messages(chat.exchanges), chat, "", "", header, conversations
@@ -393,8 +411,9 @@ class PlaygroundUI:
                 with gr.Tab("Chat", elem_id="chat-tab"):
                     chatbot = gr.Chatbot(
                         height=520, buttons=["copy", "copy_all"], elem_id="chat", show_label=False,
-                        placeholder="Ask for code, a fix, or an explanation.",
+                        placeholder="Ask for code, a fix, or an explanation.", editable="user",
                     )
+                    self.branches.controls(demo, chatbot, chat)
                     notice = gr.Markdown(elem_id="notice")
                     with gr.Row():
                         message = gr.Textbox(
@@ -436,6 +455,10 @@ class PlaygroundUI:
             retry.click(
                 self.retry, [chat, system_prompt, language, model, *controls], reply_outputs,
                 api_name="retry",
+            )
+            chatbot.edit(
+                self.edit, [chat, system_prompt, language, model, *controls], reply_outputs,
+                api_name="edit",
             )
             # Stop, Undo and the conversation switches signal the streaming handler rather
             # than cancel it, so that its last update (the reply marked stopped) is saved.
