@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.server import create_app, open_store
 from app.store import Accounts
-from app.ui import PlaygroundUI
+from app.ui.backends import BackendsPanel
 from app.ui.render import EARLIER, LATER
 from tests.conftest import OUTPUT, RunningApp, settings_for
 from tests.fake_backend import TGI_VERSION, FakeBackend
@@ -105,14 +105,14 @@ def test_the_backends_panel_polls_only_while_unfolded(
     """Every open page used to have the server build the panel every 5 s, folded or not.
     Here the period is 1 s, and each check that nothing is built lasts 3.5 periods."""
     built: list[float] = []
-    status_panel = PlaygroundUI.status_panel
+    status_panel = BackendsPanel.status_panel
 
-    def counted(ui: PlaygroundUI) -> str:
+    def counted(panel: BackendsPanel) -> str:
         built.append(time.monotonic())
-        return status_panel(ui)
+        return status_panel(panel)
 
-    monkeypatch.setattr(PlaygroundUI, "status_panel", counted)
-    monkeypatch.setattr("app.ui.blocks.STATUS_REFRESH_SECONDS", 1.0)
+    monkeypatch.setattr(BackendsPanel, "status_panel", counted)
+    monkeypatch.setattr("app.ui.backends.STATUS_REFRESH_SECONDS", 1.0)
     with ServerThread(create_app(settings_for(backend.url))) as server:
         page = browser.new_page()
         page.goto(server.url)

@@ -17,7 +17,7 @@ from app.chat import Chat, ChatService, Exchange
 from app.chat.guard import Guard
 from app.server import create_app, open_store
 from app.ui import PlaygroundUI
-from app.ui.blocks import CHECKS_PER_MINUTE
+from app.ui.backends import CHECKS_PER_MINUTE
 from app.ui.controls import CONTROL_NAMES
 from app.ui.render import EARLIER, LATER, chat_messages
 from tests.conftest import settings_for
@@ -449,14 +449,14 @@ async def test_check_now_needs_a_signed_in_user_and_is_rate_limited(
     """It probes every backend: anyone could make the app do it as often as they liked."""
     signed_out = make_ui(backend.url, auth_mode="password")
     with pytest.raises(gr.Error, match="Sign in first"):
-        await signed_out.check_backends(None, None)
+        await signed_out.backends.check_backends(None, None)
     ui = make_ui(backend.url)
     probes = fake.probes
     for _ in range(CHECKS_PER_MINUTE):
-        await ui.check_backends(None, None)
+        await ui.backends.check_backends(None, None)
     assert fake.probes == probes + CHECKS_PER_MINUTE
     with pytest.raises(gr.Error, match=f"checked {CHECKS_PER_MINUTE} times in the last minute"):
-        await ui.check_backends(None, None)
+        await ui.backends.check_backends(None, None)
     assert fake.probes == probes + CHECKS_PER_MINUTE
 
 
