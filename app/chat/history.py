@@ -104,7 +104,9 @@ class History:
         """
         if retried is not None and (chat.id is None or retried.user_message_id is None):
             raise ValueError("a retry answers a stored message of a stored conversation")
-        kept = chat.exchanges.index(edited) if edited is not None else len(chat.exchanges)
+        replaced = edited if edited is not None else retried
+        kept = len(chat.exchanges) if replaced is None else chat.exchanges.index(replaced)
+        # The message the new one follows: the last one on screen above it.
         before = chat.exchanges[kept - 1] if kept and chat.id is not None else None
         begun = await asyncio.to_thread(
             self.store.begin_turn, self.user_id, chat.id, system_prompt, settings, language,
@@ -114,8 +116,6 @@ class History:
             model=info.model_id if info else None, backend=info.name if info else None,
         )
         chat.id = begun.conversation_id
-        if retried is not None:
-            chat.exchanges.remove(retried)
         del chat.exchanges[kept:]
         exchange = Exchange(
             user=text, user_message_id=begun.user_message_id, reply_id=begun.reply_id,

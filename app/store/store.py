@@ -323,9 +323,14 @@ class Store:
         """A user message at the end of the branch on screen."""
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            branch = _Tree(self._messages(session, conversation)).branch(conversation.leaf_id)
-            parent = branch[-1].id if branch else None
-            return self._add_message(session, conversation, content, parent)
+            leaf = None if conversation.leaf_id is None else session.get(
+                Message, conversation.leaf_id)
+            if leaf is None or leaf.conversation_id != conversation.id:  # none, or gone
+                branch = _Tree(self._messages(session, conversation)).branch(None)
+                leaf = branch[-1] if branch else None
+            return self._add_message(
+                session, conversation, content, None if leaf is None else leaf.id
+            )
 
     def start_reply(
         self, user_id: int, conversation_id: str, reply_to: int, model: str | None,
