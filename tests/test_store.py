@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from app.store import NotFound, Store
+from app.store.models import Base
 from app.store.store import INTERRUPTED_BY_RESTART, MIGRATIONS, BegunTurn
 from tests.postgres import PostgresMissing, find_bin_dir
 
@@ -631,3 +634,8 @@ def test_the_migration_to_branches_links_each_message_to_the_reply_it_followed(
         (1, None), (2, 1), (4, 1), (5, 4), (6, 5), (7, 6)]
     assert shown(store, 1, "b") == [("other", None)]
     assert store.get_conversation(1, "a").exchanges[0].reply_alternatives == (2, 4)
+
+
+def test_the_migrations_match_the_models(store: Store) -> None:
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
