@@ -1,5 +1,6 @@
-"""The StarChat-style page: chat, Send/Stop, Retry/Undo/Clear, system prompt and generation
-controls. Handlers are async generators; they know the chat service, never HTTP."""
+"""The StarChat-style page: chat, Send/Stop, Retry/Undo/Clear, edits of earlier messages,
+system prompt and generation controls. Handlers are async generators; they know the chat
+service, never HTTP."""
 
 from __future__ import annotations
 
@@ -417,9 +418,10 @@ class PlaygroundUI:
                 self.retry, [chat, system_prompt, language, model, *controls], reply_outputs,
                 api_name="retry",
             )
+            # Private: an edit needs the event data only the page sends.
             chatbot.edit(
                 self.edit, [chat, system_prompt, language, model, *controls], reply_outputs,
-                api_name="edit",
+                api_visibility="private",
             )
             # Stop, Undo and the conversation switches signal the streaming handler rather
             # than cancel it, so that its last update (the reply marked stopped) is saved.
