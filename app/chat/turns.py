@@ -158,10 +158,9 @@ class Turns:
             params = generation_params(request.settings, self.settings.max_new_tokens, info)
         except InvalidSetting as err:
             raise TurnRefused(str(err)) from err
-        if edited is not None:
-            earlier = chat.exchanges[:chat.exchanges.index(edited)]
-        else:
-            earlier = [e for e in chat.exchanges if e is not retried]
+        replaced = edited if edited is not None else retried
+        kept = len(chat.exchanges) if replaced is None else chat.exchanges.index(replaced)
+        earlier = chat.exchanges[:kept]
         language = request.language if request.language in LANGUAGE_NAMES else None
         try:
             fitted = self.service.fit(
