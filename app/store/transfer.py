@@ -368,7 +368,7 @@ def _rows(
         by_id[item.id] = message
         parent = None if item.reply_to is None else by_id[item.reply_to]
         if version == 1 and item.role == "user":
-            parent = latest_reply or last_user
+            parent = latest_reply if latest_reply is not None else last_user
             last_user, latest_reply = message, None
         elif version == 1 and parent is last_user:
             latest_reply = message

@@ -64,9 +64,10 @@ def assistant_markdown(exchange: Exchange) -> str:
         parts.append(f"⚠️ {escape_html(exchange.error)}")
     if exchange.stats is not None and exchange.done:
         parts.append(f"_{exchange.stats.line()}_")
-    if parts:
-        parts.append(switcher(exchange.reply_alternatives, exchange.reply_id))
-    return "\n\n".join(filter(None, parts))
+    switch = switcher(exchange.reply_alternatives, exchange.reply_id)
+    if parts and switch:  # a reply not yet begun shows nothing
+        parts.append(switch)
+    return "\n\n".join(parts)
 
 
 def _messages(conversation: Sequence[Exchange]) -> Iterator[tuple[Exchange, dict[str, Any]]]:
