@@ -12,6 +12,7 @@ by Pygments, for pages the app writes itself (a shared conversation).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from markdown_it import MarkdownIt
@@ -27,6 +28,8 @@ _CELL_PIPE = re.compile(r"(?<!\\)(\|)")  # a pipe between table cells, as markdo
 _LINE_START_TAG = re.compile(r"(\n[ \t>]*)<")
 _SPECIAL = re.compile(r"\\[\\&<]|[&<]")  # a backslash escape already shows its character
 _ENTITIES = {"&": "&amp;", "<": "&lt;"}
+_SHOWN_SPECIAL = re.compile(r"\\[\\&<]|&amp;|&lt;")  # what _entities wrote
+_CHARACTERS = {"&amp;": "&", "&lt;": "<"}
 
 
 def _code_span(state: StateInline, silent: bool) -> bool:
@@ -139,10 +142,30 @@ def escape_html(text: str, *, close_fence: bool = False) -> str:
     close_fence = close_fence and ("```" in text or "~~~" in text)
     if not close_fence and "<" not in text and "&" not in text:
         return text
+    tokens = _MD.parse(text)
+    shown = _outside_code(
+        text, tokens, _entities, lambda span: _LINE_START_TAG.sub(r"\1&lt;", span)
+    )
+    closing = _closing_fence(_LINE_BREAK.split(text)[::2], tokens) if close_fence else None
+    return shown if closing is None else shown.rstrip("\r\n") + "\n" + closing
+
+
+def unescape_html(shown: str) -> str:
+    """The text ``escape_html`` showed as ``shown``: its entities outside code back to ``&``
+    and ``<``, for a text shown that way and edited (code spans, blocks and backslash escapes
+    are kept as they are, as ``escape_html`` keeps them)."""
+    if "&" not in shown:
+        return shown
+    return _outside_code(shown, _MD.parse(shown), _characters, lambda span: span)
+
+
+def _outside_code(
+    text: str, tokens: list[Token], plain: Callable[[str], str], span: Callable[[str], str]
+) -> str:
+    """``text`` with ``plain`` applied to what is outside code and ``span`` to its code
+    spans; code blocks (fenced or indented) are left alone. ``tokens`` are ``text`` parsed."""
     pieces = _LINE_BREAK.split(text)
     lines = pieces[::2]
-    tokens = _MD.parse(text)
-    closing = _closing_fence(lines, tokens) if close_fence else None
     done = [False] * len(lines)
     for token in tokens:
         if token.map is None or done[token.map[0]]:
@@ -151,18 +174,17 @@ def escape_html(text: str, *, close_fence: bool = False) -> str:
         if token.type == "table_open":
             for number in range(start, end):
                 cells = _CELL_PIPE.split(lines[number])
-                lines[number] = "".join(_escape_inline(cell) for cell in cells)
+                lines[number] = "".join(_inline(cell, plain, span) for cell in cells)
         elif token.type == "inline":
-            lines[start:end] = _escape_inline("\n".join(lines[start:end])).split("\n")
+            lines[start:end] = _inline("\n".join(lines[start:end]), plain, span).split("\n")
         elif token.type not in ("fence", "code_block"):
             continue
         done[start:end] = [True] * (end - start)
     for number, line in enumerate(lines):
         if not done[number]:  # blank, or a link reference definition
-            lines[number] = _entities(line)
+            lines[number] = plain(line)
     pieces[::2] = lines
-    shown = "".join(pieces)
-    return shown if closing is None else shown.rstrip("\r\n") + "\n" + closing
+    return "".join(pieces)
 
 
 def _closing_fence(lines: list[str], tokens: list[Token]) -> str | None:
@@ -181,24 +203,24 @@ def _closing_fence(lines: list[str], tokens: list[Token]) -> str | None:
     return containers + fence.markup
 
 
-def _escape_inline(source: str) -> str:
-    """``source``, the text of a paragraph, a heading or a table cell, with ``&`` and ``<``
-    outside its code spans as entities.
+def _inline(source: str, plain: Callable[[str], str], span: Callable[[str], str]) -> str:
+    """``source``, the text of a paragraph, a heading or a table cell, with ``plain`` applied
+    outside its code spans and ``span`` to them.
 
-    A ``<`` that starts a line inside a code span becomes an entity too: where HTML is on, it
-    could start an HTML block, which would end the paragraph and the span with it.
+    ``escape_html`` makes a ``<`` that starts a line inside a code span an entity too: where
+    HTML is on, it could start an HTML block, which would end the paragraph and the span with
+    it.
     """
     if "<" not in source and "&" not in source:
         return source
     if "`" not in source:
-        return _entities(source)
+        return plain(source)
     pieces: list[str] = []
     position = 0
     for start, end in _code_spans(source):
-        span = _LINE_START_TAG.sub(r"\1&lt;", source[start:end])
-        pieces += [_entities(source[position:start]), span]
+        pieces += [plain(source[position:start]), span(source[start:end])]
         position = end
-    pieces.append(_entities(source[position:]))
+    pieces.append(plain(source[position:]))
     return "".join(pieces)
 
 
@@ -221,3 +243,8 @@ def _entities(text: str) -> str:
     if "\\" not in text:
         return text.replace("&", "&amp;").replace("<", "&lt;")
     return _SPECIAL.sub(lambda match: _ENTITIES.get(match[0], match[0]), text)
+
+
+def _characters(shown: str) -> str:
+    """What ``_entities`` was given to show ``shown``."""
+    return _SHOWN_SPECIAL.sub(lambda match: _CHARACTERS.get(match[0], match[0]), shown)

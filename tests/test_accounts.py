@@ -275,7 +275,12 @@ def test_the_migration_adds_tokens_to_an_existing_database(tmp_path: Path) -> No
         command.upgrade(config, "0001")
     assert "api_tokens" not in inspect(store.engine).get_table_names()
     local = store.user_id()
-    conversation = store.create_conversation(local, "From before the upgrade")
+    with store.engine.begin() as connection:  # the schema of 0001, not the models' own
+        connection.execute(text(
+            "INSERT INTO conversations (id, user_id, title, system_prompt, settings, created_at, "
+            "updated_at) VALUES ('c', :user, 'From before the upgrade', '', '{}', :t, :t)"
+        ), {"user": local, "t": datetime.now(UTC)})
+    conversation = "c"
 
     store.migrate()
 

@@ -57,8 +57,12 @@ class Api:
     def say(self, headers: dict[str, str], message: str, **fields: Any) -> httpx.Response:
         return self.http.post("/dialogue", headers=headers, json={"message": message, **fields})
 
-    def messages(self, headers: dict[str, str], dialogue_id: str) -> httpx.Response:
-        return self.http.get("/messages", headers=headers, params={"dialogue_id": dialogue_id})
+    def messages(
+        self, headers: dict[str, str], dialogue_id: str, **params: str
+    ) -> httpx.Response:
+        return self.http.get(
+            "/messages", headers=headers, params={"dialogue_id": dialogue_id, **params}
+        )
 
 
 @pytest.fixture
@@ -351,6 +355,44 @@ def test_a_conversation_from_the_page_continues_with_its_settings(
     stored = api.messages(alice, dialogue_id).json()
     assert stored["title"] == "From the page"
     assert stored["system_prompt"] == "Be kind."
+
+
+def test_messages_give_the_branch_on_screen_or_the_whole_tree(
+    api: Api, fake: FakeBackend
+) -> None:
+    alice, bob = api.user("alice"), api.user("bob")
+    user_id = api.http.get("/me", headers=alice).json()["id"]
+    dialogue_id = api.say(alice, "first").json()["dialogue_id"]
+    api.say(alice, "second", dialogue_id=dialogue_id)
+    store = Store(api.database_url)
+    first, second = store.get_conversation(user_id, dialogue_id).exchanges
+    assert first.reply is not None
+    edit = store.begin_turn(user_id, dialogue_id, "", {}, None, message="second, edited",
+                            parent=first.reply.id)
+    store.save_reply(user_id, edit.reply_id, "edited answer", status="stop")
+    store.switch_branch(user_id, dialogue_id, second.user_message_id)
+    store.engine.dispose()
+
+    branch = api.messages(alice, dialogue_id).json()
+    assert [e["user"] for e in branch["exchanges"]] == ["first", "second"]
+    tree = api.messages(alice, dialogue_id, view="tree").json()
+    assert set(tree) == {"dialogue_id", "title", "system_prompt", "leaf_id", "messages"}
+    assert [(m["role"], m["content"], m["parent_id"]) for m in tree["messages"]] == [
+        ("user", "first", None), ("assistant", "Hello, world!", first.user_message_id),
+        ("user", "second", first.reply.id),
+        ("assistant", "Hello, world!", second.user_message_id),
+        ("user", "second, edited", first.reply.id),
+        ("assistant", "edited answer", edit.user_message_id),
+    ]
+    assert tree["leaf_id"] == tree["messages"][3]["id"]
+    assert tree["messages"][5]["stats"]["finish"] == "stop"
+    assert tree["messages"][0]["stats"] is None
+
+    api.say(alice, "third", dialogue_id=dialogue_id)
+    assert [m["content"] for m in fake.requests[-1]["messages"] if m["role"] != "system"] == [
+        "first", "Hello, world!", "second", "Hello, world!", "third"], "the branch on screen"
+    assert_error_shape(api.messages(bob, dialogue_id, view="tree"), 404)
+    assert_error_shape(api.messages(alice, dialogue_id, view="everything"), 422)
 
 
 @contextmanager

@@ -14,7 +14,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.server import create_app, open_store
 from app.store import Accounts
-from app.ui import PlaygroundUI
+from app.ui.backends import BackendsPanel
+from app.ui.render import EARLIER, LATER
 from tests.conftest import OUTPUT, RunningApp, settings_for
 from tests.fake_backend import TGI_VERSION, FakeBackend
 from tests.servers import ServerThread
@@ -168,14 +169,14 @@ def test_the_backends_panel_polls_only_while_unfolded(
     """Every open page used to have the server build the panel every 5 s, folded or not.
     Here the period is 1 s, and each check that nothing is built lasts 3.5 periods."""
     built: list[float] = []
-    status_panel = PlaygroundUI.status_panel
+    status_panel = BackendsPanel.status_panel
 
-    def counted(ui: PlaygroundUI) -> str:
+    def counted(panel: BackendsPanel) -> str:
         built.append(time.monotonic())
-        return status_panel(ui)
+        return status_panel(panel)
 
-    monkeypatch.setattr(PlaygroundUI, "status_panel", counted)
-    monkeypatch.setattr("app.ui.blocks.STATUS_REFRESH_SECONDS", 1.0)
+    monkeypatch.setattr(BackendsPanel, "status_panel", counted)
+    monkeypatch.setattr("app.ui.backends.STATUS_REFRESH_SECONDS", 1.0)
     with ServerThread(create_app(settings_for(backend.url))) as server:
         page = browser.new_page(viewport={"width": 1000, "height": 900})  # a narrow window
         page.goto(server.url)
@@ -542,3 +543,61 @@ def test_share_read_signed_out_import_and_revoke_a_conversation(
         assert gone.status == 404
         expect(reader.locator("body")).to_contain_text("its owner has revoked it")
         signed_out.close()
+
+
+def test_edit_an_earlier_message_switch_branches_then_export_and_import_them(
+    page: Page, fake: FakeBackend, tmp_path: Path
+) -> None:
+    fake.tokens, fake.token_delay = ["answer"], 0.0
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    for count, text in enumerate(("first question", "second question", "third question"), 1):
+        page.locator("#message textarea").fill(text)
+        page.locator("#message textarea").press("Enter")
+        expect(page.locator("#chat .message.bot")).to_have_count(count)
+        expect(page.locator("#chat .message.bot").last).to_contain_text("finished")
+    users = page.locator("#chat .message.user")
+
+    page.get_by_role("button", name="Edit").nth(1).click()
+    page.locator("#chat textarea").fill("second question, <edited>")
+    page.get_by_role("button", name="Submit").click()
+    expect(users).to_have_count(2)
+    expect(users.last).to_contain_text("second question, <edited>")
+    expect(users.last).to_contain_text("2/2")
+    expect(page.locator("#chat .message.bot").last).to_contain_text("finished")
+    assert [m["content"] for m in fake.requests[-1]["messages"][1:]] == [
+        "first question", "answer", "second question, <edited>"], "only what is above it"
+
+    users.last.get_by_role("link", name=EARLIER).click()
+    expect(users).to_have_count(3)
+    expect(users.nth(1)).to_contain_text("1/2")
+    expect(users.last).to_contain_text("third question")
+    users.nth(1).get_by_role("link", name=LATER).click()
+    expect(users).to_have_count(2)
+    expect(users.last).to_contain_text("second question, <edited>")
+    users.last.get_by_role("link", name=EARLIER).click()
+    expect(users).to_have_count(3)
+    assert page.evaluate("location.hash") == "", "the switch links do not navigate"
+
+    page.get_by_text("Export and import").click()
+    page.locator("#export-json").click()
+    with page.expect_download() as download:
+        page.locator("#exported a").first.click()
+    exported = tmp_path / "conversation.json"
+    download.value.save_as(exported)
+    page.locator("#delete").click()
+    page.locator("#confirm").click()
+    expect(page.locator("#conversations label")).to_have_count(0)
+    with page.expect_file_chooser() as chooser:
+        page.locator("#import").click()
+    chooser.value.set_files(str(exported))
+    expect(page.locator("#conversations label")).to_have_count(1)
+    page.locator("#conversations").get_by_text("first question").click()
+    expect(users).to_have_text([
+        re.compile("^first question"), re.compile(f"^second question\\s+{EARLIER} 1/2 {LATER}"),
+        re.compile("^third question")])
+    users.nth(1).get_by_role("link", name=LATER).click()
+    expect(users).to_have_count(2)
+    expect(users.last).to_contain_text("second question, <edited>")
+    expect(page.locator("#chat .message.bot").last).to_contain_text("answer")
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-branches.png"), full_page=True)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from app.chat import Exchange
-from app.markdown import close_open_fence, escape_html, to_html
+from app.markdown import close_open_fence, escape_html, to_html, unescape_html
 from app.snippets import extract_blocks
 from app.ui.render import assistant_markdown
 
@@ -50,6 +50,8 @@ AS_TEXT = MarkdownIt("commonmark", {"html": False}).enable("table").disable(["au
 )
 def test_html_outside_code_is_escaped(text: str, shown: str) -> None:
     assert escape_html(text) == shown
+    if not re.search(r"`[^`]*\n[ \t>]*<", text):  # a < starting a line in a code span
+        assert unescape_html(shown) == text, "a message edited on the page is the text typed"
 
 
 @pytest.mark.parametrize(
@@ -115,6 +117,12 @@ def _links_blanked(html: str) -> str:
 def test_the_page_shows_escaped_text_as_markdown_without_html(text: str) -> None:
     shown = PAGE.render(escape_html(text))
     assert _links_blanked(shown) == _links_blanked(AS_TEXT.render(text))
+
+
+@EXAMPLES
+@given(texts)
+def test_an_escaped_text_unescapes_to_itself(text: str) -> None:
+    assert unescape_html(escape_html(text)) == text
 
 
 @EXAMPLES

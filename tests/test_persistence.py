@@ -139,11 +139,17 @@ def test_two_tabs_on_one_conversation_lose_and_double_nothing(
 
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(send, [(tabs[0], "from tab one"), (tabs[1], "from tab two")]))
-        exchanges = store.get_conversation(user, summary.id).exchanges
-        users = sorted(exchange.user for exchange in exchanges)
+        messages = store.get_tree(user, summary.id).messages
+        users = sorted(m.content for m in messages if m.role == "user")
         assert users == ["from tab one", "from tab two", "opening message"]
-        assert all(e.reply is not None and e.reply.status == "stop" for e in exchanges)
-        assert {e.reply.content for e in exchanges if e.reply} == {"".join(fake.tokens)}
+        replies = [m for m in messages if m.role == "assistant"]
+        assert [(m.status, m.content) for m in replies] == [("stop", "".join(fake.tokens))] * 3
+        # Each tab sent what it showed, the opening exchange: two branches after it.
+        opening, last = store.get_conversation(user, summary.id).exchanges
+        assert opening.reply is not None
+        assert {m.parent_id for m in messages if m.content.startswith("from tab")} == {
+            opening.reply.id}
+        assert len(last.user_alternatives) == 2
     finally:
         app.kill()
 

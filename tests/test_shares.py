@@ -175,7 +175,7 @@ def test_the_migration_adds_the_shares_table_and_takes_it_away(
     open_store: Callable[[], Store],
 ) -> None:
     store = open_store()
-    upgrade(store, "0003")
+    upgrade(store, "0004")
     user = store.user_id()
     conversation = store.create_conversation(user, "From before the upgrade")
 
@@ -183,7 +183,7 @@ def test_the_migration_adds_the_shares_table_and_takes_it_away(
     assert "shares" in inspect(store.engine).get_table_names()
     assert Shares(store).read(Shares(store).create(user, conversation).token) is not None
 
-    downgrade(store, "0003")
+    downgrade(store, "0004")
     assert "shares" not in inspect(store.engine).get_table_names()
     assert store.get_conversation(user, conversation).title == "From before the upgrade"
 

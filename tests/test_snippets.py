@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,7 +14,6 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from app.snippets import (
@@ -428,22 +427,28 @@ def test_migration_0003_adds_the_tables_to_a_database_with_data(
     upgrade(store, "0002")
     assert not SNIPPET_TABLES & set(inspect(store.engine).get_table_names())
     user = store.user_id()
-    conversation = store.create_conversation(user, "From before the upgrade")
-    message = store.add_user_message(user, conversation, "hello")
+    with store.engine.begin() as connection:  # the schema of 0002, not the models' own
+        connection.execute(text(
+            "INSERT INTO conversations (id, user_id, title, system_prompt, settings, created_at, "
+            "updated_at) VALUES ('c', :user, 'From before the upgrade', '', '{}', :t, :t)"
+        ), {"user": user, "t": datetime.now(UTC)})
+        connection.execute(text(
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at, "
+            "updated_at) VALUES (1, 'c', 'user', 'hello', 'complete', :t, :t)"
+        ), {"t": datetime.now(UTC)})
 
-    store.migrate()
-
+    upgrade(store, "0003")
     assert set(inspect(store.engine).get_table_names()) >= SNIPPET_TABLES
-    newest = ScriptDirectory(str(MIGRATIONS)).get_current_head()
-    assert column(store, "SELECT version_num FROM alembic_version") == [newest]
-    assert store.get_conversation(user, conversation).exchanges[0].user == "hello"
+    assert column(store, "SELECT version_num FROM alembic_version") == ["0003"]
+    store.migrate()
+    assert store.get_conversation(user, "c").exchanges[0].user == "hello"
     library = SnippetLibrary(store)
-    snippet = library.save(user, "After", "python", "x = 1", message_id=message)
-    assert library.get(user, snippet).conversation_id == conversation
+    snippet = library.save(user, "After", "python", "x = 1", message_id=1)
+    assert library.get(user, snippet).conversation_id == "c"
 
     downgrade(store, "0002")
     assert not SNIPPET_TABLES & set(inspect(store.engine).get_table_names())
-    assert store.get_conversation(user, conversation).title == "From before the upgrade"
+    assert column(store, "SELECT title FROM conversations") == ["From before the upgrade"]
 
 
 def test_the_migrations_match_the_snippet_models(store: Store) -> None:

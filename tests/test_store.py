@@ -6,13 +6,19 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from app.store import NotFound, Store
-from app.store.store import INTERRUPTED_BY_RESTART
+from app.store.models import Base
+from app.store.store import INTERRUPTED_BY_RESTART, MIGRATIONS, BegunTurn
 from tests.postgres import PostgresMissing, find_bin_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -433,3 +439,203 @@ def test_a_turn_that_cannot_begin_stores_nothing(store: Store) -> None:
         store.begin_turn(alice, theirs.conversation_id, "", {}, None, message="hello?")
     assert store.list_conversations(alice) == []
     assert store.count_messages(bob) == 2
+
+
+# -- branches: edits and retries form a tree; the branch on screen is what is read -------------
+
+
+def turn(store: Store, user: int, conversation: str | None, text: str, parent: int | None,
+         reply: str = "") -> BegunTurn:
+    """A message after ``parent`` with its reply, finished, as the page stores them."""
+    begun = store.begin_turn(user, conversation, "", {}, None, message=text, parent=parent,
+                             title=text, model="smol", backend="llama.cpp")
+    store.save_reply(user, begun.reply_id, reply or f"re: {text}", status="stop")
+    return begun
+
+
+def shown(store: Store, user: int, conversation: str) -> list[tuple[str, str | None]]:
+    return [(e.user, e.reply.content if e.reply else None)
+            for e in store.get_conversation(user, conversation).exchanges]
+
+
+def test_an_edit_forks_the_conversation_and_keeps_the_old_branch(
+    store: Store, open_store: Callable[[], Store],
+) -> None:
+    user = store.user_id()
+    first = turn(store, user, None, "q1", None)
+    conversation = first.conversation_id
+    second = turn(store, user, conversation, "q2", first.reply_id)
+    turn(store, user, conversation, "q3", second.reply_id)
+
+    edit = turn(store, user, conversation, "q2, edited", first.reply_id)
+
+    assert shown(store, user, conversation) == [("q1", "re: q1"), ("q2, edited", "re: q2, edited")]
+    assert (edit.user_alternatives, edit.reply_alternatives) == (
+        (second.user_message_id, edit.user_message_id), (edit.reply_id,))
+    exchanges = store.get_conversation(user, conversation).exchanges
+    assert [(e.user_alternatives, e.reply_alternatives) for e in exchanges] == [
+        ((first.user_message_id,), (first.reply_id,)),
+        ((second.user_message_id, edit.user_message_id), (edit.reply_id,)),
+    ]
+
+    store.switch_branch(user, conversation, second.user_message_id)
+    assert shown(open_store(), user, conversation) == [
+        ("q1", "re: q1"), ("q2", "re: q2"), ("q3", "re: q3")]
+    store.switch_branch(user, conversation, edit.user_message_id)
+    assert shown(store, user, conversation) == [("q1", "re: q1"), ("q2, edited", "re: q2, edited")]
+    assert store.count_messages(user) == 8
+
+
+def test_an_edit_of_the_first_message_starts_a_second_root(store: Store) -> None:
+    user = store.user_id()
+    first = turn(store, user, None, "q1", None)
+    conversation = first.conversation_id
+    turn(store, user, conversation, "q2", first.reply_id)
+    edit = turn(store, user, conversation, "q1, edited", None)
+
+    assert shown(store, user, conversation) == [("q1, edited", "re: q1, edited")]
+    assert edit.user_alternatives == (first.user_message_id, edit.user_message_id)
+    store.switch_branch(user, conversation, first.user_message_id)
+    assert shown(store, user, conversation) == [("q1", "re: q1"), ("q2", "re: q2")]
+
+
+def test_a_retry_is_an_alternative_reply_and_the_branch_follows_the_one_picked(
+    store: Store,
+) -> None:
+    user = store.user_id()
+    first = turn(store, user, None, "q1", None, "first answer")
+    conversation = first.conversation_id
+    turn(store, user, conversation, "q2", first.reply_id)
+    retry = store.begin_turn(user, conversation, "", {}, None, reply_to=first.user_message_id)
+    store.save_reply(user, retry.reply_id, "second answer", status="stop")
+
+    assert retry.reply_alternatives == (first.reply_id, retry.reply_id)
+    assert shown(store, user, conversation) == [("q1", "second answer")]
+    store.switch_branch(user, conversation, first.reply_id)
+    assert shown(store, user, conversation) == [("q1", "first answer"), ("q2", "re: q2")]
+    [exchange, _] = store.get_conversation(user, conversation).exchanges
+    assert exchange.reply_alternatives == (first.reply_id, retry.reply_id)
+
+
+def test_the_tree_has_every_message_with_its_parent_and_the_leaf(store: Store) -> None:
+    user = store.user_id()
+    first = turn(store, user, None, "q1", None)
+    conversation = first.conversation_id
+    second = turn(store, user, conversation, "q2", first.reply_id)
+    edit = turn(store, user, conversation, "q2, edited", first.reply_id)
+    store.switch_branch(user, conversation, second.user_message_id)
+
+    tree = store.get_tree(user, conversation)
+    assert [(m.id, m.role, m.parent_id, m.content) for m in tree.messages] == [
+        (first.user_message_id, "user", None, "q1"),
+        (first.reply_id, "assistant", first.user_message_id, "re: q1"),
+        (second.user_message_id, "user", first.reply_id, "q2"),
+        (second.reply_id, "assistant", second.user_message_id, "re: q2"),
+        (edit.user_message_id, "user", first.reply_id, "q2, edited"),
+        (edit.reply_id, "assistant", edit.user_message_id, "re: q2, edited"),
+    ]
+    assert tree.leaf_id == second.reply_id
+
+
+def test_undo_takes_the_message_with_everything_below_it(store: Store) -> None:
+    user = store.user_id()
+    first = turn(store, user, None, "q1", None)
+    conversation = first.conversation_id
+    second = turn(store, user, conversation, "q2", first.reply_id)
+    turn(store, user, conversation, "q3", second.reply_id)
+    edit = turn(store, user, conversation, "q2, edited", first.reply_id)
+    store.switch_branch(user, conversation, second.user_message_id)
+
+    store.delete_exchange(user, conversation, second.user_message_id)
+
+    assert shown(store, user, conversation) == [("q1", "re: q1")], (
+        "the branch on screen ends where it was cut"
+    )
+    assert store.count_messages(user) == 4
+    store.switch_branch(user, conversation, first.user_message_id)
+    assert shown(store, user, conversation) == [("q1", "re: q1"), ("q2, edited", "re: q2, edited")]
+    assert store.get_conversation(user, conversation).exchanges[1].user_alternatives == (
+        edit.user_message_id,)
+
+
+def test_a_missing_leaf_reads_as_the_newest_child_at_each_step(store: Store) -> None:
+    user = store.user_id()
+    first = turn(store, user, None, "q1", None)
+    conversation = first.conversation_id
+    second = turn(store, user, conversation, "q2", first.reply_id)
+    turn(store, user, conversation, "q2, edited", first.reply_id)
+    store.switch_branch(user, conversation, second.user_message_id)
+    with store.engine.begin() as db:
+        db.execute(text("UPDATE conversations SET leaf_id = 999999"))
+
+    assert shown(store, user, conversation) == [("q1", "re: q1"), ("q2, edited", "re: q2, edited")]
+    store.add_user_message(user, conversation, "q3")
+    assert [e.user for e in store.get_conversation(user, conversation).exchanges] == [
+        "q1", "q2, edited", "q3"]
+
+
+def test_branches_of_another_user_or_conversation_are_not_found(store: Store) -> None:
+    alice, bob = store.user_id("alice"), store.user_id("bob")
+    mine = turn(store, alice, None, "q1", None)
+    elsewhere = turn(store, alice, None, "other", None)
+    theirs = turn(store, bob, None, "bob's", None)
+    before = store.count_messages(alice), store.count_messages(bob)
+
+    with pytest.raises(NotFound):
+        store.switch_branch(bob, mine.conversation_id, mine.user_message_id)
+    with pytest.raises(NotFound):
+        store.switch_branch(alice, mine.conversation_id, elsewhere.user_message_id)
+    with pytest.raises(NotFound):
+        store.get_tree(bob, mine.conversation_id)
+    with pytest.raises(NotFound):
+        turn(store, alice, mine.conversation_id, "after bob's", theirs.reply_id)
+    with pytest.raises(NotFound):
+        turn(store, alice, mine.conversation_id, "after another", elsewhere.reply_id)
+    with pytest.raises(NotFound):
+        store.begin_turn(alice, mine.conversation_id, "", {}, None, reply_to=mine.reply_id)
+
+    assert (store.count_messages(alice), store.count_messages(bob)) == before
+    assert shown(store, alice, mine.conversation_id) == [("q1", "re: q1")]
+
+
+def test_the_migration_to_branches_links_each_message_to_the_reply_it_followed(
+    open_store: Callable[[], Store],
+) -> None:
+    """A database of before branches: a retried reply, a message left unanswered."""
+    old = open_store()
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as db:
+        config.attributes["connection"] = db
+        command.upgrade(config, "0003")
+        db.execute(text("INSERT INTO users (id, name, created_at) VALUES (1, 'local', :t)"),
+                   {"t": datetime.now(UTC)})
+        for conversation in ("a", "b"):
+            db.execute(text(
+                "INSERT INTO conversations (id, user_id, title, system_prompt, settings, "
+                "created_at, updated_at) VALUES (:id, 1, :id, '', '{}', :t, :t)"
+            ), {"id": conversation, "t": datetime.now(UTC)})
+        rows = [(1, "a", "user", "q1", None), (2, "a", "assistant", "r1", 1),
+                (3, "b", "user", "other", None), (4, "a", "assistant", "r1, again", 1),
+                (5, "a", "user", "q2", None), (6, "a", "user", "q3", None),
+                (7, "a", "assistant", "r3", 6)]
+        for row in rows:
+            db.execute(text(
+                "INSERT INTO messages (id, conversation_id, role, content, reply_to_id, status, "
+                "created_at, updated_at) VALUES (:id, :c, :role, :content, :to, 'stop', :t, :t)"
+            ), dict(zip(("id", "c", "role", "content", "to"), row, strict=True),
+                    t=datetime.now(UTC)))
+
+    store = open_store()
+    store.migrate()
+
+    assert shown(store, 1, "a") == [("q1", "r1, again"), ("q2", None), ("q3", "r3")]
+    assert [(m.id, m.parent_id) for m in store.get_tree(1, "a").messages] == [
+        (1, None), (2, 1), (4, 1), (5, 4), (6, 5), (7, 6)]
+    assert shown(store, 1, "b") == [("other", None)]
+    assert store.get_conversation(1, "a").exchanges[0].reply_alternatives == (2, 4)
+
+
+def test_the_migrations_match_the_models(store: Store) -> None:
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []

@@ -14,6 +14,7 @@ from app import markdown
 from app.chat.export import export_markdown
 from app.store import NotFound, Store, transfer
 from app.store.models import Conversation, Message
+from app.store.store import BegunTurn
 from app.store.transfer import (
     DEFAULT_MAX_BYTES,
     MAX_CONVERSATIONS,
@@ -58,6 +59,39 @@ def fill(store: Store, user_id: int) -> list[str]:
     return [first, second]
 
 
+def fill_branches(store: Store, user_id: int) -> str:
+    """A conversation with an edit of its first message, an edit and a retry further down,
+    the branch on screen not the newest one."""
+    def turn(text: str, parent: int | None, conversation: str | None) -> BegunTurn:
+        begun = store.begin_turn(user_id, conversation, "", {}, None, message=text,
+                                 parent=parent, title="Branches")
+        store.save_reply(user_id, begun.reply_id, f"re: {text}", status="stop")
+        return begun
+
+    first = turn("q1", None, None)
+    conversation = first.conversation_id
+    second = turn("q2", first.reply_id, conversation)
+    turn("q3", second.reply_id, conversation)
+    turn("q2, edited", first.reply_id, conversation)
+    retry = store.begin_turn(user_id, conversation, "", {}, None,
+                             reply_to=second.user_message_id)
+    store.save_reply(user_id, retry.reply_id, "re: q2, again", status="stop")
+    turn("q1, edited", None, conversation)
+    store.switch_branch(user_id, conversation, second.reply_id)
+    return conversation
+
+
+def tree_shape(store: Store, user_id: int, conversation: str) -> tuple[Any, ...]:
+    """The tree with ids as positions: each message's role, text and parent, and the leaf."""
+    tree = store.get_tree(user_id, conversation)
+    position = {m.id: n for n, m in enumerate(tree.messages)}
+    return (
+        [(m.role, m.content, None if m.parent_id is None else position[m.parent_id])
+         for m in tree.messages],
+        None if tree.leaf_id is None else position[tree.leaf_id],
+    )
+
+
 def comparable(document: str) -> dict[str, Any]:
     """The export without what an import changes: its time and the conversation ids."""
     parsed: dict[str, Any] = json.loads(document)
@@ -98,6 +132,13 @@ def good() -> dict[str, Any]:
     return document(conversation(message(1), message(2, "assistant", reply_to=1)))
 
 
+def good_2(leaf: int | None = 2, user_reply_to: int | None = None) -> dict[str, Any]:
+    """A version 2 document: a message, its reply, a message after it, and its leaf."""
+    return {**document(conversation(
+        message(1), message(2, "assistant", reply_to=1), message(3, reply_to=user_reply_to),
+    ) | {"leaf": leaf}), "version": 2}
+
+
 # -- JSON round trip ----------------------------------------------------------------------------
 
 
@@ -128,7 +169,7 @@ def test_the_json_holds_every_reply_version_with_local_links(tmp_path: Path) -> 
     exported = json.loads(export_json(store, user, first))
 
     assert exported["format"] == "coding-playground.conversations"
-    assert exported["version"] == 1
+    assert exported["version"] == 2
     [only] = exported["conversations"]
     assert only["id"] == first
     assert only["title"] == "Ünïcode & code 🐍"
@@ -136,15 +177,50 @@ def test_the_json_holds_every_reply_version_with_local_links(tmp_path: Path) -> 
     assert only["language"] == "python"
     messages = only["messages"]
     assert [(m["id"], m["role"], m["reply_to"]) for m in messages] == [
-        (1, "user", None), (2, "assistant", 1), (3, "assistant", 1), (4, "user", None),
+        (1, "user", None), (2, "assistant", 1), (3, "assistant", 1), (4, "user", 3),
         (5, "assistant", 4),
     ]
+    assert only["leaf"] == 5
     assert [m["content"] for m in messages[:3]] == [CODE_QUESTION, FIRST_ANSWER, SECOND_ANSWER]
     assert messages[2]["status"] == "interrupted"
     assert messages[2]["error"] == "The server went away."
     assert (messages[1]["model"], messages[2]["model"]) == ("smollm2", "qwen-coder")
     assert messages[1]["time_to_first_token"] == 0.1234
     assert messages[0]["created_at"].endswith("+00:00")
+
+
+def test_every_branch_and_the_branch_on_screen_round_trip(tmp_path: Path) -> None:
+    source = new_store(tmp_path, "source")
+    user = source.user_id()
+    conversation = fill_branches(source, user)
+    exported = export_json(source, user, conversation)
+    target = new_store(tmp_path, "target")
+    [copy] = import_json(target, target.user_id(), exported)
+
+    assert tree_shape(target, target.user_id(), copy) == tree_shape(source, user, conversation)
+    assert len(target.get_tree(target.user_id(), copy).messages) == 11
+    on_screen = [("q1", "re: q1"), ("q2", "re: q2"), ("q3", "re: q3")]
+    assert [(e.user, e.reply and e.reply.content)
+            for e in target.get_conversation(target.user_id(), copy).exchanges] == on_screen
+    assert comparable(export_json(target, target.user_id())) == comparable(exported)
+
+
+def test_a_version_1_file_imports_as_one_branch_with_the_latest_replies(
+    tmp_path: Path,
+) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    [new_id] = import_json(store, user, json.dumps(document(conversation(
+        message(1), message(2, "assistant", reply_to=1), message(3, "assistant", reply_to=1),
+        message(4), message(5), message(6, "assistant", reply_to=5),
+    ))))
+    assert [(e.user, e.reply and e.reply.content)
+            for e in store.get_conversation(user, new_id).exchanges] == [
+        ("message 1", "message 3"), ("message 4", None), ("message 5", "message 6")]
+    assert tree_shape(store, user, new_id)[0] == [
+        ("user", "message 1", None), ("assistant", "message 2", 0),
+        ("assistant", "message 3", 0), ("user", "message 4", 2), ("user", "message 5", 3),
+        ("assistant", "message 6", 4)]
 
 
 def test_an_imported_retry_keeps_the_latest_reply_on_top(tmp_path: Path) -> None:
@@ -220,6 +296,15 @@ def test_markdown_shows_each_message_with_its_latest_reply(tmp_path: Path) -> No
     assert "_3 tokens · cut at the token limit · qwen-coder_" in markdown
 
 
+def test_markdown_writes_the_branch_on_screen(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    conversation = fill_branches(store, user)
+    markdown = export_markdown(store, user, conversation)
+    assert [line for line in markdown.splitlines() if line.startswith(("q", "re: "))] == [
+        "q1", "re: q1", "q2", "re: q2", "q3", "re: q3"]
+
+
 def test_markdown_of_all_conversations(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     user = store.user_id()
@@ -269,7 +354,7 @@ BAD_DOCUMENTS: list[tuple[str, str | bytes | dict[str, Any], str]] = [
     ("not utf-8", b'{"format": "\xff"}', "document: Invalid JSON"),
     ("not an object", "[1, 2]", "document: Input should be an object"),
     ("another format", {**good(), "format": "chatgpt"}, "format: Value error, not a conv"),
-    ("another version", {**good(), "version": 2}, "version: Value error, version 2 is not sup"),
+    ("another version", {**good(), "version": 3}, "version: Value error, version 3 is not sup"),
     ("no version", {k: v for k, v in good().items() if k != "version"}, "version: Field req"),
     ("unknown field", {**good(), "extra": 1}, "extra: Extra inputs are not permitted"),
     ("system role", with_message(role="system"), "conversations[0].messages[1].role: Input sh"),
@@ -279,6 +364,13 @@ BAD_DOCUMENTS: list[tuple[str, str | bytes | dict[str, Any], str]] = [
     ("link to itself", with_message(reply_to=2), "messages[1].reply_to: no earlier message"),
     ("reply without link", with_message(reply_to=None), "messages[1].reply_to: a reply must"),
     ("duplicate id", with_message(id=1), "conversations[0].messages[1].id: 1 is used"),
+    ("leaf in version 1", document(conversation(message(1)) | {"leaf": 1}),
+     "conversations[0].leaf: version 1 has no leaf"),
+    ("user link in version 1", document(conversation(message(1), message(2, reply_to=1))),
+     "messages[1].reply_to: a user message answers no other message"),
+    ("missing leaf", good_2(leaf=9), "conversations[0].leaf: no message has id 9"),
+    ("user link to a later message", good_2(user_reply_to=4),
+     "conversations[0].messages[2].reply_to: no earlier message has id 4"),
     ("negative tokens", with_message(tokens=-1), "messages[1].tokens: Input should be greater"),
     ("string tokens", with_message(tokens="12"), "messages[1].tokens: Input should be a valid"),
     ("NaN speed", json.dumps(with_message(tokens_per_second=1.5)).replace("1.5", "NaN"),
@@ -364,8 +456,8 @@ def test_a_database_failure_midway_rolls_back_every_conversation(
     build = transfer._rows
     built: list[Conversation] = []
 
-    def failing_third(doc: transfer.ConversationDoc) -> Any:
-        rows = build(doc)
+    def failing_third(doc: transfer.ConversationDoc, version: int) -> Any:
+        rows = build(doc, version)
         built.append(rows[0])
         if len(built) == 3:
             rows[0].title = None  # type: ignore[assignment]  # NOT NULL
@@ -384,22 +476,25 @@ def test_a_database_failure_midway_rolls_back_every_conversation(
 def test_round_trip_through_postgresql(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Times (timestamptz), floats and settings (json) come back exactly from PostgreSQL too."""
+    """Times (timestamptz), floats, settings (json) and branches come back exactly from
+    PostgreSQL too."""
     source = new_store(tmp_path)
     user = source.user_id()
     fill(source, user)
+    branched = fill_branches(source, user)
     exported = export_json(source, user)
     target = Store(postgres_url)
     target.migrate()
-    import_json(target, target.user_id(), exported)
+    *_, copy = import_json(target, target.user_id(), exported)
     assert comparable(export_json(target, target.user_id())) == comparable(exported)
+    assert tree_shape(target, target.user_id(), copy) == tree_shape(source, user, branched)
 
     before = snapshot(target)
     build = transfer._rows
     calls = iter(range(10))
 
-    def failing_second(doc: transfer.ConversationDoc) -> Any:
-        rows = build(doc)
+    def failing_second(doc: transfer.ConversationDoc, version: int) -> Any:
+        rows = build(doc, version)
         if next(calls) == 1:
             rows[1][0][0].role = None  # type: ignore[assignment]  # NOT NULL
         return rows

@@ -18,8 +18,9 @@ from app.chat.guard import Guard
 from app.server import create_app, open_store
 from app.store import StoredReply
 from app.ui import PlaygroundUI
-from app.ui.blocks import CHECKS_PER_MINUTE
+from app.ui.backends import CHECKS_PER_MINUTE
 from app.ui.controls import CONTROL_NAMES
+from app.ui.render import EARLIER, LATER, chat_messages
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
@@ -483,14 +484,14 @@ async def test_check_now_needs_a_signed_in_user_and_is_rate_limited(
     """It probes every backend: anyone could make the app do it as often as they liked."""
     signed_out = make_ui(backend.url, auth_mode="password")
     with pytest.raises(gr.Error, match="Sign in first"):
-        await signed_out.check_backends(None, None)
+        await signed_out.backends.check_backends(None, None)
     ui = make_ui(backend.url)
     probes = fake.probes
     for _ in range(CHECKS_PER_MINUTE):
-        await ui.check_backends(None, None)
+        await ui.backends.check_backends(None, None)
     assert fake.probes == probes + CHECKS_PER_MINUTE
     with pytest.raises(gr.Error, match=f"checked {CHECKS_PER_MINUTE} times in the last minute"):
-        await ui.check_backends(None, None)
+        await ui.backends.check_backends(None, None)
     assert fake.probes == probes + CHECKS_PER_MINUTE
 
 
@@ -506,3 +507,103 @@ def test_an_upload_past_the_import_limit_is_refused_before_it_is_stored(
                            files={"files": ("all.json", b"{}", "application/json")})
     assert big.status_code == 413
     assert small.status_code == 200
+
+
+def edit_of(index: int, value: str) -> gr.EditData:
+    return gr.EditData(None, {"index": index, "value": value, "previous_value": ""})
+
+
+def sent(fake: FakeBackend) -> list[str]:
+    """The texts of the last request's messages, but the system prompt."""
+    return [m["content"] for m in fake.requests[-1]["messages"] if m["role"] != "system"]
+
+
+async def test_an_edit_forks_and_sends_only_what_is_above_it_then_branches_switch(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    fake.tokens = ["ok"]
+    ui = make_ui(backend.url)
+    chat = Chat()
+    for message in ("q1", "q2", "q3"):
+        await drain(ui.send(None, message, chat, "sys", "", None, *CONTROLS))
+    updates = await drain(ui.edit(None, edit_of(2, "q2, <edited> & better"), chat, "sys", "",
+                                  None, *CONTROLS))
+
+    assert sent(fake) == ["q1", "ok", "q2, <edited> & better"]
+    assert [ex.user for ex in chat.exchanges] == ["q1", "q2, <edited> & better"]
+    shown = updates[-1][0]
+    assert [m["role"] for m in shown] == ["user", "assistant", "user", "assistant"]
+    older, newer = chat.exchanges[1].user_alternatives
+    assert shown[2]["content"] == (
+        f"q2, &lt;edited> &amp; better\n\n[{EARLIER}](#branch-{older}) 2/2 {LATER}"
+    )
+
+    shown, chat = await ui.branches.switch(None, str(older), chat)
+    assert [ex.user for ex in chat.exchanges] == ["q1", "q2", "q3"]
+    assert shown[2]["content"] == f"q2\n\n{EARLIER} 1/2 [{LATER}](#branch-{newer})"
+    await drain(ui.send(None, "q4", chat, "sys", "", None, *CONTROLS))
+    assert sent(fake) == ["q1", "ok", "q2", "ok", "q3", "ok", "q4"]
+    assert chat.id is not None
+    _, reopened = await (await ui.history_for(None)).open(chat.id)
+    assert [ex.user for ex in reopened.exchanges] == ["q1", "q2", "q3", "q4"]
+
+
+async def test_an_edit_shown_with_its_switch_keeps_the_text_and_an_unchanged_one_sends_nothing(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """The edit box holds the message as the page shows it: HTML escaped, and its switch."""
+    ui = make_ui(backend.url)
+    chat = Chat()
+    await drain(ui.send(None, "a < b", chat, "", "", None, *CONTROLS))
+    await drain(ui.edit(None, edit_of(0, "a &lt; c"), chat, "", "", None, *CONTROLS))
+    shown = chat_messages(chat.exchanges)[0]["content"]
+    assert chat.exchanges[0].user == "a < c"
+    asked = len(fake.requests)
+
+    updates = await drain(ui.edit(None, edit_of(0, shown), chat, "", "", None, *CONTROLS))
+    assert len(fake.requests) == asked
+    assert updates == [(chat_messages(chat.exchanges), *(gr.skip(),) * 5)]
+    changed = edit_of(0, shown.replace("a &lt; c", "a &lt; d"))
+    await drain(ui.edit(None, changed, chat, "", "", None, *CONTROLS))
+    assert sent(fake) == ["a < d"]
+    assert chat.exchanges[0].user_alternatives[2] == chat.exchanges[0].user_message_id
+
+
+async def test_a_retry_shows_its_versions_and_switching_back_shows_the_first(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    ui = make_ui(backend.url)
+    chat = Chat()
+    fake.tokens = ["first"]
+    await drain(ui.send(None, "q1", chat, "", "", None, *CONTROLS))
+    fake.tokens = ["second"]
+    updates = await drain(ui.retry(None, chat, "", "", None, *CONTROLS))
+    first, second = chat.exchanges[0].reply_alternatives
+    reply = updates[-1][0][-1]["content"]
+    assert reply.startswith("second")
+    assert reply.endswith(f"\n\n[{EARLIER}](#branch-{first}) 2/2 {LATER}")
+    shown, chat = await ui.branches.switch(None, str(first), chat)
+    assert shown[-1]["content"].startswith("first")
+    assert shown[-1]["content"].endswith(f"\n\n{EARLIER} 1/2 [{LATER}](#branch-{second})")
+
+
+async def test_edits_and_switches_are_refused_while_a_reply_streams_or_for_others(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    fake.tokens, fake.token_delay = [f"t{i} " for i in range(50)], 0.02
+    ui = make_ui(backend.url, auth_mode="password")
+    alice, mallory = gr.Request(username="alice"), gr.Request(username="mallory")
+    chat = Chat()
+    updates = ui.send(alice, "q1", chat, "", "", None, *CONTROLS)
+    await anext(updates)
+    with pytest.raises(gr.Error, match="Wait for the reply to finish"):
+        await drain(ui.edit(alice, edit_of(0, "q1, edited"), chat, "", "", None, *CONTROLS))
+    with pytest.raises(gr.Error, match="Wait for the reply to finish"):
+        await ui.branches.switch(alice, str(chat.exchanges[0].user_message_id), chat)
+    await drain(updates)
+    with pytest.raises(gr.Error, match="no longer there"):
+        await ui.branches.switch(mallory, str(chat.exchanges[0].user_message_id), chat)
+    with pytest.raises(gr.Error, match="cannot be edited"):
+        await drain(ui.edit(alice, edit_of(1, "a reply"), chat, "", "", None, *CONTROLS))
+    assert chat.id is not None
+    assert ui.store.count_messages((await ui.history_for(alice)).user_id) == 2

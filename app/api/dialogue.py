@@ -20,7 +20,15 @@ from fastapi import Request
 from fastapi.sse import format_sse_event
 
 from app.api.errors import ApiError
-from app.api.models import DialogueIn, DialogueOut, ExchangeOut, ReplyOut, StatsOut
+from app.api.models import (
+    DialogueIn,
+    DialogueOut,
+    ExchangeOut,
+    MessageOut,
+    ReplyOut,
+    StatsOut,
+    TreeOut,
+)
 from app.chat import Chat, ChatService, TurnStats
 from app.chat.guard import Guard
 from app.chat.history import History
@@ -28,7 +36,15 @@ from app.chat.models import FINISH_TEXT
 from app.chat.replies import LiveReply
 from app.chat.turns import Turn, TurnRefused, TurnRequest, Turns
 from app.settings import Settings
-from app.store import ConversationRecord, NotFound, Store, StoredExchange
+from app.store import (
+    ConversationRecord,
+    ConversationTree,
+    NotFound,
+    Store,
+    StoredExchange,
+    StoredMessage,
+    StoredReply,
+)
 
 # The fields of DialogueIn kept with the conversation, under the page's names for them.
 STORED_CONTROLS = ("max_new_tokens", "temperature", "top_p", "seed", "model")
@@ -59,21 +75,39 @@ def stats_out(stats: TurnStats | None) -> StatsOut | None:
     )
 
 
+def stored_stats(reply: StoredReply | StoredMessage) -> StatsOut | None:
+    """A stored reply's stats, once it has ended (none for a user message)."""
+    finish = reply.status if reply.status in FINISH_TEXT else None
+    return None if finish is None else StatsOut(
+        tokens=reply.tokens or 0, time_to_first_token=reply.time_to_first_token,
+        tokens_per_second=reply.tokens_per_second, finish=finish,
+    )
+
+
 def exchange_out(stored: StoredExchange) -> ExchangeOut:
     reply = stored.reply
     if reply is None:
         return ExchangeOut(user_message_id=stored.user_message_id, user=stored.user, reply=None)
-    finish = reply.status if reply.status in FINISH_TEXT else None
-    stats = None if finish is None else StatsOut(
-        tokens=reply.tokens or 0, time_to_first_token=reply.time_to_first_token,
-        tokens_per_second=reply.tokens_per_second, finish=finish,
-    )
     return ExchangeOut(
         user_message_id=stored.user_message_id, user=stored.user,
         reply=ReplyOut(
             id=reply.id, content=reply.content, status=reply.status, error=reply.error,
-            stats=stats, model=reply.model, backend=reply.backend,
+            stats=stored_stats(reply), model=reply.model, backend=reply.backend,
         ),
+    )
+
+
+def tree_out(tree: ConversationTree) -> TreeOut:
+    return TreeOut(
+        dialogue_id=tree.id, title=tree.title, system_prompt=tree.system_prompt,
+        leaf_id=tree.leaf_id, messages=[
+            MessageOut(
+                id=m.id, role=m.role, parent_id=m.parent_id, content=m.content,
+                status=m.status, error=m.error, stats=stored_stats(m), model=m.model,
+                backend=m.backend,
+            )
+            for m in tree.messages
+        ],
     )
 
 

@@ -223,4 +223,38 @@ class MessagesOut(BaseModel):
     dialogue_id: str = Field(description="The conversation's id.")
     title: str = Field(description="Its title.")
     system_prompt: str = Field(description="Its system prompt.")
-    exchanges: list[ExchangeOut] = Field(description="Its exchanges, oldest first.")
+    exchanges: list[ExchangeOut] = Field(
+        description="The exchanges of its branch on screen, oldest first."
+    )
+
+
+class MessageOut(BaseModel):
+    id: int = Field(description="The message's id.")
+    role: str = Field(description="`user` or `assistant`.")
+    parent_id: int | None = Field(
+        description="The message it follows: for a reply, the user message it answers; for a "
+        "user message, the reply it follows; null for a first message. Messages with the "
+        "same parent and role are alternatives: retries of a reply, edits of a message."
+    )
+    content: str = Field(description="Its text.")
+    status: str = Field(
+        description="`complete` for a user message; for a reply `streaming` while it is being "
+        "written, then how it ended (see stats)."
+    )
+    error: str | None = Field(description="Why a reply was interrupted, if it was.")
+    stats: StatsOut | None = Field(description="A reply's stats, once it has ended.")
+    model: str | None = Field(description="The model that wrote a reply.")
+    backend: str | None = Field(description="The kind of backend that served a reply.")
+
+
+class TreeOut(BaseModel):
+    dialogue_id: str = Field(description="The conversation's id.")
+    title: str = Field(description="Its title.")
+    system_prompt: str = Field(description="Its system prompt.")
+    leaf_id: int | None = Field(
+        description="The last message of the branch on screen (the one `view=branch` gives "
+        "and a new message continues): follow `parent_id` up from it. Null without messages."
+    )
+    messages: list[MessageOut] = Field(
+        description="Every message of every branch, oldest first."
+    )

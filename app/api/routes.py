@@ -10,13 +10,20 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import StreamingResponse
 
-from app.api.dialogue import Dialogues, check_id, exchange_out, not_found, stored_events
+from app.api.dialogue import (
+    Dialogues,
+    check_id,
+    exchange_out,
+    not_found,
+    stored_events,
+    tree_out,
+)
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
 from app.api.models import (
@@ -29,6 +36,7 @@ from app.api.models import (
     ModelOut,
     TokenListed,
     TokenOut,
+    TreeOut,
     UserOut,
 )
 from app.api.sharing import add_share_routes
@@ -317,17 +325,28 @@ class RestApi:
                     for c in found]
 
         @router.get(
-            "/messages", response_model=MessagesOut, responses=_errors(401, 404, 422),
-            summary="The exchanges of one conversation",
+            "/messages", response_model=MessagesOut | TreeOut,
+            responses=_errors(401, 404, 422), summary="The messages of one conversation",
         )
         async def messages(
             user_id: User,
             dialogue_id: Annotated[str, Query(
                 max_length=MAX_ID_CHARS, description="One of your conversations."
             )],
-        ) -> MessagesOut:
-            """Each user message with the latest version of its reply, oldest first."""
+            view: Annotated[Literal["branch", "tree"], Query(
+                description="`branch`: the exchanges of the branch on screen (the one a new "
+                "message continues); `tree`: every message of every branch, with its parent."
+            )] = "branch",
+        ) -> MessagesOut | TreeOut:
+            """The branch on screen, each user message with its reply, oldest first; or
+            with `view=tree`, every message of every branch (edits and retries) with its
+            parent, and the last message of the branch on screen."""
             try:
+                if view == "tree":
+                    tree = await asyncio.to_thread(
+                        self.store.get_tree, user_id, check_id(dialogue_id)
+                    )
+                    return tree_out(tree)
                 record = await asyncio.to_thread(
                     self.store.get_conversation, user_id, check_id(dialogue_id)
                 )

@@ -1,7 +1,7 @@
 """A user's conversations as a readable Markdown document, for export only.
 
-JSON is the exchange format, the one an import reads back (``app.store.transfer``); this is
-what a person reads: each user message with the latest version of its reply.
+JSON is the exchange format, the one an import reads back (``app.store.transfer``), with every
+branch; this is what a person reads: the branch on screen, each message with its reply.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ EXPORTED_FINISH_TEXT = dict(FINISH_TEXT.items(), streaming="still streaming when
 
 def export_markdown(store: Store, user_id: int, conversation_id: str | None = None) -> str:
     """The user's conversations (one, or all oldest first) as a readable Markdown document:
-    each user message with the latest version of its reply. Export only.
+    the branch on screen of each, every user message with its reply. Export only.
 
     What people typed (system prompt, user messages) is shown verbatim in a code fence longer
     than any backtick run inside it; replies are Markdown already and are kept as written, with

@@ -22,7 +22,7 @@ from app.backends import BackendInfo, GenerationParams
 from app.chat.export import export_markdown
 from app.chat.models import FINISH_TEXT, Chat, Exchange, TurnStats
 from app.chat.service import ChatService
-from app.store import ConversationRecord, NotFound, Store, StoredReply, transfer
+from app.store import ConversationRecord, NotFound, Store, StoredExchange, transfer
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +37,25 @@ def title_from(text: str) -> str:
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 
-def exchange_from(user_message_id: int, user: str, reply: StoredReply | None) -> Exchange:
+def exchange_from(stored: StoredExchange) -> Exchange:
+    exchange = Exchange(
+        user=stored.user, user_message_id=stored.user_message_id, done=True,
+        user_alternatives=stored.user_alternatives,
+        reply_alternatives=stored.reply_alternatives,
+    )
+    reply = stored.reply
     if reply is None:
-        return Exchange(user=user, user_message_id=user_message_id, done=True)
+        return exchange
     finish = reply.status if reply.status in FINISH_TEXT else None
-    stats = None
     if finish is not None:
-        stats = TurnStats(
+        exchange.stats = TurnStats(
             tokens=reply.tokens or 0, time_to_first_token=reply.time_to_first_token,
             tokens_per_second=reply.tokens_per_second, finish=finish,
             model=reply.model or "", backend=reply.backend or "",
         )
-    return Exchange(
-        user=user, reply=reply.content, stats=stats, error=reply.error,
-        done=reply.status != "streaming", user_message_id=user_message_id, reply_id=reply.id,
-    )
+    exchange.reply, exchange.error, exchange.reply_id = reply.content, reply.error, reply.id
+    exchange.done = reply.status != "streaming"
+    return exchange
 
 
 class History:
@@ -65,37 +69,59 @@ class History:
         return [(summary.title, summary.id) for summary in found]
 
     async def open(self, conversation_id: str) -> tuple[ConversationRecord, Chat]:
-        """Raises ``NotFound`` for a conversation that is gone or not the user's."""
+        """The conversation with its branch on screen.
+
+        Raises ``NotFound`` for a conversation that is gone or not the user's."""
         record = await asyncio.to_thread(
             self.store.get_conversation, self.user_id, conversation_id
         )
-        exchanges = [exchange_from(e.user_message_id, e.user, e.reply) for e in record.exchanges]
-        return record, Chat(record.id, exchanges)
+        return record, Chat(record.id, [exchange_from(e) for e in record.exchanges])
+
+    async def switch(self, chat: Chat, message_id: int) -> Chat:
+        """The conversation of ``chat`` with the branch through ``message_id`` on screen, now
+        and when it is opened again.
+
+        Raises ``NotFound`` for a message not in it (or a conversation gone)."""
+        if chat.id is None:
+            raise NotFound(f"No message {message_id} in this conversation.")
+        await asyncio.to_thread(self.store.switch_branch, self.user_id, chat.id, message_id)
+        return (await self.open(chat.id))[1]
 
     async def begin(
         self, chat: Chat, text: str, info: BackendInfo | None, system_prompt: str,
         settings: dict[str, Any], retried: Exchange | None = None, language: str | None = None,
+        edited: Exchange | None = None,
     ) -> Exchange:
         """The new exchange at the end of ``chat``, stored with an empty reply that streams,
         in one transaction with the conversation's prompt, settings and language (None: the
         language as it is).
 
         For a retry, the retried exchange's message is answered again and its earlier reply
-        kept in the store. Raises ``NotFound`` when the conversation was deleted meanwhile.
+        kept in the store. For an edit, ``text`` is a new version of the edited exchange's
+        message, stored beside it: a new branch replaces the edited exchange and those after
+        it on screen, and the old branch stays in the store. Raises ``NotFound`` when the
+        conversation was deleted meanwhile.
         """
         if retried is not None and (chat.id is None or retried.user_message_id is None):
             raise ValueError("a retry answers a stored message of a stored conversation")
+        replaced = edited if edited is not None else retried
+        kept = len(chat.exchanges) if replaced is None else chat.exchanges.index(replaced)
+        # The message the new one follows: the last one on screen above it.
+        before = chat.exchanges[kept - 1] if kept and chat.id is not None else None
         begun = await asyncio.to_thread(
             self.store.begin_turn, self.user_id, chat.id, system_prompt, settings, language,
             message=None if retried else text, title=title_from(text),
+            parent=None if before is None else before.reply_id or before.user_message_id,
             reply_to=retried.user_message_id if retried else None,
             model=info.model_id if info else None, backend=info.name if info else None,
         )
         chat.id = begun.conversation_id
-        if retried is not None:
-            chat.exchanges.remove(retried)
-        exchange = Exchange(user=text, user_message_id=begun.user_message_id,
-                            reply_id=begun.reply_id)
+        del chat.exchanges[kept:]
+        exchange = Exchange(
+            user=text, user_message_id=begun.user_message_id, reply_id=begun.reply_id,
+            user_alternatives=begun.user_alternatives,
+            reply_alternatives=begun.reply_alternatives,
+        )
         chat.exchanges.append(exchange)
         return exchange
 

@@ -52,7 +52,8 @@ class Exchange:
     """One user message and the reply to it, with the reply's stats as they grow.
 
     ``done`` turns true when the reply ends for any reason: finished, cut, stopped or failed;
-    setting ``stop`` asks the reply in progress to end.
+    setting ``stop`` asks the reply in progress to end. The alternatives are the stored ids of
+    the message's edits and the reply's retries, oldest first, its own among them.
     """
 
     user: str
@@ -62,13 +63,15 @@ class Exchange:
     done: bool = False
     user_message_id: int | None = None
     reply_id: int | None = None
+    user_alternatives: tuple[int, ...] = ()
+    reply_alternatives: tuple[int, ...] = ()
     stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
 
 @dataclass
 class Chat:
-    """The conversation open in one browser tab; ``id`` is None until its first message is
-    stored."""
+    """The conversation open in one browser tab: the branch on screen, which is what the
+    model is sent; ``id`` is None until its first message is stored."""
 
     id: str | None = None
     exchanges: list[Exchange] = field(default_factory=list)

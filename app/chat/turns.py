@@ -142,9 +142,12 @@ class Turns:
 
     async def start(
         self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None = None,
+        edited: Exchange | None = None,
     ) -> Turn:
         """Check the message, then store it (a retry answers ``retried``'s message again; the
-        store keeps its earlier reply) with an empty reply, and start the reply on the server.
+        store keeps its earlier reply; an edit stores a new version of ``edited``'s message,
+        forking the conversation there, and sends only the exchanges before it) with an empty
+        reply, and start the reply on the server.
 
         Raises ``TurnRefused`` with nothing stored: the message refused by the guard (422, or
         429 with ``retry_after``), too many replies running (429 for the user's, 503 with
@@ -154,12 +157,13 @@ class Turns:
         """
         try:
             with self.service.replies.admitting(history.user_id):
-                return await self._start(history, chat, request, retried)
+                return await self._start(history, chat, request, retried, edited)
         except TooManyReplies as err:
             raise TurnRefused(str(err), err.status, err.retry_after) from err
 
     async def _start(
         self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None,
+        edited: Exchange | None,
     ) -> Turn:
         try:
             self.guard.check(history.user_id, request.text)
@@ -171,7 +175,9 @@ class Turns:
             params = generation_params(request.settings, self.settings.max_new_tokens, info)
         except InvalidSetting as err:
             raise TurnRefused(str(err)) from err
-        earlier = [e for e in chat.exchanges if e is not retried]
+        replaced = edited if edited is not None else retried
+        kept = len(chat.exchanges) if replaced is None else chat.exchanges.index(replaced)
+        earlier = chat.exchanges[:kept]
         language = request.language if request.language in LANGUAGE_NAMES else None
         try:
             fitted = self.service.fit(
@@ -182,7 +188,7 @@ class Turns:
             raise TurnRefused(str(err)) from err
         exchange = await history.begin(
             chat, request.text, info, request.system_prompt, dict(request.settings),
-            retried=retried, language=request.language,
+            retried=retried, language=request.language, edited=edited,
         )
         assert chat.id is not None, "a begun turn has a stored conversation"
         updates = history.stream_and_save(self.service, exchange, info, fitted.messages, params)
@@ -207,13 +213,13 @@ class Turns:
 
     async def unanswered(
         self, history: History, chat: Chat, request: TurnRequest, error: TurnRefused,
-        retried: Exchange | None = None,
+        retried: Exchange | None = None, edited: Exchange | None = None,
     ) -> Exchange:
         """Keep the message, with a reply that failed for ``error`` (no backend answers): the
         page shows it in the conversation, where Retry can ask again."""
         exchange = await history.begin(
             chat, request.text, None, request.system_prompt, dict(request.settings),
-            retried=retried, language=request.language,
+            retried=retried, language=request.language, edited=edited,
         )
         exchange.error, exchange.done = str(error), True
         await history.save_final(exchange)

@@ -4,9 +4,11 @@ from app.store.accounts import AccountError, Accounts, InvalidAccount, NameTaken
 from app.store.store import (
     ConversationRecord,
     ConversationSummary,
+    ConversationTree,
     NotFound,
     Store,
     StoredExchange,
+    StoredMessage,
     StoredReply,
     StoreError,
 )
@@ -16,11 +18,13 @@ __all__ = [
     "Accounts",
     "ConversationRecord",
     "ConversationSummary",
+    "ConversationTree",
     "InvalidAccount",
     "NameTaken",
     "NotFound",
     "Store",
     "StoreError",
     "StoredExchange",
+    "StoredMessage",
     "StoredReply",
 ]

@@ -1,7 +1,9 @@
 """The tables: users, their conversations, and the messages in them.
 
-An assistant message points at the user message it answers (``reply_to_id``), so a retry adds
-a new version of the reply and keeps the earlier ones.
+The messages of a conversation form a tree through ``reply_to_id``, each message's parent: a
+reply points at the user message it answers, a user message at the reply it follows (none for
+a first message). A retry adds a sibling reply and an edit a sibling user message; the earlier
+ones are kept. The conversation's ``leaf_id`` is the last message of the branch on screen.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=now, index=True
     )
+    # The last message of the branch on screen; None, or a message since deleted, reads as
+    # "the newest child at each step from the first message".
+    leaf_id: Mapped[int | None] = mapped_column(Integer, default=None)
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation", cascade="all, delete-orphan", passive_deletes=True,
@@ -77,8 +82,8 @@ class Message(Base):
     )
     role: Mapped[str] = mapped_column(String(20))
     content: Mapped[str] = mapped_column(Text, default="")
-    reply_to_id: Mapped[int | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), default=None
+    reply_to_id: Mapped[int | None] = mapped_column(  # the parent
+        ForeignKey("messages.id", ondelete="CASCADE"), default=None, index=True
     )
     # user messages: "complete"; replies: "streaming" until they end as "stop", "length",
     # "stopped" or "interrupted" (a failure, or the app died while it streamed).

@@ -142,16 +142,20 @@ class Shares:
             raise NotFound("No shared conversation at that link; it may have been revoked.")
         models = [exchange.model for exchange in shared.exchanges if exchange.model]
         conversation = Conversation(title=shared.title, model=models[-1] if models else None)
+        # One branch: each message follows the one before it (app.store.models).
         messages: builtins.list[tuple[Message, Message | None]] = []
+        last: Message | None = None
         for exchange in shared.exchanges:
             asked = Message(role="user", content=exchange.user)
-            messages.append((asked, None))
+            messages.append((asked, last))
+            last = asked
             if exchange.reply is not None:
-                messages.append((Message(
+                last = Message(
                     role="assistant", content=exchange.reply, status=exchange.status,
                     model=exchange.model,
-                ), asked))
-        [added] = self.store.add_conversations(user_id, [(conversation, messages)])
+                )
+                messages.append((last, asked))
+        [added] = self.store.add_conversations(user_id, [(conversation, messages, last)])
         return added
 
 

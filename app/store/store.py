@@ -3,10 +3,16 @@
 Every read and write names the user, and a conversation of another user is ``NotFound``, the
 same as one that does not exist. Calls are synchronous and short; async callers run them in a
 thread (``asyncio.to_thread``).
+
+A conversation's messages form a tree (``app.store.models``): a retry adds a sibling reply, an
+edit a sibling user message, and earlier versions stay. What is read and continued is the
+branch on screen, from the first message to the conversation's leaf; each write moves the leaf
+to the message it adds, and ``switch_branch`` moves it to another branch.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +22,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -37,11 +43,14 @@ class NotFound(StoreError):
 
 @dataclass(frozen=True)
 class BegunTurn:
-    """What ``Store.begin_turn`` stored: the conversation, the message answered, the reply."""
+    """What ``Store.begin_turn`` stored: the conversation, the message answered, the reply,
+    and the alternatives of each (as in ``StoredExchange``)."""
 
     conversation_id: str
     user_message_id: int
     reply_id: int
+    user_alternatives: tuple[int, ...]
+    reply_alternatives: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,44 @@ class StoredReply:
 
 @dataclass(frozen=True)
 class StoredExchange:
-    """A user message and the latest version of the reply to it."""
+    """A user message and its reply on the branch on screen, each with its alternatives: the
+    ids, oldest first and itself among them, of the user messages that follow the same message
+    (edits), and of the replies to the same message (retries)."""
 
     user_message_id: int
     user: str
     reply: StoredReply | None
+    user_alternatives: tuple[int, ...] = ()
+    reply_alternatives: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message of a conversation's tree; ``parent_id`` is None for a first message."""
+
+    id: int
+    role: str
+    parent_id: int | None
+    content: str
+    status: str
+    error: str | None
+    tokens: int | None
+    time_to_first_token: float | None
+    tokens_per_second: float | None
+    model: str | None
+    backend: str | None
+
+
+@dataclass(frozen=True)
+class ConversationTree:
+    """Every message of a conversation, in id order, and the last one of the branch on
+    screen (None for a conversation without messages)."""
+
+    id: str
+    title: str
+    system_prompt: str
+    leaf_id: int | None
+    messages: list[StoredMessage]
 
 
 @dataclass(frozen=True)
@@ -192,13 +234,37 @@ class Store:
             return [ConversationSummary(*row) for row in session.execute(query)]
 
     def get_conversation(self, user_id: int, conversation_id: str) -> ConversationRecord:
+        """The conversation with the exchanges of its branch on screen."""
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            messages = session.scalars(
-                select(Message).where(Message.conversation_id == conversation_id)
-                .order_by(Message.id)
-            ).all()
-            return _record(conversation, messages)
+            return _record(conversation, self._messages(session, conversation))
+
+    def get_tree(self, user_id: int, conversation_id: str) -> ConversationTree:
+        """The conversation's every message, on every branch."""
+        with self.transaction() as session:
+            conversation = self._owned(session, user_id, conversation_id)
+            messages = self._messages(session, conversation)
+            branch = _Tree(messages).branch(conversation.leaf_id)
+            return ConversationTree(
+                id=conversation.id, title=conversation.title,
+                system_prompt=conversation.system_prompt,
+                leaf_id=branch[-1].id if branch else None,
+                messages=[_stored_message(m) for m in messages],
+            )
+
+    def switch_branch(self, user_id: int, conversation_id: str, message_id: int) -> None:
+        """Put on screen the branch through ``message_id``: from it down, the newest child
+        at each step.
+
+        Raises ``NotFound`` for a message that is not in this conversation of the user's.
+        """
+        with self.transaction() as session:
+            conversation = self._owned(session, user_id, conversation_id)
+            tree = _Tree(self._messages(session, conversation))
+            message = tree.by_id.get(message_id)
+            if message is None:
+                raise NotFound(f"No message {message_id} in this conversation.")
+            conversation.leaf_id = tree.newest_below(message).id
 
     def rename(self, user_id: int, conversation_id: str, title: str) -> None:
         with self.transaction() as session:
@@ -213,13 +279,17 @@ class Store:
     def begin_turn(
         self, user_id: int, conversation_id: str | None, system_prompt: str,
         settings: dict[str, Any], language: str | None, *, message: str | None = None,
-        reply_to: int | None = None, title: str = "", model: str | None = None,
-        backend: str | None = None,
+        parent: int | None = None, reply_to: int | None = None, title: str = "",
+        model: str | None = None, backend: str | None = None,
     ) -> BegunTurn:
         """The start of a turn, in one transaction: the conversation created (for
         ``conversation_id`` None, titled ``title``) or its prompt, settings and language
-        (None: as it is, "": none) stored; the user's ``message`` added, or for a retry the
-        message ``reply_to`` answered again; and an empty reply, streaming.
+        (None: as it is, "": none) stored; the user's ``message`` added after the message
+        ``parent`` (None: as a first message), or for a retry the message ``reply_to``
+        answered again; and an empty reply, streaming, now the end of the branch on screen.
+
+        An edit is a message added after the edited one's parent: a sibling of it, which
+        starts a new branch and keeps the old one.
 
         Raises ``NotFound`` for a conversation or message that is not the user's.
         """
@@ -237,41 +307,62 @@ class Store:
                 if language is not None:
                     conversation.language = language or None
             if message is not None:
-                reply_to = self._add_message(session, conversation, message)
-            asked = session.get(Message, reply_to) if reply_to is not None else None
-            if asked is None or asked.conversation_id != conversation.id or asked.role != "user":
-                raise NotFound(f"No message {reply_to} to answer in this conversation.")
-            reply_id = self._start_reply(session, conversation, asked.id, model, backend)
-            return BegunTurn(conversation.id, asked.id, reply_id)
+                if parent is not None:
+                    self._message_in(session, conversation, parent)
+                reply_to = self._add_message(session, conversation, message, parent)
+            if reply_to is None:
+                raise NotFound("No message to answer in this conversation.")
+            asked = self._message_in(session, conversation, reply_to, role="user")
+            reply = self._start_reply(session, conversation, asked.id, model, backend)
+            return BegunTurn(
+                conversation.id, asked.id, reply.id, self._alternatives(session, asked),
+                self._alternatives(session, reply),
+            )
 
     def add_user_message(self, user_id: int, conversation_id: str, content: str) -> int:
+        """A user message at the end of the branch on screen."""
         with self.transaction() as session:
+            conversation = self._owned(session, user_id, conversation_id)
+            leaf = None if conversation.leaf_id is None else session.get(
+                Message, conversation.leaf_id)
+            if leaf is None or leaf.conversation_id != conversation.id:  # none, or gone
+                branch = _Tree(self._messages(session, conversation)).branch(None)
+                leaf = branch[-1] if branch else None
             return self._add_message(
-                session, self._owned(session, user_id, conversation_id), content
+                session, conversation, content, None if leaf is None else leaf.id
             )
 
     def start_reply(
         self, user_id: int, conversation_id: str, reply_to: int, model: str | None,
         backend: str | None,
     ) -> int:
-        """A new version of the reply to ``reply_to``, streaming; earlier versions are kept."""
+        """A new version of the reply to ``reply_to``, streaming; earlier versions are kept.
+
+        Raises ``NotFound`` for a user message that is not in this conversation of the user's.
+        """
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            return self._start_reply(session, conversation, reply_to, model, backend)
+            asked = self._message_in(session, conversation, reply_to, role="user")
+            return self._start_reply(session, conversation, asked.id, model, backend).id
 
     @staticmethod
-    def _add_message(session: Session, conversation: Conversation, content: str) -> int:
+    def _add_message(
+        session: Session, conversation: Conversation, content: str, parent: int | None
+    ) -> int:
         conversation.updated_at = now()
-        message = Message(conversation_id=conversation.id, role="user", content=content)
+        message = Message(
+            conversation_id=conversation.id, role="user", content=content, reply_to_id=parent
+        )
         session.add(message)
         session.flush()
+        conversation.leaf_id = message.id
         return message.id
 
     @staticmethod
     def _start_reply(
         session: Session, conversation: Conversation, reply_to: int, model: str | None,
         backend: str | None,
-    ) -> int:
+    ) -> Message:
         if model is not None:
             conversation.model, conversation.backend = model, backend
         message = Message(
@@ -280,7 +371,37 @@ class Store:
         )
         session.add(message)
         session.flush()
-        return message.id
+        conversation.leaf_id = message.id
+        return message
+
+    @staticmethod
+    def _message_in(
+        session: Session, conversation: Conversation, message_id: int, role: str | None = None
+    ) -> Message:
+        message = session.get(Message, message_id)
+        if (message is None or message.conversation_id != conversation.id
+                or role not in (None, message.role)):
+            raise NotFound(f"No message {message_id} in this conversation.")
+        return message
+
+    @staticmethod
+    def _alternatives(session: Session, message: Message) -> tuple[int, ...]:
+        """The ids of ``message`` and its siblings of the same role, oldest first."""
+        parent = message.reply_to_id
+        return tuple(session.scalars(
+            select(Message.id).where(
+                Message.conversation_id == message.conversation_id,
+                Message.role == message.role,
+                Message.reply_to_id.is_(None) if parent is None else Message.reply_to_id == parent,
+            ).order_by(Message.id)
+        ))
+
+    @staticmethod
+    def _messages(session: Session, conversation: Conversation) -> Sequence[Message]:
+        return session.scalars(
+            select(Message).where(Message.conversation_id == conversation.id)
+            .order_by(Message.id)
+        ).all()
 
     def save_reply(self, user_id: int, reply_id: int, content: str, **final: Any) -> None:
         """Store the reply so far; with ``status`` (and stats) it is the final version.
@@ -300,18 +421,22 @@ class Store:
                 raise NotFound(f"No reply {reply_id} in your conversations.")
 
     def delete_exchange(self, user_id: int, conversation_id: str, user_message_id: int) -> None:
-        """Take back a user message with every version of its reply."""
+        """Take back a message with everything below it: every version of its reply and the
+        branches that follow them. A branch on screen that went through it now ends at the
+        message before it."""
         with self.transaction() as session:
-            self._owned(session, user_id, conversation_id)
-            message = session.get(Message, user_message_id)
-            if message is None or message.conversation_id != conversation_id:
+            conversation = self._owned(session, user_id, conversation_id)
+            tree = _Tree(self._messages(session, conversation))
+            message = tree.by_id.get(user_message_id)
+            if message is None:
                 raise NotFound(f"No message {user_message_id} in this conversation.")
-            for reply in session.scalars(
-                select(Message).where(Message.reply_to_id == user_message_id)
-            ):
-                session.delete(reply)
-            session.flush()  # the replies first: the unit of work would delete by id order
-            session.delete(message)
+            doomed = tree.subtree(message)
+            if conversation.leaf_id in doomed:
+                conversation.leaf_id = message.reply_to_id
+            session.execute(
+                delete(Message).where(Message.id.in_(doomed))
+                .execution_options(synchronize_session=False)
+            )
 
     def count_messages(self, user_id: int) -> int:
         with self.transaction() as session:
@@ -360,27 +485,31 @@ class Store:
     def add_conversations(
         self,
         user_id: int,
-        conversations: Iterable[tuple[Conversation, Sequence[tuple[Message, Message | None]]]],
+        conversations: Iterable[
+            tuple[Conversation, Sequence[tuple[Message, Message | None]], Message | None]
+        ],
     ) -> list[str]:
         """Add whole conversations for the user in one transaction: all of them, or none.
 
-        Each conversation comes with its messages in order, each paired with the earlier user
-        message of the same conversation that it answers (or ``None``); ids follow that order.
-        The rows are consumed inside the transaction, so a failure while building or writing
-        any of them rolls back every row. Returns the new conversation ids.
+        Each conversation comes with its messages in order, each paired with its parent, an
+        earlier message of the same conversation (or ``None``), and with the last message of
+        its branch on screen (or ``None``); ids follow that order. The rows are consumed
+        inside the transaction, so a failure while building or writing any of them rolls back
+        every row. Returns the new conversation ids.
         """
         with self.transaction() as session:
             ids = []
-            for conversation, messages in conversations:
+            for conversation, messages, leaf in conversations:
                 conversation.user_id = user_id
                 session.add(conversation)
-                for message, answers in messages:
-                    if answers is not None:
-                        if answers.id is None:
-                            session.flush()  # the message answered needs its id
-                        message.reply_to_id = answers.id
+                for message, parent in messages:
+                    if parent is not None:
+                        if parent.id is None:
+                            session.flush()  # the parent needs its id
+                        message.reply_to_id = parent.id
                     conversation.messages.append(message)
                 session.flush()
+                conversation.leaf_id = None if leaf is None else leaf.id
                 ids.append(conversation.id)
             return ids
 
@@ -392,23 +521,80 @@ class Store:
         return conversation
 
 
+class _Tree:
+    """The messages of one conversation (in id order) as a tree."""
+
+    def __init__(self, messages: Sequence[Message]) -> None:
+        self.by_id = {message.id: message for message in messages}
+        self.children: defaultdict[int | None, list[Message]] = defaultdict(list)
+        for message in messages:
+            self.children[message.reply_to_id].append(message)
+
+    def alternatives(self, message: Message) -> tuple[int, ...]:
+        return tuple(
+            m.id for m in self.children[message.reply_to_id] if m.role == message.role
+        )
+
+    def newest_below(self, message: Message) -> Message:
+        """The end of the branch that goes on from ``message`` by the newest child."""
+        while self.children[message.id]:
+            message = self.children[message.id][-1]
+        return message
+
+    def branch(self, leaf_id: int | None) -> list[Message]:
+        """The messages from the first one to ``leaf_id``; for a leaf that is None or not
+        here, the newest child at each step."""
+        leaf = self.by_id.get(leaf_id) if leaf_id is not None else None
+        if leaf is None and self.children[None]:
+            leaf = self.newest_below(self.children[None][-1])
+        path = []
+        while leaf is not None:
+            path.append(leaf)
+            leaf = self.by_id.get(leaf.reply_to_id) if leaf.reply_to_id is not None else None
+        return path[::-1]
+
+    def subtree(self, message: Message) -> set[int]:
+        """The ids of ``message`` and everything below it."""
+        found, pending = set(), [message]
+        while pending:
+            current = pending.pop()
+            found.add(current.id)
+            pending.extend(self.children[current.id])
+        return found
+
+
 def _record(conversation: Conversation, messages: Sequence[Message]) -> ConversationRecord:
-    """The conversation with each user message and the latest version of its reply;
-    ``messages`` are all of its messages, in id order."""
-    latest: dict[int, Message] = {}
-    for message in messages:
-        if message.role == "assistant" and message.reply_to_id is not None:
-            latest[message.reply_to_id] = message
-    exchanges = [
-        StoredExchange(m.id, m.content, _reply(latest.get(m.id)))
-        for m in messages if m.role == "user"
-    ]
+    """The conversation with the exchanges of its branch on screen; ``messages`` are all of
+    its messages, in id order."""
+    tree = _Tree(messages)
+    exchanges: list[tuple[Message, Message | None]] = []
+    for message in tree.branch(conversation.leaf_id):
+        if message.role == "user":
+            exchanges.append((message, None))
+        elif exchanges:
+            exchanges[-1] = (exchanges[-1][0], message)
     return ConversationRecord(
         id=conversation.id, title=conversation.title,
         system_prompt=conversation.system_prompt, model=conversation.model,
         backend=conversation.backend, language=conversation.language,
         settings=dict(conversation.settings or {}), created_at=as_utc(conversation.created_at),
-        exchanges=exchanges,
+        exchanges=[
+            StoredExchange(
+                user.id, user.content, _reply(reply), tree.alternatives(user),
+                tree.alternatives(reply) if reply is not None else (),
+            )
+            for user, reply in exchanges
+        ],
+    )
+
+
+def _stored_message(message: Message) -> StoredMessage:
+    return StoredMessage(
+        id=message.id, role=message.role, parent_id=message.reply_to_id,
+        content=message.content, status=message.status, error=message.error,
+        tokens=message.tokens, time_to_first_token=message.time_to_first_token,
+        tokens_per_second=message.tokens_per_second, model=message.model,
+        backend=message.backend,
     )
 
 

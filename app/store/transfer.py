@@ -1,9 +1,11 @@
 """Export and import of a user's conversations.
 
 JSON is the exchange format: a versioned document holding everything needed to restore the
-conversations exactly (every version of a retried reply included, with the reply→user-message
-links as ids local to each conversation). The readable Markdown export is the chat's
-(``app.chat.export``): the store knows no presentation.
+conversations exactly: every branch of each (every version of a retried reply, every edit of a
+message), each message naming its parent by an id local to its conversation, and the last
+message of the branch on screen. Version 1 (before branches) linked replies alone; it is still
+read, each user message following the latest reply before it, as that version showed it. The
+readable Markdown export is the chat's (``app.chat.export``): the store knows no presentation.
 
 Import reads untrusted files: the document is size-limited, parsed and validated against the
 models below (unknown fields refused, lengths and counts bounded), its links are checked, and
@@ -35,7 +37,8 @@ from app.store.models import Conversation, Message, now
 from app.store.store import Store, StoreError
 
 FORMAT = "coding-playground.conversations"
-VERSION = 1
+VERSION = 2
+VERSIONS_READ = (1, 2)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 MAX_CONVERSATIONS = 1_000
@@ -84,7 +87,9 @@ class _Strict(BaseModel):
 
 
 class MessageDoc(_Strict):
-    """One message; ``id`` is local to its conversation, ``reply_to`` names such an id."""
+    """One message; ``id`` is local to its conversation, ``reply_to`` names its parent by such
+    an id: for a reply, the user message it answers; for a user message, the message it
+    follows (none for a first message, and always none in version 1)."""
 
     id: LocalId
     role: Literal["user", "assistant"]
@@ -114,6 +119,7 @@ class ConversationDoc(_Strict):
     created_at: Moment
     updated_at: Moment
     messages: list[MessageDoc] = Field(default_factory=list, max_length=MAX_MESSAGES)
+    leaf: LocalId | None = None  # the last message of the branch on screen; version 2
 
     @field_validator("settings")
     @classmethod
@@ -145,8 +151,11 @@ class ExportDoc(_Strict):
     @field_validator("version")
     @classmethod
     def _known_version(cls, value: int) -> int:
-        if value != VERSION:
-            raise ValueError(f"version {value} is not supported; this app reads version {VERSION}")
+        if value not in VERSIONS_READ:
+            raise ValueError(
+                f"version {value} is not supported; this app reads versions "
+                f"{', '.join(map(str, VERSIONS_READ))}"
+            )
         return value
 
 
@@ -183,6 +192,8 @@ def export_json(store: Store, user_id: int, conversation_id: str | None = None) 
 
 def _conversation_dict(conversation: Conversation) -> dict[str, Any]:
     local_ids = {message.id: n for n, message in enumerate(conversation.messages, start=1)}
+    # A leaf that is gone reads as none: the newest child at each step.
+    leaf = local_ids.get(conversation.leaf_id) if conversation.leaf_id is not None else None
     return {
         "id": conversation.id,
         "title": conversation.title,
@@ -194,6 +205,7 @@ def _conversation_dict(conversation: Conversation) -> dict[str, Any]:
         "created_at": _iso(conversation.created_at),
         "updated_at": _iso(conversation.updated_at),
         "messages": [_message_dict(m, local_ids) for m in conversation.messages],
+        "leaf": leaf,
     }
 
 
@@ -241,7 +253,9 @@ def import_json(
     database fails. Nothing is written in either case.
     """
     document = read_document(data, max_bytes=max_bytes)
-    return store.add_conversations(user_id, (_rows(c) for c in document.conversations))
+    return store.add_conversations(
+        user_id, (_rows(c, document.version) for c in document.conversations)
+    )
 
 
 def read_document(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ExportDoc:
@@ -255,7 +269,7 @@ def read_document(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> E
     except ValidationError as err:
         raise TransferError(_describe(err.errors(include_input=False))) from None
     for index, conversation in enumerate(document.conversations):
-        _check_links(conversation, f"conversations[{index}]")
+        _check_links(conversation, document.version, f"conversations[{index}]")
     return document
 
 
@@ -289,8 +303,9 @@ def _place(loc: tuple[int | str, ...]) -> str:
     return place or "document"
 
 
-def _check_links(conversation: ConversationDoc, where: str) -> None:
-    """Roles, statuses and reply links agree: a reply answers an earlier user message."""
+def _check_links(conversation: ConversationDoc, version: int, where: str) -> None:
+    """Roles, statuses and links agree: a reply answers an earlier user message, a user
+    message follows an earlier message (version 2), the leaf is a message."""
     roles: dict[int, str] = {}
     for index, message in enumerate(conversation.messages):
         place = f"{where}.messages[{index}]"
@@ -306,26 +321,38 @@ def _check_links(conversation: ConversationDoc, where: str) -> None:
                 f"{place}.status: {kind} has one of {', '.join(sorted(statuses))}, "
                 f"not {message.status!r}"
             )
-        _check_reply_to(message, roles, place)
+        _check_reply_to(message, roles, version, place)
+    leaf = conversation.leaf
+    if leaf is not None and version == 1:
+        raise TransferError(f"{where}.leaf: version 1 has no leaf; export again for version 2")
+    if leaf is not None and leaf not in roles:
+        raise TransferError(f"{where}.leaf: no message has id {leaf}")
 
 
-def _check_reply_to(message: MessageDoc, roles: dict[int, str], place: str) -> None:
+def _check_reply_to(
+    message: MessageDoc, roles: dict[int, str], version: int, place: str
+) -> None:
     target = message.reply_to
-    if message.role == "user":
+    if message.role == "user" and version == 1:
         if target is not None:
             raise TransferError(f"{place}.reply_to: a user message answers no other message")
         return
     if target is None:
+        if message.role == "user":
+            return  # a first message
         raise TransferError(f"{place}.reply_to: a reply must name the user message it answers")
     if target not in roles or target == message.id:
         raise TransferError(f"{place}.reply_to: no earlier message has id {target}")
-    if roles[target] != "user":
+    if message.role == "assistant" and roles[target] != "user":
         raise TransferError(f"{place}.reply_to: message {target} is a reply, not a user message")
 
 
 def _rows(
-    document: ConversationDoc,
-) -> tuple[Conversation, list[tuple[Message, Message | None]]]:
+    document: ConversationDoc, version: int
+) -> tuple[Conversation, list[tuple[Message, Message | None]], Message | None]:
+    """The conversation's rows, each message with its parent, and the leaf. A version 1
+    user message follows the latest reply to the user message before it (or that message,
+    unanswered), as the migration to branches (0004) links stored ones."""
     conversation = Conversation(
         title=document.title, model=document.model, backend=document.backend,
         language=document.language, system_prompt=document.system_prompt,
@@ -333,12 +360,21 @@ def _rows(
         updated_at=document.updated_at,
     )
     by_id: dict[int, Message] = {}
-    messages = []
+    messages: list[tuple[Message, Message | None]] = []
+    last_user: Message | None = None
+    latest_reply: Message | None = None
     for item in document.messages:
         message = _message_row(item)
         by_id[item.id] = message
-        messages.append((message, None if item.reply_to is None else by_id[item.reply_to]))
-    return conversation, messages
+        parent = None if item.reply_to is None else by_id[item.reply_to]
+        if version == 1 and item.role == "user":
+            parent = latest_reply if latest_reply is not None else last_user
+            last_user, latest_reply = message, None
+        elif version == 1 and parent is last_user:
+            latest_reply = message
+        messages.append((message, parent))
+    leaf = None if document.leaf is None else by_id[document.leaf]
+    return conversation, messages, leaf
 
 
 def _message_row(document: MessageDoc) -> Message:

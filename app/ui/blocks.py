@@ -1,10 +1,10 @@
-"""The StarChat-style page: chat, Send/Stop, Retry/Undo/Clear, system prompt and generation
-controls. Handlers are async generators; they know the chat service, never HTTP."""
+"""The StarChat-style page: chat, Send/Stop, Retry/Undo/Clear, edits of earlier messages,
+system prompt and generation controls. Handlers are async generators; they know the chat
+service, never HTTP."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,24 +13,20 @@ import gradio as gr
 from app.backends import BackendError, BackendInfo
 from app.chat import Chat, ChatService, Exchange
 from app.chat.cache import Lru
-from app.chat.guard import Guard, RateWindow
+from app.chat.guard import Guard
 from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES
 from app.chat.replies import LiveReply
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
 from app.store import ConversationRecord, NotFound, Store
 from app.store.store import LOCAL_USER
+from app.ui.backends import BackendsPanel
+from app.ui.branches import BranchesUI, edited
 from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import SkippingBlocks, oauth_username
 from app.ui.raw import RawUI
-from app.ui.render import (
-    chat_messages,
-    dropped_notice,
-    header_markdown,
-    model_choices,
-    status_markdown,
-)
+from app.ui.render import chat_messages, dropped_notice, header_markdown
 from app.ui.sharing import SharingUI
 from app.ui.snippets import SnippetsUI
 from app.ui.transfer import TransferUI
@@ -48,12 +44,7 @@ EXAMPLES = [
 # Outputs of the handlers that stream a reply, in this order.
 REPLY_OUTPUTS = ("chatbot", "chat", "message", "notice", "header", "conversations")
 
-# How often the page re-reads the backend status panel (the app probes the backends in the
-# background; reading the panel costs nothing).
-STATUS_REFRESH_SECONDS = 5.0
 USER_IDS_KEPT = 10_000
-# "Check now" probes every backend: a user may do it this often a minute.
-CHECKS_PER_MINUTE = 6
 
 SIGN_IN_FIRST = "Sign in with Hugging Face first (the button at the top of the page)."
 
@@ -75,9 +66,10 @@ class PlaygroundUI:
         self.settings = service.settings
         # Names to ids of the users seen lately (not of every user ever seen).
         self._user_ids = Lru[str, int](USER_IDS_KEPT)
-        self._checks = RateWindow(CHECKS_PER_MINUTE, 60.0)
         self.downloads = Downloads()
         self.transfer = TransferUI(self.history_for, self.downloads)
+        self.branches = BranchesUI(self.history_for)
+        self.backends = BackendsPanel(service, self.history_for)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -114,30 +106,6 @@ class PlaygroundUI:
 
     # -- events --------------------------------------------------------------------------
 
-    def model_menu(self, value: str | None = None) -> Any:
-        choices = model_choices(self.service.models())
-        if value is None and choices:
-            value = self.settings.default_model or choices[0][1]
-        return gr.update(choices=choices, value=value)
-
-    def status_panel(self) -> str:
-        return status_markdown(self.service.statuses())
-
-    async def check_backends(
-        self, request: gr.Request | None, model: str | None
-    ) -> tuple[str, Any]:
-        """Probe every backend now (a signed-in user, at most CHECKS_PER_MINUTE times a
-        minute); the panel and the model menu show the result."""
-        history = await self.history_for(request)
-        wait = self._checks.wait(history.user_id)
-        if wait > 0:
-            raise gr.Error(f"The backends were checked {CHECKS_PER_MINUTE} times in the last "
-                           f"minute; try again in {math.ceil(wait)} s. The panel refreshes "
-                           "by itself meanwhile.")
-        self._checks.add(history.user_id)
-        await self.service.router.refresh(force=True)
-        return self.status_panel(), self.model_menu(model or None)
-
     async def model_picked(self, model: str | None) -> list[Any]:
         """The title line for the model just picked (its backend and limits), and the
         controls its kind of backend honours."""
@@ -152,8 +120,9 @@ class PlaygroundUI:
         else:
             history = await self.history_for(request)
             conversations = gr.update(choices=await history.choices())
-        menu = self.model_menu(info.model_id if info else None)
-        return [header, conversations, menu, self.status_panel(), *control_updates(info)]
+        menu = self.backends.model_menu(info.model_id if info else None)
+        return [header, conversations, menu, self.backends.status_panel(),
+                *control_updates(info)]
 
     async def send(
         self, request: gr.Request | None, text: str, chat: Chat, system_prompt: str,
@@ -183,6 +152,21 @@ class PlaygroundUI:
         async for update in self._reply(history, chat, asked, retried=last):
             yield update
 
+    async def edit(
+        self, request: gr.Request | None, edit: gr.EditData, chat: Chat, system_prompt: str,
+        language: str, model: str | None, *controls: Any,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Answer an earlier message as edited, as Send does: the conversation forks there,
+        and the old branch stays a switch away. Outputs as in ``REPLY_OUTPUTS``."""
+        found = edited(chat, edit)
+        if found is None:
+            yield chat_messages(chat.exchanges), *skip_all()[1:]
+            return
+        history = await self.history_for(request)
+        asked = self._request(found[1], system_prompt, language, model, controls)
+        async for update in self._reply(history, chat, asked, edited=found[0]):
+            yield update
+
     @staticmethod
     def _request(
         text: str, system_prompt: str, language: str, model: str | None, controls: tuple[Any, ...]
@@ -194,6 +178,7 @@ class PlaygroundUI:
 
     async def _reply(
         self, history: History, chat: Chat, asked: TurnRequest, retried: Exchange | None = None,
+        edited: Exchange | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Stream a reply, storing the message first and the reply as it grows.
 
@@ -201,11 +186,11 @@ class PlaygroundUI:
         that does not answer is shown in the conversation, the message kept.
         """
         try:
-            turn = await self.turns.start(history, chat, asked, retried)
+            turn = await self.turns.start(history, chat, asked, retried, edited)
         except TurnRefused as err:
             if err.backend_error is None:
                 raise gr.Error(str(err)) from err
-            await self.turns.unanswered(history, chat, asked, err, retried)
+            await self.turns.unanswered(history, chat, asked, err, retried, edited)
             conversations = await self._list(history, chat) if retried is None else gr.skip()
             header = header_markdown(None, err.backend_error)
             yield chat_messages(chat.exchanges), chat, "", "", header, conversations
@@ -407,18 +392,14 @@ class PlaygroundUI:
                     "lost when it restarts.** Its owner can add storage in the Space's "
                     "settings.", elem_id="storage-warning",
                 )
-            with gr.Accordion("Backends", open=False, elem_id="backends-panel") as panel:
-                backends = gr.Markdown(self.status_panel(), elem_id="backends")
-                check = gr.Button("Check now", size="sm", elem_id="check-backends")
-            # The panel refreshes only while it is unfolded: 2,000 idle pages polling every
-            # 5 s would be 400 requests a second.
-            timer = gr.Timer(STATUS_REFRESH_SECONDS, active=False)
+            backends, check = self.backends.panel()
             with gr.Tabs():
                 with gr.Tab("Chat", elem_id="chat-tab"):
                     chatbot = gr.Chatbot(
                         height=520, buttons=["copy", "copy_all"], elem_id="chat", show_label=False,
-                        placeholder="Ask for code, a fix, or an explanation.",
+                        placeholder="Ask for code, a fix, or an explanation.", editable="user",
                     )
+                    self.branches.controls(demo, chatbot, chat)
                     notice = gr.Markdown(elem_id="notice")
                     with gr.Row():
                         message = gr.Textbox(
@@ -461,6 +442,11 @@ class PlaygroundUI:
                 self.retry, [chat, system_prompt, language, model, *controls], reply_outputs,
                 api_name="retry",
             )
+            # Private: an edit needs the event data only the page sends.
+            chatbot.edit(
+                self.edit, [chat, system_prompt, language, model, *controls], reply_outputs,
+                api_visibility="private",
+            )
             # Stop, Undo and the conversation switches signal the streaming handler rather
             # than cancel it, so that its last update (the reply marked stopped) is saved.
             stop.click(self.stop, [chat], None, queue=False, api_name="stop")
@@ -498,12 +484,7 @@ class PlaygroundUI:
             ).then(self.reopen, [last, chat], [*shown, conversations], api_visibility="private")
             model.input(self.model_picked, [model], [header, *controls], queue=False,
                         api_visibility="private")
-            timer.tick(self.status_panel, None, [backends], queue=False,
-                       api_visibility="private")
-            panel.expand(lambda: (gr.Timer(active=True), self.status_panel()), None,
-                         [timer, backends], queue=False, api_visibility="private")
-            panel.collapse(lambda: gr.Timer(active=False), None, [timer], queue=False,
-                           api_visibility="private")
-            check.click(self.check_backends, [model], [backends, model], api_name="check_backends")
+            check.click(self.backends.check_backends, [model], [backends, model],
+                        api_name="check_backends")
         blocks: gr.Blocks = demo
         return blocks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from html import escape
 from typing import Any
 
@@ -16,6 +16,9 @@ from app.chat import Exchange
 from app.markdown import escape_html
 
 TITLE = "## Coding Playground"
+# The switches between alternatives link here; app.ui.branches catches the clicks.
+BRANCH_LINK = "#branch-"
+EARLIER, LATER = "\u2039", "\u203a"  # single angle quotation marks
 
 KIND_NAMES = {
     "tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatible server",
@@ -49,6 +52,25 @@ _kept_reply_shown = functools.lru_cache(maxsize=1024)(_reply_shown)
 _user_shown = functools.lru_cache(maxsize=1024)(escape_html)
 
 
+def switcher(alternatives: Sequence[int], current: int | None) -> str:
+    """The switch "n/m" between arrows for a message with alternatives (ids, oldest first),
+    each arrow a link to the one before or after it; "" for a message without."""
+    if len(alternatives) < 2 or current not in alternatives:
+        return ""
+    at = alternatives.index(current)
+    before = f"[{EARLIER}]({BRANCH_LINK}{alternatives[at - 1]})" if at > 0 else EARLIER
+    after = LATER
+    if at + 1 < len(alternatives):
+        after = f"[{LATER}]({BRANCH_LINK}{alternatives[at + 1]})"
+    return f"{before} {at + 1}/{len(alternatives)} {after}"
+
+
+def user_switcher(exchange: Exchange) -> str:
+    """What follows the user's text in its message: its switcher, if it has one."""
+    shown = switcher(exchange.user_alternatives, exchange.user_message_id)
+    return f"\n\n{shown}" if shown else ""
+
+
 def assistant_markdown(exchange: Exchange) -> str:
     shown = _kept_reply_shown if exchange.done else _reply_shown
     parts = [shown(exchange.reply)] if exchange.reply else []
@@ -56,17 +78,31 @@ def assistant_markdown(exchange: Exchange) -> str:
         parts.append(f"⚠️ {escape_html(exchange.error)}")
     if exchange.stats is not None and exchange.done:
         parts.append(f"_{exchange.stats.line()}_")
+    switch = switcher(exchange.reply_alternatives, exchange.reply_id)
+    if parts and switch:  # a reply not yet begun shows nothing
+        parts.append(switch)
     return "\n\n".join(parts)
 
 
-def chat_messages(conversation: Sequence[Exchange]) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
+def _messages(conversation: Sequence[Exchange]) -> Iterator[tuple[Exchange, dict[str, Any]]]:
     for exchange in conversation:
-        messages.append({"role": "user", "content": _user_shown(exchange.user)})
+        user = _user_shown(exchange.user) + user_switcher(exchange)
+        yield exchange, {"role": "user", "content": user}
         body = assistant_markdown(exchange)
         if body:
-            messages.append({"role": "assistant", "content": body})
-    return messages
+            yield exchange, {"role": "assistant", "content": body}
+
+
+def chat_messages(conversation: Sequence[Exchange]) -> list[dict[str, Any]]:
+    return [message for _, message in _messages(conversation)]
+
+
+def exchange_at(conversation: Sequence[Exchange], index: int) -> Exchange | None:
+    """The exchange whose user message ``chat_messages`` puts at ``index``, if any."""
+    shown = list(_messages(conversation))
+    if not 0 <= index < len(shown) or shown[index][1]["role"] != "user":
+        return None
+    return shown[index][0]
 
 
 def header_markdown(info: BackendInfo | None, error: BackendError | None) -> str:
