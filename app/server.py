@@ -24,7 +24,7 @@ from app.share_page import install_share_page
 from app.store import Accounts, Store, transfer
 from app.ui import PlaygroundUI
 from app.ui.gradio_compat import configure_queue
-from app.ui.render import PAGE_CSS
+from app.ui.page import PAGE_CSS
 
 log = logging.getLogger(__name__)
 

@@ -601,3 +601,89 @@ def test_edit_an_earlier_message_switch_branches_then_export_and_import_them(
     expect(page.locator("#chat .message.bot").last).to_contain_text("answer")
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-branches.png"), full_page=True)
+
+
+def test_each_keyboard_shortcut_works_and_leaves_typing_alone(
+    page: Page, fake: FakeBackend
+) -> None:
+    fake.token_delay = 0.03
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    box = page.locator("#message textarea")
+    page.locator("#header").click()
+    page.keyboard.press("Alt+Shift+M")
+    expect(box).to_be_focused()
+    page.keyboard.type("one line")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("and ? another")
+    expect(box).to_have_value("one line\nand ? another")
+    expect(page.locator("#shortcuts-overlay")).to_be_hidden()
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("word3 ", timeout=15_000)
+    page.keyboard.press("Escape")
+    expect(page.locator("#chat .message.bot")).to_contain_text("stopped by you")
+    wait_for(lambda: fake.cancelled == 1, 5, what="Esc to stop the reply")
+
+    fake.token_delay = 0.0
+    page.keyboard.press("Alt+Shift+R")
+    expect(page.locator("#chat .message.bot").last).to_contain_text("finished", timeout=15_000)
+    assert len(fake.requests) == 2, "retried"
+
+    page.locator("#header").click()
+    page.keyboard.press("?")
+    overlay = page.locator("#shortcuts-overlay")
+    expect(overlay).to_be_visible()
+    expect(overlay.get_by_role("dialog")).to_have_count(0)
+    expect(page.get_by_role("dialog", name="Keyboard shortcuts")).to_contain_text("Alt+Shift+N")
+    expect(page.locator("#shortcuts-close")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(overlay).to_be_hidden()
+    page.locator("#shortcuts").click()
+    expect(overlay).to_be_visible()
+    page.locator("#shortcuts-close").click()
+    expect(overlay).to_be_hidden()
+
+    page.keyboard.press("Alt+Shift+N")
+    expect(page.locator("#chat .message")).to_have_count(0)
+
+
+def test_every_control_has_an_accessible_name(page: Page) -> None:
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    tree = page.locator("body").aria_snapshot()
+    assert '- button "Send"' in tree
+    unnamed = [line.strip() for line in tree.splitlines() if re.fullmatch(
+        r"\s*- (button|textbox|combobox|checkbox|slider|spinbutton|radio|link)( \[.*\])?:?",
+        line,
+    )]
+    assert unnamed == [], tree
+
+
+def test_a_phone_sized_page_shows_the_chat_with_the_sidebar_folded(
+    browser: Browser, backend: ServerThread, fake: FakeBackend
+) -> None:
+    fake.tokens = ["Here:\n\n", "```python\n", "print('" + "x" * 300 + "')\n", "```\n"]
+    with ServerThread(create_app(settings_for(backend.url))) as server:
+        for width, height in ((1280, 900), (390, 844)):
+            context = browser.new_context(viewport={"width": width, "height": height})
+            page = context.new_page()
+            page.goto(server.url)
+            expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+            page.locator("#message textarea").fill("Print a long line.")
+            page.locator("#send").click()
+            expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+            OUTPUT.mkdir(exist_ok=True)
+            page.screenshot(path=str(OUTPUT / f"page-{width}.png"))
+            if width < 768:
+                expect(page.locator(".sidebar")).not_to_have_class(re.compile(r"\bopen\b"))
+                for part in ("#message textarea", "#send", "#stop", "#chat"):
+                    box = page.locator(part).bounding_box()
+                    assert box is not None
+                    assert box["x"] >= 0, part
+                    assert box["x"] + box["width"] <= width, part
+                assert page.evaluate("document.documentElement.scrollWidth") <= width
+                code = page.locator("#chat .message.bot pre").first
+                assert code.evaluate("pre => pre.scrollWidth > pre.clientWidth"), "it scrolls"
+                page.get_by_role("button", name="Toggle Sidebar").click()
+                expect(page.locator(".sidebar")).to_have_class(re.compile(r"\bopen\b"))
+                page.locator("#new-chat").click()
+                expect(page.locator(".sidebar")).not_to_have_class(re.compile(r"\bopen\b"))
+            context.close()

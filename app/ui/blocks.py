@@ -25,6 +25,7 @@ from app.ui.branches import BranchesUI, edited
 from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import SkippingBlocks, oauth_username
+from app.ui.page import page_behaviour
 from app.ui.raw import RawUI
 from app.ui.render import chat_messages, dropped_notice, header_markdown
 from app.ui.sharing import SharingUI
@@ -380,6 +381,7 @@ class PlaygroundUI:
                         sharing.import_box(conversations)
                 if sharing is not None:
                     sharing.panel(demo, chat, self._signed_in_only)
+                page_behaviour(demo)
             header = gr.Markdown(header_markdown(None, None), elem_id="header")
             if s.auth_mode == "hf":
                 gr.Markdown(

@@ -24,21 +24,13 @@ KIND_NAMES = {
     "tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatible server",
     "hf": "Inference Providers", "auto": "not probed yet",
 }
-# Colour and text, no emoji: a machine without an emoji font showed empty boxes.
+# Colour (app.ui.page's CSS) and text, no emoji: a machine without an emoji font showed empty
+# boxes.
 STATE_MARKS = {
     "up": '<span class="state-up">● up</span>',
     "down": '<span class="state-down">● down</span>',
     "unknown": '<span class="state-unknown">○ not checked yet</span>',
 }
-# The page's own rules (given to Gradio as it is mounted): the state marks' colours, and the
-# backends table's headers on one line ("State", not "Stat e"), the table scrolling instead.
-PAGE_CSS = """
-.state-up { color: #1a7f37; font-weight: 600; }
-.state-down { color: #cf222e; font-weight: 600; }
-.state-unknown { color: #59636e; }
-#backends table { display: block; overflow-x: auto; }
-#backends th { white-space: nowrap; word-break: keep-all; }
-"""
 
 
 def _reply_shown(reply: str) -> str:
