@@ -201,13 +201,14 @@ class Dialogues:
             sent = offset
             while True:
                 ended = live.done  # before the text: its last update is then in it
+                seen = live.version
                 text = live.exchange.reply
                 if len(text) > sent:
                     yield _event({"delta": text[sent:]})
                     sent = len(text)
                 if ended:
                     break
-                await live.wait()
+                await live.after(seen)
             yield _end(live.exchange.reply_id, stats_out(live.exchange.stats),
                        live.exchange.error)
         finally:

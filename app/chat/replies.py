@@ -2,7 +2,7 @@
 
 A reply is a task of its own that streams into its exchange and saves it (``History``);
 pages and API clients *follow* it: each shows the reply so far, then each update until it
-ends (``LiveReply.wait``). Reloading a page, or opening the conversation in another tab or on
+ends (``LiveReply.after``). Reloading a page, or opening the conversation in another tab or on
 another device, just follows the reply again; Stop in any of them sets the exchange's
 ``stop`` event, which ends it for all. With ``REPLY_KEEPS_RUNNING`` on (the default), a reply
 nobody follows any more goes on until it ends and is stored; off, a follower that goes away
@@ -48,6 +48,7 @@ class LiveReply:
     user_id: int
     conversation_id: str
     task: asyncio.Task[None] | None = None
+    version: int = 0  # updates so far, the end included
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -58,15 +59,18 @@ class LiveReply:
         self.exchange.stop.set()
 
     def changed(self) -> None:
-        """Wake every follower; the next change gets a new event."""
+        """Count an update and wake every follower; the next update gets a new event."""
+        self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait(self) -> None:
-        """Until the next update of the reply, or its end (``done`` then); at once when it
-        has ended."""
-        if not self.done:
+    async def after(self, seen: int) -> int:
+        """Until the reply has had an update since ``seen`` (its ``version`` when last shown)
+        or has ended, at once if it already has; returns its version then. An update that came
+        while the follower was busy is not waited for again."""
+        while self.version == seen and not self.done:
             await self._changed.wait()
+        return self.version
 
 
 class Replies:

@@ -196,20 +196,25 @@ class PlaygroundUI:
             header = header_markdown(None, err.backend_error)
             yield chat_messages(chat.exchanges), chat, "", "", header, conversations
             return
-        conversations = await self._list(history, chat) if retried is None else gr.skip()
         notice = dropped_notice(turn.dropped_exchanges, turn.budget)
         header = header_markdown(turn.info, None)
-        yield chat_messages(chat.exchanges), chat, "", notice, header, conversations
-        async for shown in self._follow(chat, turn.live):
-            yield shown, *(gr.skip(),) * 5
+        seen = turn.live.version
+        yield chat_messages(chat.exchanges), chat, "", notice, header, gr.skip()
+        # The conversation list is read while the backend works on the first token, and goes
+        # out with it: at 64 messages at once, reading it first delayed every first token.
+        conversations = await self._list(history, chat) if retried is None else gr.skip()
+        async for shown in self._follow(chat, turn.live, seen):
+            yield shown, *(gr.skip(),) * 4, conversations if chat.on_screen else gr.skip()
+            conversations = gr.skip()
 
-    async def _follow(self, chat: Chat, live: LiveReply) -> AsyncIterator[Any]:
-        """The chat pane at each update of the reply ``live`` (running on the server), while
-        the tab shows its conversation. A tab that goes away (closed, reloaded) leaves the
-        reply running, unless REPLY_KEEPS_RUNNING is off: then it stops it."""
+    async def _follow(self, chat: Chat, live: LiveReply, seen: int) -> AsyncIterator[Any]:
+        """The chat pane at each update of the reply ``live`` (running on the server) after
+        the one shown (``seen``, a version), while the tab shows its conversation. A tab that
+        goes away (closed, reloaded) leaves the reply running, unless REPLY_KEEPS_RUNNING is
+        off: then it stops it."""
         try:
             while True:
-                await live.wait()  # at once when it ended since the pane was last shown
+                seen = await live.after(seen)
                 ended = live.done  # before the render: its last update is then in it
                 if not chat.on_screen:
                     # Gradio sends a handler's last update again as it ends: one that
@@ -295,13 +300,14 @@ class PlaygroundUI:
         """Outputs of ``open_chat``: the conversation, then the chat pane alone at each
         update of its reply being written."""
         live = self.service.replies.attach(opened)
+        seen = live.version if live is not None else 0
         settings = sanitized(record.settings)
         values = [settings.get(name, gr.skip()) for name in CONTROL_NAMES]
         yield (chat_messages(opened.exchanges), opened, record.system_prompt,
                record.language or "", settings.get("model", gr.skip()), record.title,
                *values)
         if live is not None:
-            async for shown in self._follow(opened, live):
+            async for shown in self._follow(opened, live, seen):
                 yield shown, *(gr.skip(),) * (5 + len(CONTROL_NAMES))
 
     async def search(self, request: gr.Request | None, text: str, chat: Chat) -> Any:
