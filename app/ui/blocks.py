@@ -18,11 +18,13 @@ from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES
 from app.chat.replies import LiveReply
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
+from app.preview import Previews
 from app.store import ConversationRecord, NotFound, Store
 from app.store.store import LOCAL_USER
 from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import SkippingBlocks, oauth_username
+from app.ui.preview import PreviewUI
 from app.ui.raw import RawUI
 from app.ui.render import (
     chat_messages,
@@ -78,6 +80,8 @@ class PlaygroundUI:
         self._checks = RateWindow(CHECKS_PER_MINUTE, 60.0)
         self.downloads = Downloads()
         self.transfer = TransferUI(self.history_for, self.downloads)
+        self.previews = Previews(self.settings.preview_max_bytes)
+        self.preview = PreviewUI(self.previews, self.history_for)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -357,7 +361,8 @@ class PlaygroundUI:
     def build(self) -> gr.Blocks:
         s = self.settings
         snippets = SnippetsUI(
-            self.service, self.guard, self.history_for, s.runs_allowed, self.downloads
+            self.service, self.guard, self.history_for, s.runs_allowed, self.downloads,
+            self.preview,
         )
         raw = RawUI(self.service, self.guard, self.history_for)
         sharing = SharingUI(self.history_for) if s.allow_sharing else None
@@ -415,10 +420,13 @@ class PlaygroundUI:
             timer = gr.Timer(STATUS_REFRESH_SECONDS, active=False)
             with gr.Tabs():
                 with gr.Tab("Chat", elem_id="chat-tab"):
-                    chatbot = gr.Chatbot(
-                        height=520, buttons=["copy", "copy_all"], elem_id="chat", show_label=False,
-                        placeholder="Ask for code, a fix, or an explanation.",
-                    )
+                    with gr.Row():
+                        chatbot = gr.Chatbot(
+                            height=520, buttons=["copy", "copy_all"], elem_id="chat",
+                            show_label=False, placeholder="Ask for code, a fix, or an explanation.",
+                            scale=3,
+                        )
+                        self.preview.chat_request(self.preview.panel("chat-preview"))
                     notice = gr.Markdown(elem_id="notice")
                     with gr.Row():
                         message = gr.Textbox(
