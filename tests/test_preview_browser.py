@@ -65,7 +65,7 @@ def test_an_html_reply_runs_in_a_sandbox_that_reaches_nothing(
     page: Page, fake: FakeBackend, backend: ServerThread  # noqa: F811
 ) -> None:
     page.evaluate("document.cookie = 'app-secret=s3cret; path=/'")
-    reply_with(fake, ("html", PROBE.replace("NETWORK", f"{backend.url}/info")), tail=300)
+    reply_with(fake, ("html", PROBE.replace("NETWORK", f"{backend.url}/info")), tail=1000)
     ask(page, "Write a page.")
     # The button comes while the reply still streams, and the reply goes on streaming.
     page.locator("#chat .preview-code").first.click()
