@@ -1,7 +1,7 @@
 """The ASGI app: FastAPI with the Gradio page mounted at ``/``, a health route, the
-Prometheus metrics and the pages of shared conversations; while it runs, the backends are
-probed and replies left streaming by a stopped process are marked interrupted, in the
-background."""
+Prometheus metrics, the pages of shared conversations and the previews of code; while it runs,
+the backends are probed and replies left streaming by a stopped process are marked
+interrupted, in the background."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from app.api import install_api
 from app.chat import ChatService
 from app.chat.guard import Guard
 from app.logs import RequestIdMiddleware
+from app.preview import install_preview
 from app.settings import Settings
 from app.share_page import install_share_page
 from app.store import Accounts, Store, transfer
 from app.ui import PlaygroundUI
 from app.ui.gradio_compat import configure_queue
 from app.ui.page import PAGE_CSS
+from app.ui.preview import page_script
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     install_api(api, settings, chat, store, guard)
     install_share_page(api, settings, store)
 
-    demo = PlaygroundUI(chat, store, guard).build()
+    ui = PlaygroundUI(chat, store, guard)
+    install_preview(api, ui.previews)
+    demo = ui.build()
     configure_queue(
         demo, concurrency=settings.queue_concurrency, max_size=settings.queue_max_size,
         session_capacity=settings.session_capacity,
@@ -117,7 +121,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     # max_file_size: an upload past the import limit is refused before Gradio stores it.
     app: FastAPI = gr.mount_gradio_app(
         api, demo, path="/", footer_links=["api", "settings"], show_error=False, css=PAGE_CSS,
-        max_file_size=transfer.DEFAULT_MAX_BYTES,
+        max_file_size=transfer.DEFAULT_MAX_BYTES, js=page_script(),
         auth=page_login(Accounts(store)) if settings.auth_mode == "password" else None,
         auth_message="Sign in with your playground account.",
     )

@@ -152,6 +152,7 @@ class Settings(BaseSettings):
 
     snippet_runs: Literal["auto", "on", "off"] = "auto"
     snippet_runs_at_once: int = Field(2, ge=1)
+    preview_max_bytes: int = Field(512 * 1024, ge=1024)
 
     # Set by Hugging Face Spaces; its presence turns Space mode on (see ``_space_mode``).
     space_id: str | None = None

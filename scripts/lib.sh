@@ -20,6 +20,14 @@ fail() {
     exit 1
 }
 
+# ensure_mermaid PYTHON: the Mermaid library the previews draw with, in app/static/vendor/
+# (git-ignored): fetched once from the npm registry (or NPM_CONFIG_REGISTRY, a mirror of it) and
+# checked against the integrity pinned in app/downloader/npm.py; a good copy in place is kept.
+ensure_mermaid() {
+    "$1" -m app.downloader mermaid ||
+        fail "could not fetch the Mermaid library the previews use (see the line above)."
+}
+
 # locked_names FILE: the names of the packages that a requirements file pins, one a line.
 locked_names() {
     sed -nE 's/^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^]]*\])?==.*/\1/p' "$1"

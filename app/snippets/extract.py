@@ -45,6 +45,9 @@ LANGUAGES: dict[str, Language] = {
         Language("c", ".c", ("h",)),
         Language("cpp", ".cpp", ("c++", "cc", "cxx", "hpp")),
         Language("java", ".java"),
+        Language("html", ".html", ("htm",)),
+        Language("svg", ".svg"),
+        Language("mermaid", ".mmd", ("mmd",)),
         Language(TEXT, ".txt", ("txt", "plain", "plaintext")),
     )
 }

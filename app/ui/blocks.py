@@ -18,6 +18,7 @@ from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES
 from app.chat.replies import LiveReply
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
+from app.preview import Previews
 from app.store import ConversationRecord, NotFound, Store
 from app.store.store import LOCAL_USER
 from app.ui.backends import BackendsPanel
@@ -26,6 +27,7 @@ from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import SkippingBlocks, oauth_username
 from app.ui.page import page_behaviour
+from app.ui.preview import PreviewUI
 from app.ui.raw import RawUI
 from app.ui.render import chat_messages, dropped_notice, header_markdown
 from app.ui.sharing import SharingUI
@@ -71,6 +73,8 @@ class PlaygroundUI:
         self.transfer = TransferUI(self.history_for, self.downloads)
         self.branches = BranchesUI(self.history_for)
         self.backends = BackendsPanel(service, self.history_for)
+        self.previews = Previews(self.settings.preview_max_bytes)
+        self.preview = PreviewUI(self.previews, self.history_for)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -349,7 +353,8 @@ class PlaygroundUI:
     def build(self) -> gr.Blocks:
         s = self.settings
         snippets = SnippetsUI(
-            self.service, self.guard, self.history_for, s.runs_allowed, self.downloads
+            self.service, self.guard, self.history_for, s.runs_allowed, self.downloads,
+            self.preview,
         )
         raw = RawUI(self.service, self.guard, self.history_for)
         sharing = SharingUI(self.history_for) if s.allow_sharing else None
@@ -403,10 +408,13 @@ class PlaygroundUI:
             backends, check = self.backends.panel()
             with gr.Tabs():
                 with gr.Tab("Chat", elem_id="chat-tab"):
-                    chatbot = gr.Chatbot(
-                        height=520, buttons=["copy", "copy_all"], elem_id="chat", show_label=False,
-                        placeholder="Ask for code, a fix, or an explanation.", editable="user",
-                    )
+                    with gr.Row():
+                        chatbot = gr.Chatbot(
+                            height=520, buttons=["copy", "copy_all"], elem_id="chat",
+                            show_label=False, placeholder="Ask for code, a fix, or an explanation.",
+                            editable="user", scale=3,
+                        )
+                        self.preview.chat_request(self.preview.panel("chat-preview"))
                     self.branches.controls(demo, chatbot, chat)
                     notice = gr.Markdown(elem_id="notice")
                     with gr.Row():
@@ -445,6 +453,9 @@ class PlaygroundUI:
                 [message.submit, send.click], self.send,
                 [message, chat, system_prompt, language, model, *controls], reply_outputs,
                 api_name="chat",
+                # A message sent before the last reply's handler has ended (it may show as
+                # finished a moment before) goes once it has, rather than being dropped.
+                trigger_mode="always_last",
             )
             retry.click(
                 self.retry, [chat, system_prompt, language, model, *controls], reply_outputs,

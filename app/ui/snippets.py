@@ -1,6 +1,6 @@
 """The snippet side of the page: save code blocks from replies, then in the library open,
 search, rename, tag, download, delete, refine with the model (each refinement a new version,
-shown as a diff) and run in the sandbox."""
+shown as a diff), run in the sandbox, and preview (HTML, SVG, Mermaid) the version on screen."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ from app.chat import Chat, ChatService
 from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
 from app.markdown import fenced
+from app.preview import preview_kind
 from app.snippets.extract import CodeBlock, extract_blocks
 from app.snippets.library import SnippetLibrary, SnippetRecord, filename
 from app.snippets.sandbox import RunLimits, RunResult, SandboxUnavailable, languages, run_snippet
 from app.store import NotFound, StoreError
 from app.ui.downloads import Downloads
+from app.ui.preview import PreviewUI
 
 REFINE_PROMPT = (
     "You revise code. Answer with the complete new version of the code in one fenced code "
@@ -58,7 +60,7 @@ def result_markdown(result: RunResult) -> str:
 
 # gr.Code's names for the languages it highlights; the others show as plain text.
 CODE_HIGHLIGHT = {"python": "python", "javascript": "javascript", "typescript": "typescript",
-                  "bash": "shell", "sql": "sql", "c": "c", "cpp": "cpp"}
+                  "bash": "shell", "sql": "sql", "c": "c", "cpp": "cpp", "html": "html"}
 
 
 def _code_language(language: str) -> str | None:
@@ -80,9 +82,10 @@ class SnippetsUI:
     def __init__(
         self, service: ChatService, guard: Guard,
         history_for: Callable[[gr.Request | None], Coroutine[Any, Any, History]],
-        runs_allowed: bool, downloads: Downloads,
+        runs_allowed: bool, downloads: Downloads, preview: PreviewUI,
     ) -> None:
         self.service = service
+        self.preview = preview
         self.downloads = downloads
         self.guard = guard
         self.history_for = history_for
@@ -164,6 +167,7 @@ class SnippetsUI:
             gr.update(value=version.code, language=_code_language(record.language)),
             gr.update(choices=numbers, value=number), diff, self._download(record, number),
             gr.update(visible=self.runs_allowed and record.language in languages()),
+            gr.update(visible=preview_kind(record.language, version.code) is not None),
         )
 
     async def show_version(
@@ -196,7 +200,7 @@ class SnippetsUI:
         await asyncio.to_thread(library.delete, user_id, record.id)
         return (gr.update(choices=await self._choices(request), value=None), None, "", "",
                 gr.update(value=""), gr.update(choices=[], value=None), "", None,
-                gr.update(visible=False))
+                gr.update(visible=False), gr.update(visible=False))
 
     # -- refine and run -------------------------------------------------------------------
 
@@ -274,6 +278,14 @@ class SnippetsUI:
             self._running -= 1
         return result_markdown(result)
 
+    async def show_preview(
+        self, request: gr.Request | None, snippet_id: int | None, number: int | None
+    ) -> tuple[Any, str]:
+        """Preview the version on screen."""
+        record = await self._open(request, snippet_id)
+        code = record.versions[(number or len(record.versions)) - 1].code
+        return await self.preview.show(request, record.language, code)
+
 
     def save_panel(self) -> SavePanel:
         """The chat tab's "Save code from this conversation" fold; ``tab`` wires it."""
@@ -316,6 +328,8 @@ class SnippetsUI:
                     with gr.Row(equal_height=True):
                         version = gr.Dropdown([], label="Version", elem_id="version")
                         download = gr.DownloadButton("Download", elem_id="download")
+                        preview = gr.Button("Preview", visible=False, size="sm",
+                                            elem_id="preview-snippet")
                         forget = gr.Button("Delete", variant="stop", size="sm",
                                            elem_id="delete-snippet")
                     with gr.Row(visible=False) as forget_row:
@@ -336,7 +350,9 @@ class SnippetsUI:
                     run = gr.Button("Run in the sandbox", visible=False, size="sm",
                                     elem_id="run")
                     output = gr.Markdown(elem_id="run-output")
-        shown = [snippet, snippet_title, snippet_tags, code, version, diff, download, run]
+                panel = self.preview.panel("snippet-preview")
+        shown = [snippet, snippet_title, snippet_tags, code, version, diff, download, run,
+                 preview]
         saving.find.click(self.code_blocks, [chat], [saving.found], queue=False,
                           api_name="code_blocks")
         saving.keep.click(self.save, [chat, saving.found, saving.title, saving.tags],
@@ -361,6 +377,8 @@ class SnippetsUI:
         )
         refine_stop.click(None, None, None, cancels=[refining], api_visibility="private")
         run.click(self.run, [snippet, version], [output], api_name="run")
+        preview.click(self.show_preview, [snippet, version], panel.outputs,
+                      api_name="preview_snippet")
         page.load(
             signed_in_only(self.search), [snippet_search], [library],
             api_visibility="private",
