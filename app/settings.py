@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(8000, ge=1)
     max_message_tokens: int = Field(4000, ge=1)
     rate_limit_per_minute: int = Field(30, ge=0)
+    attachment_max_bytes: int = Field(256 * 1024, ge=1)
+    attachments_per_message: int = Field(5, ge=1)
 
     queue_concurrency: int = Field(256, ge=1)
     queue_max_size: int | None = Field(None, ge=1)

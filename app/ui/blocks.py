@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -20,6 +21,7 @@ from app.chat.replies import LiveReply
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
 from app.store import ConversationRecord, NotFound, Store
 from app.store.store import LOCAL_USER
+from app.ui.attachments import AttachmentsUI
 from app.ui.backends import BackendsPanel
 from app.ui.branches import BranchesUI, edited
 from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
@@ -70,6 +72,7 @@ class PlaygroundUI:
         self.transfer = TransferUI(self.history_for, self.downloads)
         self.branches = BranchesUI(self.history_for)
         self.backends = BackendsPanel(service, self.history_for)
+        self.attachments = AttachmentsUI(service.settings)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -125,17 +128,23 @@ class PlaygroundUI:
                 *control_updates(info)]
 
     async def send(
-        self, request: gr.Request | None, text: str, chat: Chat, system_prompt: str,
-        language: str, model: str | None, *controls: Any,
+        self, request: gr.Request | None, text: str, files: list[str] | None, chat: Chat,
+        system_prompt: str, language: str, model: str | None, *controls: Any,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Send a new message; outputs as in ``REPLY_OUTPUTS``."""
+        """Send a new message with the files attached (paths); outputs as in
+        ``REPLY_OUTPUTS``, then the Attach box, emptied once the message is taken."""
         if not text.strip():
-            yield skip_all()
+            yield *skip_all(), gr.skip()
             return
         history = await self.history_for(request)
-        asked = self._request(text, system_prompt, language, model, controls)
+        asked = replace(
+            self._request(text, system_prompt, language, model, controls),
+            files=self.attachments.read(files),
+        )
+        attached: Any = None
         async for update in self._reply(history, chat, asked):
-            yield update
+            yield *update, attached
+            attached = gr.skip()
 
     async def retry(
         self, request: gr.Request | None, chat: Chat, system_prompt: str, language: str,
@@ -400,6 +409,7 @@ class PlaygroundUI:
                         placeholder="Ask for code, a fix, or an explanation.", editable="user",
                     )
                     self.branches.controls(demo, chatbot, chat)
+                    self.attachments.viewer(demo, chat)
                     notice = gr.Markdown(elem_id="notice")
                     with gr.Row():
                         message = gr.Textbox(
@@ -409,6 +419,7 @@ class PlaygroundUI:
                         with gr.Column(scale=1, min_width=120):
                             send = gr.Button("Send", variant="primary", elem_id="send")
                             stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    attach = self.attachments.box()
                     with gr.Row(equal_height=True):
                         language = gr.Dropdown(
                             [("Any language", ""),
@@ -435,8 +446,8 @@ class PlaygroundUI:
             reply_outputs = [chatbot, chat, message, notice, header, conversations]
             gr.on(
                 [message.submit, send.click], self.send,
-                [message, chat, system_prompt, language, model, *controls], reply_outputs,
-                api_name="chat",
+                [message, attach, chat, system_prompt, language, model, *controls],
+                [*reply_outputs, attach], api_name="chat",
             )
             retry.click(
                 self.retry, [chat, system_prompt, language, model, *controls], reply_outputs,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Iterator, Sequence
 from html import escape
 from typing import Any
@@ -13,11 +14,15 @@ from app.backends.client import safe_url
 from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
 from app.chat import Exchange
+from app.chat.attachments import size_text
 from app.markdown import escape_html
 
 TITLE = "## Coding Playground"
 # The switches between alternatives link here; app.ui.branches catches the clicks.
 BRANCH_LINK = "#branch-"
+# The chips of attached files link here; app.ui.attachments catches the clicks.
+ATTACHMENT_LINK = "#attachment-"
+_LINK_TEXT_SPECIAL = re.compile(r"([\\`*_\[\]<>&#!|~])")
 EARLIER, LATER = "\u2039", "\u203a"  # single angle quotation marks
 
 KIND_NAMES = {
@@ -65,10 +70,22 @@ def switcher(alternatives: Sequence[int], current: int | None) -> str:
     return f"{before} {at + 1}/{len(alternatives)} {after}"
 
 
-def user_switcher(exchange: Exchange) -> str:
-    """What follows the user's text in its message: its switcher, if it has one."""
+def attachment_chips(exchange: Exchange) -> str:
+    """The chips of the message's attached files, each its name and size, a link that opens
+    the file; "" for a message without."""
+    chips = []
+    for index, attachment in enumerate(exchange.attachments):
+        name = _LINK_TEXT_SPECIAL.sub(r"\\\1", attachment.name)
+        link = f"{ATTACHMENT_LINK}{exchange.user_message_id}-{index}"
+        chips.append(f"[{name} ({size_text(attachment.size)})]({link})")
+    return "\n\nAttached: " + " · ".join(chips) if chips else ""
+
+
+def user_suffix(exchange: Exchange) -> str:
+    """What follows the user's text in its message: the chips of its files and its
+    switcher, if it has them."""
     shown = switcher(exchange.user_alternatives, exchange.user_message_id)
-    return f"\n\n{shown}" if shown else ""
+    return attachment_chips(exchange) + (f"\n\n{shown}" if shown else "")
 
 
 def assistant_markdown(exchange: Exchange) -> str:
@@ -86,7 +103,7 @@ def assistant_markdown(exchange: Exchange) -> str:
 
 def _messages(conversation: Sequence[Exchange]) -> Iterator[tuple[Exchange, dict[str, Any]]]:
     for exchange in conversation:
-        user = _user_shown(exchange.user) + user_switcher(exchange)
+        user = _user_shown(exchange.user) + user_suffix(exchange)
         yield exchange, {"role": "user", "content": user}
         body = assistant_markdown(exchange)
         if body:
