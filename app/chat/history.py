@@ -225,9 +225,10 @@ class History:
         """One conversation (or all, for None) as a file's name and text, JSON or Markdown."""
         return await asyncio.to_thread(self._export, conversation_id, markdown)
 
-    async def import_file(self, path: Path) -> list[str]:
-        """Raises ``TransferError`` (nothing imported) for a file that is not a good export."""
-        return await asyncio.to_thread(self._import, path)
+    async def import_file(self, path: Path, limits: transfer.AttachmentLimits) -> list[str]:
+        """Raises ``TransferError`` (nothing imported) for a file that is not a good export,
+        attached files over ``limits`` among them."""
+        return await asyncio.to_thread(self._import, path, limits)
 
     def _export(self, conversation_id: str | None, markdown: bool) -> tuple[str, str]:
         exporter = export_markdown if markdown else transfer.export_json
@@ -235,9 +236,9 @@ class History:
         name = "conversation" if conversation_id else "conversations"
         return f"{name}.{'md' if markdown else 'json'}", document
 
-    def _import(self, path: Path) -> list[str]:
+    def _import(self, path: Path, limits: transfer.AttachmentLimits) -> list[str]:
         if path.stat().st_size > transfer.DEFAULT_MAX_BYTES:
             raise transfer.TransferError(
                 f"The file is larger than {transfer.DEFAULT_MAX_BYTES // 2**20} MiB."
             )
-        return transfer.import_json(self.store, self.user_id, path.read_bytes())
+        return transfer.import_json(self.store, self.user_id, path.read_bytes(), limits=limits)

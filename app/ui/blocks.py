@@ -19,7 +19,7 @@ from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES
 from app.chat.replies import LiveReply
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
-from app.store import ConversationRecord, NotFound, Store
+from app.store import ConversationRecord, NotFound, Store, transfer
 from app.store.store import LOCAL_USER
 from app.ui.attachments import AttachmentsUI
 from app.ui.backends import BackendsPanel
@@ -69,7 +69,9 @@ class PlaygroundUI:
         # Names to ids of the users seen lately (not of every user ever seen).
         self._user_ids = Lru[str, int](USER_IDS_KEPT)
         self.downloads = Downloads()
-        self.transfer = TransferUI(self.history_for, self.downloads)
+        self.transfer = TransferUI(self.history_for, self.downloads, transfer.AttachmentLimits(
+            self.settings.attachment_max_bytes, self.settings.attachments_per_message,
+        ))
         self.branches = BranchesUI(self.history_for)
         self.backends = BackendsPanel(service, self.history_for)
         self.attachments = AttachmentsUI(service.settings)

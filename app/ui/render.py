@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Iterator, Sequence
 from html import escape
 from typing import Any
@@ -15,14 +14,13 @@ from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
 from app.chat import Exchange
 from app.chat.attachments import size_text
-from app.markdown import escape_html
+from app.markdown import escape_html, escape_markdown
 
 TITLE = "## Coding Playground"
 # The switches between alternatives link here; app.ui.branches catches the clicks.
 BRANCH_LINK = "#branch-"
 # The chips of attached files link here; app.ui.attachments catches the clicks.
 ATTACHMENT_LINK = "#attachment-"
-_LINK_TEXT_SPECIAL = re.compile(r"([\\`*_\[\]<>&#!|~])")
 EARLIER, LATER = "\u2039", "\u203a"  # single angle quotation marks
 
 KIND_NAMES = {
@@ -75,9 +73,8 @@ def attachment_chips(exchange: Exchange) -> str:
     the file; "" for a message without."""
     chips = []
     for index, attachment in enumerate(exchange.attachments):
-        name = _LINK_TEXT_SPECIAL.sub(r"\\\1", attachment.name)
         link = f"{ATTACHMENT_LINK}{exchange.user_message_id}-{index}"
-        chips.append(f"[{name} ({size_text(attachment.size)})]({link})")
+        chips.append(f"[{escape_markdown(attachment.name)} ({size_text(attachment.size)})]({link})")
     return "\n\nAttached: " + " · ".join(chips) if chips else ""
 
 
