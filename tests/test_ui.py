@@ -20,7 +20,7 @@ from app.store import StoredReply
 from app.ui import PlaygroundUI
 from app.ui.backends import CHECKS_PER_MINUTE
 from app.ui.controls import CONTROL_NAMES
-from app.ui.render import EARLIER, LATER, chat_messages
+from app.ui.render import EARLIER, LATER, chat_messages, user_suffix
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
@@ -618,3 +618,105 @@ async def test_edits_and_switches_are_refused_while_a_reply_streams_or_for_other
         await drain(ui.edit(alice, edit_of(1, "a reply"), chat, "", "", None, *CONTROLS))
     assert chat.id is not None
     assert ui.store.count_messages((await ui.history_for(alice)).user_id) == 2
+
+
+# -- attached files -------------------------------------------------------------------------
+
+FIZZ = "for i in range(1, 4):\n    print(i)\n"
+NOTES = "Run it with ```python fizz.py```.\n"
+FIZZ_BLOCK = f"File: fizz.py\n```python\n{FIZZ.rstrip()}\n```"
+NOTES_BLOCK = f"File: notes.md\n````md\n{NOTES.rstrip()}\n````"
+
+
+def uploads(folder: Path, files: dict[str, bytes | str]) -> list[str]:
+    """Files as the Attach box hands them over: paths under their own names."""
+    folder.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    return [str(folder / name) for name in files]
+
+
+async def test_attached_files_go_to_the_model_as_fenced_blocks_and_open_from_their_chips(
+    backend: ServerThread, fake: FakeBackend, tmp_path: Path
+) -> None:
+    ui = make_ui(backend.url)
+    chat = Chat()
+    paths = uploads(tmp_path / "up", {"fizz.py": FIZZ, "notes.md": NOTES})
+    updates = await drain(ui.send(None, "Review.", paths, chat, "", "", None, *CONTROLS))
+
+    assert sent(fake) == [f"Review.\n\n{FIZZ_BLOCK}\n\n{NOTES_BLOCK}"]
+    assert updates[0][6] is None, "the Attach box is emptied once the message is taken"
+    assert all(update[6] == gr.skip() for update in updates[1:])
+    message_id = chat.exchanges[0].user_message_id
+    assert updates[-1][0][0]["content"] == (
+        f"Review.\n\nAttached: [fizz.py (35 B)](#attachment-{message_id}-0) · "
+        f"[notes.md (34 B)](#attachment-{message_id}-1)"
+    )
+    assert chat.id is not None
+    _, reopened = await (await ui.history_for(None)).open(chat.id)
+    assert reopened.exchanges[0].attachments == chat.exchanges[0].attachments
+    opened = await ui.attachments.open(f"{message_id}-1", reopened)
+    assert (opened["value"], opened["label"], opened["visible"]) == (
+        NOTES, "notes.md (34 B)", True
+    )
+    with pytest.raises(gr.Error, match="no longer in this conversation"):
+        await ui.attachments.open(f"{message_id}-2", reopened)
+
+    await drain(ui.send(None, "And now?", None, chat, "", "", None, *CONTROLS))
+    assert sent(fake)[0] == f"Review.\n\n{FIZZ_BLOCK}\n\n{NOTES_BLOCK}", "kept in the history"
+
+
+@pytest.mark.parametrize(("files", "refusal"), [
+    ({"fizz.py": FIZZ, "logo.png": b"\x89PNG\r\n\x1a\n\x00\x00"}, "logo.png is not a text file"),
+    ({"big.log": "x" * 101}, "big.log is larger than 100 B"),
+    ({f"f{n}.py": "pass" for n in range(3)}, "You attached 3 files; a message takes at most 2"),
+])
+async def test_a_binary_oversized_or_extra_file_is_refused_with_nothing_stored_or_sent(
+    backend: ServerThread, fake: FakeBackend, tmp_path: Path, files: dict[str, bytes | str],
+    refusal: str,
+) -> None:
+    ui = make_ui(backend.url, attachment_max_bytes=100, attachments_per_message=2)
+    chat = Chat()
+    with pytest.raises(gr.Error, match=refusal):
+        await drain(ui.send(None, "Look.", uploads(tmp_path / "up", files), chat, "", "", None,
+                            *CONTROLS))
+    assert chat.exchanges == []
+    assert fake.requests == []
+    assert ui.store.count_messages(ui.store.user_id()) == 0
+
+
+async def test_files_too_long_for_the_context_are_named_with_what_to_drop(
+    fake: FakeBackend, backend: ServerThread, tmp_path: Path
+) -> None:
+    fake.max_input_tokens, fake.max_total_tokens = 300, 400
+    chat = Chat()
+    paths = uploads(tmp_path / "up", {"small.py": "pass\n", "huge.py": "x = 1\n" * 200})
+    with pytest.raises(gr.Error) as refused:
+        await drain(make_ui(backend.url).send(None, "Review.", paths, chat, "", "", None,
+                                              *(50, *CONTROLS[1:])))
+    assert "more than the 300 this model has room for" in refused.value.message
+    assert refused.value.message.endswith(
+        "Attached: huge.py (1.2 KiB), small.py (5 B); drop huge.py to make it fit."
+    )
+    assert chat.exchanges == []
+    assert fake.requests == []
+
+
+async def test_a_retry_sends_the_files_again_and_an_edit_keeps_them(
+    backend: ServerThread, fake: FakeBackend, tmp_path: Path
+) -> None:
+    fake.tokens = ["ok"]
+    ui = make_ui(backend.url)
+    chat = Chat()
+    paths = uploads(tmp_path / "up", {"fizz.py": FIZZ})
+    await drain(ui.send(None, "Review.", paths, chat, "", "", None, *CONTROLS))
+    await drain(ui.retry(None, chat, "", "", None, *CONTROLS))
+    assert sent(fake) == [f"Review.\n\n{FIZZ_BLOCK}"]
+
+    shown_with_chips = "Review, briefly." + user_suffix(chat.exchanges[0])
+    await drain(ui.edit(None, edit_of(0, shown_with_chips), chat, "", "", None, *CONTROLS))
+    assert sent(fake) == [f"Review, briefly.\n\n{FIZZ_BLOCK}"]
+    [edited] = chat.exchanges
+    assert chat.id is not None
+    _, reopened = await (await ui.history_for(None)).open(chat.id)
+    assert reopened.exchanges[0].attachments == edited.attachments != ()
