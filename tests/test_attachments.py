@@ -31,7 +31,7 @@ def test_a_file_goes_to_the_model_as_a_fenced_block_named_by_its_file() -> None:
 
 @pytest.mark.parametrize(("name", "language"), [
     ("main.rs", "rust"), ("lib.H", "c"), ("app.ts", "typescript"), ("run.sh", "bash"),
-    ("data.json", "json"), ("notes", "text"), ("weird.ext!", "text"), ("a.tar.gz", "gz"),
+    ("data.json", "json"), ("notes", "text"), ("notes.TXT", "text"), ("weird.ext!", "text"), ("a.tar.gz", "gz"),
 ])
 def test_the_fence_language_comes_from_the_extension(name: str, language: str) -> None:
     assert language_for(name) == language

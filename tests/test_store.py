@@ -430,6 +430,27 @@ def test_a_turn_begins_in_one_transaction(store: Store) -> None:
     assert store.count_messages(user) == 3
 
 
+def test_a_message_keeps_its_attached_files_and_a_retry_or_an_edit_without_any_adds_none(
+    store: Store,
+) -> None:
+    user = store.user_id()
+    files = [{"name": "fizz.py", "language": "python", "text": "print('é')\n"},
+             {"name": "notes.md", "language": "md", "text": "```\nquoted\n```\n"}]
+    first = store.begin_turn(user, None, "", {}, None, message="review", title="Review",
+                             attachments=files)
+    store.begin_turn(user, first.conversation_id, "", {}, None,
+                     reply_to=first.user_message_id)
+    [exchange] = store.get_conversation(user, first.conversation_id).exchanges
+    assert exchange.attachments == tuple(files)
+    second = store.begin_turn(user, first.conversation_id, "", {}, None, message="plain",
+                              parent=exchange.reply.id if exchange.reply else None)
+    tree = store.get_tree(user, first.conversation_id)
+    assert [(m.content, m.attachments) for m in tree.messages if m.role == "user"] == [
+        ("review", tuple(files)), ("plain", ()),
+    ]
+    assert second.user_message_id == tree.messages[-2].id
+
+
 def test_a_turn_that_cannot_begin_stores_nothing(store: Store) -> None:
     alice, bob = store.user_id("alice"), store.user_id("bob")
     theirs = store.begin_turn(bob, None, "", {}, None, message="mine", title="Bob's")

@@ -112,7 +112,7 @@ class ModelOut(BaseModel):
 
 
 class AttachmentIn(Body):
-    name: str = Field(
+    name: StorableText = Field(
         min_length=1, max_length=255, description="The file's name; its extension gives the "
         "language of the fenced block the model is sent (`.py`: python).",
         examples=["fizzbuzz.py"],

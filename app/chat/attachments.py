@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from app.markdown import fenced
-from app.snippets.extract import TEXT, language_of
+from app.snippets.extract import LANGUAGES, TEXT, language_of
 
 # A file's name as the model and the page show it.
 MAX_NAME_CHARS = 255
@@ -50,10 +50,11 @@ class Attachment:
 def language_for(name: str) -> str:
     """The fence language of a file named ``name``, from its extension."""
     extension = PurePath(name).suffix.lower().removeprefix(".")
-    known = language_of(extension) if extension else TEXT
-    if known != TEXT or not _EXTENSION_WORD.fullmatch(extension):
-        return known
-    return extension
+    language = language_of(extension) if extension else TEXT
+    plain = extension in LANGUAGES[TEXT].aliases
+    if language == TEXT and not plain and _EXTENSION_WORD.fullmatch(extension):
+        return extension
+    return language
 
 
 def size_text(size: int) -> str:
