@@ -31,7 +31,8 @@ def test_a_file_goes_to_the_model_as_a_fenced_block_named_by_its_file() -> None:
 
 @pytest.mark.parametrize(("name", "language"), [
     ("main.rs", "rust"), ("lib.H", "c"), ("app.ts", "typescript"), ("run.sh", "bash"),
-    ("data.json", "json"), ("notes", "text"), ("notes.TXT", "text"), ("weird.ext!", "text"), ("a.tar.gz", "gz"),
+    ("data.json", "json"), ("notes", "text"), ("notes.TXT", "text"), ("weird.ext!", "text"),
+    ("a.tar.gz", "gz"),
 ])
 def test_the_fence_language_comes_from_the_extension(name: str, language: str) -> None:
     assert language_for(name) == language
@@ -49,7 +50,7 @@ def test_a_file_holding_a_fence_keeps_its_text_inside_one_longer_fence() -> None
     ([("logo.png", b"\x89PNG\r\n\x1a\n\x00\x00")], "logo.png is not a text file"),
     ([("latin1.txt", "café".encode("latin-1"))], "latin1.txt is not a text file"),
     ([("nul.txt", b"text\x00more")], "nul.txt is not a text file"),
-    ([("big.log", b"x" * (KIB + 1))], "big.log is larger than 1.0 KiB"),
+    ([("big.log", b"x" * (KIB + 1))], "big.log is larger than 1 KiB"),
     ([(f"f{n}.py", b"pass") for n in range(6)], "You attached 6 files; a message takes at most 5"),
     ([("", b"pass")], "no usable name"),
 ])

@@ -601,3 +601,51 @@ def test_edit_an_earlier_message_switch_branches_then_export_and_import_them(
     expect(page.locator("#chat .message.bot").last).to_contain_text("answer")
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-branches.png"), full_page=True)
+
+
+def test_attach_two_files_open_one_from_its_chip_and_a_binary_or_big_one_is_refused(
+    page: Page, fake: FakeBackend
+) -> None:
+    fake.tokens, fake.token_delay = ["Looks fine."], 0.0
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    attach = page.locator("#attach")
+    for refused, payload in [("logo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"),
+                             ("huge.log", b"line\n" * 60_000)]:
+        with page.expect_file_chooser() as chooser:
+            attach.get_by_text("Drop File Here").click()
+        chooser.value.set_files([{"name": refused, "mimeType": "application/octet-stream",
+                                  "buffer": payload}])
+        expect(attach.get_by_role("cell", name=refused)).to_be_visible()
+        page.locator("#message textarea").fill("Look at this.")
+        page.locator("#send").click()
+        expect(page.get_by_text(f"{refused} is ")).to_be_visible()
+        expect(page.locator("#message textarea")).to_have_value("Look at this.")
+        attach.get_by_role("button", name="Clear").last.click()
+        expect(attach.get_by_role("cell")).to_have_count(0)
+    expect(page.locator("#chat .message")).to_have_count(0)
+    expect(page.locator("#conversations label")).to_have_count(0)
+    assert fake.requests == [], "nothing was sent"
+
+    with page.expect_file_chooser() as chooser:
+        attach.get_by_text("Drop File Here").click()
+    chooser.value.set_files([
+        {"name": "fizz.py", "mimeType": "text/x-python", "buffer": b"print('fizz')\n"},
+        {"name": "notes.md", "mimeType": "text/markdown", "buffer": b"Run ```make```.\n"},
+    ])
+    expect(attach.get_by_role("cell", name="notes.md")).to_be_visible()
+    page.locator("#message textarea").fill("Review these.")
+    page.locator("#send").click()
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+    assert fake.requests[-1]["messages"][-1]["content"] == (
+        "Review these.\n\nFile: fizz.py\n```python\nprint('fizz')\n```"
+        "\n\nFile: notes.md\n````md\nRun ```make```.\n````"
+    )
+    expect(attach.get_by_role("cell")).to_have_count(0)
+    user = page.locator("#chat .message.user")
+    expect(user).to_contain_text("Attached: fizz.py (14 B) · notes.md (16 B)")
+    user.get_by_role("link", name="notes.md (16 B)").click()
+    expect(page.locator("#attachment-viewer")).to_contain_text("Run ```make```.")
+    assert page.evaluate("location.hash") == "", "the chips do not navigate"
+    expect(page.locator("#conversations label")).to_have_count(1)
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-attachments.png"), full_page=True)

@@ -58,12 +58,11 @@ def language_for(name: str) -> str:
 
 
 def size_text(size: int) -> str:
-    """A size in bytes as people read it: 900 B, 12.5 KiB, 1.2 MiB."""
+    """A size in bytes as people read it: 900 B, 12.5 KiB, 256 KiB, 1.2 MiB."""
     if size < 1024:
         return f"{size} B"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / 1024 / 1024:.1f} MiB"
+    value, unit = (size / 1024, "KiB") if size < 1024 * 1024 else (size / 1024**2, "MiB")
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def read_attachments(

@@ -44,7 +44,7 @@ class AttachmentsUI:
                   f"{size_text(self.settings.attachment_max_bytes)} each")
         return gr.File(
             label=f"Attach files ({limits})", file_count="multiple", type="filepath",
-            height=90, elem_id="attach",
+            height=120, elem_id="attach",
         )
 
     def read(self, paths: list[str] | None) -> list[tuple[str, bytes]]:

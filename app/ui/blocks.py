@@ -449,7 +449,9 @@ class PlaygroundUI:
             gr.on(
                 [message.submit, send.click], self.send,
                 [message, attach, chat, system_prompt, language, model, *controls],
-                [*reply_outputs, attach], api_name="chat",
+                # The Attach box is an output only to be emptied: no progress or error cover
+                # there, which would keep its files from being changed after a refusal.
+                [*reply_outputs, attach], api_name="chat", show_progress_on=reply_outputs,
             )
             retry.click(
                 self.retry, [chat, system_prompt, language, model, *controls], reply_outputs,
