@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
 
 from app.server import create_app, open_store
 from app.store import Accounts
@@ -603,6 +603,11 @@ def test_edit_an_earlier_message_switch_branches_then_export_and_import_them(
     page.screenshot(path=str(OUTPUT / "browser-branches.png"), full_page=True)
 
 
+def picked(name: str, data: bytes) -> list[FilePayload]:
+    """A file as the picker hands it to the page."""
+    return [{"name": name, "mimeType": "application/octet-stream", "buffer": data}]
+
+
 def test_attach_two_files_open_one_from_its_chip_and_a_binary_or_big_one_is_refused(
     page: Page, fake: FakeBackend
 ) -> None:
@@ -613,8 +618,7 @@ def test_attach_two_files_open_one_from_its_chip_and_a_binary_or_big_one_is_refu
                              ("huge.log", b"line\n" * 60_000)]:
         with page.expect_file_chooser() as chooser:
             attach.get_by_text("Drop File Here").click()
-        chooser.value.set_files([{"name": refused, "mimeType": "application/octet-stream",
-                                  "buffer": payload}])
+        chooser.value.set_files(picked(refused, payload))
         expect(attach.get_by_role("cell", name=refused)).to_be_visible()
         page.locator("#message textarea").fill("Look at this.")
         page.locator("#send").click()
@@ -628,10 +632,9 @@ def test_attach_two_files_open_one_from_its_chip_and_a_binary_or_big_one_is_refu
 
     with page.expect_file_chooser() as chooser:
         attach.get_by_text("Drop File Here").click()
-    chooser.value.set_files([
-        {"name": "fizz.py", "mimeType": "text/x-python", "buffer": b"print('fizz')\n"},
-        {"name": "notes.md", "mimeType": "text/markdown", "buffer": b"Run ```make```.\n"},
-    ])
+    chooser.value.set_files(
+        [*picked("fizz.py", b"print('fizz')\n"), *picked("notes.md", b"Run ```make```.\n")]
+    )
     expect(attach.get_by_role("cell", name="notes.md")).to_be_visible()
     page.locator("#message textarea").fill("Review these.")
     page.locator("#send").click()
