@@ -720,3 +720,15 @@ async def test_a_retry_sends_the_files_again_and_an_edit_keeps_them(
     assert chat.id is not None
     _, reopened = await (await ui.history_for(None)).open(chat.id)
     assert reopened.exchanges[0].attachments == edited.attachments != ()
+
+
+async def test_a_message_no_backend_answers_keeps_its_files_for_a_retry(tmp_path: Path) -> None:
+    ui = make_ui(f"http://127.0.0.1:{free_port()}")
+    chat = Chat()
+    paths = uploads(tmp_path / "up", {"fizz.py": FIZZ})
+    updates = await drain(ui.send(None, "Review.", paths, chat, "", "", None, *CONTROLS))
+    assert "unreachable" in last_reply(updates[-1])
+    assert updates[0][6] is None, "the message and its files are taken"
+    assert chat.id is not None
+    _, reopened = await (await ui.history_for(None)).open(chat.id)
+    assert [a.name for a in reopened.exchanges[0].attachments] == ["fizz.py"]
