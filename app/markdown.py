@@ -30,6 +30,7 @@ _SPECIAL = re.compile(r"\\[\\&<]|[&<]")  # a backslash escape already shows its 
 _ENTITIES = {"&": "&amp;", "<": "&lt;"}
 _SHOWN_SPECIAL = re.compile(r"\\[\\&<]|&amp;|&lt;")  # what _entities wrote
 _CHARACTERS = {"&amp;": "&", "&lt;": "<"}
+_INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>&#!|~])")
 
 
 def _code_span(state: StateInline, silent: bool) -> bool:
@@ -94,6 +95,12 @@ def fenced(text: str, info: str = "text") -> str:
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}{info}\n{text.rstrip(chr(10))}\n{fence}"
+
+
+def escape_markdown(text: str) -> str:
+    """One line of plain text (a file's name) that Markdown shows as it is, in a link's text
+    too: each character with an inline meaning behind a backslash."""
+    return _INLINE_SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
 @dataclass(frozen=True)

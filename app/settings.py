@@ -33,6 +33,11 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+# Defaults of ATTACHMENT_MAX_BYTES and ATTACHMENTS_PER_MESSAGE, also the limits an import
+# checks when it is given none.
+ATTACHMENT_MAX_BYTES = 256 * 1024
+ATTACHMENTS_PER_MESSAGE = 5
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 SECRET_SETTINGS = frozenset({"BACKEND_TOKEN", "HF_TOKEN", "DATABASE_URL"})
@@ -124,6 +129,8 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(8000, ge=1)
     max_message_tokens: int = Field(4000, ge=1)
     rate_limit_per_minute: int = Field(30, ge=0)
+    attachment_max_bytes: int = Field(ATTACHMENT_MAX_BYTES, ge=1)
+    attachments_per_message: int = Field(ATTACHMENTS_PER_MESSAGE, ge=1)
 
     queue_concurrency: int = Field(256, ge=1)
     queue_max_size: int | None = Field(None, ge=1)

@@ -752,3 +752,50 @@ def test_over_the_rate_limit_the_api_answers_429_with_retry_after(
     assert "2 messages in the last minute" in body["error"]
     assert 0 < int(refused.headers["Retry-After"]) <= 60
     assert len(fake.requests) == 2, "the refused message never reached the backend"
+
+
+# -- attached files -------------------------------------------------------------------------
+
+
+def test_a_dialogue_takes_attached_files_and_lists_them_with_its_messages(
+    api: Api, fake: FakeBackend
+) -> None:
+    alice = api.user("alice")
+    files = [{"name": "fizz.py", "content": "print('fizz')\n"},
+             {"name": "notes.txt", "content": "ünïcode"}]
+    said = api.say(alice, "Review these.", attachments=files)
+    assert said.status_code == 200, said.text
+    assert fake.requests[-1]["messages"][-1]["content"] == (
+        "Review these.\n\nFile: fizz.py\n```python\nprint('fizz')\n```"
+        "\n\nFile: notes.txt\n```text\nünïcode\n```"
+    )
+    dialogue_id = said.json()["dialogue_id"]
+    [exchange] = api.messages(alice, dialogue_id).json()["exchanges"]
+    assert exchange["attachments"] == [
+        {"name": "fizz.py", "language": "python", "size": 14, "content": "print('fizz')\n"},
+        {"name": "notes.txt", "language": "text", "size": 9, "content": "ünïcode"},
+    ]
+    tree = api.messages(alice, dialogue_id, view="tree").json()["messages"]
+    assert [len(m["attachments"]) for m in tree] == [2, 0]
+
+
+@pytest.mark.parametrize(("files", "refusal"), [
+    ([{"name": "blob.bin", "content": "a\u0000b"}], "blob.bin is not a text file"),
+    ([{"name": "lone.txt", "content": "\ud800"}], "lone.txt is not a text file"),
+    ([{"name": "big.txt", "content": "é" * 51}], "big.txt is larger than 100 B"),
+    ([{"name": f"f{n}.py", "content": "pass"} for n in range(3)],
+     "You attached 3 files; a message takes at most 2"),
+])
+def test_a_refused_file_is_a_422_naming_it_and_nothing_is_stored(
+    start_api: Callable[..., Api], fake: FakeBackend, files: list[dict[str, str]], refusal: str
+) -> None:
+    api = start_api(attachment_max_bytes=100, attachments_per_message=2)
+    alice = api.user("alice")
+    # Escaped as JSON allows, so that a lone surrogate reaches the app.
+    raw = json.dumps({"message": "Look.", "attachments": files})
+    said = api.http.post("/dialogue", content=raw,
+                         headers={**alice, "Content-Type": "application/json"})
+    body = assert_error_shape(said, 422)
+    assert refusal in body["error"]
+    assert api.http.get("/dialogues", headers=alice).json() == []
+    assert fake.requests == []

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
 
 from app.server import create_app, open_store
 from app.store import Accounts
@@ -706,3 +706,54 @@ def test_a_message_sent_while_a_reply_is_written_goes_once_it_ends(
     expect(page.locator("#chat .message.bot").last).to_contain_text("finished", timeout=15_000)
     assert [m["content"] for m in fake.requests[-1]["messages"][1:]] == [
         "first", "".join(fake.tokens), "second"]
+
+
+def picked(name: str, data: bytes) -> list[FilePayload]:
+    """A file as the picker hands it to the page."""
+    return [{"name": name, "mimeType": "application/octet-stream", "buffer": data}]
+
+
+def test_attach_two_files_open_one_from_its_chip_and_a_binary_or_big_one_is_refused(
+    page: Page, fake: FakeBackend
+) -> None:
+    fake.tokens, fake.token_delay = ["Looks fine."], 0.0
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    attach = page.locator("#attach")
+    for refused, payload in [("logo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"),
+                             ("huge.log", b"line\n" * 60_000)]:
+        with page.expect_file_chooser() as chooser:
+            attach.get_by_text("Drop File Here").click()
+        chooser.value.set_files(picked(refused, payload))
+        expect(attach.get_by_role("cell", name=refused)).to_be_visible()
+        page.locator("#message textarea").fill("Look at this.")
+        page.locator("#send").click()
+        expect(page.get_by_text(f"{refused} is ")).to_be_visible()
+        expect(page.locator("#message textarea")).to_have_value("Look at this.")
+        attach.get_by_role("button", name="Clear").last.click()
+        expect(attach.get_by_role("cell")).to_have_count(0)
+    expect(page.locator("#chat .message")).to_have_count(0)
+    expect(page.locator("#conversations label")).to_have_count(0)
+    assert fake.requests == [], "nothing was sent"
+
+    with page.expect_file_chooser() as chooser:
+        attach.get_by_text("Drop File Here").click()
+    chooser.value.set_files(
+        [*picked("fizz.py", b"print('fizz')\n"), *picked("notes.md", b"Run ```make```.\n")]
+    )
+    expect(attach.get_by_role("cell", name="notes.md")).to_be_visible()
+    page.locator("#message textarea").fill("Review these.")
+    page.locator("#send").click()
+    expect(page.locator("#chat .message.bot")).to_contain_text("finished")
+    assert fake.requests[-1]["messages"][-1]["content"] == (
+        "Review these.\n\nFile: fizz.py\n```python\nprint('fizz')\n```"
+        "\n\nFile: notes.md\n````md\nRun ```make```.\n````"
+    )
+    expect(attach.get_by_role("cell")).to_have_count(0)
+    user = page.locator("#chat .message.user")
+    expect(user).to_contain_text("Attached: fizz.py (14 B) · notes.md (16 B)")
+    user.get_by_role("link", name="notes.md (16 B)").click()
+    expect(page.locator("#attachment-viewer")).to_contain_text("Run ```make```.")
+    assert page.evaluate("location.hash") == "", "the chips do not navigate"
+    expect(page.locator("#conversations label")).to_have_count(1)
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-attachments.png"), full_page=True)

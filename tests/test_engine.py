@@ -21,7 +21,7 @@ CONTROLS: tuple[Any, ...] = (160, 0.0, 0.95, 40, 1.1, 0.0, 0.0, "", 1)
 
 def chat(url: str, prompt: str) -> list[str]:
     """Send one message through the app's Gradio API; return the reply after each update."""
-    job = Client(url, verbose=False).submit(prompt, "", "", "", *CONTROLS, api_name="/chat")
+    job = Client(url, verbose=False).submit(prompt, None, "", "", "", *CONTROLS, api_name="/chat")
     replies = [out[0][-1]["content"][0]["text"] for out in job if len(out[0]) > 1]
     final = job.result()[0][-1]["content"][0]["text"]
     return [*replies, final]

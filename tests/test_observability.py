@@ -141,7 +141,7 @@ def test_no_secret_reaches_logs_pages_or_metrics_in_a_failing_run(
             time.sleep(0.1)
         client = Client(url, verbose=False)
         client.predict(api_name="/backend_info")
-        shown = client.predict("hi", "", "", "", *CONTROLS, api_name="/chat")
+        shown = client.predict("hi", None, "", "", "", *CONTROLS, api_name="/chat")
         reply = json.dumps(shown)
         assert "bad request with Authorization: Bearer ***" in reply, "the error is shown"
         metrics = httpx.get(f"{url}/metrics").text

@@ -96,7 +96,7 @@ def test_a_reply_cut_by_sigkill_is_kept_and_marked(
 
     try:
         Client(app.url, verbose=False).submit(
-            "count for me", "", "", "", *CONTROLS, api_name="/chat"
+            "count for me", None, "", "", "", *CONTROLS, api_name="/chat"
         )
         wait_for(saved_while_streaming, 30, what="a save of the reply while it streams")
         app.kill()
@@ -124,7 +124,7 @@ def test_two_tabs_on_one_conversation_lose_and_double_nothing(
     app = AppProcess(slow_backend.url, tmp_path).start()
     try:
         first = Client(app.url, verbose=False)
-        first.predict("opening message", "", "", "", *CONTROLS, api_name="/chat")
+        first.predict("opening message", None, "", "", "", *CONTROLS, api_name="/chat")
         store = Store(app.database)
         user = store.user_id()
         [summary] = store.list_conversations(user)
@@ -135,7 +135,7 @@ def test_two_tabs_on_one_conversation_lose_and_double_nothing(
 
         def send(pair: tuple[Client, str]) -> Any:
             tab, text = pair
-            return tab.predict(text, "", "", "", *CONTROLS, api_name="/chat")
+            return tab.predict(text, None, "", "", "", *CONTROLS, api_name="/chat")
 
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(send, [(tabs[0], "from tab one"), (tabs[1], "from tab two")]))

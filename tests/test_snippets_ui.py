@@ -37,7 +37,7 @@ async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
     ui, snippets = handlers(url)
     fake.tokens = REPLY
     chat = Chat()
-    async for _ in ui.send(None, "show me", chat, "", "", None, *CONTROLS):
+    async for _ in ui.send(None, "show me", None, chat, "", "", None, *CONTROLS):
         pass
     found = await snippets.code_blocks(chat)
     assert [label for label, _ in found["choices"]] == ["#2 bash: echo hi", "#1 python: x = 1"]
@@ -108,7 +108,7 @@ async def first_block_saved(
     ui, snippets = handlers(url, **overrides)
     fake.tokens = [f"{fence}python\n", f"{code}\n", f"{fence}\n"]
     chat = Chat()
-    async for _ in ui.send(None, "show me", chat, "", "", None, *CONTROLS):
+    async for _ in ui.send(None, "show me", None, chat, "", "", None, *CONTROLS):
         pass
     found = await snippets.code_blocks(chat)
     listed, _ = await snippets.save(None, chat, found["choices"][0][1], "saved", "")
@@ -181,7 +181,7 @@ async def test_opening_snippets_and_exporting_leave_no_pile_of_files(
     ui, snippets = handlers(backend.url)
     fake.tokens = REPLY
     chat = Chat()
-    async for _ in ui.send(None, "show me", chat, "", "", None, *CONTROLS):
+    async for _ in ui.send(None, "show me", None, chat, "", "", None, *CONTROLS):
         pass
     found = await snippets.code_blocks(chat)
     listed, _ = await snippets.save(None, chat, found["choices"][1][1], "one", "")

@@ -364,7 +364,7 @@ def test_a_chat_round_trips_for_a_signed_in_user_in_space_mode(
     fake, _ = providers
     alice = Client(space, verbose=False, headers={"Cookie": hf_session("alice")})
     alice.predict(api_name="/backend_info")
-    result = alice.predict("reverse a string", "", "", "", *CONTROLS, api_name="/chat")
+    result = alice.predict("reverse a string", None, "", "", "", *CONTROLS, api_name="/chat")
     assert "Hello, world!" in json.dumps(result)
     assert fake.requests[-1]["model"] == MODEL
     assert fake.headers[-1]["authorization"] == "Bearer hf_spaceownertoken"
@@ -374,7 +374,7 @@ def test_a_chat_round_trips_for_a_signed_in_user_in_space_mode(
     assert summary.title.startswith("reverse a string")
     assert store.list_conversations(store.user_id("hf:bob")) == []
     bob = Client(space, verbose=False, headers={"Cookie": hf_session("bob")})
-    bob.predict("bob's question", "", "", "", *CONTROLS, api_name="/chat")
+    bob.predict("bob's question", None, "", "", "", *CONTROLS, api_name="/chat")
     [bobs] = store.list_conversations(store.user_id("hf:bob"))
     assert bobs.title.startswith("bob's question")
     assert [c.id for c in store.list_conversations(store.user_id("hf:alice"))] == [summary.id]
@@ -387,10 +387,10 @@ def test_a_request_without_a_hugging_face_login_is_refused(
     page = Client(space, verbose=False)
     page.predict(api_name="/backend_info")  # the page itself loads, with its login button
     with pytest.raises(Exception, match="Sign in with Hugging Face first"):
-        page.predict("hello", "", "", "", *CONTROLS, api_name="/chat")
+        page.predict("hello", None, "", "", "", *CONTROLS, api_name="/chat")
     forged = Client(space, verbose=False, headers={"Cookie": "session=bm90IHNpZ25lZA=="})
     with pytest.raises(Exception, match="Sign in with Hugging Face first"):
-        forged.predict("hello", "", "", "", *CONTROLS, api_name="/chat")
+        forged.predict("hello", None, "", "", "", *CONTROLS, api_name="/chat")
     assert fake.requests == []
 
 

@@ -14,12 +14,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from app.store import NotFound, Store
 from app.store.models import Base
 from app.store.store import INTERRUPTED_BY_RESTART, MIGRATIONS, BegunTurn
 from tests.postgres import PostgresMissing, find_bin_dir
+from tests.test_snippets import downgrade
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -428,6 +429,43 @@ def test_a_turn_begins_in_one_transaction(store: Store) -> None:
     assert record.exchanges[0].reply is not None
     assert (record.exchanges[0].reply.id, record.model) == (retry.reply_id, "big")
     assert store.count_messages(user) == 3
+
+
+def test_a_message_keeps_its_attached_files_and_a_retry_or_an_edit_without_any_adds_none(
+    store: Store,
+) -> None:
+    user = store.user_id()
+    files = [{"name": "fizz.py", "language": "python", "text": "print('é')\n"},
+             {"name": "notes.md", "language": "md", "text": "```\nquoted\n```\n"}]
+    first = store.begin_turn(user, None, "", {}, None, message="review", title="Review",
+                             attachments=files)
+    store.begin_turn(user, first.conversation_id, "", {}, None,
+                     reply_to=first.user_message_id)
+    [exchange] = store.get_conversation(user, first.conversation_id).exchanges
+    assert exchange.attachments == tuple(files)
+    second = store.begin_turn(user, first.conversation_id, "", {}, None, message="plain",
+                              parent=exchange.reply.id if exchange.reply else None)
+    tree = store.get_tree(user, first.conversation_id)
+    assert [(m.content, m.attachments) for m in tree.messages if m.role == "user"] == [
+        ("review", tuple(files)), ("plain", ()),
+    ]
+    assert second.user_message_id == tree.messages[-2].id
+
+
+def test_the_migration_of_attachments_adds_their_column_and_takes_it_away(
+    open_store: Callable[[], Store],
+) -> None:
+    store = open_store()
+    store.migrate()
+    user = store.user_id()
+    files = [{"name": "a.py", "language": "python", "text": "pass\n"}]
+    begun = store.begin_turn(user, None, "", {}, None, message="with files", title="Files",
+                             attachments=files)
+    downgrade(store, "0005")
+    assert "attachments" not in {c["name"] for c in inspect(store.engine).get_columns("messages")}
+    store.migrate()
+    [exchange] = store.get_conversation(user, begun.conversation_id).exchanges
+    assert (exchange.user, exchange.attachments) == ("with files", ())
 
 
 def test_a_turn_that_cannot_begin_stores_nothing(store: Store) -> None:

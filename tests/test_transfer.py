@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from app.store.transfer import (
     DEFAULT_MAX_BYTES,
     MAX_CONVERSATIONS,
     MAX_MESSAGES,
+    AttachmentLimits,
     TransferError,
     export_json,
     import_json,
@@ -169,7 +171,7 @@ def test_the_json_holds_every_reply_version_with_local_links(tmp_path: Path) -> 
     exported = json.loads(export_json(store, user, first))
 
     assert exported["format"] == "coding-playground.conversations"
-    assert exported["version"] == 2
+    assert exported["version"] == 3
     [only] = exported["conversations"]
     assert only["id"] == first
     assert only["title"] == "Ünïcode & code 🐍"
@@ -354,7 +356,7 @@ BAD_DOCUMENTS: list[tuple[str, str | bytes | dict[str, Any], str]] = [
     ("not utf-8", b'{"format": "\xff"}', "document: Invalid JSON"),
     ("not an object", "[1, 2]", "document: Input should be an object"),
     ("another format", {**good(), "format": "chatgpt"}, "format: Value error, not a conv"),
-    ("another version", {**good(), "version": 3}, "version: Value error, version 3 is not sup"),
+    ("another version", {**good(), "version": 4}, "version: Value error, version 4 is not sup"),
     ("no version", {k: v for k, v in good().items() if k != "version"}, "version: Field req"),
     ("unknown field", {**good(), "extra": 1}, "extra: Extra inputs are not permitted"),
     ("system role", with_message(role="system"), "conversations[0].messages[1].role: Input sh"),
@@ -503,3 +505,58 @@ def test_round_trip_through_postgresql(
     with pytest.raises(IntegrityError):
         import_json(target, target.user_id(), exported)
     assert snapshot(target) == before
+
+
+# -- attached files -------------------------------------------------------------------------
+
+FILES = [{"name": "fizz.py", "language": "python", "text": "print('fizz')\n"},
+         {"name": "README.md", "language": "md", "text": "```bash\nmake\n```\n"}]
+
+
+def attached(store: Store, user_id: int) -> str:
+    begun = store.begin_turn(user_id, None, "", {}, None, message="Review these.",
+                             title="Files", attachments=FILES)
+    store.save_reply(user_id, begun.reply_id, "Fine.", status="stop")
+    return begun.conversation_id
+
+
+def test_attached_files_are_exported_and_imported_with_their_message(tmp_path: Path) -> None:
+    source = new_store(tmp_path, "source")
+    user = source.user_id()
+    first = attached(source, user)
+    exported = export_json(source, user, first)
+    assert json.loads(exported)["conversations"][0]["messages"][0]["attachments"] == FILES
+    target = new_store(tmp_path, "target")
+    [copy] = import_json(target, target.user_id(), exported)
+    [exchange] = target.get_conversation(target.user_id(), copy).exchanges
+    assert exchange.attachments == tuple(FILES)
+
+
+def test_the_markdown_export_shows_attached_files_as_fenced_blocks(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    shown = export_markdown(store, user, attached(store, user))
+    assert ("## You\n\n```text\nReview these.\n```\n\n"
+            "Attached **fizz.py**\n\n```python\nprint('fizz')\n```\n\n"
+            "Attached **README.md**\n\n````md\n```bash\nmake\n```\n````\n\n## Assistant") in shown
+
+
+@pytest.mark.parametrize(("files", "role", "problem"), [
+    ([FILES[0]] * 3, "user", "messages[0].attachments: 3 files; a message takes at most 2"),
+    ([{**FILES[0], "text": "x" * 101}], "user",
+     "messages[0].attachments[0].text: 101 bytes; the limit is 100"),
+    ([{**FILES[0], "text": "bin\u0000ary"}], "user", "NUL characters cannot be stored"),
+    ([FILES[0]], "assistant", "only a user message has attached files"),
+])
+def test_an_import_holds_attached_files_to_the_limits_of_the_page(
+    tmp_path: Path, files: list[dict[str, str]], role: str, problem: str
+) -> None:
+    store = new_store(tmp_path)
+    messages = [message(1, attachments=files)] if role == "user" else [
+        message(1), message(2, "assistant", reply_to=1, attachments=files)]
+    raw = json.dumps({**document(conversation(*messages)), "version": 3})
+    user = store.user_id()
+    before = snapshot(store)
+    with pytest.raises(TransferError, match=re.escape(problem)):
+        import_json(store, user, raw, limits=AttachmentLimits(100, 2))
+    assert snapshot(store) == before

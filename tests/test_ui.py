@@ -20,7 +20,7 @@ from app.store import StoredReply
 from app.ui import PlaygroundUI
 from app.ui.backends import CHECKS_PER_MINUTE
 from app.ui.controls import CONTROL_NAMES
-from app.ui.render import EARLIER, LATER, chat_messages
+from app.ui.render import EARLIER, LATER, chat_messages, user_suffix
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
@@ -49,7 +49,7 @@ async def test_a_reply_streams_with_its_stats(backend: ServerThread, fake: FakeB
     fake.tokens = ["def", " f", "():", "\n", "    pass"]
     chat = Chat()
     ui = make_ui(backend.url)
-    updates = await drain(ui.send(None, "write f", chat, "sys", "", None, *CONTROLS))
+    updates = await drain(ui.send(None, "write f", None, chat, "sys", "", None, *CONTROLS))
     assert len(updates) >= 3, "the reply grows in several updates"
     assert updates[0][2] == "", "the message box is cleared once the message is taken"
     final = last_reply(updates[-1])
@@ -63,14 +63,17 @@ async def test_a_reply_streams_with_its_stats(backend: ServerThread, fake: FakeB
 
 async def test_a_reply_cut_at_max_new_tokens_says_so(backend: ServerThread) -> None:
     controls = (2, *CONTROLS[1:])
-    updates = await drain(make_ui(backend.url).send(None, "hi", Chat(), "", "", None, *controls))
+    ui = make_ui(backend.url)
+    updates = await drain(ui.send(None, "hi", None, Chat(), "", "", None, *controls))
     assert "cut at the token limit" in last_reply(updates[-1])
 
 
 async def test_an_empty_message_sends_nothing(backend: ServerThread, fake: FakeBackend) -> None:
     chat = Chat()
-    updates = await drain(make_ui(backend.url).send(None, "   \n", chat, "", "", None, *CONTROLS))
-    assert updates == [(gr.skip(),) * 6]
+    updates = await drain(make_ui(backend.url).send(
+        None, "   \n", None, chat, "", "", None, *CONTROLS,
+    ))
+    assert updates == [(gr.skip(),) * 7]
     assert chat.exchanges == []
     assert fake.requests == []
 
@@ -81,7 +84,7 @@ async def test_a_message_over_the_limit_is_refused_and_kept(
     chat = Chat(None, [Exchange("earlier", "reply", done=True)])
     ui = make_ui(backend.url, max_message_chars=10)
     with pytest.raises(gr.Error, match="11 characters; the limit is 10"):
-        await drain(ui.send(None, "x" * 11, chat, "", "", None, *CONTROLS))
+        await drain(ui.send(None, "x" * 11, None, chat, "", "", None, *CONTROLS))
     assert chat.exchanges == [Exchange("earlier", "reply", done=True)]
     assert fake.requests == []
 
@@ -93,7 +96,9 @@ async def test_a_message_too_long_for_the_context_is_refused(
     chat = Chat()
     controls = (50, *CONTROLS[1:])
     with pytest.raises(gr.Error, match="Shorten the message"):
-        await drain(make_ui(backend.url).send(None, "word " * 200, chat, "", "", None, *controls))
+        await drain(make_ui(backend.url).send(
+            None, "word " * 200, None, chat, "", "", None, *controls,
+        ))
     assert chat.exchanges == []
     assert fake.requests == []
 
@@ -104,7 +109,9 @@ async def test_older_turns_left_out_are_announced(
     fake.max_input_tokens, fake.max_total_tokens = 300, 400
     chat = Chat(None, [Exchange("q" * 150, "a" * 150, done=True) for _ in range(4)])
     controls = (100, *CONTROLS[1:])
-    updates = await drain(make_ui(backend.url).send(None, "next", chat, "", "", None, *controls))
+    updates = await drain(make_ui(backend.url).send(
+        None, "next", None, chat, "", "", None, *controls,
+    ))
     # Each exchange is estimated at 116 tokens: two fit the budget of 300 beside the message.
     assert "The 2 oldest exchanges were left out" in updates[0][3]
     assert len(fake.requests[-1]["messages"]) == 5
@@ -118,7 +125,7 @@ async def test_backend_down_then_back_without_a_restart(fake: FakeBackend) -> No
     assert f"The backend 'default' at {url} is unreachable" in header
     assert "no restart is needed" in header
     chat = Chat()
-    updates = await drain(ui.send(None, "hello?", chat, "", "", None, *CONTROLS))
+    updates = await drain(ui.send(None, "hello?", None, chat, "", "", None, *CONTROLS))
     assert f"The backend 'default' at {url} is unreachable" in last_reply(updates[-1])
     assert "Traceback" not in last_reply(updates[-1])
     with ServerThread(fake.app(), port=port):
@@ -126,7 +133,7 @@ async def test_backend_down_then_back_without_a_restart(fake: FakeBackend) -> No
         # message still finds it down, and is taken back (Undo) to be sent again.
         async def sent_and_answered() -> bool:
             nonlocal updates
-            updates = await drain(ui.send(None, "hello again", chat, "", "", None, *CONTROLS))
+            updates = await drain(ui.send(None, "hello again", None, chat, "", "", None, *CONTROLS))
             if last_reply(updates[-1]).startswith("Hello, world!"):
                 return True
             await ui.undo(None, chat)
@@ -144,7 +151,9 @@ async def test_backend_dying_mid_stream_keeps_the_partial_reply(
 ) -> None:
     fake.mode = "die_mid_stream"
     chat = Chat()
-    updates = await drain(make_ui(backend.url).send(None, "hi", chat, "", "", None, *CONTROLS))
+    updates = await drain(make_ui(backend.url).send(
+        None, "hi", None, chat, "", "", None, *CONTROLS,
+    ))
     final = last_reply(updates[-1])
     assert final.startswith("Hello,")
     assert "broke before the reply was finished" in final
@@ -158,7 +167,7 @@ async def test_stop_closes_the_upstream_stream(fake: FakeBackend, backend: Serve
     fake.token_delay = 0.02
     ui = make_ui(backend.url)
     chat = Chat()
-    updates = ui.send(None, "go on", chat, "", "", None, *CONTROLS)
+    updates = ui.send(None, "go on", None, chat, "", "", None, *CONTROLS)
     await anext(updates)
     partial = last_reply(await anext(updates))
     await ui.stop(chat)
@@ -176,7 +185,7 @@ async def test_stop_works_while_the_backend_is_silent(
     fake.mode = "stall"
     ui = make_ui(backend.url)
     chat = Chat()
-    updates = ui.send(None, "go on", chat, "", "", None, *CONTROLS)
+    updates = ui.send(None, "go on", None, chat, "", "", None, *CONTROLS)
     await anext(updates)
     await anext(updates)
     asyncio.get_running_loop().call_later(0.2, chat.exchanges[-1].stop.set)
@@ -197,9 +206,11 @@ async def test_a_stream_that_only_pings_times_out_while_other_users_keep_streami
     fake.token_delay = 0.02
     ui = make_ui(backend.url, backend_read_timeout=2.0)
     stalled, other = Chat(), Chat()
-    first = asyncio.ensure_future(drain(ui.send(None, "first", stalled, "", "", None, *CONTROLS)))
+    first = asyncio.ensure_future(drain(ui.send(
+        None, "first", None, stalled, "", "", None, *CONTROLS,
+    )))
     await eventually(lambda: len(fake.generated) == 1)
-    second = await drain(ui.send(None, "second", other, "", "", None, *CONTROLS))
+    second = await drain(ui.send(None, "second", None, other, "", "", None, *CONTROLS))
     assert last_reply(second[-1]).startswith("".join(fake.tokens))
     assert "finished" in last_reply(second[-1])
     assert not first.done(), "the other user's reply ended while the first one was stalled"
@@ -213,7 +224,7 @@ async def test_a_stream_that_only_pings_times_out_while_other_users_keep_streami
 async def test_retry_undo_and_new_chat(backend: ServerThread, fake: FakeBackend) -> None:
     ui = make_ui(backend.url)
     chat = Chat()
-    await drain(ui.send(None, "first", chat, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "first", None, chat, "", "", None, *CONTROLS))
     await drain(ui.retry(None, chat, "", "", None, *CONTROLS))
     assert [ex.user for ex in chat.exchanges] == ["first"]
     assert [r["messages"][-1]["content"] for r in fake.requests] == ["first", "first"]
@@ -228,7 +239,7 @@ async def test_retry_undo_and_new_chat(backend: ServerThread, fake: FakeBackend)
     assert (shown, chat.exchanges, box) == ([], [], "first")
     local = await ui.history_for(None)
     assert store.get_conversation(local.user_id, conversation_id).exchanges == []
-    await drain(ui.send(None, "again", chat, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "again", None, chat, "", "", None, *CONTROLS))
     shown, fresh, box, _ = await ui.new_chat(chat)
     assert (shown, fresh, box) == ([], Chat(), "")
     assert [title for title, _ in await local.choices()] == ["first"]
@@ -239,7 +250,7 @@ async def test_a_retry_stores_the_prompt_and_settings_it_used(
 ) -> None:
     ui = make_ui(backend.url)
     chat = Chat()
-    await drain(ui.send(None, "first", chat, "be terse", "", None, *CONTROLS))
+    await drain(ui.send(None, "first", None, chat, "be terse", "", None, *CONTROLS))
     again = (256, 0.9, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
     await drain(ui.retry(None, chat, "be thorough", "rust", None, *again))
     assert fake.requests[-1]["temperature"] == 0.9
@@ -278,7 +289,7 @@ async def test_the_message_is_stored_first_and_the_reply_as_it_streams(
     fake.token_delay = 0.2
     ui = make_ui(backend.url)
     chat = Chat()
-    updates = ui.send(None, "keep me", chat, "", "", None, *CONTROLS)
+    updates = ui.send(None, "keep me", None, chat, "", "", None, *CONTROLS)
     await anext(updates)
     assert chat.id is not None
     local = await ui.history_for(None)
@@ -311,7 +322,7 @@ async def test_a_page_that_goes_away_leaves_its_reply_running_unless_told_otherw
     seen: list[str] = []
 
     async def page() -> None:
-        async for update in ui.send(None, "go on", chat, "", "", None, *CONTROLS):
+        async for update in ui.send(None, "go on", None, chat, "", "", None, *CONTROLS):
             seen.append(last_reply(update))
 
     handler = asyncio.create_task(page())
@@ -345,7 +356,7 @@ async def test_replies_still_running_are_stored_as_stopped_when_the_app_stops(
     fake.token_delay = 0.02
     ui = make_ui(backend.url)
     chat = Chat()
-    updates = ui.send(None, "go on", chat, "", "", None, *CONTROLS)
+    updates = ui.send(None, "go on", None, chat, "", "", None, *CONTROLS)
     await anext(updates)
     await anext(updates)
     await ui.service.aclose()  # what the app's lifespan does as it stops
@@ -367,7 +378,7 @@ async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
     chat = Chat()
     controls = (64, 0.7, 0.9, 40, 1.1, 0.0, 0.0, "END", 7)
     await drain(ui.send(
-        None, "Write fizzbuzz\nin Python", chat, "be terse", "go", fake.model_id, *controls
+        None, "Write fizzbuzz\nin Python", None, chat, "be terse", "go", fake.model_id, *controls
     ))
     assert chat.id is not None
     assert fake.requests[-1]["messages"][0] == {
@@ -390,8 +401,8 @@ async def test_a_conversation_reopens_with_its_prompt_language_and_settings(
 async def test_search_rename_and_delete(backend: ServerThread) -> None:
     ui = make_ui(backend.url)
     first, second = Chat(), Chat()
-    await drain(ui.send(None, "sort a list in Go", first, "", "", None, *CONTROLS))
-    await drain(ui.send(None, "reverse a string", second, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "sort a list in Go", None, first, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "reverse a string", None, second, "", "", None, *CONTROLS))
     found = await ui.search(None, "GO", second)
     assert [title for title, _ in found["choices"]] == ["sort a list in Go"]
     found = await ui.search(None, "world", second)  # the replies' text
@@ -406,7 +417,7 @@ async def test_another_users_conversation_cannot_be_opened(backend: ServerThread
     ui = make_ui(backend.url, auth_mode="password")
     chat = Chat()
     alice, mallory = gr.Request(username="alice"), gr.Request(username="mallory")
-    await drain(ui.send(alice, "mine", chat, "", "", None, *CONTROLS))
+    await drain(ui.send(alice, "mine", None, chat, "", "", None, *CONTROLS))
     assert chat.id is not None
     with pytest.raises(gr.Error, match="no longer exists"):
         await drain(ui.open_chat(mallory, chat.id, Chat()))
@@ -434,13 +445,13 @@ async def test_controls_the_backend_ignores_are_hidden(
 async def test_too_many_stop_sequences_for_tgi(backend: ServerThread) -> None:
     controls = (*CONTROLS[:7], "a\nb\nc\nd\ne", -1)
     with pytest.raises(gr.Error, match="at most 4 stop sequences"):
-        await drain(make_ui(backend.url).send(None, "hi", Chat(), "", "", None, *controls))
+        await drain(make_ui(backend.url).send(None, "hi", None, Chat(), "", "", None, *controls))
 
 
 async def test_a_refused_retry_keeps_the_reply_it_would_replace(backend: ServerThread) -> None:
     ui = make_ui(backend.url)
     chat = Chat()
-    await drain(ui.send(None, "first", chat, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "first", None, chat, "", "", None, *CONTROLS))
     too_many_stops = (*CONTROLS[:7], "a\nb\nc\nd\ne", -1)
     with pytest.raises(gr.Error, match="at most 4 stop sequences"):
         await drain(ui.retry(None, chat, "", "", None, *too_many_stops))
@@ -450,7 +461,7 @@ async def test_a_refused_retry_keeps_the_reply_it_would_replace(backend: ServerT
 async def test_export_then_import_through_the_page(backend: ServerThread, tmp_path: Path) -> None:
     ui = make_ui(backend.url)
     chat = Chat()
-    await drain(ui.send(None, "export me", chat, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "export me", None, chat, "", "", None, *CONTROLS))
     markdown = Path(await ui.transfer.export(None, chat, "markdown"))
     assert markdown.read_text().startswith("# export me")
     everything = Path(await ui.transfer.export(None, chat, "all"))
@@ -471,9 +482,9 @@ async def test_over_the_rate_limit_nothing_is_sent_or_stored(
     ui = make_ui(backend.url, rate_limit_per_minute=2)
     chat = Chat()
     for message in ("one", "two"):
-        await drain(ui.send(None, message, chat, "", "", None, *CONTROLS))
+        await drain(ui.send(None, message, None, chat, "", "", None, *CONTROLS))
     with pytest.raises(gr.Error, match="2 messages in the last minute"):
-        await drain(ui.send(None, "three", chat, "", "", None, *CONTROLS))
+        await drain(ui.send(None, "three", None, chat, "", "", None, *CONTROLS))
     assert [ex.user for ex in chat.exchanges] == ["one", "two"]
     assert len(fake.requests) == 2
 
@@ -525,7 +536,7 @@ async def test_an_edit_forks_and_sends_only_what_is_above_it_then_branches_switc
     ui = make_ui(backend.url)
     chat = Chat()
     for message in ("q1", "q2", "q3"):
-        await drain(ui.send(None, message, chat, "sys", "", None, *CONTROLS))
+        await drain(ui.send(None, message, None, chat, "sys", "", None, *CONTROLS))
     updates = await drain(ui.edit(None, edit_of(2, "q2, <edited> & better"), chat, "sys", "",
                                   None, *CONTROLS))
 
@@ -541,7 +552,7 @@ async def test_an_edit_forks_and_sends_only_what_is_above_it_then_branches_switc
     shown, chat = await ui.branches.switch(None, str(older), chat)
     assert [ex.user for ex in chat.exchanges] == ["q1", "q2", "q3"]
     assert shown[2]["content"] == f"q2\n\n{EARLIER} 1/2 [{LATER}](#branch-{newer})"
-    await drain(ui.send(None, "q4", chat, "sys", "", None, *CONTROLS))
+    await drain(ui.send(None, "q4", None, chat, "sys", "", None, *CONTROLS))
     assert sent(fake) == ["q1", "ok", "q2", "ok", "q3", "ok", "q4"]
     assert chat.id is not None
     _, reopened = await (await ui.history_for(None)).open(chat.id)
@@ -554,7 +565,7 @@ async def test_an_edit_shown_with_its_switch_keeps_the_text_and_an_unchanged_one
     """The edit box holds the message as the page shows it: HTML escaped, and its switch."""
     ui = make_ui(backend.url)
     chat = Chat()
-    await drain(ui.send(None, "a < b", chat, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "a < b", None, chat, "", "", None, *CONTROLS))
     await drain(ui.edit(None, edit_of(0, "a &lt; c"), chat, "", "", None, *CONTROLS))
     shown = chat_messages(chat.exchanges)[0]["content"]
     assert chat.exchanges[0].user == "a < c"
@@ -575,7 +586,7 @@ async def test_a_retry_shows_its_versions_and_switching_back_shows_the_first(
     ui = make_ui(backend.url)
     chat = Chat()
     fake.tokens = ["first"]
-    await drain(ui.send(None, "q1", chat, "", "", None, *CONTROLS))
+    await drain(ui.send(None, "q1", None, chat, "", "", None, *CONTROLS))
     fake.tokens = ["second"]
     updates = await drain(ui.retry(None, chat, "", "", None, *CONTROLS))
     first, second = chat.exchanges[0].reply_alternatives
@@ -594,7 +605,7 @@ async def test_edits_and_switches_are_refused_while_a_reply_streams_or_for_other
     ui = make_ui(backend.url, auth_mode="password")
     alice, mallory = gr.Request(username="alice"), gr.Request(username="mallory")
     chat = Chat()
-    updates = ui.send(alice, "q1", chat, "", "", None, *CONTROLS)
+    updates = ui.send(alice, "q1", None, chat, "", "", None, *CONTROLS)
     await anext(updates)
     with pytest.raises(gr.Error, match="Wait for the reply to finish"):
         await drain(ui.edit(alice, edit_of(0, "q1, edited"), chat, "", "", None, *CONTROLS))
@@ -607,3 +618,117 @@ async def test_edits_and_switches_are_refused_while_a_reply_streams_or_for_other
         await drain(ui.edit(alice, edit_of(1, "a reply"), chat, "", "", None, *CONTROLS))
     assert chat.id is not None
     assert ui.store.count_messages((await ui.history_for(alice)).user_id) == 2
+
+
+# -- attached files -------------------------------------------------------------------------
+
+FIZZ = "for i in range(1, 4):\n    print(i)\n"
+NOTES = "Run it with ```python fizz.py```.\n"
+FIZZ_BLOCK = f"File: fizz.py\n```python\n{FIZZ.rstrip()}\n```"
+NOTES_BLOCK = f"File: notes.md\n````md\n{NOTES.rstrip()}\n````"
+
+
+def uploads(folder: Path, files: dict[str, bytes | str]) -> list[str]:
+    """Files as the Attach box hands them over: paths under their own names."""
+    folder.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    return [str(folder / name) for name in files]
+
+
+async def test_attached_files_go_to_the_model_as_fenced_blocks_and_open_from_their_chips(
+    backend: ServerThread, fake: FakeBackend, tmp_path: Path
+) -> None:
+    ui = make_ui(backend.url)
+    chat = Chat()
+    paths = uploads(tmp_path / "up", {"fizz.py": FIZZ, "notes.md": NOTES})
+    updates = await drain(ui.send(None, "Review.", paths, chat, "", "", None, *CONTROLS))
+
+    assert sent(fake) == [f"Review.\n\n{FIZZ_BLOCK}\n\n{NOTES_BLOCK}"]
+    assert updates[0][6] is None, "the Attach box is emptied once the message is taken"
+    assert all(update[6] == gr.skip() for update in updates[1:])
+    message_id = chat.exchanges[0].user_message_id
+    assert updates[-1][0][0]["content"] == (
+        f"Review.\n\nAttached: [fizz.py (35 B)](#attachment-{message_id}-0) · "
+        f"[notes.md (34 B)](#attachment-{message_id}-1)"
+    )
+    assert chat.id is not None
+    _, reopened = await (await ui.history_for(None)).open(chat.id)
+    assert reopened.exchanges[0].attachments == chat.exchanges[0].attachments
+    opened = await ui.attachments.open(f"{message_id}-1", reopened)
+    assert (opened["value"], opened["label"], opened["visible"]) == (
+        NOTES, "notes.md (34 B)", True
+    )
+    with pytest.raises(gr.Error, match="no longer in this conversation"):
+        await ui.attachments.open(f"{message_id}-2", reopened)
+
+    await drain(ui.send(None, "And now?", None, chat, "", "", None, *CONTROLS))
+    assert sent(fake)[0] == f"Review.\n\n{FIZZ_BLOCK}\n\n{NOTES_BLOCK}", "kept in the history"
+
+
+@pytest.mark.parametrize(("files", "refusal"), [
+    ({"fizz.py": FIZZ, "logo.png": b"\x89PNG\r\n\x1a\n\x00\x00"}, "logo.png is not a text file"),
+    ({"big.log": "x" * 101}, "big.log is larger than 100 B"),
+    ({f"f{n}.py": "pass" for n in range(3)}, "You attached 3 files; a message takes at most 2"),
+])
+async def test_a_binary_oversized_or_extra_file_is_refused_with_nothing_stored_or_sent(
+    backend: ServerThread, fake: FakeBackend, tmp_path: Path, files: dict[str, bytes | str],
+    refusal: str,
+) -> None:
+    ui = make_ui(backend.url, attachment_max_bytes=100, attachments_per_message=2)
+    chat = Chat()
+    with pytest.raises(gr.Error, match=refusal):
+        await drain(ui.send(None, "Look.", uploads(tmp_path / "up", files), chat, "", "", None,
+                            *CONTROLS))
+    assert chat.exchanges == []
+    assert fake.requests == []
+    assert ui.store.count_messages(ui.store.user_id()) == 0
+
+
+async def test_files_too_long_for_the_context_are_named_with_what_to_drop(
+    fake: FakeBackend, backend: ServerThread, tmp_path: Path
+) -> None:
+    fake.max_input_tokens, fake.max_total_tokens = 300, 400
+    chat = Chat()
+    paths = uploads(tmp_path / "up", {"small.py": "pass\n", "huge.py": "x = 1\n" * 200})
+    with pytest.raises(gr.Error) as refused:
+        await drain(make_ui(backend.url).send(None, "Review.", paths, chat, "", "", None,
+                                              *(50, *CONTROLS[1:])))
+    assert "more than the 300 this model has room for" in refused.value.message
+    assert refused.value.message.endswith(
+        "Attached: huge.py (1.2 KiB), small.py (5 B); drop huge.py to make it fit."
+    )
+    assert chat.exchanges == []
+    assert fake.requests == []
+
+
+async def test_a_retry_sends_the_files_again_and_an_edit_keeps_them(
+    backend: ServerThread, fake: FakeBackend, tmp_path: Path
+) -> None:
+    fake.tokens = ["ok"]
+    ui = make_ui(backend.url)
+    chat = Chat()
+    paths = uploads(tmp_path / "up", {"fizz.py": FIZZ})
+    await drain(ui.send(None, "Review.", paths, chat, "", "", None, *CONTROLS))
+    await drain(ui.retry(None, chat, "", "", None, *CONTROLS))
+    assert sent(fake) == [f"Review.\n\n{FIZZ_BLOCK}"]
+
+    shown_with_chips = "Review, briefly." + user_suffix(chat.exchanges[0])
+    await drain(ui.edit(None, edit_of(0, shown_with_chips), chat, "", "", None, *CONTROLS))
+    assert sent(fake) == [f"Review, briefly.\n\n{FIZZ_BLOCK}"]
+    [edited] = chat.exchanges
+    assert chat.id is not None
+    _, reopened = await (await ui.history_for(None)).open(chat.id)
+    assert reopened.exchanges[0].attachments == edited.attachments != ()
+
+
+async def test_a_message_no_backend_answers_keeps_its_files_for_a_retry(tmp_path: Path) -> None:
+    ui = make_ui(f"http://127.0.0.1:{free_port()}")
+    chat = Chat()
+    paths = uploads(tmp_path / "up", {"fizz.py": FIZZ})
+    updates = await drain(ui.send(None, "Review.", paths, chat, "", "", None, *CONTROLS))
+    assert "unreachable" in last_reply(updates[-1])
+    assert updates[0][6] is None, "the message and its files are taken"
+    assert chat.id is not None
+    _, reopened = await (await ui.history_for(None)).open(chat.id)
+    assert [a.name for a in reopened.exchanges[0].attachments] == ["fizz.py"]

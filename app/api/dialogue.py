@@ -13,7 +13,7 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -21,6 +21,7 @@ from fastapi.sse import format_sse_event
 
 from app.api.errors import ApiError
 from app.api.models import (
+    AttachmentOut,
     DialogueIn,
     DialogueOut,
     ExchangeOut,
@@ -84,12 +85,22 @@ def stored_stats(reply: StoredReply | StoredMessage) -> StatsOut | None:
     )
 
 
+def attachments_out(attachments: Sequence[dict[str, str]]) -> list[AttachmentOut]:
+    return [
+        AttachmentOut(name=a["name"], language=a["language"], size=len(a["text"].encode()),
+                      content=a["text"])
+        for a in attachments
+    ]
+
+
 def exchange_out(stored: StoredExchange) -> ExchangeOut:
     reply = stored.reply
+    attachments = attachments_out(stored.attachments)
     if reply is None:
-        return ExchangeOut(user_message_id=stored.user_message_id, user=stored.user, reply=None)
+        return ExchangeOut(user_message_id=stored.user_message_id, user=stored.user,
+                           attachments=attachments, reply=None)
     return ExchangeOut(
-        user_message_id=stored.user_message_id, user=stored.user,
+        user_message_id=stored.user_message_id, user=stored.user, attachments=attachments,
         reply=ReplyOut(
             id=reply.id, content=reply.content, status=reply.status, error=reply.error,
             stats=stored_stats(reply), model=reply.model, backend=reply.backend,
@@ -103,8 +114,8 @@ def tree_out(tree: ConversationTree) -> TreeOut:
         leaf_id=tree.leaf_id, messages=[
             MessageOut(
                 id=m.id, role=m.role, parent_id=m.parent_id, content=m.content,
-                status=m.status, error=m.error, stats=stored_stats(m), model=m.model,
-                backend=m.backend,
+                attachments=attachments_out(m.attachments), status=m.status, error=m.error,
+                stats=stored_stats(m), model=m.model, backend=m.backend,
             )
             for m in tree.messages
         ],
@@ -148,6 +159,8 @@ class Dialogues:
         asked = TurnRequest(
             body.message, system_prompt, {**(record.settings if record else {}), **given},
             record.language if record else None,
+            # Text that is not UTF-8 (a lone surrogate) stays so, to be refused as binary.
+            [(a.name, a.content.encode(errors="surrogatepass")) for a in body.attachments],
         )
         try:
             turn = await self.turns.start(history, chat, asked)

@@ -17,6 +17,7 @@ MAX_NAME_CHARS = 200
 MAX_PASSWORD_CHARS = 1024
 MAX_PROMPT_CHARS = 200_000
 MAX_ID_CHARS = 64
+MAX_ATTACHMENTS = 100  # ATTACHMENTS_PER_MESSAGE then gives its own message
 
 
 def _storable(text: str) -> str:
@@ -110,11 +111,38 @@ class ModelOut(BaseModel):
 # -- dialogues ------------------------------------------------------------------------------
 
 
+class AttachmentIn(Body):
+    name: StorableText = Field(
+        min_length=1, max_length=255, description="The file's name; its extension gives the "
+        "language of the fenced block the model is sent (`.py`: python).",
+        examples=["fizzbuzz.py"],
+    )
+    content: str = Field(
+        description="The file's text. At most ATTACHMENT_MAX_BYTES bytes as UTF-8 (256 KiB "
+        "by default); text only: a NUL character is refused as a binary file.",
+        examples=["for i in range(1, 16):\n    print(i)\n"],
+    )
+
+
+class AttachmentOut(BaseModel):
+    name: str = Field(description="The file's name.")
+    language: str = Field(description="The language of its fenced block (`text` if unknown).")
+    size: int = Field(description="Its size in bytes, as UTF-8.")
+    content: str = Field(description="Its text.")
+
+
 class DialogueIn(Body):
     message: StorableText = Field(
         min_length=1, max_length=MAX_PROMPT_CHARS,
         description="Your message. At most MAX_MESSAGE_CHARS characters (8000 by default).",
         examples=["Write a Python function that reverses a string."],
+    )
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS,
+        description="Text files attached to the message, sent to the model after it as fenced "
+        "blocks and stored with it. At most ATTACHMENTS_PER_MESSAGE files (5 by default); they "
+        "count toward the message's limits and the model's context. A file refused (binary, "
+        "too big, too many) is a 422 naming it; nothing is stored.",
     )
     dialogue_id: str | None = Field(
         None, max_length=MAX_ID_CHARS,
@@ -215,6 +243,7 @@ class ReplyOut(BaseModel):
 class ExchangeOut(BaseModel):
     user_message_id: int = Field(description="The user message's id.")
     user: str = Field(description="The user's message.")
+    attachments: list[AttachmentOut] = Field(description="The files attached to it.")
     reply: ReplyOut | None = Field(description="The latest version of the reply (a retry in "
                                    "the page keeps earlier ones in the store).")
 
@@ -237,6 +266,7 @@ class MessageOut(BaseModel):
         "same parent and role are alternatives: retries of a reply, edits of a message."
     )
     content: str = Field(description="Its text.")
+    attachments: list[AttachmentOut] = Field(description="The files attached to a user message.")
     status: str = Field(
         description="`complete` for a user message; for a reply `streaming` while it is being "
         "written, then how it ended (see stats)."

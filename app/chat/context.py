@@ -19,7 +19,12 @@ def estimate_tokens(text: str) -> int:
 
 
 class ContextOverflow(ValueError):
-    """The system prompt and the new message alone do not fit the model's input budget."""
+    """The system prompt and the new message alone do not fit the model's input budget;
+    ``excess`` is by how many tokens (0 when the message is not what is too long)."""
+
+    def __init__(self, message: str, excess: int = 0) -> None:
+        super().__init__(message)
+        self.excess = excess
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,12 @@ def fit_messages(
         raise ContextOverflow(
             f"The system prompt and your message need about {used} tokens, more than the "
             f"{budget} this model has room for. Shorten the message or the system prompt, "
-            "or lower max new tokens."
+            "or lower max new tokens.", used - budget,
         )
     usable = [ex for ex in history if ex.reply]
     kept: list[Exchange] = []
     for exchange in reversed(usable):
-        cost = count(exchange.user) + count(exchange.reply)
+        cost = count(exchange.sent) + count(exchange.reply)
         if used + cost > budget:
             break
         kept.append(exchange)
@@ -62,7 +67,7 @@ def fit_messages(
     kept.reverse()
     turns: list[dict[str, str]] = []
     for exchange in kept:
-        turns.append({"role": "user", "content": exchange.user})
+        turns.append({"role": "user", "content": exchange.sent})
         turns.append({"role": "assistant", "content": exchange.reply})
     messages = [*system, *turns, {"role": "user", "content": user_text}]
     return FittedContext(messages, len(usable) - len(kept), used, budget)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC
 
 from app.chat.models import FINISH_TEXT
-from app.markdown import close_open_fence, fenced
+from app.markdown import close_open_fence, escape_markdown, fenced
 from app.store import ConversationRecord, Store, StoredReply
 
 # A reply still streaming has no finish yet; the export says so.
@@ -20,9 +20,9 @@ def export_markdown(store: Store, user_id: int, conversation_id: str | None = No
     """The user's conversations (one, or all oldest first) as a readable Markdown document:
     the branch on screen of each, every user message with its reply. Export only.
 
-    What people typed (system prompt, user messages) is shown verbatim in a code fence longer
-    than any backtick run inside it; replies are Markdown already and are kept as written, with
-    a code fence the reply left open closed.
+    What people typed (system prompt, user messages) and the files attached to a message are
+    shown verbatim in a code fence longer than any backtick run inside it; replies are
+    Markdown already and are kept as written, with a code fence the reply left open closed.
 
     Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
     """
@@ -37,6 +37,9 @@ def _conversation_markdown(conversation: ConversationRecord) -> str:
         parts += ["**System prompt**", fenced(conversation.system_prompt)]
     for exchange in conversation.exchanges:
         parts += ["## You", fenced(exchange.user)]
+        for attached in exchange.attachments:
+            parts += [f"Attached **{escape_markdown(attached['name'])}**",
+                      fenced(attached["text"], attached["language"])]
         if exchange.reply is not None:
             parts += ["## Assistant", *_reply_markdown(exchange.reply)]
     return "\n\n".join(parts)

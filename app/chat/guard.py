@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from app.chat.attachments import Attachment, drop_advice, with_attachments
 from app.chat.context import estimate_tokens
 from app.settings import Settings
 
@@ -68,23 +69,35 @@ class Guard:
         self.settings = settings
         self._sent = RateWindow(settings.rate_limit_per_minute, WINDOW_SECONDS, clock)
 
-    def check(self, user_id: int, text: str) -> None:
-        """Raises ``MessageRefused``; a message that passes counts against the user's rate."""
+    def check(
+        self, user_id: int, text: str, attachments: Sequence[Attachment] = ()
+    ) -> None:
+        """Raises ``MessageRefused``; a message that passes counts against the user's rate.
+        Attached files count toward the message's length as the model is sent them; over a
+        limit, the refusal says which of them to drop."""
         if not text.strip():
             raise MessageRefused("The message is empty; nothing was sent.")
+        sent = with_attachments(text, attachments)
+        what = "with its attachments " if attachments else ""
         chars = self.settings.max_message_chars
-        if len(text) > chars:
+        if len(sent) > chars:
             raise MessageRefused(
-                f"Your message has {len(text)} characters; the limit is {chars}. "
-                "Shorten it or split it into parts. Nothing was sent."
+                f"Your message {what}has {len(sent)} characters; the limit is {chars}. "
+                + self._advice(attachments, len(sent) - chars, len)
             )
-        tokens, limit = estimate_tokens(text), self.settings.max_message_tokens
+        tokens, limit = estimate_tokens(sent), self.settings.max_message_tokens
         if tokens > limit:
             raise MessageRefused(
-                f"Your message is about {tokens} tokens; the limit is {limit}. "
-                "Shorten it or split it into parts. Nothing was sent."
+                f"Your message {what}is about {tokens} tokens; the limit is {limit}. "
+                + self._advice(attachments, tokens - limit, estimate_tokens)
             )
         self._count(user_id)
+
+    @staticmethod
+    def _advice(attachments: Sequence[Attachment], excess: int, cost: Callable[[str], int]) -> str:
+        if not attachments:
+            return "Shorten it or split it into parts. Nothing was sent."
+        return f"{drop_advice(attachments, excess, cost)} Nothing was sent."
 
     def _count(self, user_id: int) -> None:
         per_minute = self.settings.rate_limit_per_minute

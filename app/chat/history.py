@@ -12,13 +12,14 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.backends import BackendInfo, GenerationParams
+from app.chat.attachments import Attachment
 from app.chat.export import export_markdown
 from app.chat.models import FINISH_TEXT, Chat, Exchange, TurnStats
 from app.chat.service import ChatService
@@ -42,6 +43,8 @@ def exchange_from(stored: StoredExchange) -> Exchange:
         user=stored.user, user_message_id=stored.user_message_id, done=True,
         user_alternatives=stored.user_alternatives,
         reply_alternatives=stored.reply_alternatives,
+        attachments=tuple(Attachment(a["name"], a["language"], a["text"])
+                          for a in stored.attachments),
     )
     reply = stored.reply
     if reply is None:
@@ -90,11 +93,11 @@ class History:
     async def begin(
         self, chat: Chat, text: str, info: BackendInfo | None, system_prompt: str,
         settings: dict[str, Any], retried: Exchange | None = None, language: str | None = None,
-        edited: Exchange | None = None,
+        edited: Exchange | None = None, attachments: tuple[Attachment, ...] = (),
     ) -> Exchange:
         """The new exchange at the end of ``chat``, stored with an empty reply that streams,
         in one transaction with the conversation's prompt, settings and language (None: the
-        language as it is).
+        language as it is); the message's ``attachments`` are stored with it.
 
         For a retry, the retried exchange's message is answered again and its earlier reply
         kept in the store. For an edit, ``text`` is a new version of the edited exchange's
@@ -114,13 +117,14 @@ class History:
             parent=None if before is None else before.reply_id or before.user_message_id,
             reply_to=retried.user_message_id if retried else None,
             model=info.model_id if info else None, backend=info.name if info else None,
+            attachments=[asdict(a) for a in attachments],
         )
         chat.id = begun.conversation_id
         del chat.exchanges[kept:]
         exchange = Exchange(
             user=text, user_message_id=begun.user_message_id, reply_id=begun.reply_id,
             user_alternatives=begun.user_alternatives,
-            reply_alternatives=begun.reply_alternatives,
+            reply_alternatives=begun.reply_alternatives, attachments=attachments,
         )
         chat.exchanges.append(exchange)
         return exchange
@@ -221,9 +225,10 @@ class History:
         """One conversation (or all, for None) as a file's name and text, JSON or Markdown."""
         return await asyncio.to_thread(self._export, conversation_id, markdown)
 
-    async def import_file(self, path: Path) -> list[str]:
-        """Raises ``TransferError`` (nothing imported) for a file that is not a good export."""
-        return await asyncio.to_thread(self._import, path)
+    async def import_file(self, path: Path, limits: transfer.AttachmentLimits) -> list[str]:
+        """Raises ``TransferError`` (nothing imported) for a file that is not a good export,
+        attached files over ``limits`` among them."""
+        return await asyncio.to_thread(self._import, path, limits)
 
     def _export(self, conversation_id: str | None, markdown: bool) -> tuple[str, str]:
         exporter = export_markdown if markdown else transfer.export_json
@@ -231,9 +236,9 @@ class History:
         name = "conversation" if conversation_id else "conversations"
         return f"{name}.{'md' if markdown else 'json'}", document
 
-    def _import(self, path: Path) -> list[str]:
+    def _import(self, path: Path, limits: transfer.AttachmentLimits) -> list[str]:
         if path.stat().st_size > transfer.DEFAULT_MAX_BYTES:
             raise transfer.TransferError(
                 f"The file is larger than {transfer.DEFAULT_MAX_BYTES // 2**20} MiB."
             )
-        return transfer.import_json(self.store, self.user_id, path.read_bytes())
+        return transfer.import_json(self.store, self.user_id, path.read_bytes(), limits=limits)

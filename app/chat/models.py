@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
+from app.chat.attachments import Attachment, with_attachments
+
 Finish = Literal["stop", "length", "stopped", "interrupted"]
 
 FINISH_TEXT: dict[Finish, str] = {
@@ -54,6 +56,7 @@ class Exchange:
     ``done`` turns true when the reply ends for any reason: finished, cut, stopped or failed;
     setting ``stop`` asks the reply in progress to end. The alternatives are the stored ids of
     the message's edits and the reply's retries, oldest first, its own among them.
+    ``attachments`` are the files attached to the message.
     """
 
     user: str
@@ -65,7 +68,13 @@ class Exchange:
     reply_id: int | None = None
     user_alternatives: tuple[int, ...] = ()
     reply_alternatives: tuple[int, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
     stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    @property
+    def sent(self) -> str:
+        """The user's message as the model is sent it, with its attached files."""
+        return with_attachments(self.user, self.attachments)
 
 
 @dataclass

@@ -11,13 +11,20 @@ not answer inside the conversation instead (``Turns.unanswered``), as a reply th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from app.backends import BackendError, BackendInfo, GenerationParams, InvalidSetting
 from app.backends.sampling import check
-from app.chat.context import ContextOverflow
+from app.chat.attachments import (
+    Attachment,
+    AttachmentRefused,
+    drop_advice,
+    read_attachments,
+    with_attachments,
+)
+from app.chat.context import ContextOverflow, estimate_tokens
 from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
@@ -53,12 +60,15 @@ class TurnRefused(ValueError):
 @dataclass(frozen=True)
 class TurnRequest:
     """What a user asks: the message, the conversation's system prompt and language (None:
-    as the conversation has it), and its settings by name (``SETTING_TYPES``)."""
+    as the conversation has it), its settings by name (``SETTING_TYPES``), and the files
+    attached to the message, each a name and its bytes (none: a retry or an edit sends the
+    files of the message it answers again or edits)."""
 
     text: str
     system_prompt: str
     settings: Mapping[str, Any]
     language: str | None = None
+    files: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass
@@ -149,11 +159,11 @@ class Turns:
         forking the conversation there, and sends only the exchanges before it) with an empty
         reply, and start the reply on the server.
 
-        Raises ``TurnRefused`` with nothing stored: the message refused by the guard (422, or
-        429 with ``retry_after``), too many replies running (429 for the user's, 503 with
-        ``retry_after`` for the process's), no backend for the model (503, or 422 for a model
-        nobody offers), a setting the backend would refuse or a message too long for its
-        context (422).
+        Raises ``TurnRefused`` with nothing stored: a file refused (422: binary, too big, too
+        many), the message refused by the guard (422, or 429 with ``retry_after``), too many
+        replies running (429 for the user's, 503 with ``retry_after`` for the process's), no
+        backend for the model (503, or 422 for a model nobody offers), a setting the backend
+        would refuse or a message too long for its context (422).
         """
         try:
             with self.service.replies.admitting(history.user_id):
@@ -165,8 +175,10 @@ class Turns:
         self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None,
         edited: Exchange | None,
     ) -> Turn:
+        replaced = edited if edited is not None else retried
+        attachments = self.attachments(request, replaced)
         try:
-            self.guard.check(history.user_id, request.text)
+            self.guard.check(history.user_id, request.text, attachments)
         except MessageRefused as err:
             status = 422 if err.retry_after is None else 429
             raise TurnRefused(str(err), status, err.retry_after) from err
@@ -175,25 +187,43 @@ class Turns:
             params = generation_params(request.settings, self.settings.max_new_tokens, info)
         except InvalidSetting as err:
             raise TurnRefused(str(err)) from err
-        replaced = edited if edited is not None else retried
         kept = len(chat.exchanges) if replaced is None else chat.exchanges.index(replaced)
         earlier = chat.exchanges[:kept]
         language = request.language if request.language in LANGUAGE_NAMES else None
         try:
             fitted = self.service.fit(
                 info, system_prompt_for(request.system_prompt, language), earlier,
-                request.text, params.max_new_tokens,
+                with_attachments(request.text, attachments), params.max_new_tokens,
             )
         except ContextOverflow as err:
+            if attachments and err.excess:
+                advice = drop_advice(attachments, err.excess, estimate_tokens)
+                raise TurnRefused(f"{err} {advice}") from err
             raise TurnRefused(str(err)) from err
         exchange = await history.begin(
             chat, request.text, info, request.system_prompt, dict(request.settings),
             retried=retried, language=request.language, edited=edited,
+            attachments=attachments,
         )
         assert chat.id is not None, "a begun turn has a stored conversation"
         updates = history.stream_and_save(self.service, exchange, info, fitted.messages, params)
         live = self.service.replies.run(exchange, history.user_id, chat.id, updates)
         return Turn(chat, live, info, fitted.dropped_exchanges, fitted.budget)
+
+    def attachments(
+        self, request: TurnRequest, replaced: Exchange | None
+    ) -> tuple[Attachment, ...]:
+        """The files of the message: those of the request, else those of the message a retry
+        or an edit replaces. Raises ``TurnRefused`` (422) for a file refused."""
+        if not request.files:
+            return replaced.attachments if replaced is not None else ()
+        try:
+            return read_attachments(
+                request.files, self.settings.attachment_max_bytes,
+                self.settings.attachments_per_message,
+            )
+        except AttachmentRefused as err:
+            raise TurnRefused(str(err)) from err
 
     async def backend(self, model: Any) -> BackendInfo:
         """Where a reply for ``model`` (not text: the default model) goes; raises
@@ -217,9 +247,11 @@ class Turns:
     ) -> Exchange:
         """Keep the message, with a reply that failed for ``error`` (no backend answers): the
         page shows it in the conversation, where Retry can ask again."""
+        replaced = edited if edited is not None else retried
         exchange = await history.begin(
             chat, request.text, None, request.system_prompt, dict(request.settings),
             retried=retried, language=request.language, edited=edited,
+            attachments=self.attachments(request, replaced),
         )
         exchange.error, exchange.done = str(error), True
         await history.save_final(exchange)

@@ -94,6 +94,8 @@ class Message(Base):
     tokens_per_second: Mapped[float | None] = mapped_column(Float, default=None)
     model: Mapped[str | None] = mapped_column(String(200), default=None)
     backend: Mapped[str | None] = mapped_column(String(50), default=None)
+    # user messages: the files attached, each {"name", "language", "text"}; None: none.
+    attachments: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 

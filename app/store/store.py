@@ -84,6 +84,7 @@ class StoredExchange:
     reply: StoredReply | None
     user_alternatives: tuple[int, ...] = ()
     reply_alternatives: tuple[int, ...] = ()
+    attachments: tuple[dict[str, str], ...] = ()  # each {"name", "language", "text"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class StoredMessage:
     tokens_per_second: float | None
     model: str | None
     backend: str | None
+    attachments: tuple[dict[str, str], ...] = ()  # of a user message, as in StoredExchange
 
 
 @dataclass(frozen=True)
@@ -281,12 +283,15 @@ class Store:
         settings: dict[str, Any], language: str | None, *, message: str | None = None,
         parent: int | None = None, reply_to: int | None = None, title: str = "",
         model: str | None = None, backend: str | None = None,
+        attachments: Sequence[dict[str, str]] = (),
     ) -> BegunTurn:
         """The start of a turn, in one transaction: the conversation created (for
         ``conversation_id`` None, titled ``title``) or its prompt, settings and language
         (None: as it is, "": none) stored; the user's ``message`` added after the message
-        ``parent`` (None: as a first message), or for a retry the message ``reply_to``
-        answered again; and an empty reply, streaming, now the end of the branch on screen.
+        ``parent`` (None: as a first message) with the files ``attachments`` (each
+        ``{"name", "language", "text"}``), or for a retry the message ``reply_to`` answered
+        again (with the files it has); and an empty reply, streaming, now the end of the
+        branch on screen.
 
         An edit is a message added after the edited one's parent: a sibling of it, which
         starts a new branch and keeps the old one.
@@ -309,7 +314,9 @@ class Store:
             if message is not None:
                 if parent is not None:
                     self._message_in(session, conversation, parent)
-                reply_to = self._add_message(session, conversation, message, parent)
+                reply_to = self._add_message(
+                    session, conversation, message, parent, attachments
+                )
             if reply_to is None:
                 raise NotFound("No message to answer in this conversation.")
             asked = self._message_in(session, conversation, reply_to, role="user")
@@ -347,11 +354,13 @@ class Store:
 
     @staticmethod
     def _add_message(
-        session: Session, conversation: Conversation, content: str, parent: int | None
+        session: Session, conversation: Conversation, content: str, parent: int | None,
+        attachments: Sequence[dict[str, str]] = (),
     ) -> int:
         conversation.updated_at = now()
         message = Message(
-            conversation_id=conversation.id, role="user", content=content, reply_to_id=parent
+            conversation_id=conversation.id, role="user", content=content, reply_to_id=parent,
+            attachments=[dict(a) for a in attachments] or None,
         )
         session.add(message)
         session.flush()
@@ -582,6 +591,7 @@ def _record(conversation: Conversation, messages: Sequence[Message]) -> Conversa
             StoredExchange(
                 user.id, user.content, _reply(reply), tree.alternatives(user),
                 tree.alternatives(reply) if reply is not None else (),
+                tuple(user.attachments or ()),
             )
             for user, reply in exchanges
         ],
@@ -594,7 +604,7 @@ def _stored_message(message: Message) -> StoredMessage:
         content=message.content, status=message.status, error=message.error,
         tokens=message.tokens, time_to_first_token=message.time_to_first_token,
         tokens_per_second=message.tokens_per_second, model=message.model,
-        backend=message.backend,
+        backend=message.backend, attachments=tuple(message.attachments or ()),
     )
 
 

@@ -3,13 +3,15 @@
 JSON is the exchange format: a versioned document holding everything needed to restore the
 conversations exactly: every branch of each (every version of a retried reply, every edit of a
 message), each message naming its parent by an id local to its conversation, and the last
-message of the branch on screen. Version 1 (before branches) linked replies alone; it is still
-read, each user message following the latest reply before it, as that version showed it. The
+message of the branch on screen, and the files attached to each user message. Version 1 (before
+branches) linked replies alone; it is still read, each user message following the latest reply
+before it, as that version showed it. Version 2 is version 3 without attached files. The
 readable Markdown export is the chat's (``app.chat.export``): the store knows no presentation.
 
 Import reads untrusted files: the document is size-limited, parsed and validated against the
 models below (unknown fields refused, lengths and counts bounded), its links are checked, and
-only then written, in one transaction. Any problem with the file raises ``TransferError``,
+only then written, in one transaction. Attached files are held to the limits of the page's
+(``AttachmentLimits``). Any problem with the file raises ``TransferError``,
 whose message names the place (``conversations[2].messages[5].role: ...``); nothing is
 written then. Text is stored verbatim: making it safe to show is the UI's job.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -33,12 +36,13 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from app.settings import ATTACHMENT_MAX_BYTES, ATTACHMENTS_PER_MESSAGE
 from app.store.models import Conversation, Message, now
 from app.store.store import Store, StoreError
 
 FORMAT = "coding-playground.conversations"
-VERSION = 2
-VERSIONS_READ = (1, 2)
+VERSION = 3
+VERSIONS_READ = (1, 2, 3)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 MAX_CONVERSATIONS = 1_000
@@ -56,6 +60,15 @@ STREAMING_AT_EXPORT = "This reply was still streaming when the conversation was 
 
 class TransferError(StoreError):
     """An import document is not a valid conversations export; nothing was written."""
+
+
+@dataclass(frozen=True)
+class AttachmentLimits:
+    """The most bytes an attached file may have, and files a message (the settings
+    ATTACHMENT_MAX_BYTES and ATTACHMENTS_PER_MESSAGE)."""
+
+    max_bytes: int = ATTACHMENT_MAX_BYTES
+    per_message: int = ATTACHMENTS_PER_MESSAGE
 
 
 # -- the document ---------------------------------------------------------------------------
@@ -86,10 +99,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
 
+class AttachmentDoc(_Strict):
+    """A file attached to a user message: its name, the language of its fence, its text."""
+
+    name: Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_storable)]
+    language: Kind
+    text: Text
+
+
 class MessageDoc(_Strict):
     """One message; ``id`` is local to its conversation, ``reply_to`` names its parent by such
     an id: for a reply, the user message it answers; for a user message, the message it
-    follows (none for a first message, and always none in version 1)."""
+    follows (none for a first message, and always none in version 1). A user message may
+    have files attached (version 3)."""
 
     id: LocalId
     role: Literal["user", "assistant"]
@@ -102,6 +124,7 @@ class MessageDoc(_Strict):
     tokens_per_second: float | None = Field(None, ge=0)
     model: Name | None = None
     backend: Kind | None = None
+    attachments: list[AttachmentDoc] = Field(default_factory=list)
     created_at: Moment
     updated_at: Moment
 
@@ -222,6 +245,7 @@ def _message_dict(message: Message, local_ids: dict[int, int]) -> dict[str, Any]
         "tokens_per_second": _finite(message.tokens_per_second),
         "model": message.model,
         "backend": message.backend,
+        "attachments": message.attachments or [],
         "created_at": _iso(message.created_at),
         "updated_at": _iso(message.updated_at),
     }
@@ -241,7 +265,8 @@ def _finite(number: float | None) -> float | None:
 
 
 def import_json(
-    store: Store, user_id: int, data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES
+    store: Store, user_id: int, data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
+    limits: AttachmentLimits = AttachmentLimits(),
 ) -> list[str]:
     """Add the conversations of a JSON export document for the user; returns their new ids.
 
@@ -249,16 +274,20 @@ def import_json(
     exported is stored as interrupted.
 
     Raises ``TransferError`` when the document is too big, not JSON, not an export of a version
-    this app reads, or breaks the schema, a limit or a reply link; ``SQLAlchemyError`` when the
+    this app reads, or breaks the schema, a limit (``limits`` for attached files) or a reply
+    link; ``SQLAlchemyError`` when the
     database fails. Nothing is written in either case.
     """
-    document = read_document(data, max_bytes=max_bytes)
+    document = read_document(data, max_bytes=max_bytes, limits=limits)
     return store.add_conversations(
         user_id, (_rows(c, document.version) for c in document.conversations)
     )
 
 
-def read_document(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ExportDoc:
+def read_document(
+    data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
+    limits: AttachmentLimits = AttachmentLimits(),
+) -> ExportDoc:
     """Parse and check a JSON export document without writing anything.
 
     Raises ``TransferError`` as ``import_json`` does.
@@ -270,6 +299,7 @@ def read_document(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> E
         raise TransferError(_describe(err.errors(include_input=False))) from None
     for index, conversation in enumerate(document.conversations):
         _check_links(conversation, document.version, f"conversations[{index}]")
+        _check_attachments(conversation, limits, f"conversations[{index}]")
     return document
 
 
@@ -327,6 +357,27 @@ def _check_links(conversation: ConversationDoc, version: int, where: str) -> Non
         raise TransferError(f"{where}.leaf: version 1 has no leaf; export again for version 2")
     if leaf is not None and leaf not in roles:
         raise TransferError(f"{where}.leaf: no message has id {leaf}")
+
+
+def _check_attachments(
+    conversation: ConversationDoc, limits: AttachmentLimits, where: str
+) -> None:
+    """Files are attached to user messages only, as many and as big as the page takes."""
+    for index, message in enumerate(conversation.messages):
+        place = f"{where}.messages[{index}].attachments"
+        files = message.attachments
+        if files and message.role != "user":
+            raise TransferError(f"{place}: only a user message has attached files")
+        if len(files) > limits.per_message:
+            raise TransferError(
+                f"{place}: {len(files)} files; a message takes at most {limits.per_message}"
+            )
+        for number, attached in enumerate(files):
+            size = len(attached.text.encode())
+            if size > limits.max_bytes:
+                raise TransferError(
+                    f"{place}[{number}].text: {size} bytes; the limit is {limits.max_bytes}"
+                )
 
 
 def _check_reply_to(
@@ -387,5 +438,6 @@ def _message_row(document: MessageDoc) -> Message:
         tokens_per_second=document.tokens_per_second, model=document.model,
         backend=document.backend, created_at=document.created_at,
         updated_at=document.updated_at,
+        attachments=[attached.model_dump() for attached in document.attachments] or None,
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -19,8 +20,9 @@ from app.chat.languages import LANGUAGE_NAMES
 from app.chat.replies import LiveReply
 from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
 from app.preview import Previews
-from app.store import ConversationRecord, NotFound, Store
+from app.store import ConversationRecord, NotFound, Store, transfer
 from app.store.store import LOCAL_USER
+from app.ui.attachments import AttachmentsUI
 from app.ui.backends import BackendsPanel
 from app.ui.branches import BranchesUI, edited
 from app.ui.controls import CONTROL_NAMES, control_updates, generation_controls
@@ -70,11 +72,14 @@ class PlaygroundUI:
         # Names to ids of the users seen lately (not of every user ever seen).
         self._user_ids = Lru[str, int](USER_IDS_KEPT)
         self.downloads = Downloads()
-        self.transfer = TransferUI(self.history_for, self.downloads)
+        self.transfer = TransferUI(self.history_for, self.downloads, transfer.AttachmentLimits(
+            self.settings.attachment_max_bytes, self.settings.attachments_per_message,
+        ))
         self.branches = BranchesUI(self.history_for)
         self.backends = BackendsPanel(service, self.history_for)
         self.previews = Previews(self.settings.preview_max_bytes)
         self.preview = PreviewUI(self.previews, self.history_for)
+        self.attachments = AttachmentsUI(service.settings)
 
     async def history_for(self, request: gr.Request | None) -> History:
         """The signed-in user's conversations; with AUTH_MODE=none, the local user's."""
@@ -130,17 +135,23 @@ class PlaygroundUI:
                 *control_updates(info)]
 
     async def send(
-        self, request: gr.Request | None, text: str, chat: Chat, system_prompt: str,
-        language: str, model: str | None, *controls: Any,
+        self, request: gr.Request | None, text: str, files: list[str] | None, chat: Chat,
+        system_prompt: str, language: str, model: str | None, *controls: Any,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Send a new message; outputs as in ``REPLY_OUTPUTS``."""
+        """Send a new message with the files attached (paths); outputs as in
+        ``REPLY_OUTPUTS``, then the Attach box, emptied once the message is taken."""
         if not text.strip():
-            yield skip_all()
+            yield *skip_all(), gr.skip()
             return
         history = await self.history_for(request)
-        asked = self._request(text, system_prompt, language, model, controls)
+        asked = replace(
+            self._request(text, system_prompt, language, model, controls),
+            files=self.attachments.read(files),
+        )
+        attached: Any = None
         async for update in self._reply(history, chat, asked):
-            yield update
+            yield *update, attached
+            attached = gr.skip()
 
     async def retry(
         self, request: gr.Request | None, chat: Chat, system_prompt: str, language: str,
@@ -416,6 +427,7 @@ class PlaygroundUI:
                         )
                         self.preview.chat_request(self.preview.panel("chat-preview"))
                     self.branches.controls(demo, chatbot, chat)
+                    self.attachments.viewer(demo, chat)
                     notice = gr.Markdown(elem_id="notice")
                     with gr.Row():
                         message = gr.Textbox(
@@ -425,6 +437,7 @@ class PlaygroundUI:
                         with gr.Column(scale=1, min_width=120):
                             send = gr.Button("Send", variant="primary", elem_id="send")
                             stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    attach = self.attachments.box()
                     with gr.Row(equal_height=True):
                         language = gr.Dropdown(
                             [("Any language", ""),
@@ -451,8 +464,10 @@ class PlaygroundUI:
             reply_outputs = [chatbot, chat, message, notice, header, conversations]
             gr.on(
                 [message.submit, send.click], self.send,
-                [message, chat, system_prompt, language, model, *controls], reply_outputs,
-                api_name="chat",
+                [message, attach, chat, system_prompt, language, model, *controls],
+                # The Attach box is an output only to be emptied: no progress or error cover
+                # there, which would keep its files from being changed after a refusal.
+                [*reply_outputs, attach], api_name="chat", show_progress_on=reply_outputs,
                 # A message sent before the last reply's handler has ended (it may show as
                 # finished a moment before) goes once it has, rather than being dropped.
                 trigger_mode="always_last",

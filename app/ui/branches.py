@@ -16,21 +16,24 @@ from app.chat import Chat, Exchange
 from app.chat.history import History
 from app.markdown import unescape_html
 from app.store import NotFound
-from app.ui.render import BRANCH_LINK, chat_messages, exchange_at, user_switcher
+from app.ui.render import BRANCH_LINK, chat_messages, exchange_at, user_suffix
 
 BUSY = "Wait for the reply to finish (or press Stop) before {}."
 
-# Runs once in the page: a click on a switch link becomes a press of the hidden button.
-SWITCH_SCRIPT = f"""() => {{
+
+def link_presses(link: str, target: str, button: str) -> str:
+    """A script, run once in the page, that makes a click on a link to ``link<value>`` a
+    press of the hidden button ``#button``, with ``value`` in the hidden box ``#target``."""
+    return f"""() => {{
   document.addEventListener("click", (event) => {{
-    const link = event.target.closest && event.target.closest('a[href^="{BRANCH_LINK}"]');
+    const link = event.target.closest && event.target.closest('a[href^="{link}"]');
     if (!link) return;
     event.preventDefault();
     event.stopPropagation();
-    const box = document.querySelector("#branch-target textarea, #branch-target input");
-    box.value = link.getAttribute("href").slice({len(BRANCH_LINK)});
+    const box = document.querySelector("#{target} textarea, #{target} input");
+    box.value = link.getAttribute("href").slice({len(link)});
     box.dispatchEvent(new Event("input", {{ bubbles: true }}));
-    document.querySelector("#branch-switch").click();
+    document.querySelector("#{button}").click();
   }}, true);
 }}"""
 
@@ -48,7 +51,7 @@ def edited(chat: Chat, edit: gr.EditData) -> tuple[Exchange, str] | None:
         raise gr.Error("That message cannot be edited; open the conversation again.")
     if busy(chat):
         raise gr.Error(BUSY.format("editing a message"))
-    text = unescape_html(str(edit.value).removesuffix(user_switcher(exchange)))
+    text = unescape_html(str(edit.value).removesuffix(user_suffix(exchange)))
     if not text.strip() or text == exchange.user:
         return None
     return exchange, text
@@ -78,4 +81,4 @@ class BranchesUI:
         target = gr.Textbox(visible="hidden", elem_id="branch-target")
         switch = gr.Button(visible="hidden", elem_id="branch-switch")
         switch.click(self.switch, [target, chat], [chatbot, chat], api_name="switch_branch")
-        page.load(None, js=SWITCH_SCRIPT)
+        page.load(None, js=link_presses(BRANCH_LINK, "branch-target", "branch-switch"))

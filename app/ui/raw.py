@@ -66,7 +66,7 @@ class RawUI:
         info = await self._info(model)
         messages = [{"role": "system", "content": system_prompt_for(system_prompt, language)}]
         for exchange in chat.exchanges:
-            messages.append({"role": "user", "content": exchange.user})
+            messages.append({"role": "user", "content": exchange.sent})
             if exchange.reply:
                 messages.append({"role": "assistant", "content": exchange.reply})
         if message.strip():

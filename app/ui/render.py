@@ -13,11 +13,14 @@ from app.backends.client import safe_url
 from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
 from app.chat import Exchange
-from app.markdown import escape_html
+from app.chat.attachments import size_text
+from app.markdown import escape_html, escape_markdown
 
 TITLE = "## Coding Playground"
 # The switches between alternatives link here; app.ui.branches catches the clicks.
 BRANCH_LINK = "#branch-"
+# The chips of attached files link here; app.ui.attachments catches the clicks.
+ATTACHMENT_LINK = "#attachment-"
 EARLIER, LATER = "\u2039", "\u203a"  # single angle quotation marks
 
 KIND_NAMES = {
@@ -57,10 +60,21 @@ def switcher(alternatives: Sequence[int], current: int | None) -> str:
     return f"{before} {at + 1}/{len(alternatives)} {after}"
 
 
-def user_switcher(exchange: Exchange) -> str:
-    """What follows the user's text in its message: its switcher, if it has one."""
+def attachment_chips(exchange: Exchange) -> str:
+    """The chips of the message's attached files, each its name and size, a link that opens
+    the file; "" for a message without."""
+    chips = []
+    for index, attachment in enumerate(exchange.attachments):
+        link = f"{ATTACHMENT_LINK}{exchange.user_message_id}-{index}"
+        chips.append(f"[{escape_markdown(attachment.name)} ({size_text(attachment.size)})]({link})")
+    return "\n\nAttached: " + " · ".join(chips) if chips else ""
+
+
+def user_suffix(exchange: Exchange) -> str:
+    """What follows the user's text in its message: the chips of its files and its
+    switcher, if it has them."""
     shown = switcher(exchange.user_alternatives, exchange.user_message_id)
-    return f"\n\n{shown}" if shown else ""
+    return attachment_chips(exchange) + (f"\n\n{shown}" if shown else "")
 
 
 def assistant_markdown(exchange: Exchange) -> str:
@@ -78,7 +92,7 @@ def assistant_markdown(exchange: Exchange) -> str:
 
 def _messages(conversation: Sequence[Exchange]) -> Iterator[tuple[Exchange, dict[str, Any]]]:
     for exchange in conversation:
-        user = _user_shown(exchange.user) + user_switcher(exchange)
+        user = _user_shown(exchange.user) + user_suffix(exchange)
         yield exchange, {"role": "user", "content": user}
         body = assistant_markdown(exchange)
         if body:

@@ -19,10 +19,11 @@ from app.ui.downloads import Downloads
 class TransferUI:
     def __init__(
         self, history_for: Callable[[gr.Request | None], Awaitable[History]],
-        downloads: Downloads,
+        downloads: Downloads, limits: transfer.AttachmentLimits,
     ) -> None:
         self.history_for = history_for
         self.downloads = downloads
+        self.limits = limits
 
     async def export_json(self, request: gr.Request | None, chat: Chat) -> str:
         return await self.export(request, chat, "json")
@@ -45,7 +46,7 @@ class TransferUI:
     async def import_file(self, request: gr.Request | None, path: str, chat: Chat) -> Any:
         history = await self.history_for(request)
         try:
-            added = await history.import_file(Path(path))
+            added = await history.import_file(Path(path), self.limits)
         except transfer.TransferError as err:
             raise gr.Error(f"Nothing was imported: {err}") from err
         gr.Info(f"Imported {len(added)} conversation(s).")
