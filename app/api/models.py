@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.backends import BackendKind
@@ -17,6 +18,10 @@ MAX_NAME_CHARS = 200
 MAX_PASSWORD_CHARS = 1024
 MAX_PROMPT_CHARS = 200_000
 MAX_ID_CHARS = 64
+# A conversation of the caller's, named in an endpoint's path.
+DialoguePath = Annotated[
+    str, Path(max_length=MAX_ID_CHARS, description="One of your conversations.")
+]
 MAX_ATTACHMENTS = 100  # ATTACHMENTS_PER_MESSAGE then gives its own message
 
 

@@ -31,6 +31,7 @@ from app.api.models import (
     Credentials,
     DialogueIn,
     DialogueOut,
+    DialoguePath,
     DialogueSummary,
     MessagesOut,
     ModelOut,
@@ -272,9 +273,7 @@ class RestApi:
         )
         async def follow(
             user_id: User,
-            dialogue_id: Annotated[str, Path(
-                max_length=MAX_ID_CHARS, description="One of your conversations."
-            )],
+            dialogue_id: DialoguePath,
             offset: Annotated[int, Query(
                 ge=0, description="Send the reply's text from this character on (what a "
                 "client already has, to pick up where it was cut off).",
@@ -294,9 +293,7 @@ class RestApi:
         )
         async def stop(
             user_id: User,
-            dialogue_id: Annotated[str, Path(
-                max_length=MAX_ID_CHARS, description="One of your conversations."
-            )],
+            dialogue_id: DialoguePath,
         ) -> Response:
             """Stop the conversation's reply, for every page and client following it; it is
             stored as stopped, with its text so far. Nothing happens when none is running."""
@@ -363,9 +360,7 @@ class RestApi:
         )
         async def delete_dialogue(
             user_id: User,
-            dialogue_id: Annotated[str, Path(
-                max_length=MAX_ID_CHARS, description="One of your conversations."
-            )],
+            dialogue_id: DialoguePath,
         ) -> Response:
             try:
                 await asyncio.to_thread(self.store.delete, user_id, check_id(dialogue_id))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request, Response
 from app.api.dialogue import check_id, not_found
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
-from app.api.models import MAX_ID_CHARS, ShareOut
+from app.api.models import DialoguePath, ShareOut
 from app.settings import Settings
 from app.share_page import share_url
 from app.store import NotFound, Store
@@ -39,9 +39,7 @@ def add_share_routes(router: APIRouter, user: Any, settings: Settings, store: St
     )
     async def share(
         user_id: user, request: Request,
-        dialogue_id: Annotated[str, Path(
-            max_length=MAX_ID_CHARS, description="One of your conversations."
-        )],
+        dialogue_id: DialoguePath,
     ) -> ShareOut:
         """A read-only snapshot of the conversation as it stands, at a random link that
         anyone holding it can read without signing in, until you revoke it. It holds the

@@ -321,10 +321,12 @@ class Store:
                 raise NotFound("No message to answer in this conversation.")
             asked = self._message_in(session, conversation, reply_to, role="user")
             reply = self._start_reply(session, conversation, asked.id, model, backend)
-            return BegunTurn(
-                conversation.id, asked.id, reply.id, self._alternatives(session, asked),
-                self._alternatives(session, reply),
-            )
+            # Alternatives without asking where there can be none: the first message of a
+            # new conversation, and the one reply of a message just added (the two queries
+            # were half the cost of starting a turn).
+            users = (asked.id,) if conversation_id is None else self._alternatives(session, asked)
+            replies = (reply.id,) if message is not None else self._alternatives(session, reply)
+            return BegunTurn(conversation.id, asked.id, reply.id, users, replies)
 
     def add_user_message(self, user_id: int, conversation_id: str, content: str) -> int:
         """A user message at the end of the branch on screen."""
