@@ -118,8 +118,9 @@ def test_svg_and_mermaid_blocks_render(page: Page, fake: FakeBackend) -> None:  
     buttons.nth(1).click()
     expect(frame.locator("svg text")).to_have_text("xml svg")
     buttons.nth(2).click()
-    # Drawn by the app's own copy of Mermaid (5.5 MB of script to parse: a while, on 2 cores).
-    expect(frame.locator("svg").get_by_text("Start here")).to_be_visible(timeout=20_000)
+    # Drawn by the app's own copy of Mermaid (5.5 MB of script to parse: a while, on 2 cores;
+    # once, in a whole run of the suite, more than 20 s).
+    expect(frame.locator("svg").get_by_text("Start here")).to_be_visible(timeout=60_000)
     expect(frame.locator("svg").get_by_text("Ship it")).to_be_visible()
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-preview-mermaid.png"), full_page=True)
