@@ -15,7 +15,9 @@
     if (!(node instanceof Element)) return;
     const found = node.matches("div.mermaid") ? [node] : node.querySelectorAll("div.mermaid");
     for (const div of found) {
-      if (!mermaidSources.has(div) && !div.hasAttribute("data-processed")) {
+      // Text only: once the drawing is in, its labels are no source.
+      if (!mermaidSources.has(div) && !div.hasAttribute("data-processed") &&
+          !div.firstElementChild) {
         mermaidSources.set(div, div.textContent);
       }
     }
