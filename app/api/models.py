@@ -249,8 +249,8 @@ class ExchangeOut(BaseModel):
     user_message_id: int = Field(description="The user message's id.")
     user: str = Field(description="The user's message.")
     attachments: list[AttachmentOut] = Field(description="The files attached to it.")
-    reply: ReplyOut | None = Field(description="The latest version of the reply (a retry in "
-                                   "the page keeps earlier ones in the store).")
+    reply: ReplyOut | None = Field(description="The reply on the branch on screen (the "
+                                   "others, retries, are in view=tree).")
 
 
 class MessagesOut(BaseModel):
