@@ -85,9 +85,6 @@ class Replies:
         self._per_user: Counter[int] = Counter()
         self._starting = 0
 
-    def __len__(self) -> int:
-        return len(self._by_reply)
-
     @contextmanager
     def admitting(self, user_id: int) -> Iterator[None]:
         """Hold a place for a reply of ``user_id`` while it starts (``run`` takes it over);
@@ -108,9 +105,7 @@ class Replies:
             yield
         finally:
             self._starting -= 1
-            self._per_user[user_id] -= 1
-            if not self._per_user[user_id]:
-                del self._per_user[user_id]
+            self._release(user_id)
 
     def run(
         self, exchange: Exchange, user_id: int, conversation_id: str,
@@ -141,10 +136,14 @@ class Replies:
         finally:
             assert exchange.reply_id is not None
             del self._by_reply[exchange.reply_id]
-            self._per_user[live.user_id] -= 1
-            if not self._per_user[live.user_id]:
-                del self._per_user[live.user_id]
+            self._release(live.user_id)
             live.changed()
+
+    def _release(self, user_id: int) -> None:
+        """One reply fewer for ``user_id``; users with none are not kept."""
+        self._per_user[user_id] -= 1
+        if not self._per_user[user_id]:
+            del self._per_user[user_id]
 
     def running(self, user_id: int, conversation_id: str) -> LiveReply | None:
         """The reply of the user's conversation that is being written, if any."""
