@@ -179,6 +179,39 @@ def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
 
 
+@dataclass(frozen=True)
+class Mapping:
+    """One mapping of ``/proc/PID/smaps``: its start address, name (a file, ``[heap]``,
+    ``[stack]``, or ``""`` for anonymous memory), size and resident bytes."""
+
+    start: int
+    name: str
+    size: int
+    rss: int
+
+
+def mappings(pid: int) -> dict[int, Mapping]:
+    """The process's mappings by start address, from ``/proc/PID/smaps``."""
+    found: dict[int, Mapping] = {}
+    start, name, size = 0, "", 0
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if "-" in head[0] and not head[0].endswith(":"):
+            low, high = (int(a, 16) for a in head[0].split("-"))
+            start, size, name = low, high - low, head[5] if len(head) > 5 else ""
+        elif head[0] == "Rss:":
+            found[start] = Mapping(start, name, size, int(head[1]) * 1024)
+    return found
+
+
+def threads(pid: int) -> int:
+    """How many threads ``pid`` runs."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
 @dataclass
 class Usage:
     cpu_seconds: float

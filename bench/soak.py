@@ -124,6 +124,52 @@ async def snapshot(app: procs.Child, folder: Path, number: int) -> Path:
     raise RuntimeError(f"the app wrote no {path.name} in 5 minutes; its log:\n{app.tail()}")
 
 
+def mapping_growth(
+    before: dict[int, procs.Mapping], after: dict[int, procs.Mapping], threads: tuple[int, int],
+) -> dict[str, Any]:
+    """What the app's resident memory grew by between two reads of its mappings: in all, by
+    kind (the main heap, other anonymous memory, files), and the mappings that grew most
+    (a mapping that is gone counts as shrunk to nothing, a new one as grown from nothing)."""
+    def kind(m: procs.Mapping) -> str:
+        return m.name if m.name in ("[heap]", "[stack]") else "files" if m.name else "anonymous"
+
+    changes = []
+    for start in before.keys() | after.keys():
+        old, new = before.get(start), after.get(start)
+        seen = new or old
+        assert seen is not None
+        changes.append((seen, (new.rss if new else 0) - (old.rss if old else 0),
+                        old.rss if old else 0, new.rss if new else 0))
+    by_kind: dict[str, float] = {}
+    for seen, grew, _, _ in changes:
+        by_kind[kind(seen)] = by_kind.get(kind(seen), 0) + grew / 2**20
+    top = sorted(changes, key=lambda c: -abs(c[1]))[:8]
+    return {
+        "threads": list(threads),
+        "mappings": [len(before), len(after)],
+        "grew_mib_by_kind": {k: round(v, 2) for k, v in sorted(by_kind.items())},
+        "most_changed": [
+            {"start": hex(m.start), "name": m.name or "anonymous",
+             "size_mib": round(m.size / 2**20, 2), "rss_kib": [old // 1024, new // 1024]}
+            for m, _, old, new in top
+        ],
+    }
+
+
+def growth_table(found: dict[str, Any]) -> str:
+    kinds = ", ".join(f"{k} {v:+.2f} MiB" for k, v in found["grew_mib_by_kind"].items())
+    lines = [
+        f"Resident memory by mapping (`/proc/PID/smaps`), end of warm-up to end: {kinds}; "
+        f"threads {found['threads'][0]} → {found['threads'][1]}, mappings "
+        f"{found['mappings'][0]} → {found['mappings'][1]}. The mappings that changed most:", "",
+        "| start | mapping | size (MiB) | resident (KiB), warm-up → end |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [f"| {m['start']} | {m['name']} | {m['size_mib']:g} | {m['rss_kib'][0]:,} → "
+              f"{m['rss_kib'][1]:,} |" for m in found["most_changed"]]
+    return "\n".join(lines)
+
+
 async def run(
     p: Parameters, folder: Path, app_path: Path, trace: bool = False,
 ) -> tuple[dict[str, Any], list[Any], list[Path]]:
@@ -140,20 +186,25 @@ async def run(
             sessions = asyncio.gather(*(
                 user(target, p, deadline, i * length / p.users) for i in range(p.users)
             ))
+            await asyncio.sleep(p.warmup_seconds / 2)
             if snapshots is not None:
-                await asyncio.sleep(p.warmup_seconds / 2)
                 os.kill(app.pid, signal.SIGUSR1)  # starts tracing
-                await asyncio.sleep(p.warmup_seconds / 2)
+            await asyncio.sleep(p.warmup_seconds / 2)
+            warm = procs.mappings(app.pid), procs.threads(app.pid)
+            if snapshots is not None:
                 taken.append(await snapshot(app, snapshots, 1))
             users = await sessions
             usage = sampler.stop()
             wall = time.perf_counter() - start
+            grew = mapping_growth(warm[0], procs.mappings(app.pid),
+                                  (warm[1], procs.threads(app.pid)))
             if snapshots is not None:
                 taken.append(await snapshot(app, snapshots, 2))
         finally:
             app.stop()
     results = [result for one in users for result in one]
     summary = summarize(p, results, usage.samples, usage.cpu_seconds, wall, start)
+    summary["memory_by_mapping"] = grew
     series = [(round(t, 1), round(rss / 2**20, 1)) for t, rss in usage.samples]
     return summary, series, taken
 
@@ -214,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {summary['rss_mib_at_end']} | {'—' if growth is None else format(growth, '.1%')} "
         f"| {summary['server_cpu_percent']:.0f} |",
     ])
-    print(table)
+    print(f"{table}\n\n{growth_table(summary['memory_by_mapping'])}")
     if found:
         print(f"\n{found}\nfirst errors: {summary['first_errors']}")
         if output is not None:
@@ -229,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         (output / "soak.md").write_text(
             f"# Soak run, {started:%Y-%m-%d}\n\n{p.tokens} tokens a reply at {p.rate:g} "
             f"tokens/s; machine: {machine['cpu_count']} x {machine['cpu_model']}.\n\n"
-            f"{table}\n")
+            f"{table}\n\n{growth_table(summary['memory_by_mapping'])}\n")
         plot(series, p, output / "soak.png",
              f"{p.users} users for {p.seconds / 60:g} min; {machine['cpu_count']} x "
              f"{machine['cpu_model']}")
