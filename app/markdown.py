@@ -146,15 +146,27 @@ def escape_html(text: str, *, close_fence: bool = False) -> str:
     as text, and entities there would show literally. So is a backslash escape: ``\\<`` shows
     a ``<`` already.
     """
+    return _escaped(text, close_fence)[0]
+
+
+def escape_html_open(text: str) -> tuple[str, bool]:
+    """``escape_html(text, close_fence=True)``, and whether it closed a fence: whether ``text``
+    (a reply being written) ends inside a fenced code block."""
+    return _escaped(text, True)
+
+
+def _escaped(text: str, close_fence: bool) -> tuple[str, bool]:
     close_fence = close_fence and ("```" in text or "~~~" in text)
     if not close_fence and "<" not in text and "&" not in text:
-        return text
+        return text, False
     tokens = _MD.parse(text)
     shown = _outside_code(
         text, tokens, _entities, lambda span: _LINE_START_TAG.sub(r"\1&lt;", span)
     )
     closing = _closing_fence(_LINE_BREAK.split(text)[::2], tokens) if close_fence else None
-    return shown if closing is None else shown.rstrip("\r\n") + "\n" + closing
+    if closing is None:
+        return shown, False
+    return shown.rstrip("\r\n") + "\n" + closing, True
 
 
 def unescape_html(shown: str) -> str:

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app.api import install_api
 from app.chat import ChatService
 from app.chat.guard import Guard
+from app.live import install_live
 from app.logs import RequestIdMiddleware
 from app.preview import install_preview
 from app.settings import Settings
@@ -25,8 +26,7 @@ from app.share_page import install_share_page
 from app.store import Accounts, Store, transfer
 from app.ui import PlaygroundUI
 from app.ui.gradio_compat import configure_queue
-from app.ui.page import PAGE_CSS
-from app.ui.preview import page_script
+from app.ui.page import PAGE_CSS, page_script
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
 
     ui = PlaygroundUI(chat, store, guard)
     install_preview(api, ui.previews)
+    install_live(api, chat.replies)
     demo = ui.build()
     configure_queue(
         demo, concurrency=settings.queue_concurrency, max_size=settings.queue_max_size,

@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     queue_max_size: int | None = Field(None, ge=1)
     stream_interval: float = Field(0.05, ge=0)
     stream_updates_per_second: float = Field(400.0, gt=0)
+    stream_render_interval: float = Field(1.0, ge=0)
     session_capacity: int = Field(2000, ge=1)
     reply_keeps_running: bool = True
     max_running_replies: int = Field(512, ge=1)

@@ -9,9 +9,17 @@ update) and ``process_completed`` (the outputs in full). The inputs come from th
 ``/config`` (the dependency named ``chat``, its input components' default values) with only
 the first one, the message, set: a client that keeps working when the app adds an input.
 
+Between two renders of the chat, the app sends a reply's text over a lighter channel
+(``app/live.py``): a render of a reply being written ends with a marker holding a key and an
+offset, and the page's script reads ``GET /live/{key}?offset=`` (server-sent events, opened
+again from where they stopped when the server ends them) and shows the text past the offset.
+The client does the same: what it counts as shown is the render's text plus the live text past
+the render's offset. Against an app without that channel (an older commit, ``gr.load_chat``)
+no marker comes and only the updates count.
+
 Tokens are counted the way a reader would count them: the stand-in emits one word a token
-(`` tok0 tok1 ...``), and the words in the reply text of the final update are counted. The
-time to the first token is the time of the first update whose reply holds a token.
+(`` tok0 tok1 ...``), and the words in the reply text shown are counted. The time to the first
+token is the time of the first update (or piece of live text) whose reply holds a token.
 
 HTTP is spoken over plain asyncio streams rather than through an HTTP library, so that the
 client's own cost per event stays small beside what it measures.
@@ -30,6 +38,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 TOKEN = re.compile(r"\btok\d+\b")
+# The app's marker after the text of a reply being written (app/ui/render.py, live_marker).
+LIVE = re.compile(r'<span class="live-tail live-key-([\w-]+) live-at-(\d+) live-code-\d"></span>')
 CONNECT_TIMEOUT = 30.0  # seconds to open a connection
 HEAD_TIMEOUT = 60.0  # seconds to wait for a response's status line and headers
 READ_TIMEOUT = 60.0  # seconds a body may stay silent (Gradio's queue beats every 15 s)
@@ -309,6 +319,62 @@ def apply_diff(value: Any, edits: list[list[Any]]) -> Any:
     return value
 
 
+@dataclass
+class LiveText:
+    """The text of a reply being written, read from the app's live channel (``app/live.py``)
+    from offset ``start`` on, as the page's script reads it."""
+
+    key: str
+    start: int
+    text: str = ""
+    task: asyncio.Task[None] | None = None
+
+    def past(self, offset: int) -> str:
+        return self.text[max(0, offset - self.start):]
+
+
+def live_reply(outputs: list[Any]) -> tuple[str, str, int] | None:
+    """The reply being written as rendered, without its marker, with the marker's key and
+    offset; None for outputs without one."""
+    stack: list[Any] = list(outputs)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = LIVE.search(item)
+            if found:
+                return LIVE.sub("", item), found[1], int(found[2])
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return None
+
+
+async def read_live(target: GradioTarget, live: LiveText, cookie: str | None,
+                    shown: Callable[[], None]) -> None:
+    """Follow ``live`` to the reply's end, as the page's script does: its server-sent events,
+    each the text added, opened again from where the last stream stopped until the ``end``
+    event; ``shown`` at each piece."""
+    while True:
+        offset = live.start + len(live.text)
+        # held=1: one page a user, which holds the browser's lock for its stream.
+        response = await request(
+            target.url, "GET", f"/live/{live.key}?offset={offset}&held=1", cookie=cookie)
+        try:
+            if response.status == 204:
+                return
+            if response.status != 200:
+                raise ClientError(f"live/: HTTP {response.status}")
+            async for data in response.events():
+                text = json.loads(data)
+                if text is None:
+                    return
+                live.text += text
+                shown()
+        finally:
+            response.close()
+
+
 def reply_text(outputs: list[Any], message: str) -> str:
     """The reply to ``message`` being streamed: in the first output that holds a token or the
     message (the chatbot), the last string (at any depth) that holds a token, unless the
@@ -410,6 +476,18 @@ async def run_event(
     response = await request(target.url, "GET", f"{prefix}/queue/data?session_hash={session}",
                              cookie=cookie)
     outputs: list[Any] | None = None
+    rendered: tuple[str, str, int] | None = None  # the reply being written, key, offset
+    live: LiveText | None = None
+
+    def shown() -> None:
+        if result is None or outputs is None:
+            return
+        if rendered is None:
+            _seen(result, reply_text(outputs, message_text), target)
+        else:
+            text, _, offset = rendered
+            _seen(result, text + (live.past(offset) if live else ""), target)
+
     try:
         if response.status != 200:
             raise ClientError(f"queue/data: HTTP {response.status}")
@@ -424,21 +502,25 @@ async def run_event(
                 else:
                     outputs = [apply_diff(old, edits)
                                for old, edits in zip(outputs, data_out, strict=False)]
-                if result is not None:
-                    _seen(result, reply_text(outputs, message_text), target)
+                rendered = live_reply(outputs)
+                if rendered is not None and live is None and result is not None:
+                    live = LiveText(rendered[1], rendered[2])
+                    live.task = asyncio.create_task(read_live(target, live, cookie, shown))
+                shown()
             elif kind == "process_completed" and mine:
                 if not message.get("success", True):
                     error = message.get("output", {}).get("error") or "failed"
                     raise ClientError(f"the event failed: {error}")
-                outputs = list(message["output"]["data"])
-                if result is not None:
-                    _seen(result, reply_text(outputs, message_text), target)
+                outputs, rendered = list(message["output"]["data"]), None
+                shown()
                 return outputs
             elif kind in ("unexpected_error", "close_stream"):
                 raise ClientError(f"queue message {kind}: {message.get('message')}")
         raise ClientError("the queue stream ended before the event completed")
     finally:
         response.close()
+        if live is not None and live.task is not None:
+            live.task.cancel()
 
 
 def _seen(result: StreamResult, text: str, target: GradioTarget) -> None:

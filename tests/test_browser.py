@@ -78,6 +78,45 @@ def test_type_watch_the_reply_grow_and_stop_it(page: Page, fake: FakeBackend) ->
     page.screenshot(path=str(OUTPUT / "browser-stop.png"), full_page=True)
 
 
+CODE_REPLY = ["Here:\n\n", "```python\n"] + [f"x{i} = {i}\n" for i in range(80)] + [
+    "```\n\n", "All done."]
+
+
+@pytest.mark.parametrize("render_every", [60.0, 0.5])
+def test_the_reply_grows_between_renders_inside_its_code_block_and_ends_rendered(
+    browser: Browser, backend: ServerThread, fake: FakeBackend, render_every: float
+) -> None:
+    """The chat is rendered by the server every STREAM_RENDER_INTERVAL; in between the page
+    shows the text as it comes from the reply's live channel (app/live.py, app/ui/live.js).
+    Rendered once a minute, the whole reply arrives that way; rendered twice a second, the text
+    past a render that ended inside the code block goes on inside that block. Either way the
+    end is the rendered reply, each line once."""
+    fake.tokens = CODE_REPLY
+    fake.token_delay = 0.05
+    settings = settings_for(backend.url, stream_interval=0.05,
+                            stream_render_interval=render_every)
+    with ServerThread(create_app(settings)) as server:
+        page = browser.new_page()
+        page.goto(server.url)
+        page.locator("#message textarea").fill("Write some assignments.")
+        page.locator("#message textarea").press("Enter")
+        bot = page.locator("#chat .message.bot").last
+        expect(bot).to_contain_text("x3 = 3", timeout=15_000)
+        shown = len(bot_text(page))
+        wait_for(lambda: len(bot_text(page)) > shown, 5, what="the reply to grow")
+        if render_every > 10:
+            assert bot.locator("pre").count() == 0, "no render since the first"
+            expect(bot.locator(".live-text")).to_contain_text("x5 = 5")
+        else:
+            expect(bot.locator("pre code .live-text")).not_to_have_count(0, timeout=5_000)
+        expect(bot).to_contain_text("finished", timeout=20_000)
+        expect(bot.locator(".live-text")).to_have_count(0)
+        code = bot.locator("pre code").inner_text()
+        assert [code.count(f"x{i} = {i}\n") for i in (0, 40, 79)] == [1, 1, 1]
+        expect(bot).to_contain_text("All done.")
+        page.close()
+
+
 def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_goes_on(
     page: Page, fake: FakeBackend
 ) -> None:

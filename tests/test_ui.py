@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,17 @@ from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 from tests.waiting import eventually
 
+# The marker render.live_marker puts after the text of a reply being written.
+LIVE_MARKER = re.compile(r'(\n\n)?<span class="live-tail [^"]*"></span>')
+
 # max_new_tokens, temperature, top_p, top_k, repetition_penalty, frequency, presence, stop, seed
 CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 
 
 def make_ui(url: str, **overrides: Any) -> PlaygroundUI:
-    """The page's handlers, their store a SQLite file in the test's own folder."""
-    settings = settings_for(url, **overrides)
+    """The page's handlers, their store a SQLite file in the test's own folder; the chat is
+    rendered at every update of a reply (the page's live text, ``app.live``, is left out)."""
+    settings = settings_for(url, **{"stream_render_interval": 0, **overrides})
     return PlaygroundUI(ChatService(settings), open_store(settings), Guard(settings))
 
 
@@ -41,8 +46,9 @@ async def drain(updates: AsyncIterator[tuple[Any, ...]]) -> list[tuple[Any, ...]
 
 
 def last_reply(update: tuple[Any, ...]) -> str:
+    """The last message of an update's chat, without the marker of a reply being written."""
     content: str = update[0][-1]["content"]
-    return content
+    return LIVE_MARKER.sub("", content)
 
 
 async def test_a_reply_streams_with_its_stats(backend: ServerThread, fake: FakeBackend) -> None:
@@ -73,7 +79,7 @@ async def test_an_empty_message_sends_nothing(backend: ServerThread, fake: FakeB
     updates = await drain(make_ui(backend.url).send(
         None, "   \n", None, chat, "", "", None, *CONTROLS,
     ))
-    assert updates == [(gr.skip(),) * 7]
+    assert updates == [(gr.skip(),) * 8]
     assert chat.exchanges == []
     assert fake.requests == []
 
@@ -573,7 +579,7 @@ async def test_an_edit_shown_with_its_switch_keeps_the_text_and_an_unchanged_one
 
     updates = await drain(ui.edit(None, edit_of(0, shown), chat, "", "", None, *CONTROLS))
     assert len(fake.requests) == asked
-    assert updates == [(chat_messages(chat.exchanges), *(gr.skip(),) * 5)]
+    assert updates == [(chat_messages(chat.exchanges), *(gr.skip(),) * 6)]
     changed = edit_of(0, shown.replace("a &lt; c", "a &lt; d"))
     await drain(ui.edit(None, changed, chat, "", "", None, *CONTROLS))
     assert sent(fake) == ["a < d"]
@@ -645,8 +651,8 @@ async def test_attached_files_go_to_the_model_as_fenced_blocks_and_open_from_the
     updates = await drain(ui.send(None, "Review.", paths, chat, "", "", None, *CONTROLS))
 
     assert sent(fake) == [f"Review.\n\n{FIZZ_BLOCK}\n\n{NOTES_BLOCK}"]
-    assert updates[0][6] is None, "the Attach box is emptied once the message is taken"
-    assert all(update[6] == gr.skip() for update in updates[1:])
+    assert updates[0][7] is None, "the Attach box is emptied once the message is taken"
+    assert all(update[7] == gr.skip() for update in updates[1:])
     message_id = chat.exchanges[0].user_message_id
     assert updates[-1][0][0]["content"] == (
         f"Review.\n\nAttached: [fizz.py (35 B)](#attachment-{message_id}-0) · "
@@ -728,7 +734,7 @@ async def test_a_message_no_backend_answers_keeps_its_files_for_a_retry(tmp_path
     paths = uploads(tmp_path / "up", {"fizz.py": FIZZ})
     updates = await drain(ui.send(None, "Review.", paths, chat, "", "", None, *CONTROLS))
     assert "unreachable" in last_reply(updates[-1])
-    assert updates[0][6] is None, "the message and its files are taken"
+    assert updates[0][7] is None, "the message and its files are taken"
     assert chat.id is not None
     _, reopened = await (await ui.history_for(None)).open(chat.id)
     assert [a.name for a in reopened.exchanges[0].attachments] == ["fizz.py"]

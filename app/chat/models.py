@@ -56,7 +56,9 @@ class Exchange:
     ``done`` turns true when the reply ends for any reason: finished, cut, stopped or failed;
     setting ``stop`` asks the reply in progress to end. The alternatives are the stored ids of
     the message's edits and the reply's retries, oldest first, its own among them.
-    ``attachments`` are the files attached to the message.
+    ``attachments`` are the files attached to the message. ``live`` is, while the reply is
+    being written, the key of the channel that sends its text to pages as it comes
+    (``app.live``).
     """
 
     user: str
@@ -69,6 +71,7 @@ class Exchange:
     user_alternatives: tuple[int, ...] = ()
     reply_alternatives: tuple[int, ...] = ()
     attachments: tuple[Attachment, ...] = ()
+    live: str | None = field(default=None, repr=False, compare=False)
     stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     @property

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager
@@ -47,6 +48,9 @@ class LiveReply:
     exchange: Exchange
     user_id: int
     conversation_id: str
+    # What a page gives to follow the reply's text (``app.live``): whoever has it may read it,
+    # so it is only ever put in the pages of the conversation's owner.
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     task: asyncio.Task[None] | None = None
     version: int = 0  # updates so far, the end included
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -82,6 +86,7 @@ class Replies:
             settings.max_running_replies_per_user if settings.auth_mode != "none" else None
         )
         self._by_reply: dict[int, LiveReply] = {}
+        self._by_key: dict[str, LiveReply] = {}
         self._per_user: Counter[int] = Counter()
         self._starting = 0
 
@@ -117,7 +122,8 @@ class Replies:
         live.task = asyncio.create_task(
             self._drive(live, updates), name=f"reply {exchange.reply_id}"
         )
-        self._by_reply[exchange.reply_id] = live
+        self._by_reply[exchange.reply_id] = self._by_key[live.key] = live
+        exchange.live = live.key
         self._per_user[user_id] += 1
         return live
 
@@ -135,7 +141,8 @@ class Replies:
             exchange.error = FAILED_ON_SERVER
         finally:
             assert exchange.reply_id is not None
-            del self._by_reply[exchange.reply_id]
+            del self._by_reply[exchange.reply_id], self._by_key[live.key]
+            exchange.live = None
             self._release(live.user_id)
             live.changed()
 
@@ -151,6 +158,10 @@ class Replies:
             if live.user_id == user_id and live.conversation_id == conversation_id:
                 return live
         return None
+
+    def by_key(self, key: str) -> LiveReply | None:
+        """The reply being written whose key is ``key``, if any."""
+        return self._by_key.get(key)
 
     def attach(self, chat: Chat) -> LiveReply | None:
         """Put the live exchange of a reply still being written in place of its stored copy

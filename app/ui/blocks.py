@@ -47,7 +47,7 @@ EXAMPLES = [
 ]
 
 # Outputs of the handlers that stream a reply, in this order.
-REPLY_OUTPUTS = ("chatbot", "chat", "message", "notice", "header", "conversations")
+REPLY_OUTPUTS = ("chatbot", "chat", "message", "notice", "header", "conversations", "last")
 
 USER_IDS_KEPT = 10_000
 
@@ -209,24 +209,33 @@ class PlaygroundUI:
             await self.turns.unanswered(history, chat, asked, err, retried, edited)
             conversations = await self._list(history, chat) if retried is None else gr.skip()
             header = header_markdown(None, err.backend_error)
-            yield chat_messages(chat.exchanges), chat, "", "", header, conversations
+            yield chat_messages(chat.exchanges), chat, "", "", header, conversations, chat.id
             return
         notice = dropped_notice(turn.dropped_exchanges, turn.budget)
         header = header_markdown(turn.info, None)
         seen = turn.live.version
-        yield chat_messages(chat.exchanges), chat, "", notice, header, gr.skip()
+        # The browser keeps the conversation's id at once, to reopen it after a reload.
+        yield chat_messages(chat.exchanges), chat, "", notice, header, gr.skip(), chat.id
         # The conversation list is read while the backend works on the first token, and goes
-        # out with it: at 64 messages at once, reading it first delayed every first token.
-        conversations = await self._list(history, chat) if retried is None else gr.skip()
+        # out with the next render: at 64 messages at once, reading it first delayed every
+        # first token.
+        choices = await history.choices() if retried is None else None
         async for shown in self._follow(chat, turn.live, seen):
-            yield shown, *(gr.skip(),) * 4, conversations if chat.on_screen else gr.skip()
-            conversations = gr.skip()
+            listed: Any = gr.skip()
+            if choices is not None:  # selected only while the tab still shows it
+                listed = (gr.update(choices=choices, value=chat.id) if chat.on_screen
+                          else gr.update(choices=choices))
+            yield shown, *(gr.skip(),) * 4, listed, gr.skip()
+            choices = None
 
     async def _follow(self, chat: Chat, live: LiveReply, seen: int) -> AsyncIterator[Any]:
-        """The chat pane at each update of the reply ``live`` (running on the server) after
-        the one shown (``seen``, a version), while the tab shows its conversation. A tab that
-        goes away (closed, reloaded) leaves the reply running, unless REPLY_KEEPS_RUNNING is
-        off: then it stops it."""
+        """The chat pane as the reply ``live`` (running on the server) grows after the version
+        shown (``seen``), while the tab shows its conversation: rendered every
+        STREAM_RENDER_INTERVAL and at the end; in between, the page's script shows the text
+        as it comes (``app.live``). A tab that goes away (closed, reloaded) leaves the reply
+        running, unless REPLY_KEEPS_RUNNING is off: then it stops it."""
+        loop = asyncio.get_running_loop()
+        rendered = loop.time()
         try:
             while True:
                 seen = await live.after(seen)
@@ -236,6 +245,9 @@ class PlaygroundUI:
                     # changes nothing, so that the conversation left stays off screen.
                     yield gr.skip()
                     return
+                if not ended and loop.time() - rendered < self.settings.stream_render_interval:
+                    continue
+                rendered = loop.time()
                 # ``chat`` changes in place in the page's state: sending it again would only
                 # make Gradio 6.31 rebuild the State's config at every update.
                 yield chat_messages(chat.exchanges)
@@ -461,7 +473,9 @@ class PlaygroundUI:
                 raw.tab(chat, model, system_prompt, language, message, controls)
                 snippets.tab(demo, saving, chat, model, self._signed_in_only)
 
-            reply_outputs = [chatbot, chat, message, notice, header, conversations]
+            # The browser keeps the conversation on screen, to show it again after a reload.
+            last = gr.BrowserState(None, storage_key="coding-playground-conversation")
+            reply_outputs = [chatbot, chat, message, notice, header, conversations, last]
             gr.on(
                 [message.submit, send.click], self.send,
                 [message, attach, chat, system_prompt, language, model, *controls],
@@ -495,8 +509,6 @@ class PlaygroundUI:
             conversations.input(
                 self.open_chat, [conversations, chat], shown, api_name="open_chat"
             )
-            # The browser keeps the conversation on screen, to show it again after a reload.
-            last = gr.BrowserState(None, storage_key="coding-playground-conversation")
             conversations.change(None, [conversations], [last], js="(id) => id")
             search.change(
                 self.search, [search, chat], [conversations], queue=False, api_name="search"

@@ -11,6 +11,7 @@ browsers leave free), and ``?`` opens the list only outside text fields.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gradio as gr
 
@@ -128,6 +129,14 @@ PAGE_SCRIPT = """() => {
     if (event.target.closest?.("#conversations label, #new-chat")) setTimeout(fold, 0);
   });
 }""".replace("__SHORTCUTS__", json.dumps(SHORTCUTS)).replace("__NARROW_PX__", str(NARROW_PX))
+
+
+def page_script() -> str:
+    """The scripts the page runs once as it opens: the Preview buttons on the chat's code
+    (``preview.js``) and the text of replies as it comes (``live.js``)."""
+    calls = "".join(f"({Path(__file__).with_name(name).read_text().strip().rstrip(';')})();\n"
+                    for name in ("preview.js", "live.js"))
+    return f"() => {{\n{calls}}}"
 
 
 def page_behaviour(page: gr.Blocks) -> None:

@@ -2,18 +2,16 @@
 serves it), beside the chat for a code block of a reply, and in the Snippets tab for the
 version of a snippet on screen. Each panel has Reload, Open in new tab and Close.
 
-In the chat, ``preview.js`` (given to the page by ``page_script``) adds a Preview button to
-each such code block of the replies as they stream in; a click hands the block's language and
-code to the hidden ``chat_request`` event, which stores them and opens the panel.
+In the chat, ``preview.js`` (given to the page by ``app.ui.page.page_script``) adds a Preview
+button to each such code block of the replies as they stream in; a click hands the block's
+language and code to the hidden ``chat_request`` event, which stores them and opens the panel.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from html import escape
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -23,12 +21,6 @@ from app.preview import PATH, Preview, Previews, PreviewTooLarge, preview_kind
 
 NOT_PREVIEWABLE = "Only HTML, SVG and Mermaid code can be previewed."
 FRAME_HEIGHT = 480
-
-
-@functools.cache
-def page_script() -> str:
-    """The page's script that puts Preview buttons on the chat's code blocks."""
-    return Path(__file__).with_name("preview.js").read_text()
 
 
 def frame_html(preview: Preview) -> str:

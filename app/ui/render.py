@@ -14,7 +14,7 @@ from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
 from app.chat import Exchange
 from app.chat.attachments import size_text
-from app.markdown import escape_html, escape_markdown
+from app.markdown import escape_html, escape_html_open, escape_markdown
 
 TITLE = "## Coding Playground"
 # The switches between alternatives link here; app.ui.branches catches the clicks.
@@ -22,6 +22,8 @@ BRANCH_LINK = "#branch-"
 # The chips of attached files link here; app.ui.attachments catches the clicks.
 ATTACHMENT_LINK = "#attachment-"
 EARLIER, LATER = "\u2039", "\u203a"  # single angle quotation marks
+# The marker after the text of a reply being written; app/ui/live.js finds it by this class.
+LIVE_TAIL = "live-tail"
 
 KIND_NAMES = {
     "tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatible server",
@@ -77,9 +79,23 @@ def user_suffix(exchange: Exchange) -> str:
     return attachment_chips(exchange) + (f"\n\n{shown}" if shown else "")
 
 
+def live_marker(key: str, offset: int, in_code: bool) -> str:
+    """Where the page's script shows the text of the reply being written past ``offset`` (a
+    count of characters), read from its live channel ``key`` (``app.live``); ``in_code``: the
+    text rendered ends inside a code block, which the script then goes on. All three are
+    classes: the chat's sanitizer keeps no other attribute."""
+    return (f'<span class="{LIVE_TAIL} live-key-{key} live-at-{offset} '
+            f'live-code-{int(in_code)}"></span>')
+
+
 def assistant_markdown(exchange: Exchange) -> str:
-    shown = _kept_reply_shown if exchange.done else _reply_shown
-    parts = [shown(exchange.reply)] if exchange.reply else []
+    if exchange.live is not None and not exchange.done:
+        shown, in_code = escape_html_open(exchange.reply)
+        marker = live_marker(exchange.live, len(exchange.reply), in_code)
+        parts = [shown + ("\n\n" if in_code else "") + marker]
+    else:
+        kept = _kept_reply_shown if exchange.done else _reply_shown
+        parts = [kept(exchange.reply)] if exchange.reply else []
     if exchange.error:
         parts.append(f"⚠️ {escape_html(exchange.error)}")
     if exchange.stats is not None and exchange.done:
