@@ -137,7 +137,8 @@ def app(
     """``python -m app`` from ``app_path`` (another checkout, to compare), its database in
     ``folder`` unless ``database_url`` says otherwise, the per-user rate limit off, and
     ``settings`` (names as in docs/settings.md, any case). With ``snapshots``, the
-    app runs under ``bench/traced.py``, which writes a memory snapshot there on SIGUSR1."""
+    app runs under ``bench/traced.py``, which writes memory snapshots and counters there on
+    SIGUSR1 and SIGUSR2."""
     port = port or free_port()
     command = served("app") if snapshots is None else served("bench.traced", str(snapshots))
     env = base_env(app_path) | {

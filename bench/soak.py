@@ -15,14 +15,17 @@ for every conversation would measure that instead.)
 
 Memory is the app's resident set, sampled every second. Growth is measured from the end of the
 warm-up (``warmup_seconds``) to the end: the median of the last minute's samples over the
-median of the minute after the warm-up. With ``--trace`` the app runs under ``bench/traced.py``
-(``tracemalloc``, from halfway through the warm-up; several times slower): a snapshot at the end
-of the warm-up and one at the end, and the allocation sites that grew most between them.
+median of the minute after the warm-up. At both ends the app's mappings (``/proc/PID/smaps``)
+are read, and its allocator and SQLite counters (the app runs under ``bench/traced.py``). With
+``--trace`` that also runs ``tracemalloc`` (from halfway through the warm-up; several times
+slower): a snapshot at the end of the warm-up and one at the end, and the allocation sites that
+grew most between them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -113,15 +116,26 @@ def summarize(
     }
 
 
-async def snapshot(app: procs.Child, folder: Path, number: int) -> Path:
-    """Have the traced app write its ``number``-th snapshot; its path once written."""
-    os.kill(app.pid, signal.SIGUSR1)
-    path = folder / f"{number}.snapshot"
+async def written(app: procs.Child, path: Path, signum: int) -> Path:
+    """Send the traced app ``signum`` and wait for the file it writes, ``path``."""
+    os.kill(app.pid, signum)
     for _ in range(600):
-        if path.exists():
+        if await asyncio.to_thread(path.exists):
             return path
         await asyncio.sleep(0.5)
     raise RuntimeError(f"the app wrote no {path.name} in 5 minutes; its log:\n{app.tail()}")
+
+
+async def snapshot(app: procs.Child, folder: Path, number: int) -> Path:
+    """Have the traced app write its ``number``-th snapshot; its path once written."""
+    return await written(app, folder / f"{number}.snapshot", signal.SIGUSR1)
+
+
+async def counters(app: procs.Child, folder: Path, number: int) -> dict[str, int]:
+    """The app's allocator and SQLite counters (``bench.traced.memory``), ``number``-th read."""
+    path = await written(app, folder / f"{number}.memory.json", signal.SIGUSR2)
+    found: dict[str, int] = json.loads(path.read_text())
+    return found
 
 
 def mapping_growth(
@@ -167,13 +181,17 @@ def growth_table(found: dict[str, Any]) -> str:
     ]
     lines += [f"| {m['start']} | {m['name']} | {m['size_mib']:g} | {m['rss_kib'][0]:,} → "
               f"{m['rss_kib'][1]:,} |" for m in found["most_changed"]]
+    before, after = found["counters"]
+    lines += ["", "Inside the process (`bench/traced.py`), end of warm-up → end:", "",
+              "| counter | warm-up | end |", "|---|---:|---:|"]
+    lines += [f"| {name} | {before[name]:,} | {after[name]:,} |" for name in before]
     return "\n".join(lines)
 
 
 async def run(
     p: Parameters, folder: Path, app_path: Path, trace: bool = False,
 ) -> tuple[dict[str, Any], list[Any], list[Path]]:
-    snapshots = folder / "snapshots" if trace else None
+    snapshots = folder / "snapshots"
     taken: list[Path] = []
     with procs.standin(folder, p.rate, p.tokens) as standin:
         app = procs.app(folder / "app", standin.url, app_path, snapshots=snapshots).start()
@@ -187,24 +205,26 @@ async def run(
                 user(target, p, deadline, i * length / p.users) for i in range(p.users)
             ))
             await asyncio.sleep(p.warmup_seconds / 2)
-            if snapshots is not None:
+            if trace:
                 os.kill(app.pid, signal.SIGUSR1)  # starts tracing
             await asyncio.sleep(p.warmup_seconds / 2)
             warm = procs.mappings(app.pid), procs.threads(app.pid)
-            if snapshots is not None:
+            held = [await counters(app, snapshots, 1)]
+            if trace:
                 taken.append(await snapshot(app, snapshots, 1))
             users = await sessions
             usage = sampler.stop()
             wall = time.perf_counter() - start
             grew = mapping_growth(warm[0], procs.mappings(app.pid),
                                   (warm[1], procs.threads(app.pid)))
-            if snapshots is not None:
+            held.append(await counters(app, snapshots, 2))
+            if trace:
                 taken.append(await snapshot(app, snapshots, 2))
         finally:
             app.stop()
     results = [result for one in users for result in one]
     summary = summarize(p, results, usage.samples, usage.cpu_seconds, wall, start)
-    summary["memory_by_mapping"] = grew
+    summary["memory_by_mapping"] = grew | {"counters": held}
     series = [(round(t, 1), round(rss / 2**20, 1)) for t, rss in usage.samples]
     return summary, series, taken
 

@@ -1,12 +1,20 @@
 """``python -m bench.traced FOLDER``: the app (``python -m app``) that ``tracemalloc`` can watch,
-for ``python -m bench.soak --trace``. The first SIGUSR1 starts tracing (from the start, tracing
+for ``python -m bench.soak``. The first SIGUSR1 starts tracing (from the start, tracing
 would make the app take minutes to import); each one after it writes a snapshot of every
 allocation made since and still live, with its ``FRAMES`` innermost frames, to
 ``FOLDER/<n>.snapshot`` (n = 1, 2, ...); ``compare`` says what grew between two of them.
+
+SIGUSR2 writes ``FOLDER/<n>.memory.json``, at no cost to the app between signals: what the C
+allocator holds (glibc's ``mallinfo2``: in use, free inside its heaps, mapped apart), what
+SQLite holds (``sqlite3_memory_used``: its page caches and statements, every connection
+together) and the number of Python's small-object blocks in use.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import json
 import linecache
 import runpy
 import signal
@@ -32,6 +40,30 @@ def compare(before: Path, after: Path, top: int = 10) -> list[tuple[int, int, li
             for stat in grown[:top] if stat.size_diff > 0]
 
 
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h)."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def memory() -> dict[str, int]:
+    """Bytes the C allocator and SQLite hold, and Python's small blocks in use."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    # The library the app's sqlite3 module was linked with, loaded already: the same counters.
+    library = ctypes.CDLL(ctypes.util.find_library("sqlite3"))
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    return {
+        "malloc_heap_bytes": info.arena, "malloc_mapped_bytes": info.hblkhd,
+        "malloc_in_use_bytes": info.uordblks + info.hblkhd, "malloc_free_bytes": info.fordblks,
+        "sqlite_bytes": library.sqlite3_memory_used(),
+        "python_blocks": sys.getallocatedblocks(),
+    }
+
+
 def main() -> None:
     folder = Path(sys.argv.pop(1))
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +79,17 @@ def main() -> None:
         tracemalloc.take_snapshot().dump(str(target.with_suffix(".part")))
         target.with_suffix(".part").rename(target)
 
+    counted = 0
+
+    def count(signum: int, frame: FrameType | None) -> None:
+        nonlocal counted
+        counted += 1
+        target = folder / f"{counted}.memory.json"
+        target.with_suffix(".part").write_text(json.dumps(memory()))
+        target.with_suffix(".part").rename(target)
+
     signal.signal(signal.SIGUSR1, snapshot)
+    signal.signal(signal.SIGUSR2, count)
     runpy.run_module("app", run_name="__main__", alter_sys=True)
 
 
