@@ -11,7 +11,7 @@ import uvicorn
 
 from app.engine import EngineError, embedded_engine
 from app.logs import configure_logging
-from app.memory import limit_arenas
+from app.memory import tune_allocator
 from app.server import create_app
 from app.settings import SettingsError, load_settings
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    limit_arenas()  # before the server's threads start
+    tune_allocator()  # before the server's threads start
     try:
         settings = load_settings(args.env_file)
         if args.engine:

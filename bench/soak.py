@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {p.users} | {p.seconds / 60:.3g} | {summary['messages']} | {summary['errors']} "
         f"| {summary['aggregate_tokens_per_second']:,.0f} | {summary['rss_mib_after_warmup']} "
-        f"| {summary['rss_mib_at_end']} | {'—' if growth is None else format(growth, '.1%')} "
+        f"| {summary['rss_mib_at_end']} | {'—' if growth is None else format(growth, '.2%')} "
         f"| {summary['server_cpu_percent']:.0f} |",
     ])
     print(f"{table}\n\n{growth_table(summary['memory_by_mapping'])}")

@@ -1,4 +1,4 @@
-"""The allocator setting that keeps a long run's memory flat (app/memory.py); its effect is
+"""The allocator settings that keep a long run's memory flat (app/memory.py); their effect is
 measured by the soak benchmark (bench/results/soak-allocator.md), not here."""
 
 from __future__ import annotations
@@ -7,15 +7,19 @@ import platform
 
 import pytest
 
-from app.memory import limit_arenas
+from app.memory import OPERATORS, tune_allocator
 
 
-def test_an_operators_malloc_arena_max_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert limit_arenas() is False
+@pytest.mark.parametrize("name", OPERATORS)
+def test_an_operators_allocator_setting_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "8")
+    assert tune_allocator() is False
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
-def test_glibc_is_kept_to_two_arenas(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert limit_arenas() is True
+def test_glibc_takes_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in OPERATORS:
+        monkeypatch.delenv(name, raising=False)
+    assert tune_allocator() is True

@@ -132,8 +132,9 @@ class ConversationRecord:
 
 # Each pooled SQLite connection keeps its own page cache, 2 MiB by default, filled as the
 # database grows: with a dozen connections that was most of the app's memory growth in a long
-# run (bench/results/soak-tracemalloc.md). Pages past it come from the OS's file cache.
-SQLITE_CACHE_KIB = 512
+# run (bench/results/soak-tracemalloc.md), and at 512 KiB SQLite still grew by 1.9 MiB over a
+# 10-minute soak (bench/results/soak.md). Pages past it come from the OS's file cache.
+SQLITE_CACHE_KIB = 128
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
