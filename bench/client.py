@@ -32,7 +32,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -336,17 +336,10 @@ class LiveText:
 def live_reply(outputs: list[Any]) -> tuple[str, str, int] | None:
     """The reply being written as rendered, without its marker, with the marker's key and
     offset; None for outputs without one."""
-    stack: list[Any] = list(outputs)
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            found = LIVE.search(item)
-            if found:
-                return LIVE.sub("", item), found[1], int(found[2])
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
+    for item in strings(outputs):
+        found = LIVE.search(item)
+        if found:
+            return LIVE.sub("", item), found[1], int(found[2])
     return None
 
 
@@ -375,23 +368,29 @@ async def read_live(target: GradioTarget, live: LiveText, cookie: str | None,
             response.close()
 
 
+def strings(value: Any) -> Iterator[str]:
+    """The strings in ``value`` (lists and dicts at any depth), depth first from the end."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+
+
 def reply_text(outputs: list[Any], message: str) -> str:
     """The reply to ``message`` being streamed: in the first output that holds a token or the
     message (the chatbot), the last string (at any depth) that holds a token, unless the
     message comes after it (no reply yet)."""
     for output in outputs:
-        stack: list[Any] = [output]
-        while stack:  # depth first from the end: lists and dicts are popped last item first
-            item = stack.pop()
-            if isinstance(item, str):
-                if TOKEN.search(item):
-                    return item
-                if message in item:
-                    return ""
-            elif isinstance(item, list):
-                stack.extend(item)
-            elif isinstance(item, dict):
-                stack.extend(item.values())
+        for item in strings(output):
+            if TOKEN.search(item):
+                return item
+            if message in item:
+                return ""
     return ""
 
 
