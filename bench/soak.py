@@ -15,11 +15,11 @@ for every conversation would measure that instead.)
 
 Memory is the app's resident set, sampled every second. Growth is measured from the end of the
 warm-up (``warmup_seconds``) to the end: the median of the last minute's samples over the
-median of the minute after the warm-up. At both ends the app's mappings (``/proc/PID/smaps``)
-are read, and its allocator and SQLite counters (the app runs under ``bench/traced.py``). With
-``--trace`` that also runs ``tracemalloc`` (from halfway through the warm-up; several times
-slower): a snapshot at the end of the warm-up and one at the end, and the allocation sites that
-grew most between them.
+median of the minute after the warm-up. At both ends, while the users still send, the app's
+mappings (``/proc/PID/smaps``) are read, and its allocator and SQLite counters (the app runs
+under ``bench/traced.py``). With ``--trace`` that also runs ``tracemalloc`` (from halfway
+through the warm-up; several times slower): a snapshot at the end of the warm-up and one at
+the end, and the allocation sites that grew most between them.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ QUICK = Parameters(users=4, seconds=20, warmup_seconds=5, tokens=20, rate=50.0,
 # every message, and the first snapshot at 5 minutes, get it there before the comparison
 # starts, so what grows between the snapshots is not that list.
 TRACED = replace(FULL, warmup_seconds=300, messages_per_conversation=1)
+READ_BEFORE_END = 2.0  # seconds before the end: the app's second reading, under load
 
 
 async def user(
@@ -212,14 +213,17 @@ async def run(
             held = [await counters(app, snapshots, 1)]
             if trace:
                 taken.append(await snapshot(app, snapshots, 1))
-            users = await sessions
-            usage = sampler.stop()
-            wall = time.perf_counter() - start
+            # The second reading while the users still send, as the first was taken: what
+            # replies in flight hold is in both.
+            await asyncio.sleep(deadline - READ_BEFORE_END - time.perf_counter())
             grew = mapping_growth(warm[0], procs.mappings(app.pid),
                                   (warm[1], procs.threads(app.pid)))
             held.append(await counters(app, snapshots, 2))
             if trace:
                 taken.append(await snapshot(app, snapshots, 2))
+            users = await sessions
+            usage = sampler.stop()
+            wall = time.perf_counter() - start
         finally:
             app.stop()
     results = [result for one in users for result in one]

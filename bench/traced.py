@@ -7,18 +7,24 @@ allocation made since and still live, with its ``FRAMES`` innermost frames, to
 SIGUSR2 writes ``FOLDER/<n>.memory.json``, at no cost to the app between signals: what the C
 allocator holds (glibc's ``mallinfo2``: in use, free inside its heaps, mapped apart), what
 SQLite holds (``sqlite3_memory_used``: its page caches and statements, every connection
-together) and the number of Python's small-object blocks in use.
+together), what Python's small-object allocator holds (its blocks in use, and the arenas of
+1 MiB, mapped apart from malloc's heaps, that hold them, with their free space; nothing while
+tracemalloc runs, which goes around it) and what the cyclic garbage collector has done.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import json
 import linecache
+import os
+import re
 import runpy
 import signal
 import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 from types import FrameType
@@ -35,9 +41,9 @@ def compare(before: Path, after: Path, top: int = 10) -> list[tuple[int, int, li
     filters = [tracemalloc.Filter(False, name) for name in IGNORED]
     old, new = (tracemalloc.Snapshot.load(str(path)).filter_traces(filters)
                 for path in (before, after))
-    grown = new.compare_to(old, "traceback")
-    return [(stat.size_diff, stat.count_diff, stat.traceback.format())
-            for stat in grown[:top] if stat.size_diff > 0]
+    # compare_to sorts by the size of the change: sites that shrank come among them.
+    grown = [stat for stat in new.compare_to(old, "traceback") if stat.size_diff > 0]
+    return [(stat.size_diff, stat.count_diff, stat.traceback.format()) for stat in grown[:top]]
 
 
 class MallInfo2(ctypes.Structure):
@@ -48,8 +54,35 @@ class MallInfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
+def python_allocator() -> dict[str, int]:
+    """Bytes in Python's small-object arenas, and in their blocks in use and free, from
+    ``sys._debugmallocstats``, which writes them to the standard error (file descriptor 2)."""
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode(errors="replace")
+
+    def number(pattern: str) -> int:
+        found = re.search(pattern + r"\s*=\s*([\d,]+)", text)
+        return int(found.group(1).replace(",", "")) if found else 0
+
+    return {
+        "python_arena_bytes": number(r"\d+ arenas \* \d+ bytes/arena"),
+        "python_block_bytes": number(r"# bytes in allocated blocks"),
+        "python_free_bytes": number(r"# bytes in available blocks")
+        + number(r"\d+ unused pools \* \d+ bytes"),
+    }
+
+
 def memory() -> dict[str, int]:
-    """Bytes the C allocator and SQLite hold, and Python's small blocks in use."""
+    """Bytes the C allocator, SQLite and Python's small-object allocator hold, and the
+    garbage collector's full collections and objects collected so far."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.mallinfo2.restype = MallInfo2
     info = libc.mallinfo2()
@@ -61,7 +94,9 @@ def memory() -> dict[str, int]:
         "malloc_in_use_bytes": info.uordblks + info.hblkhd, "malloc_free_bytes": info.fordblks,
         "sqlite_bytes": library.sqlite3_memory_used(),
         "python_blocks": sys.getallocatedblocks(),
-    }
+        "gc_full_collections": gc.get_stats()[-1]["collections"],
+        "gc_collected_objects": sum(generation["collected"] for generation in gc.get_stats()),
+    } | python_allocator()
 
 
 def main() -> None:

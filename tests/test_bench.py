@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -19,6 +20,7 @@ from typing import Any, cast
 import gradio.utils
 import pytest
 
+from bench import traced
 from bench.client import apply_diff, direct_stream, get_json, reply_text, request
 from bench.standin import PacedStandIn
 from tests.conftest import REPO
@@ -225,6 +227,30 @@ def test_the_soak_runs_without_errors(tmp_path: Path) -> None:
     assert report["results"]["errors"] == 0
     assert report["results"]["messages"] > 0
     assert report["rss_mib_series"]
+
+
+def grow_by(kept: list[bytes], size: int) -> None:
+    kept.append(bytes(size))
+
+
+def test_the_soaks_comparison_of_snapshots_names_what_grew_even_beside_what_shrank(
+    tmp_path: Path,
+) -> None:
+    kept: list[bytes] = []
+    tracemalloc.start(traced.FRAMES)
+    try:
+        kept.append(bytes(300_000))
+        tracemalloc.take_snapshot().dump(str(tmp_path / "1.snapshot"))
+        kept.pop()  # shrinks by 300 KB, more than what grows
+        grow_by(kept, 50_000)
+        tracemalloc.take_snapshot().dump(str(tmp_path / "2.snapshot"))
+    finally:
+        tracemalloc.stop()
+    found = traced.compare(tmp_path / "1.snapshot", tmp_path / "2.snapshot", top=1)
+    assert len(found) == 1, "the site that grew is left out behind the one that shrank"
+    size, _, traceback = found[0]
+    assert 50_000 <= size < 60_000
+    assert traceback[-1].strip() == "kept.append(bytes(size))"
 
 
 @pytest.mark.bench
