@@ -120,8 +120,10 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
     # show_error=False: an unexpected exception shows as a generic error, never its text;
     # the messages meant for users are raised as gr.Error and always shown.
     # max_file_size: an upload past the import limit is refused before Gradio stores it.
+    # enable_monitoring=False: no /monitoring (configure_queue keeps no record for it).
     app: FastAPI = gr.mount_gradio_app(
         api, demo, path="/", footer_links=["api", "settings"], show_error=False, css=PAGE_CSS,
+        enable_monitoring=False,
         max_file_size=transfer.DEFAULT_MAX_BYTES, js=page_script(),
         auth=page_login(Accounts(store)) if settings.auth_mode == "password" else None,
         auth_message="Sign in with your playground account.",

@@ -6,7 +6,8 @@ it, and says which piece of the module to look at.
   ``gr.State`` as None; Gradio still rebuilds the component of a skipped output (the cost the
   class avoids).
 - ``configure_queue``: the attributes it sets are the ones the queue, the thread limiter and
-  the page-state holder read (checked by what they do, once the app has started).
+  the page-state holder read (checked by what they do, once the app has started), and the
+  queue's record of events stays at one, without its summary, however many events run.
 - ``oauth_profile``: a request whose session holds a current ``oauth_info`` gives the user, an
   expired or missing one gives None, and that is what a handler parameter typed
   ``gr.OAuthProfile | None`` gets from Gradio for the same request.
@@ -27,6 +28,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from gradio.state_holder import SessionState
+from gradio_client import Client
 from starlette.requests import Request
 
 from app.ui.gradio_compat import (
@@ -36,6 +38,7 @@ from app.ui.gradio_compat import (
     oauth_username,
     page_root_url,
 )
+from tests.servers import ServerThread
 
 SKIPPED = {"__type__": "update"}
 
@@ -137,6 +140,25 @@ def test_the_queue_settings_reach_what_gradio_reads() -> None:
         assert demo.limiter is not None
         assert demo.limiter.total_tokens == 7, "threads at once"
         assert demo.state_holder.capacity == 13, "pages whose state is kept"
+
+
+def test_the_queue_keeps_no_record_of_the_events_it_ran() -> None:
+    """Gradio's default keeps the last 10,000 events (half a kilobyte each) and rebuilds a
+    pandas table of them after each one; configure_queue turns both off."""
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        gr.Button().click(lambda text: f"{text}!", box, box, api_name="shout")
+    configure_queue(demo, concurrency=2, max_size=None, session_capacity=5)
+    app = gr.mount_gradio_app(FastAPI(), demo, path="/", enable_monitoring=False)
+    with ServerThread(app) as server:
+        client = Client(server.url, verbose=False)
+        shouted = [client.predict(str(n), api_name="/shout") for n in range(6)]
+        client.close()
+    queue = demo._queue
+    assert shouted == [f"{n}!" for n in range(6)]
+    assert queue.events_recorded == 6, "the events went through the queue"
+    assert len(queue.event_analytics) <= 1, "Gradio kept a record of every event"
+    assert queue.cached_event_analytics_summary == {"functions": {}}, "the summary was built"
 
 
 # -- oauth_profile -----------------------------------------------------------------------------

@@ -14,14 +14,17 @@ from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
 
 
-def test_health_and_page_without_leaking_the_token(
+def test_health_and_page_without_leaking_the_token_or_the_handlers_timings(
     backend: ServerThread, fake: FakeBackend
 ) -> None:
     app = create_app(settings_for(backend.url, backend_token="hf_s3cret_token"))
     with ServerThread(app) as server:
         assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
         seen = [httpx.get(f"{server.url}{path}") for path in ("/", "/config", "/gradio_api/info")]
+        # Gradio's monitoring summary (its handlers' timings) is not for everyone to read.
+        monitoring = httpx.get(f"{server.url}/monitoring/summary")
     assert [r.status_code for r in seen] == [200, 200, 200]
+    assert monitoring.status_code == 403
     assert all("hf_s3cret_token" not in r.text for r in seen)
 
 

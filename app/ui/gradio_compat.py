@@ -11,7 +11,9 @@ changes what the piece relies on:
   ``{"__type__": "update"}``.
 - ``configure_queue`` sets ``Blocks.max_threads`` and ``Blocks.state_session_capacity``, which
   ``launch()`` takes as arguments but ``mount_gradio_app`` does not, as attributes, before
-  ``queue()`` reads the first and the app Gradio builds reads the second.
+  ``queue()`` reads the first and the app Gradio builds reads the second. It also turns off
+  the queue's record of events (``Queue.event_analytics``, for Gradio's monitoring dashboard),
+  through the two attributes its ``GRADIO_ANALYTICS_*`` environment variables set.
 - ``oauth_profile`` / ``oauth_username``: the Hugging Face user signed in with Gradio's OAuth.
 - ``page_root_url``: the page's public URL as Gradio works it out for the links it writes
   itself, with ``gradio.route_utils.get_root_url`` and ``get_api_call_path`` on the queued
@@ -36,6 +38,7 @@ way out is the parameter on each handler.
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import gradio as gr
@@ -86,10 +89,21 @@ def configure_queue(
     raised together with the per-event limit so that users do not wait for one another. Gradio
     keeps each opened page's state (0.38 MiB, bench/results/sessions.json) until this many
     newer pages push it out, also after its tab is closed. Call before ``mount_gradio_app``.
+
+    Gradio's queue also keeps a record of each of the last 10,000 events, and after every
+    event builds a pandas table of them all, for its monitoring dashboard, which the app does
+    not serve (``enable_monitoring=False``; ``/metrics`` has its own figures). The records,
+    about half a kilobyte each, made the soak's memory climb through its ten minutes
+    (``bench/results/soak-allocator.md``); the table costs 2.5 ms of CPU an event with ten
+    records, 8 ms with 10,000. The queue keeps one record instead, and never builds the table.
     """
     demo.max_threads = concurrency  # read by queue() and, at startup, by create_limiter()
     demo.state_session_capacity = session_capacity  # read by the app queue() builds
     demo.queue(default_concurrency_limit=concurrency, max_size=max_size)
+    queue = demo._queue
+    queue.ANALYTICS_MAX_EVENTS = 1  # GRADIO_ANALYTICS_MAX_EVENTS
+    # GRADIO_ANALYTICS_CACHE_FREQUENCY: events between two builds of the table.
+    queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize  # (sic: Gradio spells it so)
 
 
 def _wants_profile(profile: gr.OAuthProfile | None) -> None:
