@@ -3,17 +3,18 @@
 glibc's ``malloc`` gives threads that allocate at the same time arenas of their own, up to
 eight per core, and keeps what is freed in each for reuse. The app's work runs in many threads
 (Gradio's workers, the store's calls), so in a long run the arenas multiplied and the resident
-memory climbed steadily though Python's live objects did not
-(``bench/results/soak-tracemalloc.md``, ``bench/results/soak-allocator.md``). Two arenas, the
-usual setting for Python servers (``MALLOC_ARENA_MAX=2``), took most of it away.
+memory climbed steadily, far more than Python's live objects did
+(``bench/results/soak-allocator.md``). Two arenas, the usual setting for Python servers
+(``MALLOC_ARENA_MAX=2``), took most of it away.
 
 What still grew was memory malloc held free inside its heaps (``bench.soak`` reads
-``mallinfo2``): blocks of tens of kilobytes (a chat's render, an update sent to the page)
-freed between long-lived small ones, in pages that could then not go back. glibc raises its
-threshold for giving a block pages of its own each time such a block is freed, up to 32 MiB,
-so more and more of them landed in the heaps. A fixed threshold (``MMAP_THRESHOLD``) keeps
-blocks that big in pages of their own, returned to the system when freed, and a fixed trim
-threshold gives back the free top of a heap.
+``mallinfo2``): blocks of tens of kilobytes (most of them the table Gradio's queue built after
+every event, which ``app.ui.gradio_compat.configure_queue`` turns off; a chat's render, an
+update sent to the page) freed between long-lived small ones, in pages that could then not go
+back. glibc raises its threshold for giving a block pages of its own each time such a block is
+freed, up to 32 MiB, so more and more of them landed in the heaps. A fixed threshold
+(``MMAP_THRESHOLD``) keeps blocks that big in pages of their own, returned to the system when
+freed, and a fixed trim threshold gives back the free top of a heap.
 """
 
 from __future__ import annotations
