@@ -117,12 +117,9 @@ def test_the_reply_grows_between_renders_inside_its_code_block_and_ends_rendered
         page.close()
 
 
-def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_goes_on(
-    page: Page, fake: FakeBackend
-) -> None:
-    """The reply left behind used to repaint the conversation being left; now it also goes
-    on (REPLY_KEEPS_RUNNING), shown growing when its conversation is opened again."""
-    fake.token_delay = 0.03
+def leave_mid_reply(page: Page) -> None:
+    """Send a long message, press New once the reply is under way, see the new conversation
+    stay empty, then open the old one again."""
     expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
     page.locator("#message textarea").fill("a long answer, please")
     page.locator("#message textarea").press("Enter")
@@ -134,10 +131,39 @@ def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_goes_on(
     expect(page.locator("#chat .message")).to_have_count(0)
     page.locator("#conversations").get_by_text("a long answer, please").click()
     expect(page.locator("#chat .message.user")).to_have_text(["a long answer, please"])
+
+
+def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_goes_on(
+    page: Page, fake: FakeBackend
+) -> None:
+    """The reply left behind used to repaint the conversation being left; now it also goes
+    on (REPLY_KEEPS_RUNNING), shown growing when its conversation is opened again."""
+    fake.token_delay = 0.03
+    leave_mid_reply(page)
     grows_live(page)
     expect(page.locator("#chat .message.bot")).to_contain_text("finished", timeout=20_000)
     expect(page.locator("#chat .message.bot")).to_contain_text("word399 ")
     assert (fake.cancelled, fake.completed) == (0, 1)
+
+
+def test_new_conversation_mid_reply_stays_empty_and_the_old_reply_is_kept_stopped(
+    browser: Browser, backend: ServerThread, fake: FakeBackend
+) -> None:
+    """With REPLY_KEEPS_RUNNING off, leaving stops the reply: its last update, "stopped by
+    you", once repainted the new conversation with the old one; it goes nowhere now, and the
+    old conversation holds the partial reply, marked stopped."""
+    fake.tokens = REPLY
+    fake.token_delay = 0.03
+    settings = settings_for(backend.url, stream_interval=0.05, reply_keeps_running=False)
+    with ServerThread(create_app(settings)) as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 1100})
+        page.goto(server.url)
+        leave_mid_reply(page)
+        expect(page.locator("#chat .message.bot")).to_contain_text("stopped by you")
+        expect(page.locator("#chat .message.bot")).to_contain_text("word3 ")
+        assert "word399 " not in bot_text(page)
+        wait_for(lambda: fake.cancelled, 5, what="leaving to close the upstream stream")
+        assert fake.completed == 0
 
 
 def grows_live(page: Page) -> None:
