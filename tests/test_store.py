@@ -16,9 +16,9 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from app.store import NotFound, Store
+from app.store import BegunTurn, NotFound, Store
 from app.store.models import Base
-from app.store.store import INTERRUPTED_BY_RESTART, MIGRATIONS, BegunTurn
+from app.store.store import INTERRUPTED_BY_RESTART, MIGRATIONS
 from tests.postgres import PostgresMissing, find_bin_dir
 from tests.test_snippets import downgrade
 

@@ -13,9 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from app import markdown
 from app.chat.export import export_markdown
-from app.store import NotFound, Store, transfer
+from app.store import BegunTurn, NotFound, Store, transfer
 from app.store.models import Conversation, Message
-from app.store.store import BegunTurn
 from app.store.transfer import (
     DEFAULT_MAX_BYTES,
     MAX_CONVERSATIONS,

@@ -10,7 +10,6 @@ not answer inside the conversation instead (``Turns.unanswered``), as a reply th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,14 +30,7 @@ from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.chat.models import Chat, Exchange
 from app.chat.replies import LiveReply, TooManyReplies
 from app.chat.service import ChatService
-
-# The settings a conversation keeps: the page's generation controls and the model, each with
-# the type its value must have.
-SETTING_TYPES: dict[str, type] = {
-    "max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int,
-    "repetition_penalty": float, "frequency_penalty": float, "presence_penalty": float,
-    "stop": str, "seed": int, "model": str,
-}
+from app.store.models import kept_settings
 
 
 class TurnRefused(ValueError):
@@ -60,15 +52,19 @@ class TurnRefused(ValueError):
 @dataclass(frozen=True)
 class TurnRequest:
     """What a user asks: the message, the conversation's system prompt and language (None:
-    as the conversation has it), its settings by name (``SETTING_TYPES``), and the files
-    attached to the message, each a name and its bytes (none: a retry or an edit sends the
-    files of the message it answers again or edits)."""
+    as the conversation has it), its settings by name, kept as the conversation keeps them
+    (``app.store.models.kept_settings``: cleaned here, once), and the files attached to the
+    message, each a name and its bytes (none: a retry or an edit sends the files of the
+    message it answers again or edits)."""
 
     text: str
     system_prompt: str
     settings: Mapping[str, Any]
     language: str | None = None
     files: Sequence[tuple[str, bytes]] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", kept_settings(self.settings))
 
 
 @dataclass
@@ -88,45 +84,21 @@ class Turn:
         return self.live.exchange
 
 
-def _number(value: Any) -> float | None:
-    """A setting as a number, or None when it is not a usable one."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def sanitized(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The known settings of a stored conversation that have a usable value (an imported one
-    may carry anything): finite numbers, whole where they must be; text for the stop
-    sequences and the model. The rest is left out, so the page keeps its own value."""
-    kept: dict[str, Any] = {}
-    for name, kind in SETTING_TYPES.items():
-        value = settings.get(name)
-        if kind is str:
-            if isinstance(value, str):
-                kept[name] = value
-            continue
-        number = _number(value)
-        if number is not None and (kind is float or number.is_integer()):
-            kept[name] = number if kind is float else int(number)
-    return kept
-
-
 def generation_params(
     settings: Mapping[str, Any], default_max_new_tokens: int, info: BackendInfo
 ) -> GenerationParams:
-    """The generation parameters of a conversation's settings, read as the page keeps them: a
-    seed below 0 means random, a top-k of 0 means off, stop sequences one per line.
+    """The generation parameters of a conversation's settings (``kept_settings``), read as
+    the page keeps them: a seed below 0 means random, a top-k of 0 means off, stop sequences
+    one per line.
 
-    Unusable values are left to the defaults; a value the backend would refuse raises
+    Settings left out are left to the defaults; a value the backend would refuse raises
     ``InvalidSetting`` with what to change.
     """
-    kept = sanitized(settings)
-    numbers = {name: kept.get(name) for name in (
+    numbers = {name: settings.get(name) for name in (
         "temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty",
     )}
-    max_new, seed, top_k = kept.get("max_new_tokens"), kept.get("seed"), kept.get("top_k")
-    stops = tuple(line for line in kept.get("stop", "").splitlines() if line)
+    max_new, seed, top_k = (settings.get(name) for name in ("max_new_tokens", "seed", "top_k"))
+    stops = tuple(line for line in settings.get("stop", "").splitlines() if line)
     if info.max_stop_sequences is not None and len(stops) > info.max_stop_sequences:
         raise InvalidSetting(
             f"This backend takes at most {info.max_stop_sequences} stop sequences; "

@@ -1,21 +1,21 @@
 """Persistence: users, conversations and messages (SQLAlchemy 2, Alembic migrations)."""
 
 from app.store.accounts import AccountError, Accounts, InvalidAccount, NameTaken
-from app.store.store import (
+from app.store.records import (
+    BegunTurn,
     ConversationRecord,
     ConversationSummary,
     ConversationTree,
-    NotFound,
-    Store,
     StoredExchange,
     StoredMessage,
     StoredReply,
-    StoreError,
 )
+from app.store.store import NotFound, Store, StoreError
 
 __all__ = [
     "AccountError",
     "Accounts",
+    "BegunTurn",
     "ConversationRecord",
     "ConversationSummary",
     "ConversationTree",

@@ -8,7 +8,9 @@ ones are kept. The conversation's ``leaf_id`` is the last message of the branch 
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +31,35 @@ def escape_like(text: str) -> str:
     """``text`` matched literally by ``LIKE ... ESCAPE '\\'``: ``%``, ``_`` and ``\\``
     lose their meaning."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# The settings a conversation keeps (``Conversation.settings``): the page's generation controls
+# and the model, each with the type its value must have.
+SETTING_TYPES: dict[str, type] = {
+    "max_new_tokens": int, "temperature": float, "top_p": float, "top_k": int,
+    "repetition_penalty": float, "frequency_penalty": float, "presence_penalty": float,
+    "stop": str, "seed": int, "model": str,
+}
+
+
+def kept_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``settings`` a conversation keeps, as it keeps them: the known ones
+    with a usable value (finite numbers, whole where they must be; text for the stop
+    sequences and the model). The rest is left out, so that the page keeps its own value.
+    Settings are cleaned so once, as they are written (a turn's request, an import); what is
+    read back is used as it is."""
+    kept: dict[str, Any] = {}
+    for name, kind in SETTING_TYPES.items():
+        value = settings.get(name)
+        if kind is str:
+            if isinstance(value, str):
+                kept[name] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value) and (kind is float or float(value).is_integer()):
+            kept[name] = float(value) if kind is float else int(value)
+    return kept
 
 
 def new_id() -> str:

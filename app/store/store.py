@@ -12,11 +12,9 @@ to the message it adds, and ``switch_branch`` moves it to another branch.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,16 @@ from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, 
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from app.store.models import Conversation, Message, User, as_utc, escape_like, now
+from app.store.models import Conversation, Message, User, escape_like, now
+from app.store.records import (
+    BegunTurn,
+    ConversationRecord,
+    ConversationSummary,
+    ConversationTree,
+    Tree,
+    conversation_record,
+    conversation_tree,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCAL_USER = "local"
@@ -39,95 +46,6 @@ class StoreError(Exception):
 
 class NotFound(StoreError):
     """The conversation does not exist, or belongs to another user."""
-
-
-@dataclass(frozen=True)
-class BegunTurn:
-    """What ``Store.begin_turn`` stored: the conversation, the message answered, the reply,
-    and the alternatives of each (as in ``StoredExchange``)."""
-
-    conversation_id: str
-    user_message_id: int
-    reply_id: int
-    user_alternatives: tuple[int, ...]
-    reply_alternatives: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ConversationSummary:
-    id: str
-    title: str
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class StoredReply:
-    id: int
-    content: str
-    status: str
-    error: str | None
-    tokens: int | None
-    time_to_first_token: float | None
-    tokens_per_second: float | None
-    model: str | None
-    backend: str | None
-
-
-@dataclass(frozen=True)
-class StoredExchange:
-    """A user message and its reply on the branch on screen, each with its alternatives: the
-    ids, oldest first and itself among them, of the user messages that follow the same message
-    (edits), and of the replies to the same message (retries)."""
-
-    user_message_id: int
-    user: str
-    reply: StoredReply | None
-    user_alternatives: tuple[int, ...] = ()
-    reply_alternatives: tuple[int, ...] = ()
-    attachments: tuple[dict[str, str], ...] = ()  # each {"name", "language", "text"}
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """One message of a conversation's tree; ``parent_id`` is None for a first message."""
-
-    id: int
-    role: str
-    parent_id: int | None
-    content: str
-    status: str
-    error: str | None
-    tokens: int | None
-    time_to_first_token: float | None
-    tokens_per_second: float | None
-    model: str | None
-    backend: str | None
-    attachments: tuple[dict[str, str], ...] = ()  # of a user message, as in StoredExchange
-
-
-@dataclass(frozen=True)
-class ConversationTree:
-    """Every message of a conversation, in id order, and the last one of the branch on
-    screen (None for a conversation without messages)."""
-
-    id: str
-    title: str
-    system_prompt: str
-    leaf_id: int | None
-    messages: list[StoredMessage]
-
-
-@dataclass(frozen=True)
-class ConversationRecord:
-    id: str
-    title: str
-    system_prompt: str
-    model: str | None
-    backend: str | None
-    language: str | None
-    settings: dict[str, Any]
-    created_at: datetime
-    exchanges: list[StoredExchange]
 
 
 # Each pooled SQLite connection keeps its own page cache, 2 MiB by default, filled as the
@@ -203,17 +121,6 @@ class Store:
 
     # -- conversations -------------------------------------------------------------------
 
-    def create_conversation(
-        self, user_id: int, title: str, system_prompt: str = "", **fields: Any
-    ) -> str:
-        with self.transaction() as session:
-            conversation = Conversation(
-                user_id=user_id, title=title, system_prompt=system_prompt, **fields
-            )
-            session.add(conversation)
-            session.flush()
-            return conversation.id
-
     def list_conversations(
         self, user_id: int, search: str = "", limit: int = 200
     ) -> list[ConversationSummary]:
@@ -240,20 +147,13 @@ class Store:
         """The conversation with the exchanges of its branch on screen."""
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            return _record(conversation, self._messages(session, conversation))
+            return conversation_record(conversation, self._messages(session, conversation))
 
     def get_tree(self, user_id: int, conversation_id: str) -> ConversationTree:
         """The conversation's every message, on every branch."""
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            messages = self._messages(session, conversation)
-            branch = _Tree(messages).branch(conversation.leaf_id)
-            return ConversationTree(
-                id=conversation.id, title=conversation.title,
-                system_prompt=conversation.system_prompt,
-                leaf_id=branch[-1].id if branch else None,
-                messages=[_stored_message(m) for m in messages],
-            )
+            return conversation_tree(conversation, self._messages(session, conversation))
 
     def switch_branch(self, user_id: int, conversation_id: str, message_id: int) -> None:
         """Put on screen the branch through ``message_id``: from it down, the newest child
@@ -263,7 +163,7 @@ class Store:
         """
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            tree = _Tree(self._messages(session, conversation))
+            tree = Tree(self._messages(session, conversation))
             message = tree.by_id.get(message_id)
             if message is None:
                 raise NotFound(f"No message {message_id} in this conversation.")
@@ -328,32 +228,6 @@ class Store:
             users = (asked.id,) if conversation_id is None else self._alternatives(session, asked)
             replies = (reply.id,) if message is not None else self._alternatives(session, reply)
             return BegunTurn(conversation.id, asked.id, reply.id, users, replies)
-
-    def add_user_message(self, user_id: int, conversation_id: str, content: str) -> int:
-        """A user message at the end of the branch on screen."""
-        with self.transaction() as session:
-            conversation = self._owned(session, user_id, conversation_id)
-            leaf = None if conversation.leaf_id is None else session.get(
-                Message, conversation.leaf_id)
-            if leaf is None or leaf.conversation_id != conversation.id:  # none, or gone
-                branch = _Tree(self._messages(session, conversation)).branch(None)
-                leaf = branch[-1] if branch else None
-            return self._add_message(
-                session, conversation, content, None if leaf is None else leaf.id
-            )
-
-    def start_reply(
-        self, user_id: int, conversation_id: str, reply_to: int, model: str | None,
-        backend: str | None,
-    ) -> int:
-        """A new version of the reply to ``reply_to``, streaming; earlier versions are kept.
-
-        Raises ``NotFound`` for a user message that is not in this conversation of the user's.
-        """
-        with self.transaction() as session:
-            conversation = self._owned(session, user_id, conversation_id)
-            asked = self._message_in(session, conversation, reply_to, role="user")
-            return self._start_reply(session, conversation, asked.id, model, backend).id
 
     @staticmethod
     def _add_message(
@@ -438,7 +312,7 @@ class Store:
         message before it."""
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            tree = _Tree(self._messages(session, conversation))
+            tree = Tree(self._messages(session, conversation))
             message = tree.by_id.get(user_message_id)
             if message is None:
                 raise NotFound(f"No message {user_message_id} in this conversation.")
@@ -490,7 +364,7 @@ class Store:
         Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
         """
         return [
-            _record(conversation, conversation.messages)
+            conversation_record(conversation, conversation.messages)
             for conversation in self.conversation_rows(user_id, conversation_id)
         ]
 
@@ -531,92 +405,3 @@ class Store:
         if conversation is None or conversation.user_id != user_id:
             raise NotFound(f"No conversation {conversation_id}.")
         return conversation
-
-
-class _Tree:
-    """The messages of one conversation (in id order) as a tree."""
-
-    def __init__(self, messages: Sequence[Message]) -> None:
-        self.by_id = {message.id: message for message in messages}
-        self.children: defaultdict[int | None, list[Message]] = defaultdict(list)
-        for message in messages:
-            self.children[message.reply_to_id].append(message)
-
-    def alternatives(self, message: Message) -> tuple[int, ...]:
-        return tuple(
-            m.id for m in self.children[message.reply_to_id] if m.role == message.role
-        )
-
-    def newest_below(self, message: Message) -> Message:
-        """The end of the branch that goes on from ``message`` by the newest child."""
-        while self.children[message.id]:
-            message = self.children[message.id][-1]
-        return message
-
-    def branch(self, leaf_id: int | None) -> list[Message]:
-        """The messages from the first one to ``leaf_id``; for a leaf that is None or not
-        here, the newest child at each step."""
-        leaf = self.by_id.get(leaf_id) if leaf_id is not None else None
-        if leaf is None and self.children[None]:
-            leaf = self.newest_below(self.children[None][-1])
-        path = []
-        while leaf is not None:
-            path.append(leaf)
-            leaf = self.by_id.get(leaf.reply_to_id) if leaf.reply_to_id is not None else None
-        return path[::-1]
-
-    def subtree(self, message: Message) -> set[int]:
-        """The ids of ``message`` and everything below it."""
-        found, pending = set(), [message]
-        while pending:
-            current = pending.pop()
-            found.add(current.id)
-            pending.extend(self.children[current.id])
-        return found
-
-
-def _record(conversation: Conversation, messages: Sequence[Message]) -> ConversationRecord:
-    """The conversation with the exchanges of its branch on screen; ``messages`` are all of
-    its messages, in id order."""
-    tree = _Tree(messages)
-    exchanges: list[tuple[Message, Message | None]] = []
-    for message in tree.branch(conversation.leaf_id):
-        if message.role == "user":
-            exchanges.append((message, None))
-        elif exchanges:
-            exchanges[-1] = (exchanges[-1][0], message)
-    return ConversationRecord(
-        id=conversation.id, title=conversation.title,
-        system_prompt=conversation.system_prompt, model=conversation.model,
-        backend=conversation.backend, language=conversation.language,
-        settings=dict(conversation.settings or {}), created_at=as_utc(conversation.created_at),
-        exchanges=[
-            StoredExchange(
-                user.id, user.content, _reply(reply), tree.alternatives(user),
-                tree.alternatives(reply) if reply is not None else (),
-                tuple(user.attachments or ()),
-            )
-            for user, reply in exchanges
-        ],
-    )
-
-
-def _stored_message(message: Message) -> StoredMessage:
-    return StoredMessage(
-        id=message.id, role=message.role, parent_id=message.reply_to_id,
-        content=message.content, status=message.status, error=message.error,
-        tokens=message.tokens, time_to_first_token=message.time_to_first_token,
-        tokens_per_second=message.tokens_per_second, model=message.model,
-        backend=message.backend, attachments=tuple(message.attachments or ()),
-    )
-
-
-def _reply(message: Message | None) -> StoredReply | None:
-    if message is None:
-        return None
-    return StoredReply(
-        id=message.id, content=message.content, status=message.status, error=message.error,
-        tokens=message.tokens, time_to_first_token=message.time_to_first_token,
-        tokens_per_second=message.tokens_per_second, model=message.model,
-        backend=message.backend,
-    )

@@ -37,7 +37,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from app.settings import ATTACHMENT_MAX_BYTES, ATTACHMENTS_PER_MESSAGE
-from app.store.models import Conversation, Message, now
+from app.store.models import Conversation, Message, kept_settings, now
 from app.store.store import Store, StoreError
 
 FORMAT = "coding-playground.conversations"
@@ -407,7 +407,7 @@ def _rows(
     conversation = Conversation(
         title=document.title, model=document.model, backend=document.backend,
         language=document.language, system_prompt=document.system_prompt,
-        settings=document.settings, created_at=document.created_at,
+        settings=kept_settings(document.settings), created_at=document.created_at,
         updated_at=document.updated_at,
     )
     by_id: dict[int, Message] = {}

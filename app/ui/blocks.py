@@ -18,7 +18,7 @@ from app.chat.guard import Guard
 from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES
 from app.chat.replies import LiveReply
-from app.chat.turns import TurnRefused, TurnRequest, Turns, sanitized
+from app.chat.turns import TurnRefused, TurnRequest, Turns
 from app.preview import Previews
 from app.store import ConversationRecord, NotFound, Store, transfer
 from app.store.store import LOCAL_USER
@@ -328,7 +328,7 @@ class PlaygroundUI:
         update of its reply being written."""
         live = self.service.replies.attach(opened)
         seen = live.version if live is not None else 0
-        settings = sanitized(record.settings)
+        settings = record.settings
         values = [settings.get(name, gr.skip()) for name in CONTROL_NAMES]
         yield (chat_messages(opened.exchanges), opened, record.system_prompt,
                record.language or "", settings.get("model", gr.skip()), record.title,

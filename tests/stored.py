@@ -1,0 +1,38 @@
+"""Conversations stored the way the app stores them, for the tests that need some: each
+exchange through ``Store.begin_turn`` (the one write path of a turn, as ``app.chat.turns``
+takes it), then its reply saved as it ended (``Store.save_reply``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from app.store import BegunTurn, Store
+
+
+def exchange(
+    store: Store, user: int, conversation: str | None = None, text: str = "hello",
+    reply: str | None = "hi", *, status: str = "stop", title: str | None = None,
+    system_prompt: str | None = None, settings: Mapping[str, Any] | None = None,
+    language: str | None = None, model: str | None = "smol", backend: str | None = "llama.cpp",
+    attachments: Sequence[dict[str, str]] = (),
+) -> BegunTurn:
+    """``text`` and its ``reply`` (ended with ``status``; None: still streaming) at the end of
+    the branch on screen of ``conversation``, or of a new one (titled ``title``, else after
+    ``text``). The conversation's system prompt and settings stay as they are unless given."""
+    parent = None
+    if conversation is not None:
+        record = store.get_conversation(user, conversation)
+        if record.exchanges:
+            last = record.exchanges[-1]
+            parent = last.reply.id if last.reply is not None else last.user_message_id
+        system_prompt = record.system_prompt if system_prompt is None else system_prompt
+        settings = record.settings if settings is None else settings
+    begun = store.begin_turn(
+        user, conversation, system_prompt or "", dict(settings or {}), language,
+        message=text, parent=parent, title=text if title is None else title, model=model,
+        backend=backend, attachments=attachments,
+    )
+    if reply is not None:
+        store.save_reply(user, begun.reply_id, reply, status=status)
+    return begun
