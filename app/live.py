@@ -8,8 +8,9 @@ it is written and at its end, each time with a marker after the text rendered (i
 offset, ``app.ui.render.live_marker``); in between, the page's script (``app/ui/live.js``)
 reads this server-sent-event stream and shows the text past the marker's offset.
 
-Each event is the text added since the last one, JSON-encoded, with the offset it ends at as
-its id; the reply's end is an ``end`` event. A browser opens at most six connections to one
+Each event is the text added since the last one (``ReplyLog.chunks``), JSON-encoded, with the
+offset it ends at (in code points, ``app.chat.log``) as its id; the reply's end is an ``end``
+event. A browser opens at most six connections to one
 host over HTTP/1.1, and a page's Gradio channel holds two: two tabs each holding a stream left
 none, and their next request (Stop) waited forever. So a page reads its stream only while it
 holds the browser's lock ``coding-playground-live`` (the Web Locks API; one tab at a time, the
@@ -28,42 +29,37 @@ browser not to try again: the page's next render shows the reply.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import FastAPI, Header, Query, Response
-from fastapi.responses import StreamingResponse
 
-from app.chat.replies import LiveReply, Replies
+from app.chat.log import ReplyLog
+from app.chat.replies import Replies
+from app.events import HEADERS, event, event_stream
 
 PATH = "/live"
 STREAM_SECONDS = 1.0
 HELD_SECONDS = 60.0
 RETRY_MS = 10
-NOT_STORED = {"Cache-Control": "no-store"}
 
 
-async def events(live: LiveReply, offset: int, seconds: float) -> AsyncIterator[str]:
-    """The server-sent events of ``live``'s text past ``offset``, for ``seconds`` or until
-    the reply ends."""
-    yield f"retry: {RETRY_MS}\n\n"
-    deadline = asyncio.get_running_loop().time() + seconds
-    sent, seen = offset, 0
-    while True:
-        text = live.exchange.reply
-        if len(text) > sent:
-            yield f"id: {len(text)}\ndata: {json.dumps(text[sent:])}\n\n"
-            sent = len(text)
-        if live.done:
-            yield "event: end\ndata: null\n\n"
-            return
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            return
-        try:
-            seen = await asyncio.wait_for(live.after(seen), left)
-        except TimeoutError:
-            return
+async def events(log: ReplyLog, offset: int, seconds: float) -> AsyncIterator[bytes]:
+    """The server-sent events of the text of ``log`` past ``offset``, for ``seconds`` or
+    until the reply ends."""
+    yield event(retry=RETRY_MS)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    async with aclosing(log.chunks(offset)) as chunks:
+        while (left := deadline - loop.time()) > 0:
+            try:
+                piece = await asyncio.wait_for(anext(chunks), left)
+            except TimeoutError:
+                return
+            except StopAsyncIteration:
+                yield event(name="end")
+                return
+            yield event(piece.text, id=piece.end)
 
 
 def install_live(app: FastAPI, replies: Replies) -> None:
@@ -76,12 +72,9 @@ def install_live(app: FastAPI, replies: Replies) -> None:
     ) -> Response:
         live = replies.by_key(key)
         if live is None:
-            return Response(status_code=204, headers=NOT_STORED)
+            return Response(status_code=204, headers=HEADERS)
         if last_event_id is not None and last_event_id.isdigit():
             offset = max(offset, int(last_event_id))
-        return StreamingResponse(
-            events(live, offset, HELD_SECONDS if held else STREAM_SECONDS),
-            media_type="text/event-stream",
-            # nginx (the scale-out profile) passes each event on as it comes.
-            headers={**NOT_STORED, "X-Accel-Buffering": "no"},
+        return event_stream(
+            events(live.exchange.log, offset, HELD_SECONDS if held else STREAM_SECONDS)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.chat import Exchange, fit_messages
+from app.chat import Exchange, ReplyLog, fit_messages
 from app.chat.attachments import (
     Attachment,
     AttachmentRefused,
@@ -98,7 +98,7 @@ def test_the_message_limits_count_the_attached_files_and_say_what_to_drop() -> N
 
 def test_earlier_messages_are_sent_and_counted_with_their_files() -> None:
     attached = Attachment("a.py", "python", "a = 1\n")
-    earlier = Exchange("Look.", "Looks fine.", done=True, attachments=(attached,))
+    earlier = Exchange("Look.", ReplyLog("Looks fine."), done=True, attachments=(attached,))
     fitted = fit_messages("", [earlier], "And now?", 1000)
     assert fitted.messages[0] == {"role": "user", "content": earlier.sent}
     assert "File: a.py\n```python\na = 1\n```" in earlier.sent

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.chat import ContextOverflow, Exchange, fit_messages
+from app.chat import ContextOverflow, Exchange, ReplyLog, fit_messages
 from app.chat.context import estimate_tokens, input_budget
 
 
@@ -11,7 +11,7 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-HISTORY = [Exchange(f"question {i}", f"answer {i}") for i in range(5)]
+HISTORY = [Exchange(f"question {i}", ReplyLog(f"answer {i}")) for i in range(5)]
 
 
 def test_everything_fits() -> None:
@@ -33,7 +33,7 @@ def test_oldest_exchanges_are_left_out_first() -> None:
 
 
 def test_exchanges_without_a_reply_are_never_sent() -> None:
-    history = [Exchange("lost", error="unreachable"), Exchange("kept", "yes")]
+    history = [Exchange("lost", error="unreachable"), Exchange("kept", ReplyLog("yes"))]
     fitted = fit_messages("", history, "next", budget=100, count=words)
     assert [m["content"] for m in fitted.messages] == ["kept", "yes", "next"]
     assert fitted.dropped_exchanges == 0

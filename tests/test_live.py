@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
 
 import httpx
 from fastapi import FastAPI
@@ -35,15 +34,14 @@ async def start(gate: asyncio.Queue[None]) -> tuple[Replies, LiveReply]:
     replies = Replies(load_settings())
     exchange = Exchange("write add", reply_id=7)
 
-    async def updates() -> AsyncGenerator[None]:
+    async def write() -> None:
         for piece in PIECES:
             await gate.get()
-            exchange.reply += piece
-            yield
+            exchange.log.append(piece)
         await gate.get()
         exchange.done = True
 
-    return replies, replies.run(exchange, 1, "c1", updates())
+    return replies, replies.run(exchange, 1, "c1", write())
 
 
 def client(replies: Replies) -> httpx.AsyncClient:
@@ -86,9 +84,9 @@ async def test_a_stream_ends_after_a_while_and_the_next_goes_on_from_the_last_id
         assert text_of(first) == PIECES[0]
         gate.put_nowait(None)
         gate.put_nowait(None)
-        seen = live.version
-        while live.exchange.reply != "".join(PIECES):
-            seen = await live.after(seen)
+        async for piece in live.exchange.log.chunks():
+            if piece.end == len("".join(PIECES)):
+                break
         later = events((await http.get(f"/live/{live.key}", params={"offset": 0},
                                        headers={"Last-Event-ID": first[-1]["id"]})).text)
     assert text_of(later) == "".join(PIECES[1:])

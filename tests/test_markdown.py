@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from app.chat import Exchange
+from app.chat import Exchange, ReplyLog
 from app.markdown import close_open_fence, escape_html, to_html, unescape_html
 from app.snippets import extract_blocks
 from app.ui.render import assistant_markdown
@@ -84,7 +84,7 @@ def test_a_code_block_in_a_list_item_shows_its_code_while_the_reply_streams() ->
              ```python
              if a < b and c & d:
     """).lstrip("\n")
-    exchange = Exchange(user="compare?", reply=reply, error="The server went away.")
+    exchange = Exchange(user="compare?", log=ReplyLog(reply), error="The server went away.")
     shown = PAGE.render(assistant_markdown(exchange))
     assert '<code class="language-python">if a &lt; b and c &amp; d:\n</code>' in shown
     assert "&amp;lt;" not in shown

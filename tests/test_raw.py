@@ -8,15 +8,17 @@ import re
 from contextlib import aclosing
 from typing import Any
 
-import gradio as gr
 import pytest
 
 from app.backends import BackendClient, BackendError, GenerationParams
 from app.backends.raw import RawToken, render_prompt, stream_raw
-from app.chat import Chat, ChatService, Exchange
+from app.chat import Chat, ChatService, Exchange, ReplyLog
 from app.chat.guard import Guard
+from app.chat.turns import Turns
+from app.server import open_store
 from app.ui.raw import RawRun, RawUI
 from app.ui.render import token_html
+from app.ui.users import PageUsers
 from tests.conftest import ClientFor, RunningApp, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
@@ -160,14 +162,9 @@ async def test_the_raw_tab_renders_the_conversation_then_streams_coloured_tokens
 ) -> None:
     settings = settings_for(backend.url)
     service = ChatService(settings)
-
-    async def local_history(request: gr.Request | None) -> Any:
-        class History:
-            user_id = 1
-        return History()
-
-    raw = RawUI(service, Guard(settings), local_history)
-    chat = Chat(exchanges=[Exchange(user="first", reply="ok", done=True)])
+    users = PageUsers(settings, open_store(settings))
+    raw = RawUI(service, Turns(service, Guard(settings)), users)
+    chat = Chat(exchanges=[Exchange(user="first", log=ReplyLog("ok"), done=True)])
     prompt, note = await raw.render(None, None, chat, "sys", "python", "second")
     assert "<fake>user: first</fake>\n<fake>assistant: ok</fake>\n<fake>user: second" in prompt
     assert "own chat template" in note

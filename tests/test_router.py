@@ -27,8 +27,8 @@ from app.backends import (
 from app.backends.errors import NoBackendAvailable
 from app.backends.router import RECHECK_SECONDS, Router
 from app.chat import Chat, ChatService
+from app.chat.conversations import Conversations
 from app.chat.guard import Guard
-from app.chat.history import History
 from app.chat.turns import TurnRequest, Turns
 from app.metrics import Metrics
 from app.server import open_store
@@ -296,8 +296,9 @@ async def test_inference_providers_get_the_model_with_its_provider_and_hf_token(
     assert (info.kind, info.model_id) == ("hf", "Qwen/Qwen2.5-Coder-32B-Instruct")
     assert service.models() == {"Qwen/Qwen2.5-Coder-32B-Instruct": ["providers"]}
     async with aclosing(service.stream_reply(info, MESSAGES, PARAMS, asyncio.Event(), 1)) as s:
-        final = [p async for p in s][-1]
-    assert final.text == "from b"
+        updates = [p async for p in s]
+    final = updates[-1]
+    assert "".join(p.added for p in updates) == "from b"
     assert final.stats.backend == "providers"
     assert second.requests[-1]["model"] == "Qwen/Qwen2.5-Coder-32B-Instruct:together"
     assert second.headers[-1]["authorization"] == "Bearer hf_providerstoken"
@@ -317,16 +318,16 @@ async def test_the_stored_reply_names_the_backend_that_answered(
         backends=[{"name": "gpu", "url": backend.url}, {"name": "spare", "url": backend_b.url}],
     )
     store = open_store(settings)
-    history = History(store, store.user_id())
+    mine = Conversations(store, store.user_id())
     service = ChatService(settings)
     turns = Turns(service, Guard(settings))
-    turn = await turns.start(history, Chat(), TurnRequest("hi", "", {"model": MODEL}))
+    turn = await turns.start(mine, Chat(), TurnRequest("hi", "", {"model": MODEL}))
     assert turn.info.name == "gpu", "picked first"
     assert turn.live.task is not None
     await turn.live.task
     assert turn.exchange.reply == "from b"
     assert turn.chat.id is not None
-    _, reopened = await history.open(turn.chat.id)
+    _, reopened = await mine.open(turn.chat.id)
     assert reopened.exchanges[0].stats is not None
     assert reopened.exchanges[0].stats.backend == "spare"
     await service.aclose()

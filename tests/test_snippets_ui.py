@@ -27,17 +27,17 @@ REPLY = ["Two blocks:\n", "```python\n", "x = 1\n", "```\n", "~~~bash\n", "echo 
 
 def handlers(url: str, **overrides: Any) -> tuple[PlaygroundUI, SnippetsUI]:
     """The page's chat and snippet handlers, runs allowed."""
-    settings = settings_for(url, **overrides)
-    service = ChatService(settings)
-    ui = PlaygroundUI(service, open_store(settings), Guard(settings))
-    return ui, SnippetsUI(service, ui.guard, ui.history_for, True, ui.downloads, ui.preview)
+    settings = settings_for(url, **{"snippet_runs": "on", **overrides})
+    ui = PlaygroundUI(ChatService(settings), open_store(settings), Guard(settings))
+    ui.build()
+    return ui, ui.snippets
 
 
 async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
     ui, snippets = handlers(url)
     fake.tokens = REPLY
     chat = Chat()
-    async for _ in ui.send(None, "show me", None, chat, "", "", None, *CONTROLS):
+    async for _ in ui.chat.send(None, "show me", None, chat, "", "", None, *CONTROLS):
         pass
     found = await snippets.code_blocks(chat)
     assert [label for label, _ in found["choices"]] == ["#2 bash: echo hi", "#1 python: x = 1"]
@@ -53,7 +53,11 @@ async def test_save_then_refine_keeps_versions_and_shows_the_diff(
     snippets, snippet_id = await saved_snippet(backend.url, fake)
     fake.tokens = ["```python\n", "x = 2\n", "```\n"]
     shown = await snippets.refine(None, snippet_id, "make it two")
-    _, title, tags, code, version, diff, download, _run, _preview, listed, instruction = shown
+    v = snippets.view
+    title, tags, code, version, diff, download, listed, instruction = (
+        shown[v.title], shown[v.tags], shown[v.code], shown[v.version], shown[v.diff],
+        shown[v.download], shown[v.library], shown[v.instruction],
+    )
     assert (title, tags, code["value"], version["value"]) == ("one", "demo, x", "x = 2", 2)
     assert diff == diff_text("x = 1", "x = 2", "v1", "v2")
     assert "-x = 1" in diff
@@ -62,7 +66,7 @@ async def test_save_then_refine_keeps_versions_and_shows_the_diff(
     assert instruction == ""
     assert listed["choices"][0][0] == "one (python, v2)"
     older = await snippets.show_version(None, snippet_id, 1)
-    assert older[3]["value"] == "x = 1"
+    assert older[snippets.view.code]["value"] == "x = 1"
 
 
 async def test_a_refinement_without_code_is_refused_and_keeps_the_versions(
@@ -74,13 +78,13 @@ async def test_a_refinement_without_code_is_refused_and_keeps_the_versions(
         await snippets.refine(None, snippet_id, "make it two")
     with pytest.raises(gr.Error, match="Say what to change"):
         await snippets.refine(None, snippet_id, "  ")
-    assert (await snippets.open(None, snippet_id))[4]["value"] == 1
+    assert (await snippets.open(None, snippet_id))[snippets.view.version]["value"] == 1
 
 
 async def test_runs_can_be_turned_off(backend: ServerThread, fake: FakeBackend) -> None:
     snippets, snippet_id = await saved_snippet(backend.url, fake)
     snippets.runs_allowed = False
-    assert (await snippets.open(None, snippet_id))[7]["visible"] is False
+    assert (await snippets.open(None, snippet_id))[snippets.view.run]["visible"] is False
     with pytest.raises(gr.Error, match="Runs are off here"):
         await snippets.run(None, snippet_id, 1)
 
@@ -108,7 +112,7 @@ async def first_block_saved(
     ui, snippets = handlers(url, **overrides)
     fake.tokens = [f"{fence}python\n", f"{code}\n", f"{fence}\n"]
     chat = Chat()
-    async for _ in ui.send(None, "show me", None, chat, "", "", None, *CONTROLS):
+    async for _ in ui.chat.send(None, "show me", None, chat, "", "", None, *CONTROLS):
         pass
     found = await snippets.code_blocks(chat)
     listed, _ = await snippets.save(None, chat, found["choices"][0][1], "saved", "")
@@ -169,7 +173,7 @@ async def test_refinement_asks_the_model_on_the_page_and_can_be_stopped(
     await eventually(lambda: fake.cancelled, what="the upstream stream to close")
     assert fake.cancelled == 1, "the upstream stream was closed"
     shown = await snippets.open(None, snippet_id)
-    assert shown[4]["value"] == 2, "no version was added"
+    assert shown[snippets.view.version]["value"] == 2, "no version was added"
 
 
 async def test_opening_snippets_and_exporting_leave_no_pile_of_files(
@@ -181,7 +185,7 @@ async def test_opening_snippets_and_exporting_leave_no_pile_of_files(
     ui, snippets = handlers(backend.url)
     fake.tokens = REPLY
     chat = Chat()
-    async for _ in ui.send(None, "show me", None, chat, "", "", None, *CONTROLS):
+    async for _ in ui.chat.send(None, "show me", None, chat, "", "", None, *CONTROLS):
         pass
     found = await snippets.code_blocks(chat)
     listed, _ = await snippets.save(None, chat, found["choices"][1][1], "one", "")
@@ -195,5 +199,5 @@ async def test_opening_snippets_and_exporting_leave_no_pile_of_files(
     assert set(temp.iterdir()) - before == set(), "nothing new beside the downloads folder"
     kept = list(ui.downloads.folder.iterdir())
     assert len(kept) == ui.downloads.keep, "the oldest went as new ones came"
-    assert Path(shown[6]).read_text() == "x = 1", "the file on screen is still there"
+    assert Path(shown[snippets.view.download]).read_text() == "x = 1", "still on screen"
     assert exported.is_file()

@@ -3,7 +3,7 @@
     models.py    request and response bodies
     errors.py    ``ApiError`` and the ``{"error", "detail"}`` shape of every failure
     routes.py    the endpoints and who may call them (``AUTH_MODE``)
-    dialogue.py  one turn on the page's own path (``History``, ``ChatService``), streamed
+    dialogue.py  one turn on the page's own path (``Conversations``, ``ChatService``), streamed
                  as server-sent events or answered whole
     sharing.py   links to read-only snapshots of conversations (``app.store.shares``)
 """

@@ -10,40 +10,40 @@ button does, so the upstream stream is closed and the reply is stored as ``stopp
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 
 from fastapi import Request
-from fastapi.sse import format_sse_event
 
 from app.api.errors import ApiError
 from app.api.models import (
     AttachmentOut,
     DialogueIn,
     DialogueOut,
+    DialogueSummary,
     ExchangeOut,
     MessageOut,
+    MessagesOut,
     ReplyOut,
     StatsOut,
     TreeOut,
 )
 from app.chat import Chat, ChatService, TurnStats
+from app.chat.conversations import Conversations, NotFound
 from app.chat.guard import Guard
-from app.chat.history import History
+from app.chat.log import ReplyLog
 from app.chat.models import FINISH_TEXT
 from app.chat.replies import LiveReply
 from app.chat.turns import Turn, TurnRefused, TurnRequest, Turns
+from app.events import event
 from app.settings import Settings
 from app.store import (
     ConversationRecord,
     ConversationTree,
-    NotFound,
     Store,
     StoredExchange,
-    StoredMessage,
     StoredReply,
 )
 
@@ -60,11 +60,17 @@ def not_found(dialogue_id: str) -> ApiError:
     return ApiError(404, f"No dialogue {dialogue_id!r} among yours.")
 
 
-def check_id(dialogue_id: str) -> str:
-    """The id, if it could be one; raises the 404 of a missing dialogue otherwise."""
+@contextmanager
+def yours(dialogue_id: str) -> Iterator[str]:
+    """The id, for a block that reads or changes that dialogue: one that is not the user's,
+    not there, or whose id could not be one, answers 404 (and an id far from the store's
+    shape never reaches the database)."""
     if not ID_SHAPE.fullmatch(dialogue_id):
         raise not_found(dialogue_id)
-    return dialogue_id
+    try:
+        yield dialogue_id
+    except NotFound as err:
+        raise not_found(dialogue_id) from err
 
 
 def stats_out(stats: TurnStats | None) -> StatsOut | None:
@@ -76,7 +82,7 @@ def stats_out(stats: TurnStats | None) -> StatsOut | None:
     )
 
 
-def stored_stats(reply: StoredReply | StoredMessage) -> StatsOut | None:
+def stored_stats(reply: StoredReply) -> StatsOut | None:
     """A stored reply's stats, once it has ended (none for a user message)."""
     finish = reply.status if reply.status in FINISH_TEXT else None
     return None if finish is None else StatsOut(
@@ -123,6 +129,10 @@ def tree_out(tree: ConversationTree) -> TreeOut:
 
 
 class Dialogues:
+    """The dialogues of the API's users: one turn on the page's own path (``Turns``), the
+    reply followed as server-sent events or waited for, and the user's conversations read
+    and deleted through ``Conversations``, as the page does."""
+
     def __init__(
         self, settings: Settings, service: ChatService, store: Store, guard: Guard
     ) -> None:
@@ -130,6 +140,9 @@ class Dialogues:
         self.store = store
         self.replies = service.replies
         self.turns = Turns(service, guard)
+
+    def of(self, user_id: int) -> Conversations:
+        return Conversations(self.store, user_id)
 
     async def start(self, user_id: int, body: DialogueIn) -> Turn:
         """Check the request, store the message and start the reply.
@@ -140,14 +153,12 @@ class Dialogues:
         running, 503 when the backend does not answer or the process writes as many replies
         as it takes (with Retry-After). Nothing is stored when it raises.
         """
-        history = History(self.store, user_id)
+        mine = self.of(user_id)
         record: ConversationRecord | None = None
         chat = Chat()
         if body.dialogue_id is not None:
-            try:
-                record, chat = await history.open(check_id(body.dialogue_id))
-            except NotFound as err:
-                raise not_found(body.dialogue_id) from err
+            with yours(body.dialogue_id) as dialogue_id:
+                record, chat = await mine.open(dialogue_id)
         given = {
             name: value for name in STORED_CONTROLS
             if (value := getattr(body, name)) is not None
@@ -163,7 +174,7 @@ class Dialogues:
             [(a.name, a.content.encode(errors="surrogatepass")) for a in body.attachments],
         )
         try:
-            turn = await self.turns.start(history, chat, asked)
+            return await self.turns.start(mine, chat, asked)
         except TurnRefused as err:
             headers = None
             if err.retry_after is not None:
@@ -171,7 +182,6 @@ class Dialogues:
             raise ApiError(err.status, str(err), headers=headers) from err
         except NotFound as err:  # deleted meanwhile
             raise not_found(chat.id or "") from err
-        return turn
 
     def stopped_by(self, body: DialogueIn, request: Request) -> Request | None:
         """The request whose client, going away, stops the reply it asked for; None when the
@@ -205,25 +215,15 @@ class Dialogues:
         live: LiveReply, offset: int = 0, stop_if_gone: Request | None = None,
     ) -> AsyncIterator[bytes]:
         """Server-sent events: the dialogue and reply ids, the reply's text from ``offset``
-        on as it comes, then the end with the stats. The client of ``stop_if_gone`` going
-        away stops the reply."""
+        (code points, ``app.chat.log``) on as it comes, then the end with the stats. The
+        client of ``stop_if_gone`` going away stops the reply."""
         gone = _stop_when_gone(stop_if_gone, live) if stop_if_gone else None
+        exchange = live.exchange
         try:
-            yield _event({"dialogue_id": live.conversation_id,
-                          "message_id": live.exchange.reply_id})
-            sent = offset
-            while True:
-                ended = live.done  # before the text: its last update is then in it
-                seen = live.version
-                text = live.exchange.reply
-                if len(text) > sent:
-                    yield _event({"delta": text[sent:]})
-                    sent = len(text)
-                if ended:
-                    break
-                await live.after(seen)
-            yield _end(live.exchange.reply_id, stats_out(live.exchange.stats),
-                       live.exchange.error)
+            async for sent in _events(live.conversation_id, exchange.reply_id, exchange.log,
+                                      offset):
+                yield sent
+            yield _end(exchange.reply_id, stats_out(exchange.stats), exchange.error)
         finally:
             # Cancelled or closed before the end: the client is gone.
             if stop_if_gone and not live.done:
@@ -231,19 +231,30 @@ class Dialogues:
             if gone is not None:
                 gone.cancel()
 
+    @staticmethod
+    async def stored_events(
+        dialogue_id: str, stored: StoredExchange, offset: int
+    ) -> AsyncIterator[bytes]:
+        """The events of ``events`` for a reply that has ended (or whose process stopped)."""
+        reply = exchange_out(stored).reply
+        log = ReplyLog(reply.content if reply is not None else "")
+        log.end()
+        async for sent in _events(dialogue_id, reply.id if reply else None, log, offset):
+            yield sent
+        yield _end(reply.id if reply else None, reply.stats if reply else None,
+                   reply.error if reply else None)
+
     async def follow(self, user_id: int, dialogue_id: str) -> LiveReply | StoredExchange:
         """The reply of the dialogue being written now, or else its last stored exchange.
 
         Raises ``ApiError`` 404 for a dialogue that is not the user's, or one without a
         message yet; 409 for a reply that another process is writing.
         """
-        live = self.replies.running(user_id, check_id(dialogue_id))
-        if live is not None:
-            return live
-        try:
-            record = await asyncio.to_thread(self.store.get_conversation, user_id, dialogue_id)
-        except NotFound as err:
-            raise not_found(dialogue_id) from err
+        with yours(dialogue_id):
+            live = self.replies.running(user_id, dialogue_id)
+            if live is not None:
+                return live
+            record = await self.of(user_id).record(dialogue_id)
         if not record.exchanges:
             raise ApiError(404, f"The dialogue {dialogue_id!r} has no message yet.")
         last = record.exchanges[-1]
@@ -255,33 +266,46 @@ class Dialogues:
 
     def stop(self, user_id: int, dialogue_id: str) -> bool:
         """Stop the dialogue's reply being written, if any; returns whether one was."""
-        live = self.replies.running(user_id, check_id(dialogue_id))
+        with yours(dialogue_id):
+            live = self.replies.running(user_id, dialogue_id)
         if live is not None:
             live.stop()
         return live is not None
 
+    async def listed(self, user_id: int, search: str, limit: int) -> list[DialogueSummary]:
+        """The user's dialogues, newest first."""
+        found = await self.of(user_id).summaries(search, limit)
+        return [DialogueSummary(id=c.id, title=c.title, updated_at=c.updated_at)
+                for c in found]
 
-def stored_events(dialogue_id: str, stored: StoredExchange, offset: int) -> list[bytes]:
-    """The events of ``Dialogues.events`` for a reply that has ended (or whose process
-    stopped): its ids, its text from ``offset`` on, and its end."""
-    reply = stored.reply
-    text = reply.content if reply is not None else ""
-    events = [_event({"dialogue_id": dialogue_id, "message_id": reply.id if reply else None})]
-    if len(text) > offset:
-        events.append(_event({"delta": text[offset:]}))
-    out = exchange_out(stored).reply
-    events.append(_end(out.id if out else None, out.stats if out else None,
-                       out.error if out else None))
-    return events
+    async def messages(self, user_id: int, dialogue_id: str, tree: bool) -> MessagesOut | TreeOut:
+        """The branch on screen of the dialogue, or with ``tree`` every message of it."""
+        with yours(dialogue_id):
+            if tree:
+                return tree_out(await self.of(user_id).tree(dialogue_id))
+            record = await self.of(user_id).record(dialogue_id)
+        return MessagesOut(
+            dialogue_id=record.id, title=record.title, system_prompt=record.system_prompt,
+            exchanges=[exchange_out(e) for e in record.exchanges],
+        )
+
+    async def delete(self, user_id: int, dialogue_id: str) -> None:
+        with yours(dialogue_id):
+            await self.of(user_id).delete(dialogue_id)
+
+
+async def _events(
+    dialogue_id: str, reply_id: int | None, log: ReplyLog, offset: int
+) -> AsyncIterator[bytes]:
+    """The ids, then the text of ``log`` past ``offset`` as it comes, until the log ends."""
+    yield event({"dialogue_id": dialogue_id, "message_id": reply_id})
+    async for piece in log.chunks(offset):
+        yield event({"delta": piece.text})
 
 
 def _end(message_id: int | None, stats: StatsOut | None, error: str | None) -> bytes:
-    return _event({"done": True, "message_id": message_id,
-                   "stats": None if stats is None else stats.model_dump(), "error": error})
-
-
-def _event(payload: dict[str, Any]) -> bytes:
-    return format_sse_event(data_str=json.dumps(payload))
+    return event({"done": True, "message_id": message_id,
+                  "stats": None if stats is None else stats.model_dump(), "error": error})
 
 
 def _stop_when_gone(request: Request, live: LiveReply) -> asyncio.Future[None]:

@@ -1,13 +1,15 @@
 """Errors as the API answers them: ``{"error": "...", "detail"?: ...}`` with the right status.
 
 ``ApiError`` is raised by the endpoints; FastAPI's own failures (an invalid request, a route
-that does not exist) are put in the same shape. An invalid request's detail names the fields
+that does not exist) are put in the same shape, and a database that does not answer
+(``StoreUnavailable``) is a 503 with Retry-After. An invalid request's detail names the fields
 and the rule they broke, never the values sent (a password may be among them). An unexpected
 failure is a 500 with a generic line; its traceback goes to the server log only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app.api.models import ErrorBody
+from app.chat.conversations import StoreUnavailable
+from app.chat.replies import RETRY_AFTER_SECONDS
 
 MAX_PROBLEMS_SHOWN = 3
 
@@ -80,6 +84,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    retry = str(math.ceil(RETRY_AFTER_SECONDS))
+    return error_response(503, str(exc), headers={"Retry-After": retry})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette raises the exception again once this answer is sent: the server logs it.
     return error_response(500, "The server failed on this request; the details are in its log.")
@@ -89,4 +98,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)

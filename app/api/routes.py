@@ -8,7 +8,6 @@ the same 401. A dialogue of another user is 404, the same as one that does not e
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -16,14 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import StreamingResponse
 
-from app.api.dialogue import (
-    Dialogues,
-    check_id,
-    exchange_out,
-    not_found,
-    stored_events,
-    tree_out,
-)
+from app.api.dialogue import Dialogues
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
 from app.api.models import (
@@ -44,6 +36,7 @@ from app.api.sharing import add_share_routes
 from app.backends import BackendError
 from app.chat import ChatService
 from app.chat.guard import Guard, RateWindow
+from app.events import event_stream
 from app.settings import Settings
 from app.store import AccountError, Accounts, NameTaken, NotFound, Store, StoredExchange
 from app.store.accounts import token_hash
@@ -68,12 +61,6 @@ FAILED_LOGIN_WINDOW = 900.0
 SSE = "text/event-stream"
 
 
-def _sse(events: AsyncIterator[bytes] | Iterable[bytes]) -> StreamingResponse:
-    return StreamingResponse(
-        events, media_type=SSE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
-
-
 class RestApi:
     def __init__(
         self, settings: Settings, service: ChatService, store: Store, guard: Guard,
@@ -81,7 +68,6 @@ class RestApi:
     ) -> None:
         self.settings = settings
         self.service = service
-        self.store = store
         self.accounts = accounts or Accounts(store)
         self.dialogues = Dialogues(settings, service, store, guard)
         self.local_user = store.user_id() if settings.auth_mode == "none" else None
@@ -258,7 +244,9 @@ class RestApi:
             turn = await self.dialogues.start(user_id, body)
             stop_if_gone = self.dialogues.stopped_by(body, request)
             if body.stream or SSE in request.headers.get("accept", ""):
-                return _sse(self.dialogues.events(turn.live, stop_if_gone=stop_if_gone))
+                return event_stream(
+                    self.dialogues.events(turn.live, stop_if_gone=stop_if_gone)
+                )
             return await self.dialogues.reply(turn, stop_if_gone)
 
         @router.get(
@@ -284,8 +272,8 @@ class RestApi:
             already ended comes whole, at once. Going away does not stop it."""
             found = await self.dialogues.follow(user_id, dialogue_id)
             if isinstance(found, StoredExchange):
-                return _sse(stored_events(dialogue_id, found, offset))
-            return _sse(self.dialogues.events(found, offset))
+                return event_stream(self.dialogues.stored_events(dialogue_id, found, offset))
+            return event_stream(self.dialogues.events(found, offset))
 
         @router.post(
             "/dialogues/{dialogue_id}/stop", status_code=204, response_class=Response,
@@ -313,13 +301,7 @@ class RestApi:
             )] = "",
             limit: Annotated[int, Query(ge=1, le=200, description="At most this many.")] = 50,
         ) -> list[DialogueSummary]:
-            if "\x00" in search:  # no stored text holds one (PostgreSQL refuses them)
-                return []
-            found = await asyncio.to_thread(
-                self.store.list_conversations, user_id, search, limit
-            )
-            return [DialogueSummary(id=c.id, title=c.title, updated_at=c.updated_at)
-                    for c in found]
+            return await self.dialogues.listed(user_id, search, limit)
 
         @router.get(
             "/messages", response_model=MessagesOut | TreeOut,
@@ -338,21 +320,7 @@ class RestApi:
             """The branch on screen, each user message with its reply, oldest first; or
             with `view=tree`, every message of every branch (edits and retries) with its
             parent, and the last message of the branch on screen."""
-            try:
-                if view == "tree":
-                    tree = await asyncio.to_thread(
-                        self.store.get_tree, user_id, check_id(dialogue_id)
-                    )
-                    return tree_out(tree)
-                record = await asyncio.to_thread(
-                    self.store.get_conversation, user_id, check_id(dialogue_id)
-                )
-            except NotFound as err:
-                raise not_found(dialogue_id) from err
-            return MessagesOut(
-                dialogue_id=record.id, title=record.title, system_prompt=record.system_prompt,
-                exchanges=[exchange_out(e) for e in record.exchanges],
-            )
+            return await self.dialogues.messages(user_id, dialogue_id, tree=view == "tree")
 
         @router.delete(
             "/dialogues/{dialogue_id}", status_code=204, response_class=Response,
@@ -362,13 +330,10 @@ class RestApi:
             user_id: User,
             dialogue_id: DialoguePath,
         ) -> Response:
-            try:
-                await asyncio.to_thread(self.store.delete, user_id, check_id(dialogue_id))
-            except NotFound as err:
-                raise not_found(dialogue_id) from err
+            await self.dialogues.delete(user_id, dialogue_id)
             return Response(status_code=204)
 
-        add_share_routes(router, User, self.settings, self.store)
+        add_share_routes(router, User, self.settings, self.dialogues)
 
         @router.api_route(
             "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],

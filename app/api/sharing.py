@@ -1,27 +1,27 @@
 """The share endpoints: make a read-only link to one of your conversations, list your links,
 revoke one. Sharing off (ALLOW_SHARING=false) answers 403 on each."""
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 
-from app.api.dialogue import check_id, not_found
+from app.api.dialogue import Dialogues, yours
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
 from app.api.models import DialoguePath, ShareOut
+from app.chat.conversations import NotFound
 from app.settings import Settings
 from app.share_page import share_url
-from app.store import NotFound, Store
-from app.store.shares import Shares, ShareSummary
+from app.store.shares import ShareSummary
 
 SHARING_OFF = "Sharing is off on this server (ALLOW_SHARING=false)."
 
 
-def add_share_routes(router: APIRouter, user: Any, settings: Settings, store: Store) -> None:
+def add_share_routes(
+    router: APIRouter, user: Any, settings: Settings, dialogues: Dialogues
+) -> None:
     """Add the share endpoints to ``router``; ``user`` is its type of a signed-in user's id
     (an ``Annotated`` dependency)."""
-    shares = Shares(store)
 
     def sharing_on() -> None:
         if not settings.allow_sharing:
@@ -45,10 +45,8 @@ def add_share_routes(router: APIRouter, user: Any, settings: Settings, store: St
         anyone holding it can read without signing in, until you revoke it. It holds the
         title and the exchanges (messages and latest replies), nothing else of yours."""
         sharing_on()
-        try:
-            made = await asyncio.to_thread(shares.create, user_id, check_id(dialogue_id))
-        except NotFound as err:
-            raise not_found(dialogue_id) from err
+        with yours(dialogue_id):
+            made = await dialogues.of(user_id).share(dialogue_id)
         return share_out(made, request)
 
     @router.get(
@@ -57,7 +55,7 @@ def add_share_routes(router: APIRouter, user: Any, settings: Settings, store: St
     )
     async def list_shares(user_id: user, request: Request) -> list[ShareOut]:
         sharing_on()
-        found = await asyncio.to_thread(shares.list, user_id)
+        found = await dialogues.of(user_id).shares()
         return [share_out(s, request) for s in found]
 
     @router.delete(
@@ -68,7 +66,7 @@ def add_share_routes(router: APIRouter, user: Any, settings: Settings, store: St
         """Its link answers 404 from now on."""
         sharing_on()
         try:
-            await asyncio.to_thread(shares.revoke, user_id, share_id)
+            await dialogues.of(user_id).revoke_share(share_id)
         except NotFound as err:
             raise ApiError(404, f"No share {share_id} among yours.") from err
         return Response(status_code=204)

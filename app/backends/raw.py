@@ -38,6 +38,8 @@ class RawToken:
     logprob: float | None = None
     special: bool = False
     finish_reason: str | None = None
+    # Set on the first tokens, until one has text: the name of the backend that answers.
+    backend: str | None = None
 
 
 def supports_raw(info: BackendInfo) -> bool:

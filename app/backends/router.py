@@ -1,5 +1,5 @@
-"""Many backends as one: which backend serves which model, which are up, and one reply
-streamed with retries and failover.
+"""Many backends as one: which backend serves which model, which are up, and one reply (or
+one raw-prompt continuation) streamed with retries and failover.
 
 A reply goes to the first backend that is up and serves the model (the one named in the
 ``BackendInfo`` first). Before its first token, a failure that may pass (unreachable,
@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from app.backends.client import BackendClient, BackendInfo, Delta, safe_url
 from app.backends.errors import (
@@ -31,8 +32,11 @@ from app.backends.errors import (
     NoBackendAvailable,
     StreamError,
 )
+from app.backends.raw import RawToken, stream_raw
 from app.backends.sampling import GenerationParams
 from app.metrics import Metrics
+
+T = TypeVar("T", Delta, RawToken)
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +183,32 @@ class Router:
         """Stream one reply for ``info.model_id``; the first delta names the backend that
         answers. Raises the backend's own error when one backend was tried, otherwise
         ``NoBackendAvailable`` with each backend's reason."""
+        started = False
+        async for name, delta in self._failover(
+            info, lambda client, target: client.stream_chat(messages, params, target)
+        ):
+            yield delta if started else replace(delta, backend=name)
+            started = started or bool(delta.text)
+
+    async def stream_raw(
+        self, info: BackendInfo, prompt: str, params: GenerationParams
+    ) -> AsyncGenerator[RawToken]:
+        """Stream the continuation of ``prompt`` (``app.backends.raw``) as ``stream`` streams
+        a reply: the same backends, failover and errors."""
+        started = False
+        async for name, token in self._failover(
+            info, lambda client, target: stream_raw(client, target, prompt, params)
+        ):
+            yield token if started else replace(token, backend=name)
+            started = started or bool(token.text)
+
+    async def _failover(
+        self, info: BackendInfo,
+        open_stream: Callable[[BackendClient, BackendInfo], AsyncGenerator[T]],
+    ) -> AsyncGenerator[tuple[str, T]]:
+        """The items of ``open_stream`` on the backends serving ``info.model_id``, each with
+        the name of the backend that sent it: one backend's, or, when one fails before its
+        first text, the next one's (rounds as the module says)."""
         model = info.model_id
         failures: dict[str, BackendError] = {}
         for round_number in range(self.retries + 1):
@@ -188,12 +218,10 @@ class Router:
                 target = replace(state.info, model_id=model)
                 started = False
                 try:
-                    async with aclosing(state.client.stream_chat(messages, params, target)) as s:
-                        async for delta in s:
-                            if not started:
-                                delta = replace(delta, backend=state.name)
-                            started = started or bool(delta.text)
-                            yield delta
+                    async with aclosing(open_stream(state.client, target)) as stream:
+                        async for item in stream:
+                            started = started or bool(item.text)
+                            yield state.name, item
                 except BackendError as err:
                     self.metrics.error(state.name, err.kind)
                     self._failed(state, err)

@@ -1,6 +1,7 @@
 """Chat logic: context fitting, one streamed turn and its stats; no Gradio, no HTTP."""
 
 from app.chat.context import ContextOverflow, FittedContext, estimate_tokens, fit_messages
+from app.chat.log import ReplyLog
 from app.chat.models import Chat, Exchange, TurnStats
 from app.chat.service import ChatService, Progress
 
@@ -11,6 +12,7 @@ __all__ = [
     "Exchange",
     "FittedContext",
     "Progress",
+    "ReplyLog",
     "TurnStats",
     "estimate_tokens",
     "fit_messages",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from app.chat.attachments import Attachment, with_attachments
+from app.chat.log import ReplyLog
 
 Finish = Literal["stop", "length", "stopped", "interrupted"]
 
@@ -51,7 +52,8 @@ class TurnStats:
 
 @dataclass
 class Exchange:
-    """One user message and the reply to it, with the reply's stats as they grow.
+    """One user message and the reply to it (``log``, its text as written), with the reply's
+    stats as they grow.
 
     ``done`` turns true when the reply ends for any reason: finished, cut, stopped or failed;
     setting ``stop`` asks the reply in progress to end. The alternatives are the stored ids of
@@ -62,7 +64,7 @@ class Exchange:
     """
 
     user: str
-    reply: str = ""
+    log: ReplyLog = field(default_factory=ReplyLog)
     stats: TurnStats | None = None
     error: str | None = None
     done: bool = False
@@ -73,6 +75,11 @@ class Exchange:
     attachments: tuple[Attachment, ...] = ()
     live: str | None = field(default=None, repr=False, compare=False)
     stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    @property
+    def reply(self) -> str:
+        """The reply's text so far."""
+        return self.log.text
 
     @property
     def sent(self) -> str:

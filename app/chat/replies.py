@@ -1,12 +1,12 @@
 """Replies that run on the server, apart from the page or the request that asked for them.
 
-A reply is a task of its own that streams into its exchange and saves it (``History``);
-pages and API clients *follow* it: each shows the reply so far, then each update until it
-ends (``LiveReply.after``). Reloading a page, or opening the conversation in another tab or on
-another device, just follows the reply again; Stop in any of them sets the exchange's
-``stop`` event, which ends it for all. With ``REPLY_KEEPS_RUNNING`` on (the default), a reply
-nobody follows any more goes on until it ends and is stored; off, a follower that goes away
-stops it, as the page did before.
+A reply is a task of its own (``app.chat.turns.write``) that streams into its exchange's log
+and saves it (``Conversations``); pages and API clients *follow* it: each reads the log from
+where it is (``ReplyLog.chunks``) until it ends. Reloading a page, or opening the conversation
+in another tab or on another device, just follows the reply again; Stop in any of them sets
+the exchange's ``stop`` event, which ends it for all. With ``REPLY_KEEPS_RUNNING`` on (the
+default), a reply nobody follows any more goes on until it ends and is stored; off, a follower
+that goes away stops it, as the page did before.
 
 Running replies are counted per process (``MAX_RUNNING_REPLIES``) and per user
 (``MAX_RUNNING_REPLIES_PER_USER``), so that replies that outlive their pages cannot pile up.
@@ -18,9 +18,10 @@ import asyncio
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import Awaitable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.chat.models import Chat, Exchange
 from app.settings import Settings
@@ -52,29 +53,14 @@ class LiveReply:
     # so it is only ever put in the pages of the conversation's owner.
     key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     task: asyncio.Task[None] | None = None
-    version: int = 0  # updates so far, the end included
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def done(self) -> bool:
-        return self.task is not None and self.task.done()
+        """Ended and stored: its log has ended."""
+        return self.exchange.log.ended
 
     def stop(self) -> None:
         self.exchange.stop.set()
-
-    def changed(self) -> None:
-        """Count an update and wake every follower; the next update gets a new event."""
-        self.version += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def after(self, seen: int) -> int:
-        """Until the reply has had an update since ``seen`` (its ``version`` when last shown)
-        or has ended, at once if it already has; returns its version then. An update that came
-        while the follower was busy is not waited for again."""
-        while self.version == seen and not self.done:
-            await self._changed.wait()
-        return self.version
 
 
 class Replies:
@@ -92,8 +78,9 @@ class Replies:
 
     @contextmanager
     def admitting(self, user_id: int) -> Iterator[None]:
-        """Hold a place for a reply of ``user_id`` while it starts (``run`` takes it over);
-        raises ``TooManyReplies`` over a limit."""
+        """Hold a place for a reply of ``user_id`` while it starts (``run`` takes it over),
+        or while a call of the model that is not stored runs (``Turns.calling``: the raw
+        prompt, a refinement); raises ``TooManyReplies`` over a limit."""
         if len(self._by_reply) + self._starting >= self.max_running:
             raise TooManyReplies(
                 f"The server is writing {self.max_running} replies, the most it takes at "
@@ -114,29 +101,28 @@ class Replies:
 
     def run(
         self, exchange: Exchange, user_id: int, conversation_id: str,
-        updates: AsyncGenerator[None],
+        writing: Coroutine[Any, Any, None],
     ) -> LiveReply:
-        """Start the task that drives ``updates`` (the reply streaming into ``exchange``)."""
+        """Start the task that runs ``writing`` (``app.chat.turns.write``: the reply streaming
+        into ``exchange``), and end the exchange's log once it has run."""
         assert exchange.reply_id is not None, "a started reply is stored"
         live = LiveReply(exchange, user_id, conversation_id)
         live.task = asyncio.create_task(
-            self._drive(live, updates), name=f"reply {exchange.reply_id}"
+            self._drive(live, writing), name=f"reply {exchange.reply_id}"
         )
         self._by_reply[exchange.reply_id] = self._by_key[live.key] = live
         exchange.live = live.key
         self._per_user[user_id] += 1
         return live
 
-    async def _drive(self, live: LiveReply, updates: AsyncGenerator[None]) -> None:
+    async def _drive(self, live: LiveReply, writing: Awaitable[None]) -> None:
         exchange = live.exchange
         try:
-            async with aclosing(updates):
-                async for _ in updates:
-                    live.changed()
+            await writing
         except Exception:
             # Backend errors end the reply inside it; this is anything else (or a backend
             # error re-raised under DEBUG): log it and show it. The reply was saved as it
-            # ended (History.stream_and_save saves in any case).
+            # ended (``write`` saves in any case).
             log.exception("Reply %s failed", exchange.reply_id)
             exchange.error = FAILED_ON_SERVER
         finally:
@@ -144,7 +130,7 @@ class Replies:
             del self._by_reply[exchange.reply_id], self._by_key[live.key]
             exchange.live = None
             self._release(live.user_id)
-            live.changed()
+            exchange.log.end()
 
     def _release(self, user_id: int) -> None:
         """One reply fewer for ``user_id``; users with none are not kept."""
@@ -181,3 +167,4 @@ class Replies:
             live.stop()
         await asyncio.gather(*(live.task for live in running if live.task is not None),
                              return_exceptions=True)
+

@@ -17,6 +17,7 @@ from app.backends import (
     Delta,
     GenerationParams,
 )
+from app.backends.raw import RawToken
 from app.backends.router import BackendStatus, Router
 from app.chat.cache import CachedReply, ResponseCache, cache_key, is_deterministic
 from app.chat.context import ContextOverflow, FittedContext, fit_messages, input_budget
@@ -30,9 +31,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Progress:
-    """The reply so far and its running stats; ``done`` on the last update only."""
+    """The text added to the reply since the last update, and its running stats; ``done`` on
+    the last update only."""
 
-    text: str
+    added: str
     stats: TurnStats
     done: bool = False
     error: BackendError | None = None
@@ -121,7 +123,8 @@ class ChatService:
         stop: asyncio.Event,
         owner: int,
     ) -> AsyncGenerator[Progress]:
-        """Yield the growing reply at most every ``update_interval()`` seconds, then its stats.
+        """Yield what the reply added at most every ``update_interval()`` seconds, then its
+        stats.
 
         Setting ``stop`` ends the reply at once, even while the backend is silent, and closes
         the upstream stream. A backend failure ends it with a last update that carries the
@@ -172,8 +175,8 @@ class ChatService:
                 if wait > 0 and not reader.done():
                     await asyncio.sleep(wait)
                 if len(parts) > shown and not stop.is_set():
-                    shown, last_emit = len(parts), self._clock()
-                    yield Progress("".join(parts), meter.stats())
+                    added, shown, last_emit = "".join(parts[shown:]), len(parts), self._clock()
+                    yield Progress(added, meter.stats())
         finally:
             watcher.cancel()
             if not reader.done():
@@ -193,14 +196,41 @@ class ChatService:
                 raise failures[0]
             meter.finish = "interrupted"
             self._measured(meter, error=True)
-            yield Progress("".join(parts), meter.stats(), done=True, error=failures[0])
+            yield Progress("".join(parts[shown:]), meter.stats(), done=True, error=failures[0])
             return
         if stop.is_set():
             meter.finish = "stopped"
         self._measured(meter)
         if key is not None and self.cache is not None and meter.finish in ("stop", "length"):
             self.cache.put(key, CachedReply("".join(parts), meter.tokens, meter.finish))
-        yield Progress("".join(parts), meter.stats(), done=True)
+        yield Progress("".join(parts[shown:]), meter.stats(), done=True)
+
+    async def stream_raw(
+        self, info: BackendInfo, prompt: str, params: GenerationParams, stop: asyncio.Event
+    ) -> AsyncGenerator[RawToken]:
+        """Yield the tokens that continue ``prompt`` (the raw-prompt mode) as they come,
+        through the router as a reply goes (failover before the first token) and measured as
+        one is. Setting ``stop`` ends it at once and closes the upstream stream. Raises
+        ``BackendError``."""
+        meter = _Meter(self._clock(), info)
+        self.metrics.active_streams.inc()
+        self._streaming += 1
+        error = False
+        try:
+            async with aclosing(self.router.stream_raw(info, prompt, params)) as stream:
+                while (token := await next_unless_stopped(stream, stop)) is not None:
+                    meter.add(Delta(token.text, token.finish_reason, backend=token.backend),
+                              self._clock())
+                    yield token
+        except BackendError:
+            meter.finish, error = "interrupted", True
+            raise
+        finally:
+            self._streaming -= 1
+            self.metrics.active_streams.dec()
+            if stop.is_set():
+                meter.finish = "stopped"
+            self._measured(meter, error=error)
 
     def update_interval(self) -> float:
         """Seconds between two updates of one streaming reply: ``STREAM_INTERVAL``, or longer

@@ -1,7 +1,7 @@
 """One chat turn, for the page and the REST API alike: check the message, pick the backend,
 read the settings, fit the context, store the message with an empty reply, then start the
-reply as a task on the server (``app.chat.replies``) that streams it through the router,
-saving it as it grows and with its stats at the end.
+reply as a task on the server (``app.chat.replies``) that streams it through the router into
+its log (``write``), saving it as it grows and with its stats at the end.
 
 ``Turns.start`` does everything that can refuse a message before anything is stored, so a
 refusal (``TurnRefused``) loses nothing and stores nothing. The page shows a backend that does
@@ -10,11 +10,15 @@ not answer inside the conversation instead (``Turns.unanswered``), as a reply th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app.backends import BackendError, BackendInfo, GenerationParams, InvalidSetting
+from app.backends.raw import RawToken
 from app.backends.sampling import check
 from app.chat.attachments import (
     Attachment,
@@ -23,14 +27,17 @@ from app.chat.attachments import (
     read_attachments,
     with_attachments,
 )
-from app.chat.context import ContextOverflow, estimate_tokens
+from app.chat.context import ContextOverflow, FittedContext, estimate_tokens
+from app.chat.conversations import Conversations
 from app.chat.guard import Guard, MessageRefused
-from app.chat.history import History
 from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.chat.models import Chat, Exchange
 from app.chat.replies import LiveReply, TooManyReplies
-from app.chat.service import ChatService
+from app.chat.service import ChatService, Progress
 from app.store.models import kept_settings
+
+# Replies are written to the store at least this often while they stream.
+SAVE_INTERVAL_SECONDS = 1.0
 
 
 class TurnRefused(ValueError):
@@ -65,6 +72,30 @@ class TurnRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", kept_settings(self.settings))
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call of a model, admitted (``Turns``): where it goes, with which parameters, and the
+    messages that fit the context (``fitted``), ending with ``sent``, the user's message as the
+    model is sent it. Every stream of a model starts here."""
+
+    service: ChatService
+    user_id: int
+    info: BackendInfo
+    params: GenerationParams
+    fitted: FittedContext
+    sent: str
+
+    def reply(self, stop: asyncio.Event) -> AsyncGenerator[Progress]:
+        """The reply to the messages (``ChatService.stream_reply``)."""
+        return self.service.stream_reply(
+            self.info, self.fitted.messages, self.params, stop, self.user_id
+        )
+
+    def continuation(self, stop: asyncio.Event) -> AsyncGenerator[RawToken]:
+        """The tokens that continue ``sent`` as a raw prompt (``ChatService.stream_raw``)."""
+        return self.service.stream_raw(self.info, self.sent, self.params, stop)
 
 
 @dataclass
@@ -123,8 +154,8 @@ class Turns:
         self.settings = service.settings
 
     async def start(
-        self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None = None,
-        edited: Exchange | None = None,
+        self, conversations: Conversations, chat: Chat, request: TurnRequest,
+        retried: Exchange | None = None, edited: Exchange | None = None,
     ) -> Turn:
         """Check the message, then store it (a retry answers ``retried``'s message again; the
         store keeps its earlier reply; an edit stores a new version of ``edited``'s message,
@@ -137,20 +168,58 @@ class Turns:
         backend for the model (503, or 422 for a model nobody offers), a setting the backend
         would refuse or a message too long for its context (422).
         """
+        with self._admitted(conversations.user_id):
+            replaced = edited if edited is not None else retried
+            attachments = self.attachments(request, replaced)
+            kept = len(chat.exchanges) if replaced is None else chat.exchanges.index(replaced)
+            call = await self._prepared(
+                conversations.user_id, request, with_attachments(request.text, attachments),
+                chat.exchanges[:kept], attachments,
+            )
+            exchange = await conversations.begin(
+                chat, request.text, call.info, request.system_prompt, dict(request.settings),
+                retried=retried, language=request.language, edited=edited,
+                attachments=attachments,
+            )
+            assert chat.id is not None, "a begun turn has a stored conversation"
+            writing = write(call, conversations, exchange)
+            live = self.service.replies.run(exchange, conversations.user_id, chat.id, writing)
+        return Turn(chat, live, call.info, call.fitted.dropped_exchanges, call.fitted.budget)
+
+    @asynccontextmanager
+    async def calling(
+        self, user_id: int, request: TurnRequest, sent: str | None = None
+    ) -> AsyncIterator[Call]:
+        """The door of every other call of a model (the raw prompt, a snippet's refinement):
+        what ``start`` checks before it stores anything, for ``request`` (its text is what
+        the user wrote; ``sent``, the message the model is sent, by default that text), with
+        the user's place among the running replies held until the block ends. Raises
+        ``TurnRefused`` as ``start`` does. Stream from the ``Call``: it fails over and is
+        measured as a reply is."""
+        with self._admitted(user_id):
+            yield await self._prepared(
+                user_id, request, request.text if sent is None else sent, (), ()
+            )
+
+    @contextmanager
+    def _admitted(self, user_id: int) -> Iterator[None]:
+        """A place among the running replies held for ``user_id``; ``TurnRefused`` over a
+        limit (429 for the user's, 503 with ``retry_after`` for the process's)."""
         try:
-            with self.service.replies.admitting(history.user_id):
-                return await self._start(history, chat, request, retried, edited)
+            with self.service.replies.admitting(user_id):
+                yield
         except TooManyReplies as err:
             raise TurnRefused(str(err), err.status, err.retry_after) from err
 
-    async def _start(
-        self, history: History, chat: Chat, request: TurnRequest, retried: Exchange | None,
-        edited: Exchange | None,
-    ) -> Turn:
-        replaced = edited if edited is not None else retried
-        attachments = self.attachments(request, replaced)
+    async def _prepared(
+        self, user_id: int, request: TurnRequest, sent: str, earlier: Sequence[Exchange],
+        attachments: tuple[Attachment, ...],
+    ) -> Call:
+        """The call ``request`` makes, checked: the guard (the text and files the user sent),
+        the backend, the parameters, and the context (``sent`` after as many ``earlier``
+        exchanges as fit). Raises ``TurnRefused``."""
         try:
-            self.guard.check(history.user_id, request.text, attachments)
+            self.guard.check(user_id, request.text, attachments)
         except MessageRefused as err:
             status = 422 if err.retry_after is None else 429
             raise TurnRefused(str(err), status, err.retry_after) from err
@@ -159,28 +228,18 @@ class Turns:
             params = generation_params(request.settings, self.settings.max_new_tokens, info)
         except InvalidSetting as err:
             raise TurnRefused(str(err)) from err
-        kept = len(chat.exchanges) if replaced is None else chat.exchanges.index(replaced)
-        earlier = chat.exchanges[:kept]
         language = request.language if request.language in LANGUAGE_NAMES else None
         try:
             fitted = self.service.fit(
-                info, system_prompt_for(request.system_prompt, language), earlier,
-                with_attachments(request.text, attachments), params.max_new_tokens,
+                info, system_prompt_for(request.system_prompt, language), earlier, sent,
+                params.max_new_tokens,
             )
         except ContextOverflow as err:
             if attachments and err.excess:
                 advice = drop_advice(attachments, err.excess, estimate_tokens)
                 raise TurnRefused(f"{err} {advice}") from err
             raise TurnRefused(str(err)) from err
-        exchange = await history.begin(
-            chat, request.text, info, request.system_prompt, dict(request.settings),
-            retried=retried, language=request.language, edited=edited,
-            attachments=attachments,
-        )
-        assert chat.id is not None, "a begun turn has a stored conversation"
-        updates = history.stream_and_save(self.service, exchange, info, fitted.messages, params)
-        live = self.service.replies.run(exchange, history.user_id, chat.id, updates)
-        return Turn(chat, live, info, fitted.dropped_exchanges, fitted.budget)
+        return Call(self.service, user_id, info, params, fitted, sent)
 
     def attachments(
         self, request: TurnRequest, replaced: Exchange | None
@@ -214,17 +273,57 @@ class Turns:
             raise TurnRefused(str(err), 503, backend_error=err) from err
 
     async def unanswered(
-        self, history: History, chat: Chat, request: TurnRequest, error: TurnRefused,
+        self, conversations: Conversations, chat: Chat, request: TurnRequest, error: TurnRefused,
         retried: Exchange | None = None, edited: Exchange | None = None,
     ) -> Exchange:
         """Keep the message, with a reply that failed for ``error`` (no backend answers): the
         page shows it in the conversation, where Retry can ask again."""
         replaced = edited if edited is not None else retried
-        exchange = await history.begin(
+        exchange = await conversations.begin(
             chat, request.text, None, request.system_prompt, dict(request.settings),
             retried=retried, language=request.language, edited=edited,
             attachments=self.attachments(request, replaced),
         )
         exchange.error, exchange.done = str(error), True
-        await history.save_final(exchange)
+        await conversations.save_final(exchange)
         return exchange
+
+
+async def write(call: Call, conversations: Conversations, exchange: Exchange) -> None:
+    """Stream the reply of ``call`` into ``exchange``'s log; it is saved at least every
+    ``SAVE_INTERVAL_SECONDS`` and, with its stats, when it ends. Cancelled before the end (the
+    app stops), it is stored as stopped, with its text, and the cancellation goes on to the
+    caller."""
+    saved_at = time.monotonic()
+    # Saves made while the reply streams run beside it: a slow or locked database delays
+    # the save, not the stream. One at a time; the final save waits for it.
+    saving: asyncio.Task[None] | None = None
+    stream = call.reply(exchange.stop)
+    try:
+        async with aclosing(stream):
+            async for progress in stream:
+                exchange.log.append(progress.added)
+                exchange.stats = progress.stats
+                if progress.error is not None:
+                    exchange.error = str(progress.error)
+                if progress.done:
+                    await _after(saving, conversations.save_final(exchange))
+                    exchange.done = True
+                elif time.monotonic() - saved_at >= SAVE_INTERVAL_SECONDS and (
+                    saving is None or saving.done()
+                ):
+                    saved_at = time.monotonic()
+                    saving = asyncio.create_task(conversations.save_progress(exchange))
+    finally:
+        if not exchange.done:
+            exchange.done = True
+            if exchange.stats is not None:
+                exchange.stats = replace(exchange.stats, finish="stopped")
+            await asyncio.shield(_after(saving, conversations.save_final(exchange)))
+
+
+async def _after(earlier: asyncio.Task[None] | None, save: Awaitable[None]) -> None:
+    """``save``, once the save still running (if any) is done."""
+    if earlier is not None:
+        await asyncio.wait({earlier})
+    await save

@@ -27,13 +27,15 @@ from collections.abc import Iterable
 
 from app.snippets.extract import LANGUAGES, TEXT
 from app.store.snippets import SnippetRecord, Snippets, SnippetSummary, StoredVersion
-from app.store.store import StoreError
+from app.store.store import NotFound, StoreError
 
 __all__ = [
     "InvalidSnippet",
+    "NotFound",
     "SnippetLibrary",
     "SnippetRecord",
     "SnippetSummary",
+    "StoreError",
     "StoredVersion",
     "filename",
 ]

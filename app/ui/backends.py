@@ -4,15 +4,14 @@ refreshed while the panel is unfolded, and a "Check now" that probes them all.""
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gradio as gr
 
 from app.chat import ChatService
 from app.chat.guard import RateWindow
-from app.chat.history import History
 from app.ui.render import model_choices, status_markdown
+from app.ui.users import PageUsers
 
 # How often the page re-reads the backend status panel (the app probes the backends in the
 # background; reading the panel costs nothing).
@@ -24,10 +23,10 @@ CHECKS_PER_MINUTE = 6
 class BackendsPanel:
     def __init__(
         self, service: ChatService,
-        history_for: Callable[[gr.Request | None], Awaitable[History]],
+        users: PageUsers,
     ) -> None:
         self.service = service
-        self.history_for = history_for
+        self.users = users
         self._checks = RateWindow(CHECKS_PER_MINUTE, 60.0)
 
     def model_menu(self, value: str | None = None) -> Any:
@@ -44,13 +43,13 @@ class BackendsPanel:
     ) -> tuple[str, Any]:
         """Probe every backend now (a signed-in user, at most CHECKS_PER_MINUTE times a
         minute); the panel and the model menu show the result."""
-        history = await self.history_for(request)
-        wait = self._checks.wait(history.user_id)
+        mine = await self.users.conversations(request)
+        wait = self._checks.wait(mine.user_id)
         if wait > 0:
             raise gr.Error(f"The backends were checked {CHECKS_PER_MINUTE} times in the last "
                            f"minute; try again in {math.ceil(wait)} s. The panel refreshes "
                            "by itself meanwhile.")
-        self._checks.add(history.user_id)
+        self._checks.add(mine.user_id)
         await self.service.router.refresh(force=True)
         return self.status_panel(), self.model_menu(model or None)
 

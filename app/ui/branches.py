@@ -7,16 +7,15 @@ the store too, so that it is the one shown again later and the one the model is 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gradio as gr
 
 from app.chat import Chat, Exchange
-from app.chat.history import History
 from app.markdown import unescape_html
 from app.store import NotFound
 from app.ui.render import BRANCH_LINK, chat_messages, exchange_at, user_suffix
+from app.ui.users import PageUsers
 
 BUSY = "Wait for the reply to finish (or press Stop) before {}."
 
@@ -58,8 +57,8 @@ def edited(chat: Chat, edit: gr.EditData) -> tuple[Exchange, str] | None:
 
 
 class BranchesUI:
-    def __init__(self, history_for: Callable[[gr.Request | None], Awaitable[History]]) -> None:
-        self.history_for = history_for
+    def __init__(self, users: PageUsers) -> None:
+        self.users = users
 
     async def switch(
         self, request: gr.Request | None, target: str, chat: Chat
@@ -67,9 +66,9 @@ class BranchesUI:
         """Show the branch through the message ``target`` (an id) of the conversation."""
         if busy(chat):
             raise gr.Error(BUSY.format("switching to another version"))
-        history = await self.history_for(request)
+        mine = await self.users.conversations(request)
         try:
-            switched = await history.switch(chat, int(target))
+            switched = await mine.switch(chat, int(target))
         except (NotFound, ValueError) as err:
             raise gr.Error(
                 "That version is no longer there; open the conversation again."

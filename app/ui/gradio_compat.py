@@ -7,8 +7,9 @@ changes what the piece relies on:
 
 - ``SkippingBlocks`` overrides ``Blocks.postprocess_data(block_fn, predictions, state)``, an
   undocumented method Gradio calls for every update an event sends. It relies on that
-  signature, on ``block_fn.outputs``, and on Gradio sending a skipped output as
-  ``{"__type__": "update"}``.
+  signature, on ``block_fn.outputs``, on Gradio sending a skipped output as
+  ``{"__type__": "update"}``, and on ``gradio.blocks.convert_component_dict_to_list``, which
+  puts the outputs a handler returns by component in the order of the event's.
 - ``configure_queue`` sets ``Blocks.max_threads`` and ``Blocks.state_session_capacity``, which
   ``launch()`` takes as arguments but ``mount_gradio_app`` does not, as attributes, before
   ``queue()`` reads the first and the app Gradio builds reads the second. It also turns off
@@ -21,9 +22,9 @@ changes what the piece relies on:
 
 The OAuth choice. Gradio's documented way is a handler parameter typed
 ``gr.OAuthProfile | None``: it fills it from the session cookie of its ``/login/callback``,
-treating an expired login as none. Our handlers reach the user through ``history_for(request)``,
-about 25 of them in ``blocks.py``, ``snippets.py`` and ``raw.py``; a new parameter on each (and
-on the callbacks that pass ``history_for`` down) would be invasive. So ``oauth_profile`` asks
+treating an expired login as none. Our handlers reach the user through
+``PageUsers.conversations(request)`` (``app/ui/users.py``), about 25 of them in the page's
+modules; a new parameter on each would be invasive. So ``oauth_profile`` asks
 the very function that fills such parameters, ``gradio.helpers.special_args``, to fill one for
 a one-parameter function from the request. The session lookup (the request's scope, or a
 queued request's own ``.session``), the expiry rule and the building of ``gr.OAuthProfile``
@@ -46,6 +47,10 @@ from gradio import route_utils
 from gradio.helpers import special_args
 
 SKIP = gr.skip()
+
+# A handler's answer: the components it changes, each with its value; ``SkippingBlocks`` sends
+# the others as skipped.
+Outputs = dict[Any, Any]
 
 
 class SkippingBlocks(gr.Blocks):

@@ -9,15 +9,14 @@ language and code to the hidden ``chat_request`` event, which stores them and op
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 
 import gradio as gr
 
-from app.chat.history import History
 from app.preview import PATH, Preview, Previews, PreviewTooLarge, preview_kind
+from app.ui.users import PageUsers
 
 NOT_PREVIEWABLE = "Only HTML, SVG and Mermaid code can be previewed."
 FRAME_HEIGHT = 480
@@ -50,19 +49,19 @@ class PreviewPanel:
 
 class PreviewUI:
     def __init__(
-        self, previews: Previews, history_for: Callable[[gr.Request | None], Awaitable[History]]
+        self, previews: Previews, users: PageUsers
     ) -> None:
         self.previews = previews
-        self.history_for = history_for
+        self.users = users
 
     async def show(self, request: gr.Request | None, language: str, code: str) -> tuple[Any, str]:
         """Keep ``code`` as a preview of the signed-in user's and show it in the panel."""
         kind = preview_kind(language or "", code or "")
         if kind is None:
             raise gr.Error(NOT_PREVIEWABLE)
-        history = await self.history_for(request)
+        mine = await self.users.conversations(request)
         try:
-            preview = self.previews.add(history.user_id, kind, code)
+            preview = self.previews.add(mine.user_id, kind, code)
         except PreviewTooLarge as err:
             raise gr.Error(str(err)) from err
         return gr.update(visible=True), frame_html(preview)

@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
-from app.backends import BackendError, BackendInfo, InvalidSetting
-from app.backends.raw import RawToken, render_prompt, stream_raw
+from app.backends import BackendError
+from app.backends.raw import RawToken, render_prompt
 from app.chat import Chat, ChatService
-from app.chat.guard import Guard, MessageRefused
-from app.chat.history import History
+from app.chat.guard import MessageRefused
 from app.chat.languages import system_prompt_for
-from app.chat.service import next_unless_stopped
-from app.chat.turns import generation_params
+from app.chat.turns import TurnRefused, TurnRequest, Turns
 from app.ui.controls import CONTROL_NAMES
 from app.ui.render import token_html
+from app.ui.users import PageUsers
 
 
 @dataclass
@@ -38,19 +37,10 @@ def raw_stats(tokens: list[RawToken], started: float, finish: str | None) -> str
 
 
 class RawUI:
-    def __init__(
-        self, service: ChatService, guard: Guard,
-        history_for: Callable[[gr.Request | None], Awaitable[History]],
-    ) -> None:
+    def __init__(self, service: ChatService, turns: Turns, users: PageUsers) -> None:
         self.service = service
-        self.guard = guard
-        self.history_for = history_for
-
-    async def _info(self, model: str | None) -> BackendInfo:
-        try:
-            return await self.service.backend_info(model or None)
-        except BackendError as err:
-            raise gr.Error(str(err)) from err
+        self.turns = turns
+        self.users = users
 
     async def render(
         self, request: gr.Request | None, model: str | None, chat: Chat, system_prompt: str,
@@ -58,12 +48,15 @@ class RawUI:
     ) -> tuple[str, str]:
         """The conversation on screen (and the message in the box) as one prompt, for a
         signed-in user; it asks the backend, so it counts against the user's message rate."""
-        history = await self.history_for(request)
+        mine = await self.users.conversations(request)
         try:
-            self.guard.check(history.user_id, message or "render")
+            self.turns.guard.check(mine.user_id, message or "render")
         except MessageRefused as err:
             raise gr.Error(str(err)) from err
-        info = await self._info(model)
+        try:
+            info = await self.service.backend_info(model or None)
+        except BackendError as err:
+            raise gr.Error(str(err)) from err
         messages = [{"role": "system", "content": system_prompt_for(system_prompt, language)}]
         for exchange in chat.exchanges:
             messages.append({"role": "user", "content": exchange.sent})
@@ -88,34 +81,32 @@ class RawUI:
         self, request: gr.Request | None, model: str | None, prompt: str, run: RawRun,
         *controls: Any,
     ) -> AsyncIterator[tuple[str, str]]:
-        """Stream the continuation of the prompt as coloured tokens, then its stats."""
+        """Stream the continuation of the prompt as coloured tokens, then its stats. It is a
+        call of the model as a message is (``Turns.calling``): the same limits, context
+        check, failover and metrics."""
         if not prompt.strip():
             raise gr.Error("Write or render a prompt first.")
-        history = await self.history_for(request)
-        try:
-            self.guard.check(history.user_id, prompt)
-        except MessageRefused as err:
-            raise gr.Error(str(err)) from err
-        info = await self._info(model)
+        mine = await self.users.conversations(request)
         settings = dict(zip(CONTROL_NAMES, controls, strict=True))
-        try:
-            params = generation_params(settings, self.service.settings.max_new_tokens, info)
-        except InvalidSetting as err:
-            raise gr.Error(str(err)) from err
-        client = self.service.router.client(info.name)
+        asked = TurnRequest(prompt, "", {**settings, "model": model or ""})
         run.stop.clear()
         tokens: list[RawToken] = []
         finish: str | None = None
         started = last = time.monotonic()
         interval = self.service.update_interval()
         try:
-            async with aclosing(stream_raw(client, info, prompt, params)) as stream:
-                while (token := await next_unless_stopped(stream, run.stop)) is not None:
+            async with (
+                self.turns.calling(mine.user_id, asked) as call,
+                aclosing(call.continuation(run.stop)) as stream,
+            ):
+                async for token in stream:
                     tokens.append(token)
                     finish = token.finish_reason or finish
                     if time.monotonic() - last >= interval:
                         last = time.monotonic()
                         yield token_html(tokens), f"{len(tokens)} tokens …"
+        except TurnRefused as err:
+            raise gr.Error(str(err)) from err
         except BackendError as err:
             yield token_html(tokens), f"⚠️ {err}"
             return

@@ -4,18 +4,15 @@ builds it only with ALLOW_SHARING on."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gradio as gr
 
 from app.chat import Chat
-from app.chat.history import History
+from app.chat.conversations import Conversations, NotFound
 from app.share_page import share_url, token_from
-from app.store import NotFound
-from app.store.shares import Shares
 from app.ui.gradio_compat import page_root_url
+from app.ui.users import PageUsers
 
 NOTHING_TO_SHARE = "This conversation is empty; send a first message, then share it."
 NO_SUCH_LINK = "No shared conversation at that link: check it, or it may have been revoked."
@@ -23,41 +20,35 @@ NO_SUCH_LINK = "No shared conversation at that link: check it, or it may have be
 
 class SharingUI:
     def __init__(
-        self, history_for: Callable[[gr.Request | None], Awaitable[History]]
+        self, users: PageUsers
     ) -> None:
-        self.history_for = history_for
-
-    async def _shares(self, request: gr.Request | None) -> tuple[Shares, int]:
-        history = await self.history_for(request)
-        return Shares(history.store), history.user_id
+        self.users = users
 
     @staticmethod
-    async def _listed(shares: Shares, user_id: int, chosen: int | None = None) -> Any:
-        found = await asyncio.to_thread(shares.list, user_id)
+    async def _listed(mine: Conversations, chosen: int | None = None) -> Any:
+        found = await mine.shares()
         choices = [(f"{s.title} ({s.created_at:%Y-%m-%d %H:%M} UTC)", s.id) for s in found]
         return gr.update(choices=choices, value=chosen)
 
     async def listed(self, request: gr.Request | None) -> Any:
         """The user's shared links, newest first."""
-        shares, user_id = await self._shares(request)
-        return await self._listed(shares, user_id)
+        return await self._listed(await self.users.conversations(request))
 
     async def share(self, request: gr.Request, chat: Chat) -> tuple[str, Any]:
         """A new link to the conversation on screen as it stands, shown to copy."""
         if chat.id is None:
             raise gr.Error(NOTHING_TO_SHARE)
-        shares, user_id = await self._shares(request)
+        mine = await self.users.conversations(request)
         try:
-            made = await asyncio.to_thread(shares.create, user_id, chat.id)
+            made = await mine.share(chat.id)
         except NotFound as err:
             raise gr.Error("That conversation no longer exists.") from err
         link = share_url(page_root_url(request), made.token)
-        return link, await self._listed(shares, user_id, made.id)
+        return link, await self._listed(mine, made.id)
 
     async def show(self, request: gr.Request, share_id: int | None) -> str:
         """The link of the share picked in the list."""
-        shares, user_id = await self._shares(request)
-        found = await asyncio.to_thread(shares.list, user_id)
+        found = await (await self.users.conversations(request)).shares()
         token = next((s.token for s in found if s.id == share_id), None)
         if token is None:
             raise gr.Error("That link was revoked.")
@@ -67,26 +58,25 @@ class SharingUI:
         """Revoke the share picked in the list: its link stops working at once."""
         if share_id is None:
             raise gr.Error("Pick one of your shared links first.")
-        shares, user_id = await self._shares(request)
+        mine = await self.users.conversations(request)
         try:
-            await asyncio.to_thread(shares.revoke, user_id, share_id)
+            await mine.revoke_share(share_id)
         except NotFound as err:
             raise gr.Error("That link was revoked already.") from err
         gr.Info("Revoked: the link no longer works.")
-        return "", await self._listed(shares, user_id)
+        return "", await self._listed(mine)
 
     async def import_link(self, request: gr.Request | None, link: str) -> tuple[Any, str]:
         """A new conversation of the user's from a shared link (or its token alone)."""
         if not link.strip():
             raise gr.Error("Paste a shared link first.")
-        history = await self.history_for(request)
-        shares = Shares(history.store)
+        mine = await self.users.conversations(request)
         try:
-            await asyncio.to_thread(shares.import_into, history.user_id, token_from(link))
+            await mine.import_share(token_from(link))
         except NotFound as err:
             raise gr.Error(NO_SUCH_LINK) from err
         gr.Info("Imported: the conversation is now in your list.")
-        return gr.update(choices=await history.choices()), ""
+        return gr.update(choices=await mine.choices()), ""
 
     # -- layout --------------------------------------------------------------------------
 
@@ -102,10 +92,9 @@ class SharingUI:
               api_name="import_share")
 
     def panel(
-        self, page: gr.Blocks, chat: gr.State, signed_in_only: Callable[[Any], Any]
-    ) -> None:
-        """The sidebar's "Share" fold and its events. ``signed_in_only`` wraps the page-load
-        handler (no links before a Hugging Face sign-in)."""
+        self, page: gr.Blocks, chat: gr.State) -> None:
+        """The sidebar's "Share" fold and its events (no links listed before a Hugging Face
+        sign-in)."""
         with gr.Accordion("Share", open=False, elem_id="share-panel"):
             gr.Markdown(
                 "A read-only copy of the conversation as it is now, at a secret link that "
@@ -120,4 +109,4 @@ class SharingUI:
         share.click(self.share, [chat], [link, mine], api_name="share")
         mine.input(self.show, [mine], [link], api_name="show_share")
         revoke.click(self.revoke, [mine], [link, mine], api_name="revoke_share")
-        page.load(signed_in_only(self.listed), None, [mine], api_visibility="private")
+        page.load(self.users.signed_in_only(self.listed), None, [mine], api_visibility="private")

@@ -6,26 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from app.backends import BackendError, GenerationParams
 from app.chat import Chat, ChatService
-from app.chat.guard import Guard, MessageRefused
-from app.chat.history import History
+from app.chat.turns import TurnRefused, TurnRequest, Turns
 from app.markdown import fenced
 from app.preview import preview_kind
 from app.snippets.extract import CodeBlock, extract_blocks
-from app.snippets.library import SnippetLibrary, SnippetRecord, filename
+from app.snippets.library import NotFound, SnippetLibrary, SnippetRecord, StoreError, filename
 from app.snippets.sandbox import RunLimits, RunResult, SandboxUnavailable, languages, run_snippet
-from app.store import NotFound, StoreError
 from app.ui.downloads import Downloads
+from app.ui.gradio_compat import Outputs
 from app.ui.preview import PreviewUI
+from app.ui.users import PageUsers
 
+REFINE_TEMPERATURE = 0.2
 REFINE_PROMPT = (
     "You revise code. Answer with the complete new version of the code in one fenced code "
     "block tagged {language}, then at most two sentences on what changed."
@@ -78,23 +77,47 @@ class SavePanel:
     keep: gr.Button
 
 
+@dataclass
+class SnippetView:
+    """The components that show the snippet open in the library (the tab builds them)."""
+
+    snippet: gr.State
+    title: gr.Textbox
+    tags: gr.Textbox
+    code: gr.Code
+    version: gr.Dropdown
+    diff: gr.Code
+    download: gr.DownloadButton
+    run: gr.Button
+    preview: gr.Button
+    library: gr.Radio
+    instruction: gr.Textbox
+
+    @property
+    def shown(self) -> list[Any]:
+        """What showing a snippet (or none) changes."""
+        return [self.snippet, self.title, self.tags, self.code, self.version, self.diff,
+                self.download, self.run, self.preview]
+
+
 class SnippetsUI:
     def __init__(
-        self, service: ChatService, guard: Guard,
-        history_for: Callable[[gr.Request | None], Coroutine[Any, Any, History]],
+        self, service: ChatService, turns: Turns, library: SnippetLibrary,
+        users: PageUsers,
         runs_allowed: bool, downloads: Downloads, preview: PreviewUI,
     ) -> None:
         self.service = service
+        self.library = library
         self.preview = preview
         self.downloads = downloads
-        self.guard = guard
-        self.history_for = history_for
+        self.turns = turns
+        self.users = users
         self.runs_allowed = runs_allowed
         self._running = 0  # snippet runs going now, at most SNIPPET_RUNS_AT_ONCE
+        self.view: SnippetView  # set by ``tab``, as the page is built
 
     async def _library(self, request: gr.Request | None) -> tuple[SnippetLibrary, int]:
-        history = await self.history_for(request)
-        return SnippetLibrary(history.store), history.user_id
+        return self.library, (await self.users.conversations(request)).user_id
 
     async def _open(self, request: gr.Request | None, snippet_id: int | None) -> SnippetRecord:
         if snippet_id is None:
@@ -148,13 +171,13 @@ class SnippetsUI:
         """The library, narrowed by ``text`` (None, as a page sends it while it loads: all)."""
         return gr.update(choices=await self._choices(request, text or ""))
 
-    async def open(
-        self, request: gr.Request | None, snippet_id: int | None
-    ) -> tuple[Any, ...]:
+    async def open(self, request: gr.Request | None, snippet_id: int | None) -> Outputs:
         record = await self._open(request, snippet_id)
         return self._show(record, record.versions[-1].number)
 
-    def _show(self, record: SnippetRecord, number: int) -> tuple[Any, ...]:
+    def _show(self, record: SnippetRecord, number: int) -> Outputs:
+        """The snippet at its version ``number``: code, versions, the diff from the version
+        before, its file to download, and Run and Preview where they apply."""
         version = record.versions[number - 1]
         numbers = [(f"v{v.number}" + (f": {v.instruction[:50]}" if v.instruction else ""),
                     v.number) for v in record.versions]
@@ -162,17 +185,21 @@ class SnippetsUI:
         if number > 1:
             before = record.versions[number - 2]
             diff = diff_text(before.code, version.code, f"v{before.number}", f"v{number}")
-        return (
-            record.id, record.title, ", ".join(record.tags),
-            gr.update(value=version.code, language=_code_language(record.language)),
-            gr.update(choices=numbers, value=number), diff, self._download(record, number),
-            gr.update(visible=self.runs_allowed and record.language in languages()),
-            gr.update(visible=preview_kind(record.language, version.code) is not None),
-        )
+        v = self.view
+        return {
+            v.snippet: record.id, v.title: record.title, v.tags: ", ".join(record.tags),
+            v.code: gr.update(value=version.code, language=_code_language(record.language)),
+            v.version: gr.update(choices=numbers, value=number), v.diff: diff,
+            v.download: self._download(record, number),
+            v.run: gr.update(visible=self.runs_allowed and record.language in languages()),
+            v.preview: gr.update(
+                visible=preview_kind(record.language, version.code) is not None
+            ),
+        }
 
     async def show_version(
         self, request: gr.Request | None, snippet_id: int | None, number: int | None
-    ) -> tuple[Any, ...]:
+    ) -> Outputs:
         record = await self._open(request, snippet_id)
         return self._show(record, number or record.versions[-1].number)
 
@@ -194,37 +221,34 @@ class SnippetsUI:
             raise gr.Error(str(err)) from err
         return gr.update(choices=await self._choices(request), value=record.id)
 
-    async def delete(self, request: gr.Request | None, snippet_id: int | None) -> tuple[Any, ...]:
+    async def delete(self, request: gr.Request | None, snippet_id: int | None) -> Outputs:
+        """Delete the snippet open, with every version; nothing is open then."""
         record = await self._open(request, snippet_id)
         library, user_id = await self._library(request)
         await asyncio.to_thread(library.delete, user_id, record.id)
-        return (gr.update(choices=await self._choices(request), value=None), None, "", "",
-                gr.update(value=""), gr.update(choices=[], value=None), "", None,
-                gr.update(visible=False), gr.update(visible=False))
+        v = self.view
+        return {v.library: gr.update(choices=await self._choices(request), value=None),
+                v.snippet: None, v.title: "", v.tags: "", v.code: gr.update(value=""),
+                v.version: gr.update(choices=[], value=None), v.diff: "", v.download: None,
+                v.run: gr.update(visible=False), v.preview: gr.update(visible=False)}
 
     # -- refine and run -------------------------------------------------------------------
 
     async def refine(
         self, request: gr.Request | None, snippet_id: int | None, instruction: str,
         model: str | None = None,
-    ) -> tuple[Any, ...]:
+    ) -> Outputs:
         """Ask the model picked on the page (None: the default) for a new version; it is kept
         as the snippet's next version. Cancelling (the page's Stop) closes the upstream
         stream and keeps nothing."""
         record = await self._open(request, snippet_id)
         if not instruction.strip():
             raise gr.Error("Say what to change first.")
-        history = await self.history_for(request)
-        try:
-            self.guard.check(history.user_id, instruction)
-        except MessageRefused as err:
-            raise gr.Error(str(err)) from err
-        messages = [
-            {"role": "system", "content": REFINE_PROMPT.format(language=record.language)},
-            {"role": "user", "content": f"{fenced(record.code, record.language)}\n\n"
-                                        f"Change: {instruction}"},
-        ]
-        reply = await self._generate(messages, history.user_id, model)
+        mine = await self.users.conversations(request)
+        asked = TurnRequest(instruction, REFINE_PROMPT.format(language=record.language),
+                            {"temperature": REFINE_TEMPERATURE, "model": model or ""})
+        sent = f"{fenced(record.code, record.language)}\n\nChange: {instruction}"
+        reply = await self._generate(mine.user_id, asked, sent)
         blocks = extract_blocks(reply)
         if not blocks:
             raise gr.Error("The model answered without a code block; try again or rephrase.")
@@ -237,26 +261,28 @@ class SnippetsUI:
         except StoreError as err:
             raise gr.Error(str(err)) from err
         updated = await self._open(request, record.id)
-        return (*self._show(updated, updated.versions[-1].number),
-                gr.update(choices=await self._choices(request), value=record.id), "")
+        v = self.view
+        return {**self._show(updated, updated.versions[-1].number),
+                v.library: gr.update(choices=await self._choices(request), value=record.id),
+                v.instruction: ""}
 
-    async def _generate(
-        self, messages: list[dict[str, str]], owner: int, model: str | None
-    ) -> str:
+    async def _generate(self, user_id: int, asked: TurnRequest, sent: str) -> str:
+        """The model's whole answer to ``sent``, asked through the door of every model call
+        (``Turns.calling``: the same limits, context check, failover and metrics as a
+        message)."""
+        parts = []
         try:
-            info = await self.service.backend_info(model or None)
-        except BackendError as err:
+            async with (
+                self.turns.calling(user_id, asked, sent) as call,
+                aclosing(call.reply(asyncio.Event())) as stream,
+            ):
+                async for progress in stream:
+                    parts.append(progress.added)
+                    if progress.error is not None:
+                        raise gr.Error(str(progress.error))
+        except TurnRefused as err:
             raise gr.Error(str(err)) from err
-        params = GenerationParams(max_new_tokens=self.service.settings.max_new_tokens,
-                                  temperature=0.2)
-        text = ""
-        stream = self.service.stream_reply(info, messages, params, asyncio.Event(), owner)
-        async with aclosing(stream):
-            async for progress in stream:
-                text = progress.text
-                if progress.error is not None:
-                    raise gr.Error(str(progress.error))
-        return text
+        return "".join(parts)
 
     async def run(
         self, request: gr.Request | None, snippet_id: int | None, number: int | None
@@ -304,11 +330,10 @@ class SnippetsUI:
 
     def tab(
         self, page: gr.Blocks, saving: SavePanel, chat: gr.State, model: gr.Dropdown,
-        signed_in_only: Callable[[Any], Any],
     ) -> None:
         """The "Snippets" tab and its events, with those of the chat tab's ``saving`` fold;
-        refinement uses the chat tab's ``model``. ``signed_in_only`` wraps the page-load
-        handler (no library before a Hugging Face sign-in)."""
+        refinement uses the chat tab's ``model`` (no library listed before a Hugging Face
+        sign-in)."""
         with gr.Tab("Snippets", elem_id="snippets-tab"):
             snippet = gr.State(None)
             with gr.Row():
@@ -351,8 +376,9 @@ class SnippetsUI:
                                     elem_id="run")
                     output = gr.Markdown(elem_id="run-output")
                 panel = self.preview.panel("snippet-preview")
-        shown = [snippet, snippet_title, snippet_tags, code, version, diff, download, run,
-                 preview]
+        self.view = v = SnippetView(snippet, snippet_title, snippet_tags, code, version, diff,
+                                    download, run, preview, library, instruction)
+        shown = v.shown
         saving.find.click(self.code_blocks, [chat], [saving.found], queue=False,
                           api_name="code_blocks")
         saving.keep.click(self.save, [chat, saving.found, saving.title, saving.tags],
@@ -380,6 +406,6 @@ class SnippetsUI:
         preview.click(self.show_preview, [snippet, version], panel.outputs,
                       api_name="preview_snippet")
         page.load(
-            signed_in_only(self.search), [snippet_search], [library],
+            self.users.signed_in_only(self.search), [snippet_search], [library],
             api_visibility="private",
         )

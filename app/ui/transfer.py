@@ -4,24 +4,23 @@ as JSON, to download; a JSON export imported back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from app.chat import Chat
-from app.chat.history import History
-from app.store import transfer
+from app.chat.conversations import AttachmentLimits, TransferError
 from app.ui.downloads import Downloads
+from app.ui.users import PageUsers
 
 
 class TransferUI:
     def __init__(
-        self, history_for: Callable[[gr.Request | None], Awaitable[History]],
-        downloads: Downloads, limits: transfer.AttachmentLimits,
+        self, users: PageUsers,
+        downloads: Downloads, limits: AttachmentLimits,
     ) -> None:
-        self.history_for = history_for
+        self.users = users
         self.downloads = downloads
         self.limits = limits
 
@@ -39,18 +38,18 @@ class TransferUI:
         if which != "all" and chat.id is None:
             raise gr.Error("This conversation is empty; there is nothing to export yet.")
         conversation_id = None if which == "all" else chat.id
-        history = await self.history_for(request)
-        name, text = await history.export(conversation_id, markdown=which == "markdown")
+        mine = await self.users.conversations(request)
+        name, text = await mine.export(conversation_id, markdown=which == "markdown")
         return str(await asyncio.to_thread(self.downloads.write, name, text))
 
     async def import_file(self, request: gr.Request | None, path: str, chat: Chat) -> Any:
-        history = await self.history_for(request)
+        mine = await self.users.conversations(request)
         try:
-            added = await history.import_file(Path(path), self.limits)
-        except transfer.TransferError as err:
+            added = await mine.import_file(Path(path), self.limits)
+        except TransferError as err:
             raise gr.Error(f"Nothing was imported: {err}") from err
         gr.Info(f"Imported {len(added)} conversation(s).")
-        return gr.update(choices=await history.choices(), value=chat.id)
+        return gr.update(choices=await mine.choices(), value=chat.id)
 
     # -- layout --------------------------------------------------------------------------
 
