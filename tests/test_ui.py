@@ -25,6 +25,7 @@ from app.ui.render import EARLIER, LATER, chat_messages, user_suffix
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.stored import imported_conversation
 from tests.waiting import eventually
 
 # The marker render.live_marker puts after the text of a reply being written.
@@ -267,17 +268,15 @@ async def test_a_retry_stores_the_prompt_and_settings_it_used(
 
 
 async def test_reopening_an_imported_conversation_keeps_only_usable_settings(
-    backend: ServerThread, tmp_path: Path,
+    backend: ServerThread,
 ) -> None:
-    """An import may carry any value: one the controls cannot take leaves them as they are."""
+    """A file may carry any value: one the controls cannot take leaves them as they are."""
     ui = make_ui(backend.url)
     local = await ui.history_for(None)
-    conversation = ui.store.create_conversation(
-        local.user_id, "Imported", "", settings={
-            "temperature": "hot", "top_p": 0.5, "seed": 1.5, "max_new_tokens": 300.0,
-            "stop": ["END"], "top_k": float("nan"), "model": 7,
-        },
-    )
+    conversation = imported_conversation(ui.store, local.user_id, settings={
+        "temperature": "hot", "top_p": 0.5, "seed": 1.5, "max_new_tokens": 300.0,
+        "stop": ["END"], "top_k": 40.5, "model": 7,
+    })
     [update] = await drain(ui.open_chat(None, conversation, Chat()))
     model, values = update[4], dict(zip(CONTROL_NAMES, update[6:], strict=True))
     skipped = {name for name, value in values.items() if value == gr.skip()}
