@@ -21,7 +21,7 @@ from app.store.models import Base
 from app.store.store import INTERRUPTED_BY_RESTART, MIGRATIONS
 from tests.postgres import PostgresMissing, find_bin_dir
 from tests.stored import exchange, retry
-from tests.test_snippets import downgrade
+from tests.test_snippets import downgrade, upgrade
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -661,6 +661,39 @@ def test_the_migration_to_branches_links_each_message_to_the_reply_it_followed(
         (1, None), (2, 1), (4, 1), (5, 4), (6, 5), (7, 6)]
     assert shown(store, 1, "b") == [("other", None)]
     assert store.get_conversation(1, "a").exchanges[0].reply_alternatives == (2, 4)
+
+
+def test_the_migration_of_kept_settings_cleans_the_settings_stored_before_it(
+    open_store: Callable[[], Store],
+) -> None:
+    """Before 0007 settings were stored as sent (an import's as the file had them) and
+    cleaned at every read; 0007 keeps of each what is kept now (``kept_settings``)."""
+    store = open_store()
+    upgrade(store, "0006")
+    user = store.user_id()
+    messy, clean, odd = (exchange(store, user, title=title).conversation_id
+                         for title in ("Messy", "Clean", "Not an object"))
+    stored_before = {
+        messy: {"temperature": 1, "top_p": "0.9", "top_k": 40.0, "max_new_tokens": 1.5,
+                "seed": None, "stop": ["END"], "repetition_penalty": True, "model": "smol",
+                "theme": {"dark": True}},
+        clean: {"max_new_tokens": 512, "temperature": 0.2, "stop": "END\nSTOP", "seed": -1},
+        odd: ["temperature", 0.2],
+    }
+    with store.engine.begin() as db:
+        for conversation, settings in stored_before.items():
+            db.execute(text("UPDATE conversations SET settings = :settings WHERE id = :id"),
+                       {"settings": json.dumps(settings), "id": conversation})
+
+    store.migrate()
+
+    kept = {c: store.get_conversation(user, c).settings for c in stored_before}
+    assert kept == {
+        messy: {"temperature": 1.0, "top_k": 40, "model": "smol"},
+        clean: stored_before[clean],
+        odd: {},
+    }
+    assert (type(kept[messy]["temperature"]), type(kept[messy]["top_k"])) == (float, int)
 
 
 def test_the_migrations_match_the_models(store: Store) -> None:

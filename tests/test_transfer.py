@@ -279,6 +279,26 @@ def test_a_reply_still_streaming_is_imported_as_interrupted(tmp_path: Path) -> N
     assert reply.error == transfer.STREAMING_AT_EXPORT
 
 
+def test_an_import_keeps_only_the_settings_a_conversation_keeps(tmp_path: Path) -> None:
+    """A file may carry any settings: unknown names and values the page cannot use are left
+    out as they are written (``kept_settings``), whole numbers kept as the type of their
+    setting; what is exported again is what was kept."""
+    settings = {
+        "temperature": 1, "top_p": "0.9", "top_k": 40.0, "max_new_tokens": 1.5, "seed": None,
+        "stop": ["END"], "repetition_penalty": True, "frequency_penalty": 0.5, "model": "smol",
+        "theme": {"dark": True},
+    }
+    store = new_store(tmp_path)
+    user = store.user_id()
+    [new_id] = import_json(store, user, json.dumps(document(
+        conversation(message(1)) | {"settings": settings})))
+
+    kept = store.get_conversation(user, new_id).settings
+    assert kept == {"temperature": 1.0, "top_k": 40, "frequency_penalty": 0.5, "model": "smol"}
+    assert (type(kept["temperature"]), type(kept["top_k"])) == (float, int)
+    assert json.loads(export_json(store, user, new_id))["conversations"][0]["settings"] == kept
+
+
 # -- Markdown -----------------------------------------------------------------------------------
 
 
