@@ -5,10 +5,11 @@ conversation takes to load, on SQLite and on a throwaway PostgreSQL server.
     python -m bench.store --quick    # a few iterations and 100 messages, to check the
                                      # harness; writes nothing unless --output is given
 
-Writes are made the way the app makes them while a reply streams: ``start_reply``, then
-``save_reply`` with the whole reply so far at each save (the app saves about once a second),
-then a last ``save_reply`` with the status and stats; each call is one transaction. The load is
-``get_conversation`` on a conversation of 1,000 messages (500 questions, 500 replies).
+Writes are made the way the app makes them for a turn: ``begin_turn`` (the message and its
+empty reply, in one transaction), then ``save_reply`` with the whole reply so far at each save
+(the app saves about once a second), then a last ``save_reply`` with the status and stats; each
+call is one transaction. The load is ``get_conversation`` on a conversation of 1,000 messages
+(500 questions, 500 replies), written the same way.
 
 PostgreSQL is started like the tests' fixture (``tests/postgres.py``): Debian's binaries, a
 temporary folder, 127.0.0.1 on a free port, default settings (so each commit waits for its WAL
@@ -33,13 +34,19 @@ from typing import Any
 import psycopg
 import sqlalchemy
 
-from app.store import Store
+from app.store import BegunTurn, Store
 from bench.machine import describe
 from tests.postgres import PostgresServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store.json"
 CHUNK = "The quick brown fox jumps over the lazy dog; `print(fox)` returns None. " * 3
 USER_TEXT = "How do I read a file line by line in Python, and what about very large files?"
+# The page's controls, as each turn writes them with the conversation (``kept_settings``).
+PAGE_SETTINGS: dict[str, Any] = {
+    "max_new_tokens": 512, "temperature": 0.2, "top_p": 0.95, "top_k": 40,
+    "repetition_penalty": 1.1, "frequency_penalty": 0.0, "presence_penalty": 0.0, "stop": "",
+    "seed": -1, "model": "bench-model",
+}
 
 
 @dataclass(frozen=True)
@@ -71,27 +78,37 @@ class Result:
     load_ms_min: float
 
 
+def begin_turn(store: Store, user: int, after: BegunTurn | None) -> BegunTurn:
+    """A message with its empty reply, streaming, as the page begins a turn: the first of a
+    conversation, or one after the turn ``after``, in its conversation."""
+    return store.begin_turn(
+        user, None if after is None else after.conversation_id, "", PAGE_SETTINGS, None,
+        message=USER_TEXT, parent=None if after is None else after.reply_id,
+        title="Benchmark", model="bench-model", backend="tgi",
+    )
+
+
 def stream_replies(
     store: Store, user: int, parameters: Parameters
 ) -> tuple[int, float, list[float]]:
-    """Write replies as the app does while they stream: (writes, seconds spent, latencies)."""
-    conversation = store.create_conversation(user, "Streaming")
+    """Write replies as the app does while they stream, each a turn after the last one in
+    the same conversation: (writes, seconds spent, latencies)."""
+    begun = None
     latencies: list[float] = []
     for number in range(parameters.replies + 1):
-        if number == 1:  # reply 0 warms up connections and caches
+        if number == 1:  # reply 0 warms up connections and caches, and starts the conversation
             latencies.clear()
-        message = store.add_user_message(user, conversation, USER_TEXT)  # not counted
         begin = time.perf_counter()
-        reply = store.start_reply(user, conversation, message, "bench-model", "tgi")
+        begun = begin_turn(store, user, begun)
         latencies.append(time.perf_counter() - begin)
         text = ""
         for _ in range(parameters.saves_per_reply):
             text += CHUNK
             begin = time.perf_counter()
-            store.save_reply(user, reply, text)
+            store.save_reply(user, begun.reply_id, text)
             latencies.append(time.perf_counter() - begin)
         begin = time.perf_counter()
-        store.save_reply(user, reply, text + CHUNK, status="stop", tokens=400,
+        store.save_reply(user, begun.reply_id, text + CHUNK, status="stop", tokens=400,
                          time_to_first_token=0.2, tokens_per_second=50.0)
         latencies.append(time.perf_counter() - begin)
     return len(latencies), sum(latencies), latencies
@@ -99,14 +116,15 @@ def stream_replies(
 
 def load_conversation(store: Store, user: int, parameters: Parameters) -> list[float]:
     """Time ``get_conversation`` on a conversation of ``load_messages`` messages."""
-    conversation = store.create_conversation(user, "Long")
     reply_text = (CHUNK * (parameters.load_reply_chars // len(CHUNK) + 1))[
         : parameters.load_reply_chars
     ]
+    begun = None
     for _ in range(parameters.load_messages // 2):
-        message = store.add_user_message(user, conversation, USER_TEXT)
-        reply = store.start_reply(user, conversation, message, "bench-model", "tgi")
-        store.save_reply(user, reply, reply_text, status="stop", tokens=400)
+        begun = begin_turn(store, user, begun)
+        store.save_reply(user, begun.reply_id, reply_text, status="stop", tokens=400)
+    assert begun is not None, "load_messages is at least 2"
+    conversation = begun.conversation_id
     record = store.get_conversation(user, conversation)  # warm-up, and a check
     if 2 * len(record.exchanges) != parameters.load_messages:
         raise RuntimeError(f"loaded {2 * len(record.exchanges)} messages, expected "

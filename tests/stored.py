@@ -1,13 +1,16 @@
 """Conversations stored the way the app stores them, for the tests that need some: each
 exchange through ``Store.begin_turn`` (the one write path of a turn, as ``app.chat.turns``
-takes it), then its reply saved as it ended (``Store.save_reply``)."""
+takes it), then its reply saved as it ended (``Store.save_reply``); what a turn cannot leave
+(a message with no reply at all, settings as a file has them) through an import."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from app.store import BegunTurn, Store
+from app.store import BegunTurn, Store, transfer
 
 
 def exchange(
@@ -36,3 +39,37 @@ def exchange(
     if reply is not None:
         store.save_reply(user, begun.reply_id, reply, status=status)
     return begun
+
+
+def retry(
+    store: Store, user: int, conversation: str, message: int, reply: str | None = "hi again",
+    *, status: str = "stop", model: str | None = "smol", backend: str | None = "llama.cpp",
+) -> BegunTurn:
+    """Another reply to the user message ``message``, as the page's Retry stores it (ended
+    with ``status``; None: still streaming), now on screen; the earlier ones are kept. The
+    conversation's system prompt and settings stay as they are."""
+    record = store.get_conversation(user, conversation)
+    begun = store.begin_turn(
+        user, conversation, record.system_prompt, record.settings, None, reply_to=message,
+        model=model, backend=backend,
+    )
+    if reply is not None:
+        store.save_reply(user, begun.reply_id, reply, status=status)
+    return begun
+
+
+def imported_conversation(
+    store: Store, user: int, text: str = "hello", *, title: str = "Imported",
+    settings: Mapping[str, Any] | None = None,
+) -> str:
+    """A conversation imported from a file (``transfer.import_json``), made now: one message
+    ``text`` that was never answered (no reply at all, which a turn never leaves), and the
+    file's ``settings`` (the import keeps what ``kept_settings`` keeps). Returns its id."""
+    moment = datetime.now(UTC).isoformat()
+    times = {"created_at": moment, "updated_at": moment}
+    message = {"id": 1, "role": "user", "content": text, "status": "complete", **times}
+    document = {"format": transfer.FORMAT, "version": transfer.VERSION, "exported_at": moment,
+                "conversations": [{"title": title, "settings": dict(settings or {}),
+                                   "messages": [message], **times}]}
+    [conversation] = transfer.import_json(store, user, json.dumps(document))
+    return conversation

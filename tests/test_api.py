@@ -29,6 +29,7 @@ from app.store import Accounts, Store
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.stored import exchange
 from tests.waiting import wait_for
 
 PASSWORD = "a long enough passphrase"
@@ -338,8 +339,9 @@ def test_a_conversation_from_the_page_continues_with_its_settings(
     # As the page stores its controls: stop sequences one per line, -1 for a random seed.
     page_settings = {"max_new_tokens": 2, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
                      "stop": "END\nSTOP", "seed": -1, "frequency_penalty": 0.5}
-    dialogue_id = store.create_conversation(user_id, "From the page", "Be kind.",
-                                            settings=page_settings, language="python")
+    dialogue_id = exchange(store, user_id, None, "first question", "first answer",
+                           title="From the page", system_prompt="Be kind.",
+                           settings=page_settings, language="python").conversation_id
     store.engine.dispose()
 
     body = api.say(alice, "go on", dialogue_id=dialogue_id, temperature=0.1).json()

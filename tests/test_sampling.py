@@ -1,6 +1,7 @@
-"""The page's controls as each kind of server is sent them (app/backends/sampling.py), and
-the values refused before sending. What TGI then does with them is checked against the TGI
-fake in tests/test_backend_client.py and tests/test_raw.py."""
+"""The page's controls as each kind of server is sent them (app/backends/sampling.py), the
+values refused before sending, and those a turn keeps (app/chat/turns.py). What TGI then does
+with them is checked against the TGI fake in tests/test_backend_client.py and
+tests/test_raw.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from app.backends import BackendInfo, GenerationParams, InvalidSetting
 from app.backends.sampling import BackendKind, check, openai_fields, tgi_parameters
-from app.chat.turns import generation_params
+from app.chat.turns import TurnRequest, generation_params
 
 PAGE = GenerationParams(
     max_new_tokens=64, temperature=0.2, top_p=0.95, top_k=40, repetition_penalty=1.0,
@@ -85,3 +86,18 @@ def test_the_api_refuses_a_stored_setting_the_backend_would_refuse() -> None:
     with pytest.raises(InvalidSetting, match=r"Top-p takes values above 0 to 1; you gave 1\.5"):
         generation_params({"top_p": 1.5}, 64, info)
     assert generation_params({"top_p": 1.0, "presence_penalty": 5}, 64, info).top_p == 1.0
+
+
+def test_a_turn_cleans_the_settings_it_is_given_once() -> None:
+    """The page's controls and the API's fields, as a turn asks with them and stores them
+    (``kept_settings``): a whole number sent as a float is kept whole, a float setting given
+    a whole number is kept as a float, and what no control takes is left out, for the page to
+    keep its own value."""
+    asked = TurnRequest("hi", "", {
+        "max_new_tokens": 512.0, "temperature": 1, "top_p": "0.9", "top_k": float("nan"),
+        "seed": None, "stop": "END", "repetition_penalty": True, "model": "smol", "theme": 1,
+    })
+    assert asked.settings == {"max_new_tokens": 512, "temperature": 1.0, "stop": "END",
+                              "model": "smol"}
+    assert [type(asked.settings[name]) for name in ("max_new_tokens", "temperature")] == [
+        int, float]

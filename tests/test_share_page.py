@@ -16,8 +16,8 @@ from app.store import Accounts
 from app.store.shares import Shares
 from tests.conftest import settings_for
 from tests.servers import ServerThread
+from tests.stored import exchange
 from tests.test_api import PASSWORD, Api, start_api  # noqa: F401 (a fixture)
-from tests.test_store import exchange_with_reply
 
 HOSTILE = '<script>alert(1)</script> and <img src=x onerror="alert(2)">'
 CODE_REPLY = "Like this:\n\n```python\ndef add(a, b):\n    return a + b\n```\n"
@@ -30,8 +30,9 @@ def shared_app(backend: ServerThread, **overrides: Any) -> Iterator[tuple[Server
     settings = settings_for(backend.url, auth_mode="password", **overrides)
     store = open_store(settings)
     alice = Accounts(store).signup("alice", PASSWORD)
-    conversation = store.create_conversation(alice, "Adding numbers", "Alice's private prompt")
-    exchange_with_reply(store, alice, conversation, f"Write add. {HOSTILE}", CODE_REPLY)
+    conversation = exchange(store, alice, None, f"Write add. {HOSTILE}", CODE_REPLY,
+                            title="Adding numbers",
+                            system_prompt="Alice's private prompt").conversation_id
     token = Shares(store).create(alice, conversation).token
     with ServerThread(create_app(settings)) as server:
         yield server, token

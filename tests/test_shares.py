@@ -4,17 +4,18 @@ PostgreSQL; the migration that adds them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from app.store import NotFound, Store
 from app.store.models import Base
 from app.store.shares import Shares
+from tests.stored import exchange, imported_conversation
 from tests.test_snippets import downgrade, upgrade
-from tests.test_store import exchange_with_reply
 
 CODE_REPLY = "Here:\n\n```python\ndef add(a, b):\n    return a + b\n```\n"
 
@@ -28,12 +29,11 @@ def conversation_of(store: Store, name: str) -> tuple[int, str]:
     """A user named ``name`` with one conversation of two exchanges, with a system prompt and
     settings of their own."""
     user = store.user_id(name)
-    conversation = store.create_conversation(
-        user, f"{name}'s adder", "Secret instructions of " + name,
-        settings={"temperature": 0.3},
-    )
-    exchange_with_reply(store, user, conversation, "Write add.", CODE_REPLY)
-    exchange_with_reply(store, user, conversation, "Shorter?", "No.", status="length")
+    conversation = exchange(
+        store, user, None, "Write add.", CODE_REPLY, title=f"{name}'s adder",
+        system_prompt="Secret instructions of " + name, settings={"temperature": 0.3},
+    ).conversation_id
+    exchange(store, user, conversation, "Shorter?", "No.", status="length")
     return user, conversation
 
 
@@ -77,7 +77,7 @@ def test_the_snapshot_stays_when_the_conversation_changes_or_is_deleted(
     share = shares.create(user, conversation)
     before = shares.read(share.token)
 
-    exchange_with_reply(store, user, conversation, "One more", "Sure.")
+    exchange(store, user, conversation, "One more", "Sure.")
     store.rename(user, conversation, "Renamed")
     assert shares.read(share.token) == before
 
@@ -128,7 +128,7 @@ def test_an_import_is_an_ordinary_conversation_of_the_importer(
     assert [(e.user, e.reply and (e.reply.content, e.reply.status)) for e in record.exchanges] == [
         ("Write add.", (CODE_REPLY, "stop")), ("Shorter?", ("No.", "length")),
     ]
-    exchange_with_reply(store, bob, imported, "And subtract?", "def sub(a, b): ...")
+    exchange(store, bob, imported, "And subtract?", "def sub(a, b): ...")
     assert len(store.get_conversation(bob, imported).exchanges) == 3, "it can be continued"
     assert len(store.get_conversation(alice, conversation).exchanges) == 2
     with pytest.raises(NotFound):
@@ -139,8 +139,7 @@ def test_a_message_without_a_reply_is_shared_and_imported_without_one(
     store: Store, shares: Shares
 ) -> None:
     user = store.user_id()
-    conversation = store.create_conversation(user, "Unanswered")
-    store.add_user_message(user, conversation, "Anyone?")
+    conversation = imported_conversation(store, user, "Anyone?", title="Unanswered")
     token = shares.create(user, conversation).token
 
     shared = shares.read(token)
@@ -177,15 +176,18 @@ def test_the_migration_adds_the_shares_table_and_takes_it_away(
     store = open_store()
     upgrade(store, "0004")
     user = store.user_id()
-    conversation = store.create_conversation(user, "From before the upgrade")
+    with store.engine.begin() as db:  # the schema of 0004, not the models' own
+        db.execute(text(
+            "INSERT INTO conversations (id, user_id, title, system_prompt, settings, created_at, "
+            "updated_at) VALUES ('c', :user, 'From before the upgrade', '', '{}', :t, :t)"
+        ), {"user": user, "t": datetime.now(UTC)})
 
     store.migrate()
     assert "shares" in inspect(store.engine).get_table_names()
-    assert Shares(store).read(Shares(store).create(user, conversation).token) is not None
+    assert Shares(store).read(Shares(store).create(user, "c").token) is not None
 
     downgrade(store, "0004")
     assert "shares" not in inspect(store.engine).get_table_names()
-    # Only the conversations' columns: the messages' of today (0006) are not there at 0004.
     assert [c.title for c in store.list_conversations(user)] == ["From before the upgrade"]
 
 

@@ -27,10 +27,9 @@ from app.snippets import (
 from app.store import NotFound, Store, StoreError
 from app.store.models import Base
 from app.store.store import MIGRATIONS
+from tests.stored import exchange
 
 SNIPPET_TABLES = {"snippets", "snippet_versions"}
-
-
 
 
 @pytest.fixture
@@ -300,10 +299,9 @@ def test_a_snippet_links_only_the_users_own_conversation_and_message(
     library: SnippetLibrary, store: Store,
 ) -> None:
     alice, bob = store.user_id("alice"), store.user_id("bob")
-    conversation = store.create_conversation(alice, "Alice's chat")
-    message = store.add_user_message(alice, conversation, "write it")
-    reply = store.start_reply(alice, conversation, message, "smol", "llama.cpp")
-    other = store.create_conversation(alice, "Another chat")
+    begun = exchange(store, alice, None, "write it", "x = 1", title="Alice's chat")
+    conversation, reply = begun.conversation_id, begun.reply_id
+    other = exchange(store, alice, title="Another chat").conversation_id
 
     linked = library.save(alice, "From a reply", "python", "x = 1", message_id=reply)
     record = library.get(alice, linked)
@@ -328,24 +326,22 @@ def test_a_snippet_outlives_its_conversation_and_message(
     library: SnippetLibrary, store: Store,
 ) -> None:
     user = store.user_id()
-    conversation = store.create_conversation(user, "Short-lived")
-    message = store.add_user_message(user, conversation, "sort a list")
-    reply = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(user, reply, "```python\nsorted(xs)\n```", status="stop")
+    short_lived = exchange(store, user, None, "sort a list", "```python\nsorted(xs)\n```",
+                           title="Short-lived")
+    conversation = short_lived.conversation_id
     snippet = library.save(user, "Sorted", "python", "sorted(xs)", conversation_id=conversation,
-                           message_id=reply)
-    undone = store.create_conversation(user, "Undone")
-    question = store.add_user_message(user, undone, "and in Go?")
-    answer = store.start_reply(user, undone, question, "smol", "llama.cpp")
-    from_undone = library.save(user, "Go sort", "go", "sort.Ints(xs)", message_id=answer)
+                           message_id=short_lived.reply_id)
+    undone = exchange(store, user, None, "and in Go?", None, title="Undone")
+    from_undone = library.save(user, "Go sort", "go", "sort.Ints(xs)",
+                               message_id=undone.reply_id)
 
     store.delete(user, conversation)
-    store.delete_exchange(user, undone, question)
+    store.delete_exchange(user, undone.conversation_id, undone.user_message_id)
 
     record = library.get(user, snippet)
     assert (record.conversation_id, record.message_id, record.code) == (None, None, "sorted(xs)")
     kept = library.get(user, from_undone)
-    assert (kept.conversation_id, kept.message_id) == (undone, None)
+    assert (kept.conversation_id, kept.message_id) == (undone.conversation_id, None)
     assert {s.id for s in library.list(user)} == {snippet, from_undone}
 
 

@@ -20,20 +20,10 @@ from app.store import BegunTurn, NotFound, Store
 from app.store.models import Base
 from app.store.store import INTERRUPTED_BY_RESTART, MIGRATIONS
 from tests.postgres import PostgresMissing, find_bin_dir
-from tests.test_snippets import downgrade
+from tests.stored import exchange, retry
+from tests.test_snippets import downgrade, upgrade
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-
-
-def exchange_with_reply(
-    store: Store, user: int, conversation: str, text: str, reply: str, status: str = "stop"
-) -> tuple[int, int]:
-    message = store.add_user_message(user, conversation, text)
-    reply_id = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(user, reply_id, reply, status=status)
-    return message, reply_id
 
 
 # -- schema and users ------------------------------------------------------------------------
@@ -45,8 +35,8 @@ def test_migrate_creates_the_schema_and_running_it_again_changes_nothing(
     store = open_store()
     store.migrate()
     user = store.user_id()
-    conversation = store.create_conversation(user, "Before the second migration")
-    exchange_with_reply(store, user, conversation, "hello", "hi")
+    conversation = exchange(store, user, None, "hello", "hi",
+                            title="Before the second migration").conversation_id
 
     store.migrate()
     again = open_store()
@@ -72,11 +62,12 @@ def test_the_local_user_is_created_once(store: Store, open_store: Callable[[], S
 
 def test_create_list_get_rename_and_delete_a_conversation(store: Store) -> None:
     user = store.user_id()
-    first = store.create_conversation(
-        user, "First", "You are terse.", model="smol", backend="tgi", language="python",
-        settings={"temperature": 0.2, "stop": ["```"]},
-    )
-    second = store.create_conversation(user, "Second")
+    first = exchange(
+        store, user, None, "write fizzbuzz", "done", title="First",
+        system_prompt="You are terse.", settings={"temperature": 0.2, "stop": "```"},
+        language="python", model="smol", backend="tgi",
+    ).conversation_id
+    second = exchange(store, user, title="Second", model=None, backend=None).conversation_id
 
     assert [(c.id, c.title) for c in store.list_conversations(user)] == [
         (second, "Second"), (first, "First"),
@@ -84,12 +75,15 @@ def test_create_list_get_rename_and_delete_a_conversation(store: Store) -> None:
     record = store.get_conversation(user, first)
     assert (record.id, record.title, record.system_prompt) == (first, "First", "You are terse.")
     assert (record.model, record.backend, record.language) == ("smol", "tgi", "python")
-    assert record.settings == {"temperature": 0.2, "stop": ["```"]}
-    assert record.exchanges == []
-    empty = store.get_conversation(user, second)
-    assert (empty.system_prompt, empty.model, empty.settings) == ("", None, {})
+    assert record.settings == {"temperature": 0.2, "stop": "```"}
+    assert [(e.user, e.reply and e.reply.content) for e in record.exchanges] == [
+        ("write fizzbuzz", "done"),
+    ]
+    plain = store.get_conversation(user, second)
+    assert (plain.system_prompt, plain.model, plain.language, plain.settings) == (
+        "", None, None, {})
 
-    store.add_user_message(user, first, "a new message moves it to the top")
+    exchange(store, user, first, "a new message moves it to the top")
     assert [c.id for c in store.list_conversations(user)] == [first, second]
 
     store.rename(user, first, "Renamed")
@@ -111,13 +105,14 @@ def test_an_unknown_conversation_is_not_found(store: Store) -> None:
 
 
 def test_search_matches_titles_and_message_text_ignoring_case(store: Store) -> None:
+    """Each conversation holds "hello" and "hi" but for the text it is searched by."""
     user = store.user_id()
-    by_title = store.create_conversation(user, "Quicksort in Python")
-    by_message = store.create_conversation(user, "Strings")
-    store.add_user_message(user, by_message, "How do I REVERSE a string?")
-    by_reply = store.create_conversation(user, "Regex")
-    exchange_with_reply(store, user, by_reply, "match digits", "Use \\d+ with re.findall")
-    unrelated = store.create_conversation(user, "Unrelated")
+    by_title = exchange(store, user, title="Quicksort in Python").conversation_id
+    by_message = exchange(store, user, None, "How do I REVERSE a string?",
+                          title="Strings").conversation_id
+    by_reply = exchange(store, user, None, "match digits", "Use \\d+ with re.findall",
+                        title="Regex").conversation_id
+    unrelated = exchange(store, user, title="Unrelated").conversation_id
 
     def found(search: str) -> set[str]:
         return {c.id for c in store.list_conversations(user, search=search)}
@@ -134,13 +129,12 @@ def test_search_matches_titles_and_message_text_ignoring_case(store: Store) -> N
 
 def test_percent_and_underscore_in_a_search_are_literal(store: Store) -> None:
     user = store.user_id()
-    percent = store.create_conversation(user, "Make it 100% faster")
-    no_percent = store.create_conversation(user, "Make it 1000 times faster")
-    underscore = store.create_conversation(user, "Naming")
-    store.add_user_message(user, underscore, "snake_case or camelCase?")
-    no_underscore = store.create_conversation(user, "Snakes")
-    store.add_user_message(user, no_underscore, "a snakeXcase of mistaken identity")
-    backslash = store.create_conversation(user, "Paths like C:\\temp")
+    percent = exchange(store, user, title="Make it 100% faster").conversation_id
+    no_percent = exchange(store, user, title="Make it 1000 times faster").conversation_id
+    underscore = exchange(store, user, None, "snake_case or camelCase?",
+                          title="Naming").conversation_id
+    exchange(store, user, None, "a snakeXcase of mistaken identity", title="Snakes")
+    backslash = exchange(store, user, title="Paths like C:\\temp").conversation_id
 
     def found(search: str) -> set[str]:
         return {c.id for c in store.list_conversations(user, search=search)}
@@ -159,8 +153,9 @@ def test_percent_and_underscore_in_a_search_are_literal(store: Store) -> None:
 
 def test_another_user_cannot_see_or_touch_a_conversation(store: Store) -> None:
     alice, bob = store.user_id("alice"), store.user_id("bob")
-    conversation = store.create_conversation(alice, "Alice's secret plan")
-    message, reply = exchange_with_reply(store, alice, conversation, "the plan", "ok")
+    begun = exchange(store, alice, None, "the plan", "ok", title="Alice's secret plan",
+                     system_prompt="Tell no one.")
+    conversation, message, reply = begun.conversation_id, begun.user_message_id, begun.reply_id
 
     with pytest.raises(NotFound):
         store.get_conversation(bob, conversation)
@@ -169,9 +164,9 @@ def test_another_user_cannot_see_or_touch_a_conversation(store: Store) -> None:
     with pytest.raises(NotFound):
         store.delete(bob, conversation)
     with pytest.raises(NotFound):
-        store.add_user_message(bob, conversation, "hello?")
+        store.begin_turn(bob, conversation, "", {}, None, message="hello?", parent=reply)
     with pytest.raises(NotFound):
-        store.start_reply(bob, conversation, message, "smol", "llama.cpp")
+        store.begin_turn(bob, conversation, "", {}, None, reply_to=message)
     with pytest.raises(NotFound):
         store.delete_exchange(bob, conversation, message)
     with pytest.raises(NotFound):
@@ -181,7 +176,7 @@ def test_another_user_cannot_see_or_touch_a_conversation(store: Store) -> None:
     assert store.count_messages(bob) == 0
 
     record = store.get_conversation(alice, conversation)
-    assert record.title == "Alice's secret plan"
+    assert (record.title, record.system_prompt) == ("Alice's secret plan", "Tell no one.")
     assert [(e.user, e.reply and e.reply.content) for e in record.exchanges] == [
         ("the plan", "ok"),
     ]
@@ -193,20 +188,18 @@ def test_another_user_cannot_see_or_touch_a_conversation(store: Store) -> None:
 
 def test_a_retry_keeps_both_versions_and_shows_the_latest(store: Store) -> None:
     user = store.user_id()
-    conversation = store.create_conversation(user, "Retry")
-    message = store.add_user_message(user, conversation, "write fizzbuzz")
-    first = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(user, first, "first try", status="stop")
-    second = store.start_reply(user, conversation, message, "bigger", "tgi")
-    store.save_reply(user, second, "second try", status="stop")
+    first = exchange(store, user, None, "write fizzbuzz", "first try", title="Retry")
+    conversation = first.conversation_id
+    second = retry(store, user, conversation, first.user_message_id, "second try",
+                   model="bigger", backend="tgi")
 
-    assert second != first
+    assert second.reply_id != first.reply_id
     record = store.get_conversation(user, conversation)
     assert len(record.exchanges) == 1
     reply = record.exchanges[0].reply
     assert reply is not None
     assert (reply.id, reply.content, reply.model, reply.backend) == (
-        second, "second try", "bigger", "tgi",
+        second.reply_id, "second try", "bigger", "tgi",
     )
     assert (record.model, record.backend) == ("bigger", "tgi")
     assert store.count_messages(user) == 3  # the question and both versions of the answer
@@ -216,13 +209,14 @@ def test_conversation_records_are_the_users_oldest_first_as_get_conversation_giv
     store: Store,
 ) -> None:
     alice, bob = store.user_id("alice"), store.user_id("bob")
-    first = store.create_conversation(alice, "First", "You are terse.", model="smol")
-    message, _ = exchange_with_reply(store, alice, first, "write fizzbuzz", "first try")
-    retry = store.start_reply(alice, first, message, "bigger", "tgi")
-    store.save_reply(alice, retry, "second try", status="length")
-    second = store.create_conversation(alice, "Second")
-    store.add_user_message(alice, second, "no reply yet")
-    store.create_conversation(bob, "Bob's")
+    begun = exchange(store, alice, None, "write fizzbuzz", "first try", title="First",
+                     system_prompt="You are terse.")
+    first = begun.conversation_id
+    retry(store, alice, first, begun.user_message_id, "second try", status="length",
+          model="bigger", backend="tgi")
+    second = exchange(store, alice, None, "a reply still streaming", None,
+                      title="Second").conversation_id
+    exchange(store, bob, title="Bob's")
 
     records = store.conversation_records(alice)
     assert records == [store.get_conversation(alice, first), store.get_conversation(alice, second)]
@@ -235,9 +229,8 @@ def test_conversation_records_are_the_users_oldest_first_as_get_conversation_giv
 
 def test_a_reply_is_saved_partial_then_final_with_its_stats(store: Store) -> None:
     user = store.user_id()
-    conversation = store.create_conversation(user, "Stream")
-    message = store.add_user_message(user, conversation, "count to three")
-    reply_id = store.start_reply(user, conversation, message, "smol", "llama.cpp")
+    begun = exchange(store, user, None, "count to three", None, title="Stream")
+    conversation, reply_id = begun.conversation_id, begun.reply_id
 
     def reply() -> tuple[object, ...]:
         stored = store.get_conversation(user, conversation).exchanges[0].reply
@@ -259,7 +252,7 @@ def test_a_reply_is_saved_partial_then_final_with_its_stats(store: Store) -> Non
     assert reply() == (reply_id, "one, two, three", "stop", None, 6, 0.25, 12.5, "smol",
                        "llama.cpp")
 
-    failed = store.start_reply(user, conversation, message, "smol", "llama.cpp")
+    failed = retry(store, user, conversation, begun.user_message_id, None).reply_id
     store.save_reply(user, failed, "one, t", status="interrupted", error="The backend went away.")
     assert reply()[:4] == (failed, "one, t", "interrupted", "The backend went away.")
 
@@ -268,13 +261,13 @@ def test_recover_interrupted_marks_streaming_replies_and_leaves_finished_ones(
     store: Store,
 ) -> None:
     alice, bob = store.user_id("alice"), store.user_id("bob")
-    mine = store.create_conversation(alice, "Cut off")
-    _, streaming = exchange_with_reply(store, alice, mine, "long answer please", "half of",
-                                       status="streaming")
-    _, finished = exchange_with_reply(store, alice, mine, "short one", "done", status="stop")
-    _, stopped = exchange_with_reply(store, alice, mine, "another", "sto", status="stopped")
-    theirs = store.create_conversation(bob, "Also cut off")
-    exchange_with_reply(store, bob, theirs, "hi", "", status="streaming")
+    first = exchange(store, alice, None, "long answer please", "half of", status="streaming",
+                     title="Cut off")
+    mine, streaming = first.conversation_id, first.reply_id
+    finished = exchange(store, alice, mine, "short one", "done", status="stop").reply_id
+    stopped = exchange(store, alice, mine, "another", "sto", status="stopped").reply_id
+    theirs = exchange(store, bob, None, "hi", "", status="streaming",
+                      title="Also cut off").conversation_id
 
     assert store.recover_interrupted(timedelta(minutes=1)) == 0, (
         "saved within the minute: another replica may be streaming them"
@@ -298,15 +291,13 @@ def test_recover_interrupted_marks_streaming_replies_and_leaves_finished_ones(
 
 def test_deleting_a_conversation_deletes_its_messages(store: Store) -> None:
     user = store.user_id()
-    doomed = store.create_conversation(user, "Doomed")
-    message, _ = exchange_with_reply(store, user, doomed, "q1", "a1")
-    store.start_reply(user, doomed, message, "smol", "llama.cpp")  # a retry
-    exchange_with_reply(store, user, doomed, "q2", "a2")
-    kept = store.create_conversation(user, "Kept")
-    exchange_with_reply(store, user, kept, "q", "a")
+    doomed = exchange(store, user, None, "q1", "a1", title="Doomed")
+    retry(store, user, doomed.conversation_id, doomed.user_message_id, None)
+    exchange(store, user, doomed.conversation_id, "q2", "a2")
+    kept = exchange(store, user, None, "q", "a", title="Kept").conversation_id
     assert store.count_messages(user) == 7
 
-    store.delete(user, doomed)
+    store.delete(user, doomed.conversation_id)
 
     assert store.count_messages(user) == 2
     assert [e.user for e in store.get_conversation(user, kept).exchanges] == ["q"]
@@ -316,14 +307,12 @@ def test_delete_exchange_removes_the_message_and_every_version_of_its_reply(
     store: Store,
 ) -> None:
     user = store.user_id()
-    conversation = store.create_conversation(user, "Undo")
-    exchange_with_reply(store, user, conversation, "keep me", "kept")
-    message, _ = exchange_with_reply(store, user, conversation, "take me back", "v1")
-    retry = store.start_reply(user, conversation, message, "smol", "llama.cpp")
-    store.save_reply(user, retry, "v2", status="stop")
+    conversation = exchange(store, user, None, "keep me", "kept", title="Undo").conversation_id
+    taken = exchange(store, user, conversation, "take me back", "v1")
+    retry(store, user, conversation, taken.user_message_id, "v2")
     assert store.count_messages(user) == 5
 
-    store.delete_exchange(user, conversation, message)
+    store.delete_exchange(user, conversation, taken.user_message_id)
 
     record = store.get_conversation(user, conversation)
     assert [(e.user, e.reply and e.reply.content) for e in record.exchanges] == [
@@ -331,32 +320,32 @@ def test_delete_exchange_removes_the_message_and_every_version_of_its_reply(
     ]
     assert store.count_messages(user) == 2
     with pytest.raises(NotFound):
-        store.delete_exchange(user, conversation, message)
+        store.delete_exchange(user, conversation, taken.user_message_id)
 
 
 def test_delete_exchange_refuses_a_message_of_another_conversation(store: Store) -> None:
     user = store.user_id()
-    here = store.create_conversation(user, "Here")
-    there = store.create_conversation(user, "There")
-    message, _ = exchange_with_reply(store, user, there, "not here", "right")
+    here = exchange(store, user, title="Here").conversation_id
+    there = exchange(store, user, None, "not here", "right", title="There")
 
     with pytest.raises(NotFound):
-        store.delete_exchange(user, here, message)
-    assert [e.user for e in store.get_conversation(user, there).exchanges] == ["not here"]
+        store.delete_exchange(user, here, there.user_message_id)
+    assert [e.user for e in store.get_conversation(user, there.conversation_id).exchanges] == [
+        "not here"]
 
 
 def test_unicode_and_a_one_megabyte_message_round_trip_exactly(store: Store) -> None:
     user = store.user_id("Zoë 🦀")
     title = "Ünïcödé — 日本語 · עברית · 🐍🦀 e\u0301"
-    conversation = store.create_conversation(user, title, "Réponds en français. 🇫🇷")
     text = "print('héllo, 世界')\r\n\tλ x: x ** 2  # ∑ 🧮 \U0001f9ea\u200d\n  trailing  "
     reply = "".join(chr(code) for code in range(0x20, 0x3000) if not 0xD800 <= code < 0xE000)
     chunk = "def f(x):\n    return 'ÿ€😀'  # 1 MB\n"
     huge = chunk * (1024 * 1024 // len(chunk.encode()) + 1)
     assert len(huge.encode()) >= 1024 * 1024
 
-    exchange_with_reply(store, user, conversation, text, reply)
-    exchange_with_reply(store, user, conversation, huge, huge)
+    conversation = exchange(store, user, None, text, reply, title=title,
+                            system_prompt="Réponds en français. 🇫🇷").conversation_id
+    exchange(store, user, conversation, huge, huge)
 
     record = store.get_conversation(user, conversation)
     assert (record.title, record.system_prompt) == (title, "Réponds en français. 🇫🇷")
@@ -607,7 +596,7 @@ def test_a_missing_leaf_reads_as_the_newest_child_at_each_step(store: Store) -> 
         db.execute(text("UPDATE conversations SET leaf_id = 999999"))
 
     assert shown(store, user, conversation) == [("q1", "re: q1"), ("q2, edited", "re: q2, edited")]
-    store.add_user_message(user, conversation, "q3")
+    exchange(store, user, conversation, "q3")  # after the last message shown
     assert [e.user for e in store.get_conversation(user, conversation).exchanges] == [
         "q1", "q2, edited", "q3"]
 
@@ -672,6 +661,39 @@ def test_the_migration_to_branches_links_each_message_to_the_reply_it_followed(
         (1, None), (2, 1), (4, 1), (5, 4), (6, 5), (7, 6)]
     assert shown(store, 1, "b") == [("other", None)]
     assert store.get_conversation(1, "a").exchanges[0].reply_alternatives == (2, 4)
+
+
+def test_the_migration_of_kept_settings_cleans_the_settings_stored_before_it(
+    open_store: Callable[[], Store],
+) -> None:
+    """Before 0007 settings were stored as sent (an import's as the file had them) and
+    cleaned at every read; 0007 keeps of each what is kept now (``kept_settings``)."""
+    store = open_store()
+    upgrade(store, "0006")
+    user = store.user_id()
+    messy, clean, odd = (exchange(store, user, title=title).conversation_id
+                         for title in ("Messy", "Clean", "Not an object"))
+    stored_before = {
+        messy: {"temperature": 1, "top_p": "0.9", "top_k": 40.0, "max_new_tokens": 1.5,
+                "seed": None, "stop": ["END"], "repetition_penalty": True, "model": "smol",
+                "theme": {"dark": True}},
+        clean: {"max_new_tokens": 512, "temperature": 0.2, "stop": "END\nSTOP", "seed": -1},
+        odd: ["temperature", 0.2],
+    }
+    with store.engine.begin() as db:
+        for conversation, settings in stored_before.items():
+            db.execute(text("UPDATE conversations SET settings = :settings WHERE id = :id"),
+                       {"settings": json.dumps(settings), "id": conversation})
+
+    store.migrate()
+
+    kept = {c: store.get_conversation(user, c).settings for c in stored_before}
+    assert kept == {
+        messy: {"temperature": 1.0, "top_k": 40, "model": "smol"},
+        clean: stored_before[clean],
+        odd: {},
+    }
+    assert (type(kept[messy]["temperature"]), type(kept[messy]["top_k"])) == (float, int)
 
 
 def test_the_migrations_match_the_models(store: Store) -> None:

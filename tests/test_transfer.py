@@ -24,6 +24,7 @@ from app.store.transfer import (
     export_json,
     import_json,
 )
+from tests.stored import exchange, imported_conversation, retry
 
 CODE_QUESTION = "Why does this fail? ¿Qué pasa? 日本語 🚀\n```python\nprint('héllo')\n```\n"
 FIRST_ANSWER = "Use `repr`:\n\n```python\nprint(repr('héllo'))\n```\n"
@@ -38,26 +39,27 @@ def new_store(tmp_path: Path, name: str = "db") -> Store:
 
 
 def fill(store: Store, user_id: int) -> list[str]:
-    """Two conversations: one with a retried reply (the retry interrupted), one plain."""
-    first = store.create_conversation(
-        user_id, "Ünïcode & code 🐍", "You are terse.\n```\nfenced rules\n```",
-        language="python", settings={"temperature": 0.2, "stop": "END\nSTOP", "seed": None,
-                                     "max_new_tokens": 512},
+    """Two conversations: one with a retried reply (the retry interrupted), and one imported
+    with a message never answered."""
+    first = exchange(
+        store, user_id, None, CODE_QUESTION, None, title="Ünïcode & code 🐍",
+        system_prompt="You are terse.\n```\nfenced rules\n```", language="python",
+        settings={"temperature": 0.2, "stop": "END\nSTOP", "seed": 7, "max_new_tokens": 512},
+        model="smollm2",
     )
-    question = store.add_user_message(user_id, first, CODE_QUESTION)
-    reply = store.start_reply(user_id, first, question, "smollm2", "llama.cpp")
-    store.save_reply(user_id, reply, FIRST_ANSWER, status="stop", tokens=17,
+    store.save_reply(user_id, first.reply_id, FIRST_ANSWER, status="stop", tokens=17,
                      time_to_first_token=0.1234, tokens_per_second=41.5)
-    retry = store.start_reply(user_id, first, question, "qwen-coder", "tgi")
-    store.save_reply(user_id, retry, SECOND_ANSWER, status="interrupted",
+    again = retry(store, user_id, first.conversation_id, first.user_message_id, None,
+                  model="qwen-coder", backend="tgi")
+    store.save_reply(user_id, again.reply_id, SECOND_ANSWER, status="interrupted",
                      error="The server went away.", tokens=9, time_to_first_token=0.5,
                      tokens_per_second=12.25)
-    follow_up = store.add_user_message(user_id, first, SCRIPT)
-    answer = store.start_reply(user_id, first, follow_up, "qwen-coder", "tgi")
-    store.save_reply(user_id, answer, f"It is text: {SCRIPT}", status="length", tokens=3)
-    second = store.create_conversation(user_id, "Empty-ish")
-    store.add_user_message(user_id, second, "no reply yet")
-    return [first, second]
+    answer = exchange(store, user_id, first.conversation_id, SCRIPT, None, model="qwen-coder",
+                      backend="tgi")
+    store.save_reply(user_id, answer.reply_id, f"It is text: {SCRIPT}", status="length",
+                     tokens=3)
+    second = imported_conversation(store, user_id, "no reply yet", title="Empty-ish")
+    return [first.conversation_id, second]
 
 
 def fill_branches(store: Store, user_id: int) -> str:
@@ -275,6 +277,26 @@ def test_a_reply_still_streaming_is_imported_as_interrupted(tmp_path: Path) -> N
     assert reply is not None
     assert (reply.status, reply.content) == ("interrupted", "half")
     assert reply.error == transfer.STREAMING_AT_EXPORT
+
+
+def test_an_import_keeps_only_the_settings_a_conversation_keeps(tmp_path: Path) -> None:
+    """A file may carry any settings: unknown names and values the page cannot use are left
+    out as they are written (``kept_settings``), whole numbers kept as the type of their
+    setting; what is exported again is what was kept."""
+    settings = {
+        "temperature": 1, "top_p": "0.9", "top_k": 40.0, "max_new_tokens": 1.5, "seed": None,
+        "stop": ["END"], "repetition_penalty": True, "frequency_penalty": 0.5, "model": "smol",
+        "theme": {"dark": True},
+    }
+    store = new_store(tmp_path)
+    user = store.user_id()
+    [new_id] = import_json(store, user, json.dumps(document(
+        conversation(message(1)) | {"settings": settings})))
+
+    kept = store.get_conversation(user, new_id).settings
+    assert kept == {"temperature": 1.0, "top_k": 40, "frequency_penalty": 0.5, "model": "smol"}
+    assert (type(kept["temperature"]), type(kept["top_k"])) == (float, int)
+    assert json.loads(export_json(store, user, new_id))["conversations"][0]["settings"] == kept
 
 
 # -- Markdown -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from app.ui.render import EARLIER, LATER, chat_messages, user_suffix
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
+from tests.stored import imported_conversation
 from tests.waiting import eventually
 
 # The marker render.live_marker puts after the text of a reply being written.
@@ -277,17 +278,15 @@ async def test_a_retry_stores_the_prompt_and_settings_it_used(
 
 
 async def test_reopening_an_imported_conversation_keeps_only_usable_settings(
-    backend: ServerThread, tmp_path: Path,
+    backend: ServerThread,
 ) -> None:
-    """An import may carry any value: one the controls cannot take leaves them as they are."""
+    """A file may carry any value: one the controls cannot take leaves them as they are."""
     ui = make_ui(backend.url)
     local = await ui.users.conversations(None)
-    conversation = ui.store.create_conversation(
-        local.user_id, "Imported", "", settings={
-            "temperature": "hot", "top_p": 0.5, "seed": 1.5, "max_new_tokens": 300.0,
-            "stop": ["END"], "top_k": float("nan"), "model": 7,
-        },
-    )
+    conversation = imported_conversation(ui.store, local.user_id, settings={
+        "temperature": "hot", "top_p": 0.5, "seed": 1.5, "max_new_tokens": 300.0,
+        "stop": ["END"], "top_k": 40.5, "model": 7,
+    })
     [update] = await drain(ui.chat.open_chat(None, conversation, Chat()))
     view = ui.chat.view
     model = update.get(view.model, gr.skip())
