@@ -118,7 +118,7 @@ async def test_spinning_threads_stop_at_the_cpu_limit() -> None:
 
 async def test_allocating_10_gib_stops_at_the_memory_limit() -> None:
     result = await run("data = bytearray(10 * 2**30)\nprint('allocated')")
-    assert result.stopped == "memory limit (64 MB)"
+    assert result.stopped == "memory limit (64 MiB)"
     assert result.exit_code == 1
     assert "MemoryError" in result.stderr
     assert "allocated" not in result.stdout
@@ -127,7 +127,7 @@ async def test_allocating_10_gib_stops_at_the_memory_limit() -> None:
 
 async def test_growing_a_list_stops_at_the_memory_limit() -> None:
     result = await run("chunks = []\nwhile True:\n    chunks.append(bytearray(2**20))")
-    assert result.stopped == "memory limit (64 MB)"
+    assert result.stopped == "memory limit (64 MiB)"
     assert result.exit_code == 1
     assert result.seconds < 2
 
@@ -162,7 +162,7 @@ async def test_a_bash_fork_bomb_is_contained() -> None:
 
 async def test_printing_100_mb_stops_at_the_output_limit() -> None:
     result = await run("line = 'x' * 99\nfor _ in range(1_000_000):\n    print(line)")
-    assert result.stopped == "output limit (64 KB)"
+    assert result.stopped == "output limit (64 KiB)"
     assert result.truncated
     assert result.exit_code is None
     assert len(result.stdout) + len(result.stderr) <= 64 * 1024
@@ -177,7 +177,7 @@ async def test_stdout_and_stderr_share_the_output_limit() -> None:
     )
     result = await run(code, limits=RunLimits(output_bytes=1000))
     assert result.truncated
-    assert result.stopped == "output limit (1000 bytes)"
+    assert result.stopped == "output limit (1000 B)"
     assert len(result.stdout) + len(result.stderr) == 1000
 
 
@@ -266,7 +266,7 @@ async def test_many_files_stop_at_the_disk_limit_and_the_host_disk_gains_nothing
     before = shutil.disk_usage(tempfile.gettempdir()).used
     result = await run(code, limits=RunLimits(wall_seconds=5, memory_mb=64, disk_mb=16))
     after = shutil.disk_usage(tempfile.gettempdir()).used
-    assert result.stopped == "disk limit (16 MB)", result.stderr
+    assert result.stopped == "disk limit (16 MiB)", result.stderr
     assert "No space left on device" in result.stderr
     assert after - before < 64 * 2**20, "400 MB were asked for; the host's disk got none"
 
@@ -274,7 +274,7 @@ async def test_many_files_stop_at_the_disk_limit_and_the_host_disk_gains_nothing
 async def test_a_huge_file_stops_at_the_file_size_limit() -> None:
     code = "with open('big', 'wb') as f:\n    for _ in range(100):\n        f.write(bytes(2**20))"
     result = await run(code)
-    assert result.stopped == "file size limit (64 MB)"
+    assert result.stopped == "file size limit (64 MiB)"
     assert result.exit_code == 1
     assert "File too large" in result.stderr
 
@@ -289,7 +289,7 @@ async def test_a_javascript_snippet_runs() -> None:
 async def test_javascript_out_of_memory_is_named() -> None:
     code = "const kept = [];\nfor (;;) kept.push(new Array(1e6).fill(1.5));"
     result = await run(code, "javascript", RunLimits(wall_seconds=5, memory_mb=128))
-    assert result.stopped == "memory limit (128 MB)"
+    assert result.stopped == "memory limit (128 MiB)"
     assert result.exit_code is None  # node aborts (SIGABRT)
 
 

@@ -12,7 +12,7 @@ while snippets run. Inside the sandbox the snippet sees:
   root: nothing else of the host, no ``/etc``, no ``/home``, none of the app's files (should the
   repository lie under ``/usr``, an empty directory is mounted over it);
 - two writable places: the temporary directory, bound at ``/sandbox`` (the working directory
-  and ``HOME``), and a ``/tmp`` tmpfs of at most ``memory_mb``;
+  and ``HOME``), and a ``/tmp`` tmpfs of at most ``disk_mb``;
 - an environment of its own (``--clearenv``: ``PATH``, ``HOME``, ``LANG``, ``TMPDIR``,
   ``PYTHONUNBUFFERED``); bwrap itself is started with that small environment too, so neither
   the snippet nor ``/proc/1/environ`` shows the app's secrets (``HF_TOKEN``, ``DATABASE_URL``);
@@ -27,8 +27,8 @@ Limits (``RunLimits``), and what enforces each:
   call) sets ``RLIMIT_CPU``, ``RLIMIT_DATA``, ``RLIMIT_FSIZE`` (``memory_mb`` per file),
   ``RLIMIT_NPROC`` and ``RLIMIT_CORE`` (0) on itself inside the sandbox and execs the
   interpreter. ``RLIMIT_DATA`` rather than ``RLIMIT_AS``: measured here, node 20 needs about
-  1 GiB of address space to start (it crashes under ``RLIMIT_AS`` of 512 MB) but starts with
-  64 MB of ``RLIMIT_DATA``, which still stops a 10 GiB allocation at once (``MemoryError``);
+  1 GiB of address space to start (it crashes under ``RLIMIT_AS`` of 512 MiB) but starts with
+  64 MiB of ``RLIMIT_DATA``, which still stops a 10 GiB allocation at once (``MemoryError``);
 - output: stdout and stderr are read as they come; past ``output_bytes`` (the two together) the
   sandbox is killed and the result says so.
 
@@ -46,12 +46,12 @@ Disk: ``/sandbox`` (the snippet's file bound read-only into it) and ``/tmp`` are
 of ``disk_mb``, in memory: a run writes nothing to the host's disk, and a write past the limit
 fails with ``ENOSPC`` ("disk limit"). ``/dev/shm`` is read-only, so
 Python's ``multiprocessing`` locks do not work inside. node needs ``memory_mb`` of 64 or more
-(under 32 MB of ``RLIMIT_DATA`` it hangs at start, and the run ends at its time limit).
+(under 32 MiB of ``RLIMIT_DATA`` it hangs at start, and the run ends at its time limit).
 
 A ``stopped`` reason a user understands, from what ended the run: the deadline ("time limit
-(10 s)"), the output cap ("output limit (64 KB)"), ``SIGXCPU`` ("CPU limit"), ``SIGXFSZ``
-("file size limit (256 MB)"), a full tmpfs on stderr ("disk limit (64 MB)"), an
-interpreter's own out-of-memory message on stderr ("memory limit (256 MB)"), failed forks on
+(10 s)"), the output cap ("output limit (64 KiB)"), ``SIGXCPU`` ("CPU limit"), ``SIGXFSZ``
+("file size limit (256 MiB)"), a full tmpfs on stderr ("disk limit (64 MiB)"), an
+interpreter's own out-of-memory message on stderr ("memory limit (256 MiB)"), failed forks on
 stderr ("too many processes"), another signal ("killed by signal N": bwrap reports a signal
 as exit status 128 + N, as shells do).
 """
@@ -68,6 +68,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.sizes import size_text
 
 MIB = 1024 * 1024
 NOBODY = 65534
@@ -111,7 +113,8 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class RunLimits:
-    """What one run may use. ``output_bytes`` counts stdout and stderr together."""
+    """What one run may use. ``output_bytes`` counts stdout and stderr together;
+    ``memory_mb`` and ``disk_mb`` are in MiB."""
 
     wall_seconds: float = 10
     cpu_seconds: int = 10
@@ -168,12 +171,6 @@ def languages() -> dict[str, list[str]]:
     if os.access(BASH, os.X_OK):
         found["bash"] = [BASH]
     return found
-
-
-def _size(limit_bytes: int) -> str:
-    if limit_bytes % 1024 == 0:
-        return f"{limit_bytes // 1024} KB"
-    return f"{limit_bytes} bytes"
 
 
 def _root_binds() -> list[str]:
@@ -334,13 +331,13 @@ def _ending(returncode: int, stderr: bytes, limits: RunLimits) -> tuple[int | No
     if returncode != 0 and any(sign in stderr for sign in PROCESS_SIGNS):
         return exit_code, "too many processes"
     if returncode != 0 and any(sign in stderr for sign in MEMORY_SIGNS):
-        return exit_code, f"memory limit ({limits.memory_mb} MB)"
+        return exit_code, f"memory limit ({size_text(limits.memory_mb * MIB)})"
     if signum == signal.SIGXCPU:
         return None, "CPU limit"
     if signum == signal.SIGXFSZ or (returncode != 0 and any(s in stderr for s in FILE_SIGNS)):
-        return exit_code, f"file size limit ({limits.memory_mb} MB)"
+        return exit_code, f"file size limit ({size_text(limits.memory_mb * MIB)})"
     if returncode != 0 and any(sign in stderr for sign in DISK_SIGNS):
-        return exit_code, f"disk limit ({limits.disk_mb} MB)"
+        return exit_code, f"disk limit ({size_text(limits.disk_mb * MIB)})"
     if signum is not None:
         return None, f"killed by signal {signum}"
     return exit_code, None
@@ -412,7 +409,7 @@ async def _run(command: list[str], limits: RunLimits) -> RunResult:
                 full = _task_count(process.pid) >= limits.processes
                 _kill(process)
                 if over.done():
-                    stopped = f"output limit ({_size(limits.output_bytes)})"
+                    stopped = f"output limit ({size_text(limits.output_bytes)})"
                 elif full:  # a fork bomb that swallows its errors
                     stopped = "too many processes"
                 else:
@@ -442,7 +439,7 @@ async def _run(command: list[str], limits: RunLimits) -> RunResult:
     if stopped is None:
         exit_code, stopped = _ending(returncode, bytes(output.stderr), limits)
         if stopped is None and output.truncated:
-            stopped = f"output limit ({_size(limits.output_bytes)})"
+            stopped = f"output limit ({size_text(limits.output_bytes)})"
     return RunResult(
         stdout=output.stdout.decode("utf-8", errors="replace"),
         stderr=output.stderr.decode("utf-8", errors="replace"),

@@ -14,8 +14,8 @@ from typing import Any
 import gradio as gr
 
 from app.chat import Chat
-from app.chat.attachments import size_text
 from app.settings import Settings
+from app.sizes import size_text
 from app.ui.branches import link_presses
 from app.ui.render import ATTACHMENT_LINK
 
