@@ -19,15 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from app.snippets import sandbox
-from app.snippets.sandbox import (
-    RunLimits,
-    RunResult,
-    SandboxUnavailable,
-    bwrap_command,
-    languages,
-    run_snippet,
-)
+from app.snippets import bwrap
+from app.snippets.bwrap import SandboxUnavailable, bwrap_command, languages
+from app.snippets.limits import RunLimits
+from app.snippets.sandbox import RunResult, run_snippet
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = RunLimits(wall_seconds=2, cpu_seconds=2, memory_mb=64, output_bytes=64 * 1024,
@@ -58,7 +53,7 @@ def leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     Its runs are told apart from other test runs on the machine by a variable set inside the
     sandbox and by a base directory of their own for the run directories."""
     marker = f"sandbox-test-{uuid.uuid4().hex}"
-    monkeypatch.setitem(sandbox.SANDBOX_ENV, "TEST_RUN", marker)
+    monkeypatch.setitem(bwrap.SANDBOX_ENV, "TEST_RUN", marker)
     base = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
     base.chmod(0o755)  # the sandbox may run as nobody, which must reach its directory
     monkeypatch.setattr(tempfile, "tempdir", str(base))
@@ -342,7 +337,7 @@ async def test_without_bubblewrap_the_error_says_what_to_install(
 
 
 async def test_a_sandbox_bwrap_cannot_build_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "_root_binds", lambda: ["--ro-bind", "/nonexistent", "/usr"])
+    monkeypatch.setattr(bwrap, "_root_binds", lambda: ["--ro-bind", "/nonexistent", "/usr"])
     with pytest.raises(SandboxUnavailable, match="bwrap: Can't find source path /nonexistent"):
         await run("print(1)")
 
@@ -363,7 +358,7 @@ def test_the_command_binds_nothing_of_the_app(tmp_path: Path) -> None:
 
 
 async def test_an_app_installed_under_usr_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "REPOSITORY", Path("/usr/share/doc"))
+    monkeypatch.setattr(bwrap, "REPOSITORY", Path("/usr/share/doc"))
     code = "import os\nprint(os.listdir('/usr/share/doc'), os.path.exists('/usr/bin/python3'))"
     result = await run(code)
     assert (result.stdout, result.exit_code) == ("[] True\n", 0)

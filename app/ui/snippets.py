@@ -19,9 +19,11 @@ from app.chat.guard import Guard, MessageRefused
 from app.chat.history import History
 from app.markdown import fenced
 from app.preview import preview_kind
+from app.snippets.bwrap import SandboxUnavailable, languages
 from app.snippets.extract import CodeBlock, extract_blocks
 from app.snippets.library import SnippetLibrary, SnippetRecord, filename
-from app.snippets.sandbox import RunLimits, RunResult, SandboxUnavailable, languages, run_snippet
+from app.snippets.limits import RunLimits
+from app.snippets.sandbox import RunResult, run_snippet
 from app.store import NotFound, StoreError
 from app.ui.downloads import Downloads
 from app.ui.preview import PreviewUI
