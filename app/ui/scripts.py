@@ -1,6 +1,6 @@
-"""The page's scripts. Each lives in a file of its own next to this one (``app/ui/*.js``),
-holding one function; an event runs it through ``call``, with its parameters given from Python
-as JSON."""
+"""The page's scripts. Each lives in a file of its own next to this one (``app/ui/*.js``, linted
+by ESLint in scripts/test), holding one function; an event runs it through ``call``, with its
+parameters given from Python as JSON."""
 
 from __future__ import annotations
 
