@@ -38,6 +38,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from app.downloader.npm import MERMAID
+from app.sizes import size_text
 
 PATH = "/preview"
 PREVIEWS_PER_USER = 20
@@ -111,8 +112,8 @@ class Previews:
         preview = Preview(secrets.token_urlsafe(32), owner, kind, code)
         if preview.size > self.max_bytes:
             raise PreviewTooLarge(
-                f"This code is {preview.size / 1024:.0f} KiB; a preview takes at most "
-                f"{self.max_bytes / 1024:.0f} KiB (PREVIEW_MAX_BYTES)."
+                f"This code is {size_text(preview.size)}; a preview takes at most "
+                f"{size_text(self.max_bytes)} (PREVIEW_MAX_BYTES)."
             )
         self._by_id[preview.id] = preview
         self._bytes += preview.size

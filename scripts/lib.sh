@@ -98,3 +98,20 @@ if stale:
 PY
     echo "$want" >"$stamp"
 }
+
+# The linter of the page's scripts (app/ui/*.js): ESLint, pinned with the integrity hash of
+# every package in tools/jslint/package-lock.json.
+JSLINT="$REPO/tools/jslint"
+
+# ensure_jslint: tools/jslint/node_modules (git-ignored) installed from that lock with npm ci
+# (from the npm registry, or NPM_CONFIG_REGISTRY), again only when package.json or the lock
+# changed. No package's install script runs.
+ensure_jslint() {
+    local stamp="$JSLINT/node_modules/.installed" want
+    want="$(cat "$JSLINT/package.json" "$JSLINT/package-lock.json" | sha256sum | cut -d' ' -f1)"
+    [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || return 0
+    echo "Installing the JavaScript linter into $JSLINT/node_modules ..."
+    (cd "$JSLINT" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null) ||
+        fail "npm ci could not install the JavaScript linter; see npm's message above."
+    echo "$want" >"$stamp"
+}

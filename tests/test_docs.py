@@ -16,7 +16,8 @@ PAGES = [README, *sorted((REPO / "docs").glob("*.md")), REPO / "bench" / "README
 README_LIMIT = 10 * 1024
 
 # Paths in the repository that a page may name: anything under these folders, and these files.
-FOLDERS = ("app/", "bench/", "containers/", "docs/", "scripts/", "tests/", "volumes/", ".ci/")
+FOLDERS = ("app/", "bench/", "containers/", "docs/", "scripts/", "tests/", "tools/", "volumes/",
+           ".ci/")
 FILES = ("README.md", "pyproject.toml", "requirements.txt", "space.py", "docker-bake.hcl")
 # Made at run time, so not in a fresh checkout: the default model and the database.
 MADE_AT_RUN_TIME = {

@@ -309,7 +309,7 @@ def test_a_full_disk_says_where_and_how_much(hub: FakeHub, tmp_path: Path) -> No
     )
     assert result.returncode == 5, result.stderr
     assert error_line(result) == (
-        f"error: No space left on the disk of {cache} (acme/tiny-coder takes 3.0 MB):"
+        f"error: No space left on the disk of {cache} (acme/tiny-coder takes 2.9 MiB):"
         " free some space there, or set MODEL_CACHE_DIR to a folder on a larger disk.")
     assert "left behind" not in result.stdout
 

@@ -19,15 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from app.snippets import sandbox
-from app.snippets.sandbox import (
-    RunLimits,
-    RunResult,
-    SandboxUnavailable,
-    bwrap_command,
-    languages,
-    run_snippet,
-)
+from app.snippets import bwrap
+from app.snippets.bwrap import SandboxUnavailable, bwrap_command, languages
+from app.snippets.limits import RunLimits
+from app.snippets.sandbox import RunResult, run_snippet
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = RunLimits(wall_seconds=2, cpu_seconds=2, memory_mb=64, output_bytes=64 * 1024,
@@ -58,7 +53,7 @@ def leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     Its runs are told apart from other test runs on the machine by a variable set inside the
     sandbox and by a base directory of their own for the run directories."""
     marker = f"sandbox-test-{uuid.uuid4().hex}"
-    monkeypatch.setitem(sandbox.SANDBOX_ENV, "TEST_RUN", marker)
+    monkeypatch.setitem(bwrap.SANDBOX_ENV, "TEST_RUN", marker)
     base = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
     base.chmod(0o755)  # the sandbox may run as nobody, which must reach its directory
     monkeypatch.setattr(tempfile, "tempdir", str(base))
@@ -118,7 +113,7 @@ async def test_spinning_threads_stop_at_the_cpu_limit() -> None:
 
 async def test_allocating_10_gib_stops_at_the_memory_limit() -> None:
     result = await run("data = bytearray(10 * 2**30)\nprint('allocated')")
-    assert result.stopped == "memory limit (64 MB)"
+    assert result.stopped == "memory limit (64 MiB)"
     assert result.exit_code == 1
     assert "MemoryError" in result.stderr
     assert "allocated" not in result.stdout
@@ -127,7 +122,7 @@ async def test_allocating_10_gib_stops_at_the_memory_limit() -> None:
 
 async def test_growing_a_list_stops_at_the_memory_limit() -> None:
     result = await run("chunks = []\nwhile True:\n    chunks.append(bytearray(2**20))")
-    assert result.stopped == "memory limit (64 MB)"
+    assert result.stopped == "memory limit (64 MiB)"
     assert result.exit_code == 1
     assert result.seconds < 2
 
@@ -162,7 +157,7 @@ async def test_a_bash_fork_bomb_is_contained() -> None:
 
 async def test_printing_100_mb_stops_at_the_output_limit() -> None:
     result = await run("line = 'x' * 99\nfor _ in range(1_000_000):\n    print(line)")
-    assert result.stopped == "output limit (64 KB)"
+    assert result.stopped == "output limit (64 KiB)"
     assert result.truncated
     assert result.exit_code is None
     assert len(result.stdout) + len(result.stderr) <= 64 * 1024
@@ -177,7 +172,7 @@ async def test_stdout_and_stderr_share_the_output_limit() -> None:
     )
     result = await run(code, limits=RunLimits(output_bytes=1000))
     assert result.truncated
-    assert result.stopped == "output limit (1000 bytes)"
+    assert result.stopped == "output limit (1000 B)"
     assert len(result.stdout) + len(result.stderr) == 1000
 
 
@@ -266,7 +261,7 @@ async def test_many_files_stop_at_the_disk_limit_and_the_host_disk_gains_nothing
     before = shutil.disk_usage(tempfile.gettempdir()).used
     result = await run(code, limits=RunLimits(wall_seconds=5, memory_mb=64, disk_mb=16))
     after = shutil.disk_usage(tempfile.gettempdir()).used
-    assert result.stopped == "disk limit (16 MB)", result.stderr
+    assert result.stopped == "disk limit (16 MiB)", result.stderr
     assert "No space left on device" in result.stderr
     assert after - before < 64 * 2**20, "400 MB were asked for; the host's disk got none"
 
@@ -274,7 +269,7 @@ async def test_many_files_stop_at_the_disk_limit_and_the_host_disk_gains_nothing
 async def test_a_huge_file_stops_at_the_file_size_limit() -> None:
     code = "with open('big', 'wb') as f:\n    for _ in range(100):\n        f.write(bytes(2**20))"
     result = await run(code)
-    assert result.stopped == "file size limit (64 MB)"
+    assert result.stopped == "file size limit (64 MiB)"
     assert result.exit_code == 1
     assert "File too large" in result.stderr
 
@@ -289,7 +284,7 @@ async def test_a_javascript_snippet_runs() -> None:
 async def test_javascript_out_of_memory_is_named() -> None:
     code = "const kept = [];\nfor (;;) kept.push(new Array(1e6).fill(1.5));"
     result = await run(code, "javascript", RunLimits(wall_seconds=5, memory_mb=128))
-    assert result.stopped == "memory limit (128 MB)"
+    assert result.stopped == "memory limit (128 MiB)"
     assert result.exit_code is None  # node aborts (SIGABRT)
 
 
@@ -342,7 +337,7 @@ async def test_without_bubblewrap_the_error_says_what_to_install(
 
 
 async def test_a_sandbox_bwrap_cannot_build_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "_root_binds", lambda: ["--ro-bind", "/nonexistent", "/usr"])
+    monkeypatch.setattr(bwrap, "_root_binds", lambda: ["--ro-bind", "/nonexistent", "/usr"])
     with pytest.raises(SandboxUnavailable, match="bwrap: Can't find source path /nonexistent"):
         await run("print(1)")
 
@@ -363,7 +358,7 @@ def test_the_command_binds_nothing_of_the_app(tmp_path: Path) -> None:
 
 
 async def test_an_app_installed_under_usr_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "REPOSITORY", Path("/usr/share/doc"))
+    monkeypatch.setattr(bwrap, "REPOSITORY", Path("/usr/share/doc"))
     code = "import os\nprint(os.listdir('/usr/share/doc'), os.path.exists('/usr/bin/python3'))"
     result = await run(code)
     assert (result.stdout, result.exit_code) == ("[] True\n", 0)

@@ -13,7 +13,8 @@ import pytest
 from app.chat import Chat, ChatService
 from app.chat.guard import Guard
 from app.server import open_store
-from app.snippets.sandbox import RunLimits, RunResult, run_snippet
+from app.snippets.limits import RunLimits
+from app.snippets.sandbox import RunResult, run_snippet
 from app.ui import PlaygroundUI
 from app.ui.snippets import SnippetsUI, diff_text
 from tests.conftest import settings_for

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from app.markdown import fenced
+from app.sizes import size_text
 from app.snippets.extract import LANGUAGES, TEXT, language_of
 
 # A file's name as the model and the page show it.
@@ -55,14 +56,6 @@ def language_for(name: str) -> str:
     if language == TEXT and not plain and _EXTENSION_WORD.fullmatch(extension):
         return extension
     return language
-
-
-def size_text(size: int) -> str:
-    """A size in bytes as people read it: 900 B, 12.5 KiB, 256 KiB, 1.2 MiB."""
-    if size < 1024:
-        return f"{size} B"
-    value, unit = (size / 1024, "KiB") if size < 1024 * 1024 else (size / 1024**2, "MiB")
-    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def read_attachments(

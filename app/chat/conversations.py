@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import OperationalError
 
 from app.backends import BackendInfo
-from app.chat.attachments import Attachment, size_text
+from app.chat.attachments import Attachment
 from app.chat.export import export_markdown
 from app.chat.log import ReplyLog
 from app.chat.models import FINISH_TEXT, Chat, Exchange, TurnStats
+from app.sizes import size_text
 from app.store import (
     ConversationRecord,
     ConversationSummary,

@@ -42,6 +42,7 @@ from app.downloader.errors import (
     HubUnreachableError,
     ModelNotFoundError,
 )
+from app.sizes import size_text
 
 OTHER_WEIGHT_FORMATS = ("*.bin", "*.pth", "*.pt", "*.h5", "*.msgpack", "*.ckpt", "*.gguf")
 
@@ -150,7 +151,7 @@ def _download(model: HubModel) -> Path:
 
 def _disk_full(model: HubModel, sizes: list[int | None]) -> DiskFullError:
     known = [size for size in sizes if size is not None]
-    needed = f" ({model.repo_id} takes {_size(sum(known))})" if len(known) == len(sizes) else ""
+    needed = f" ({model.repo_id} takes {size_text(sum(known))})" if len(known) == len(sizes) else ""
     return DiskFullError(
         f"No space left on the disk of {model.cache_dir.resolve()}{needed}: free some space "
         "there, or set MODEL_CACHE_DIR to a folder on a larger disk."
@@ -200,12 +201,3 @@ def _explain(err: Exception, model: HubModel) -> DownloadError:
             f"{': ' + cause.server_message if cause.server_message else ''}. Try again later."
         )
     return DownloadError(f"Could not fetch {what} into {model.cache_dir}: {err}")
-
-
-def _size(count: int) -> str:
-    value, unit = float(count), "bytes"
-    for bigger in ("kB", "MB", "GB", "TB"):
-        if value < 1000:
-            break
-        value, unit = value / 1000, bigger
-    return f"{count} bytes" if unit == "bytes" else f"{value:.1f} {unit}"

@@ -1,6 +1,7 @@
 """Snippets: code blocks taken out of replies, the library of code a user keeps, and runs of
 snippets in a sandbox."""
 
+from app.snippets.bwrap import SandboxUnavailable, languages
 from app.snippets.extract import LANGUAGES, CodeBlock, Language, extract_blocks, guess_language
 from app.snippets.library import (
     InvalidSnippet,
@@ -10,13 +11,8 @@ from app.snippets.library import (
     StoredVersion,
     filename,
 )
-from app.snippets.sandbox import (
-    RunLimits,
-    RunResult,
-    SandboxUnavailable,
-    languages,
-    run_snippet,
-)
+from app.snippets.limits import RunLimits
+from app.snippets.sandbox import RunResult, run_snippet
 
 __all__ = [
     "LANGUAGES",

@@ -14,10 +14,10 @@ from typing import Any
 import gradio as gr
 
 from app.chat import Chat
-from app.chat.attachments import size_text
 from app.settings import Settings
-from app.ui.branches import link_presses
+from app.sizes import size_text
 from app.ui.render import ATTACHMENT_LINK
+from app.ui.scripts import call
 
 # The fence languages whose names the code viewer does not share.
 VIEWER_LANGUAGES = {"bash": "shell", "sh": "shell", "md": "markdown", "yml": "yaml"}
@@ -74,4 +74,5 @@ class AttachmentsUI:
         target = gr.Textbox(visible="hidden", elem_id="attachment-target")
         opened = gr.Button(visible="hidden", elem_id="attachment-open")
         opened.click(self.open, [target, chat], [shown], queue=False, api_visibility="private")
-        page.load(None, js=link_presses(ATTACHMENT_LINK, "attachment-target", "attachment-open"))
+        page.load(None, js=call(
+            "link_presses.js", ATTACHMENT_LINK, "attachment-target", "attachment-open"))

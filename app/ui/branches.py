@@ -15,26 +15,10 @@ from app.chat import Chat, Exchange
 from app.markdown import unescape_html
 from app.store import NotFound
 from app.ui.render import BRANCH_LINK, chat_messages, exchange_at, user_suffix
+from app.ui.scripts import call
 from app.ui.users import PageUsers
 
 BUSY = "Wait for the reply to finish (or press Stop) before {}."
-
-
-def link_presses(link: str, target: str, button: str) -> str:
-    """A script, run once in the page, that makes a click on a link to ``link<value>`` a
-    press of the hidden button ``#button``, with ``value`` in the hidden box ``#target``."""
-    return f"""() => {{
-  document.addEventListener("click", (event) => {{
-    const link = event.target.closest && event.target.closest('a[href^="{link}"]');
-    if (!link) return;
-    event.preventDefault();
-    event.stopPropagation();
-    const box = document.querySelector("#{target} textarea, #{target} input");
-    box.value = link.getAttribute("href").slice({len(link)});
-    box.dispatchEvent(new Event("input", {{ bubbles: true }}));
-    document.querySelector("#{button}").click();
-  }}, true);
-}}"""
 
 
 def busy(chat: Chat) -> bool:
@@ -80,4 +64,4 @@ class BranchesUI:
         target = gr.Textbox(visible="hidden", elem_id="branch-target")
         switch = gr.Button(visible="hidden", elem_id="branch-switch")
         switch.click(self.switch, [target, chat], [chatbot, chat], api_name="switch_branch")
-        page.load(None, js=link_presses(BRANCH_LINK, "branch-target", "branch-switch"))
+        page.load(None, js=call("link_presses.js", BRANCH_LINK, "branch-target", "branch-switch"))

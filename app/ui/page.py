@@ -10,10 +10,9 @@ browsers leave free), and ``?`` opens the list only outside text fields.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import gradio as gr
+
+from app.ui.scripts import call, source
 
 # (keys, what they do), as the overlay and docs/features.md list them.
 SHORTCUTS = [
@@ -56,91 +55,17 @@ PAGE_CSS = f"""
 }}
 """
 
-# Runs once in the page.
-PAGE_SCRIPT = """() => {
-  const shortcuts = __SHORTCUTS__;
-  const narrow = window.matchMedia("(max-width: __NARROW_PX__px)");
-  const press = (id) => document.getElementById(id)?.click();
-  const sidebar = () => document.querySelector(".sidebar");
-  const fold = () => {
-    if (narrow.matches && sidebar()?.classList.contains("open")) {
-      sidebar().querySelector(".toggle-button")?.click();
-    }
-  };
-
-  const overlay = document.createElement("div");
-  overlay.id = "shortcuts-overlay";
-  overlay.hidden = true;
-  overlay.setAttribute("role", "dialog");
-  overlay.setAttribute("aria-modal", "true");
-  overlay.setAttribute("aria-labelledby", "shortcuts-title");
-  const panel = document.createElement("div");
-  panel.className = "panel";
-  const title = document.createElement("h2");
-  title.id = "shortcuts-title";
-  title.textContent = "Keyboard shortcuts";
-  const table = document.createElement("table");
-  for (const [keys, what] of shortcuts) {
-    const row = table.insertRow();
-    const key = document.createElement("kbd");
-    key.textContent = keys;
-    row.insertCell().append(key);
-    row.insertCell().textContent = what;
-  }
-  const close = document.createElement("button");
-  close.id = "shortcuts-close";
-  close.textContent = "Close";
-  panel.append(title, table, close);
-  overlay.append(panel);
-  document.body.append(overlay);
-  let before = null;
-  const show = () => { before = document.activeElement; overlay.hidden = false; close.focus(); };
-  const hide = () => { overlay.hidden = true; before?.focus?.(); };
-  close.addEventListener("click", hide);
-  overlay.addEventListener("click", (event) => { if (event.target === overlay) hide(); });
-  window.playgroundShortcuts = show;
-
-  const typing = (target) => target.closest?.("input, textarea, select, [contenteditable]");
-  const menuOpen = () => document.querySelector('[role="listbox"], .options');
-  document.addEventListener("keydown", (event) => {
-    if (!overlay.hidden) {
-      if (event.key === "Escape") { event.preventDefault(); hide(); }
-      return;
-    }
-    const alt = event.altKey && event.shiftKey && !event.ctrlKey && !event.metaKey;
-    const actions = {
-      KeyR: () => press("retry"),
-      KeyN: () => press("new-chat"),
-      KeyM: () => document.querySelector("#message textarea")?.focus(),
-    };
-    if (alt && actions[event.code]) {
-      event.preventDefault();
-      actions[event.code]();
-    } else if (event.key === "Escape" && !menuOpen()) {
-      press("stop");
-    } else if (event.key === "?" && !event.ctrlKey && !event.metaKey && !typing(event.target)) {
-      event.preventDefault();
-      show();
-    }
-  });
-
-  fold();
-  document.addEventListener("click", (event) => {
-    if (event.target.closest?.("#conversations label, #new-chat")) setTimeout(fold, 0);
-  });
-}""".replace("__SHORTCUTS__", json.dumps(SHORTCUTS)).replace("__NARROW_PX__", str(NARROW_PX))
-
 
 def page_script() -> str:
     """The scripts the page runs once as it opens: the Preview buttons on the chat's code
     (``preview.js``) and the text of replies as it comes (``live.js``)."""
-    calls = "".join(f"({Path(__file__).with_name(name).read_text().strip().rstrip(';')})();\n"
-                    for name in ("preview.js", "live.js"))
+    calls = "".join(f"({source(name)})();\n" for name in ("preview.js", "live.js"))
     return f"() => {{\n{calls}}}"
 
 
 def page_behaviour(page: gr.Blocks) -> None:
-    """Install the page's script, and the sidebar's button that opens the shortcuts' list."""
+    """Install the page's script (``shortcuts.js``: the shortcuts, their list, the sidebar on a
+    small screen), and the sidebar's button that opens the shortcuts' list."""
     button = gr.Button("Keyboard shortcuts (?)", size="sm", elem_id="shortcuts")
     button.click(None, js="() => window.playgroundShortcuts()")
-    page.load(None, js=PAGE_SCRIPT)
+    page.load(None, js=call("shortcuts.js", SHORTCUTS, NARROW_PX))

@@ -13,8 +13,8 @@ from app.backends.client import safe_url
 from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
 from app.chat import Exchange
-from app.chat.attachments import size_text
 from app.markdown import escape_html, escape_html_open, escape_markdown
+from app.sizes import size_text
 
 TITLE = "## Coding Playground"
 # The switches between alternatives link here; app.ui.branches catches the clicks.

@@ -16,9 +16,11 @@ from app.chat import Chat, ChatService
 from app.chat.turns import TurnRefused, TurnRequest, Turns
 from app.markdown import fenced
 from app.preview import preview_kind
+from app.snippets.bwrap import SandboxUnavailable, languages
 from app.snippets.extract import CodeBlock, extract_blocks
 from app.snippets.library import NotFound, SnippetLibrary, SnippetRecord, StoreError, filename
-from app.snippets.sandbox import RunLimits, RunResult, SandboxUnavailable, languages, run_snippet
+from app.snippets.limits import RunLimits
+from app.snippets.sandbox import RunResult, run_snippet
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import Outputs
 from app.ui.preview import PreviewUI
