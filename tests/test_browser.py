@@ -117,6 +117,124 @@ def test_the_reply_grows_between_renders_inside_its_code_block_and_ends_rendered
         page.close()
 
 
+# ASCII, emoji (ZWJ sequences, skin tones, a variation selector, flags), CJK and combining
+# marks, in prose and in a code block; "é" both composed and as e + U+0301, each to stay as
+# it came. Tokens split grapheme clusters: a base from its mark, ZWJ sequences inside, a flag
+# between its two regional indicators, an emoji from its skin tone.
+UNICODE_REPLY = [
+    "Crabs ", "🦀", " and coders ", "👩", "\u200d", "💻", " write ", "漢", "字", " and ", "かな",
+    ". Café or cafe", "\u0301", ", nin", "\u0303", "o, ", "❤", "\ufe0f", ". Flags ", "🇫", "🇷",
+    " ", "🇯🇵", ", a family ", "👨\u200d", "👩\u200d👧", "\u200d👦", " waves ", "👋", "🏽",
+    " 1.\n\n",
+    "```python\n", "# ", "🦀", " 2 crabs", " and ", "漢", "字", "\n",
+    "word = ", "'cafe", "\u0301", " nin", "\u0303", "o'", "\n",
+    "team = ", "'👩", "\u200d", "💻", "👨\u200d", "👩\u200d👧", "\u200d👦", "'", "\n",
+    "flags = ", "'🇫", "🇷", "🇯", "🇵", "'", "\n",
+    "```\n\n",
+    "Done ", "✅", " 3 ", "終", "わり", ", e", "\u0301", "👍", "🏿", ".",
+]
+UNICODE_TEXT = "".join(UNICODE_REPLY)
+FROM_CODE = UNICODE_TEXT.split("```python\n")[1]
+UNICODE_CODE = FROM_CODE.split("```")[0]
+
+# At every frame the page paints while the reply is written (its marker is there), what the
+# last reply shows, if it changed: its text, its code block's, the offsets of its markers,
+# its live text and whether that is inside the code block.
+SAMPLE_FRAMES = """() => {
+  window.samples = [];
+  let last = "";
+  const frame = () => {
+    const bot = Array.from(document.querySelectorAll("#chat .message.bot")).pop();
+    const markers = bot ? Array.from(bot.querySelectorAll("span.live-tail")) : [];
+    if (markers.length) {
+      const code = Array.from(bot.querySelectorAll("pre code")).pop();
+      const sample = {
+        text: bot.innerText,
+        code: code ? code.innerText : null,
+        at: markers.map((marker) => marker.className.match(/live-at-(\\d+)/)[1]).join(),
+        live: Array.from(bot.querySelectorAll(".live-text"), (span) => span.textContent).join(),
+        inCode: bot.querySelectorAll("pre code .live-text").length > 0,
+      };
+      const seen = JSON.stringify(sample);
+      if (seen !== last) window.samples.push(sample);
+      last = seen;
+    }
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+}"""
+
+
+def visible(text: str) -> str:
+    """``text`` less what the rendered Markdown and the live plain text show differently:
+    whitespace and the code fences (with their info string); every other character stays."""
+    return re.sub(r"\s+|`+(?:python)?", "", text)
+
+
+@pytest.mark.parametrize("render_every", [60.0, 0.4])
+def test_emoji_cjk_and_combining_marks_show_once_each_in_order_while_the_reply_streams(
+    browser: Browser, backend: ServerThread, fake: FakeBackend, render_every: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a reply streams, the page shows the server's renders and, past each render's
+    offset, the text from the live channel; offsets count code points, which JavaScript's
+    strings do not (an emoji is two UTF-16 units). A reply of emoji, CJK and combining marks,
+    its tokens splitting grapheme clusters, streams through several renders (twice and more a
+    second) or through the live text alone (one render a minute). At every frame painted the
+    reply shows a prefix of its text: no character doubled, lost or out of order, nor a
+    combining mark, a ZWJ or a flag's second half cut from its base by a line break inside
+    the code block. At the end the rendered reply holds the whole text, each character once."""
+    fake.tokens = UNICODE_REPLY
+    fake.token_delay = 0.05
+    # The live channel ends every half second and the browser opens it again from the last
+    # event's id, an offset too.
+    monkeypatch.setattr("app.live.HELD_SECONDS", 0.5)
+    settings = settings_for(backend.url, stream_interval=0.05,
+                            stream_render_interval=render_every)
+    expected = visible(UNICODE_TEXT)
+    with ServerThread(create_app(settings)) as server:
+        page = browser.new_page()
+        page.goto(server.url)
+        page.evaluate(SAMPLE_FRAMES)
+        page.locator("#message textarea").fill("Say it with emoji.")
+        page.locator("#message textarea").press("Enter")
+        bot = page.locator("#chat .message.bot").last
+        expect(bot).to_contain_text("finished", timeout=20_000)
+        samples = page.evaluate("window.samples")
+        shown = ""
+        for sample in samples:
+            now = visible(sample["text"])
+            assert expected.startswith(now), (
+                f"shown: {sample['text']!r}\n(live text: {sample['live']!r}, after the render "
+                f"at {sample['at']}), is not the reply's text; shown before: {shown!r}")
+            assert len(now) >= len(shown), f"{sample['text']!r} lost text shown before"
+            shown = now
+            # The code block's text as it is, line breaks included, less the one Markdown
+            # ends it with (the live text past it, closing fence and all, goes on inside it
+            # until the next render).
+            if sample["code"] is not None:
+                assert FROM_CODE.startswith(sample["code"].removesuffix("\n")), (
+                    f"the code block shows {sample['code']!r} (live text: {sample['live']!r}, "
+                    f"after the render at {sample['at']}), not the reply's {FROM_CODE!r}")
+        renders = {sample["at"] for sample in samples}
+        lives = {sample["live"] for sample in samples}
+        assert len(lives) >= 10, "the text came in many live events"
+        if render_every > 10:
+            assert len(renders) == 1, "no render since the first"
+            assert len(visible(samples[-1]["live"])) > len(expected) * 0.8, (
+                "the live text carried most of the reply")
+        else:
+            assert len(renders) >= 4, f"several renders mid-reply: {renders}"
+            assert any(sample["inCode"] for sample in samples), "live text inside the code block"
+        # The end: the rendered reply, then its stats.
+        expect(bot.locator(".live-text")).to_have_count(0)
+        text, stats = bot.inner_text().rsplit("\n\n", 1)
+        assert re.fullmatch(r"\d+ tokens · .* · finished", stats)
+        assert visible(text) == expected
+        assert bot.locator("pre code").inner_text() == UNICODE_CODE
+        page.close()
+
+
 def leave_mid_reply(page: Page) -> None:
     """Send a long message, press New once the reply is under way, see the new conversation
     stay empty, then open the old one again."""

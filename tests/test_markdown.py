@@ -92,6 +92,25 @@ def test_a_code_block_in_a_list_item_shows_its_code_while_the_reply_streams() ->
     assert shown.endswith("<p>⚠️ The server went away.</p>\n")  # not inside the code block
 
 
+@pytest.mark.parametrize(
+    ("reply", "at", "in_code"),
+    [
+        ("Hi 🦀\n\n", 6, 0),  # prose: all of it, its line breaks too
+        ("```py\nx = '🇫", 12, 1),  # a line of code begun
+        ("```py\nx = 1\n\n", 11, 1),  # the line breaks after the code: left to the live text
+        ("```py\n", 5, 1),  # a block still empty: the script leaves the fence's line break out
+    ],
+)
+def test_a_render_of_a_reply_being_written_marks_the_offset_its_live_text_goes_on_from(
+    reply: str, at: int, in_code: int
+) -> None:
+    """In code points; inside a code block, before the line breaks the reply's text ends with,
+    which the page's script shows before the one Markdown ends the block's text with
+    (``app/ui/live.js``)."""
+    shown = assistant_markdown(Exchange(user="?", reply=reply, live="key"))
+    assert shown.endswith(f'<span class="live-tail live-key-key live-at-{at} '
+                          f'live-code-{in_code}"></span>')
+
 # -- random texts, read by the page ----------------------------------------------------------
 
 PIECES = [

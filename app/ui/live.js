@@ -41,6 +41,26 @@
       ? code : null;
   };
 
+  // Markdown ends a code block's text with a line break of its own, and the render's offset
+  // there is before the line breaks the reply's text ended with: the live text goes before
+  // that line break, so that the line the render ended in goes on (after it, the rest of the
+  // line showed on the next one, a combining mark cut from its letter). That line break
+  // stands for the live text's last one; a block still empty shows it alone, and the live
+  // text's first line break is then the opening fence's.
+  const goOn = (code, span, text) => {
+    const walker = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
+    let last = null;
+    while (walker.nextNode()) last = walker.currentNode;
+    if (!last || !last.data.endsWith("\n")) {
+      span.textContent = text;
+      code.append(span);
+      return;
+    }
+    const shown = code.textContent === "\n" ? text.replace(/^(?:\r\n|\r|\n)/, "") : text;
+    span.textContent = shown.replace(/(?:\r\n|\r|\n)$/, "");
+    (last.length > 1 ? last.splitText(last.length - 1) : last).before(span);
+  };
+
   const show = (key) => {
     const stream = streams.get(key);
     if (!stream) return;
@@ -56,8 +76,12 @@
       const span = document.createElement("span");
       span.className = "live-text";
       span.style.whiteSpace = "pre-wrap";
-      span.textContent = text;
-      (code || marker).append(span);
+      if (code) {
+        goOn(code, span, text);
+      } else {
+        span.textContent = text;
+        marker.append(span);
+      }
       stream.shown.push(span);
     }
   };

@@ -91,7 +91,11 @@ def live_marker(key: str, offset: int, in_code: bool) -> str:
 def assistant_markdown(exchange: Exchange) -> str:
     if exchange.live is not None and not exchange.done:
         shown, in_code = escape_html_open(exchange.reply)
-        marker = live_marker(exchange.live, len(exchange.reply), in_code)
+        # A code block left open shows the text up to the line breaks it ends with (the
+        # closing fence takes their place): they are left to the live text, which live.js
+        # puts before the line break Markdown ends the block's text with.
+        covered = len(exchange.reply.rstrip("\r\n") if in_code else exchange.reply)
+        marker = live_marker(exchange.live, covered, in_code)
         parts = [shown + ("\n\n" if in_code else "") + marker]
     else:
         kept = _kept_reply_shown if exchange.done else _reply_shown
