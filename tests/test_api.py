@@ -7,6 +7,7 @@ import json
 import logging
 import secrets
 import socket
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,6 +24,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
+from sqlalchemy.exc import OperationalError
 
 from app.server import create_app
 from app.store import Accounts, Store
@@ -420,6 +422,50 @@ def long_reply(
 def stored_reply(api: Api, user: dict[str, str], dialogue_id: str) -> dict[str, Any]:
     exchange: dict[str, Any] = api.messages(user, dialogue_id).json()["exchanges"][0]
     return dict(exchange["reply"])
+
+
+def test_the_offset_to_pick_a_reply_up_counts_characters_as_the_page_does(
+    api: Api, fake: FakeBackend
+) -> None:
+    """Emoji outside the BMP, a ZWJ sequence, a letter and its combining accent, CJK: the
+    ``offset`` is in code points, the unit of the page's live text (``app.chat.log``), so what
+    a client has plus what it is sent from there is the reply, nothing doubled or lost."""
+    alice = api.user("alice")
+    fake.tokens = ["🦀 ", "👩\u200d", "💻 cafe", "\u0301 ", "漢字 ", *(f"{i} " for i in range(60))]
+    fake.token_delay = 0.02
+    whole = "".join(fake.tokens)
+    with api.http.stream("POST", "/dialogue", headers=alice,
+                         json={"message": "emoji", "stream": True}) as response:
+        received = events(response)
+        dialogue_id = next(received)["dialogue_id"]
+        got = next(received)["delta"] + next(received)["delta"]
+    with api.http.stream("GET", f"/dialogues/{dialogue_id}/stream", headers=alice,
+                         params={"offset": len(got)}) as response:
+        _, *deltas, _ = events(response)
+    assert got + "".join(event["delta"] for event in deltas) == whole
+    with api.http.stream("GET", f"/dialogues/{dialogue_id}/stream", headers=alice,
+                         params={"offset": 4}) as ended:
+        _, rest, _ = events(ended)
+    assert rest["delta"] == whole[4:] == "💻 cafe\u0301 漢字 " + whole[15:]
+
+
+def test_a_database_that_does_not_answer_is_a_503_to_try_again(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's failures reach a client mapped once (``app.chat.conversations``): a
+    database locked or gone is a 503 with Retry-After and a sentence, never a traceback."""
+    alice = api.user("alice")
+
+    def locked(*args: Any) -> None:
+        raise OperationalError("SELECT …", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(Store, "list_conversations", locked)
+    answer = api.http.get("/dialogues", headers=alice)
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert answer.json() == {
+        "error": "The database did not answer; nothing was changed. Try again in a moment."
+    }
 
 
 def test_a_client_that_leaves_mid_stream_picks_the_reply_up_where_it_left(

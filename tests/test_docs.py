@@ -90,6 +90,18 @@ def test_every_repository_path_named_exists(page: Path) -> None:
     assert not missing, f"{page_id(page)} names paths that do not exist: {sorted(missing)}"
 
 
+def test_the_layout_table_names_every_module_and_script_of_the_app() -> None:
+    """docs/development.md's layout lists each module of ``app/`` (packages' ``__init__`` and
+    the migrations' versions aside) and each of the page's scripts."""
+    named = named_paths(REPO / "docs" / "development.md")
+    modules = {
+        path.relative_to(REPO).as_posix()
+        for path in [*(REPO / "app").rglob("*.py"), *(REPO / "app" / "ui").glob("*.js")]
+        if path.name != "__init__.py" and "versions" not in path.parts
+    }
+    assert not modules - named, f"not in docs/development.md: {sorted(modules - named)}"
+
+
 def test_every_docs_page_is_linked_from_the_readme() -> None:
     linked = {(REPO / target.partition("#")[0]).resolve() for target in links(README)}
     orphans = [page_id(page) for page in PAGES[1:] if page.resolve() not in linked]

@@ -107,9 +107,10 @@ def test_a_render_of_a_reply_being_written_marks_the_offset_its_live_text_goes_o
     """In code points; inside a code block, before the line breaks the reply's text ends with,
     which the page's script shows before the one Markdown ends the block's text with
     (``app/ui/live.js``)."""
-    shown = assistant_markdown(Exchange(user="?", reply=reply, live="key"))
+    shown = assistant_markdown(Exchange(user="?", log=ReplyLog(reply), live="key"))
     assert shown.endswith(f'<span class="live-tail live-key-key live-at-{at} '
                           f'live-code-{in_code}"></span>')
+
 
 # -- random texts, read by the page ----------------------------------------------------------
 
