@@ -104,8 +104,7 @@ class SnippetView:
 
 class SnippetsUI:
     def __init__(
-        self, service: ChatService, turns: Turns, library: SnippetLibrary,
-        users: PageUsers,
+        self, service: ChatService, turns: Turns, library: SnippetLibrary, users: PageUsers,
         runs_allowed: bool, downloads: Downloads, preview: PreviewUI,
     ) -> None:
         self.service = service
