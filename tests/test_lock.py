@@ -15,7 +15,9 @@ pypi tier resolves them again (scripts/lock --check).
 from __future__ import annotations
 
 import os
+import platform
 import re
+import shlex
 import subprocess
 import tomllib
 from collections import defaultdict
@@ -186,32 +188,94 @@ def test_the_scripts_install_the_lock_for_their_part() -> None:
         '    ensure_venv "$VENV" engine,test,bench']
 
 
+WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+
+
 def stub_python(folder: Path) -> Path:
-    """A virtualenv's bin/python that logs its arguments and answers that the project is not
-    installed yet."""
+    """A virtualenv's bin/python that logs its arguments (and a wheel build's CMAKE_ARGS),
+    answers that the project is not installed yet, and 'builds' a wheel into pip wheel's -w
+    folder."""
     python = folder / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text('#!/usr/bin/env bash\necho "$*" >>"$STUB_LOG"\n'
                       '[ "$1" != - ] || cat >/dev/null\n'
+                      'if [ "$2 $3" = "pip wheel" ]; then\n'
+                      '    echo "CMAKE_ARGS=$CMAKE_ARGS" >>"$STUB_LOG"\n'
+                      f'    touch "${{@: -1}}/{WHEEL}"\n'
+                      'fi\n'
                       '[ "$*" != "-m pip show --quiet coding-playground" ]\n')
     python.chmod(0o755)
     return python
 
 
+def engine_cmake_args(env: dict[str, str]) -> list[str]:
+    """scripts/lib.sh's engine_cmake_args, split the way scikit-build-core splits CMAKE_ARGS."""
+    done = subprocess.run(["bash", "-c", "source scripts/lib.sh && engine_cmake_args"], cwd=REPO,
+                          env=env, check=True, capture_output=True, text=True)
+    return shlex.split(done.stdout)
+
+
+def test_the_engine_is_built_for_this_cpu_without_amx() -> None:
+    """GGML_NATIVE=ON, and on x86-64 no AMX (ggml's AMX kernels crash when GCC 12 builds
+    them); a compiler that knows no AMX is given no flag it would refuse; the caller's
+    CMAKE_ARGS come last."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(Path.home())}
+    no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    args = engine_cmake_args(env)
+    if platform.machine() == "x86_64":
+        assert args == ["-DGGML_NATIVE=ON", f"-DCMAKE_C_FLAGS={no_amx}",
+                        f"-DCMAKE_CXX_FLAGS={no_amx}"]
+    else:
+        assert args == ["-DGGML_NATIVE=ON"]
+    assert engine_cmake_args({**env, "CC": "false"}) == ["-DGGML_NATIVE=ON"]
+    assert engine_cmake_args({**env, "CC": "false", "CMAKE_ARGS": "-DGGML_BLAS=ON"}) == [
+        "-DGGML_NATIVE=ON", "-DGGML_BLAS=ON"]
+
+
 def test_ensure_venv_installs_the_lock_with_every_hash_checked_once(tmp_path: Path) -> None:
-    venv, log = tmp_path / "venv", tmp_path / "calls"
+    """The engine's wheel is built once, with engine_cmake_args and without pip's wheel cache,
+    into a folder of its own named by the pin and those options; the virtualenv gets it again
+    when the options change, and the options it was built with again take the kept wheel."""
+    venv, log, cache = tmp_path / "venv", tmp_path / "calls", tmp_path / "cache"
     stub_python(venv)
     command = f'source scripts/lib.sh && ensure_venv "{venv}" engine'
-    env = {"PATH": os.environ["PATH"], "STUB_LOG": str(log)}
+    env = {"PATH": os.environ["PATH"], "STUB_LOG": str(log), "XDG_CACHE_HOME": str(cache)}
     for _ in range(2):
         subprocess.run(["bash", "-c", command], cwd=REPO, env=env, check=True,
                        capture_output=True, text=True)
     calls = log.read_text().splitlines()
-    assert calls[1] == ("-m pip install --quiet --disable-pip-version-check --require-hashes "
+    [kept] = (cache / "coding-playground/engine").iterdir()
+    assert kept.name.startswith(f"llama-cpp-python-0.3.36-{platform.machine()}-")
+    assert re.fullmatch(rf"-m pip wheel --quiet --disable-pip-version-check --no-deps "
+                        rf"--no-cache-dir --require-hashes -r {kept}\.\w+/requirements.txt "
+                        rf"-w {kept}\.\w+", calls[1])
+    assert shlex.split(calls[2].removeprefix("CMAKE_ARGS=")) == engine_cmake_args(env)
+    assert (kept / "requirements.txt").read_text().startswith(
+        "llama-cpp-python[server]==0.3.36 \\\n    --hash=sha256:")
+    assert calls[3] == ("-m pip install --quiet --disable-pip-version-check --no-deps "
+                        f"--force-reinstall {kept}/{WHEEL}")
+    assert calls[4] == ("-m pip install --quiet --disable-pip-version-check --require-hashes "
                         f"-r {REPO}/requirements.txt -r {REPO}/requirements-engine.txt")
-    assert calls[3] == f"-m pip install --quiet --disable-pip-version-check --no-deps -e {REPO}"
-    assert calls[4] == f"- {REPO}/requirements.txt {REPO}/requirements-engine.txt"
-    assert len(calls) == 5, "the second call finds the virtualenv up to date"
+    assert calls[6] == f"-m pip install --quiet --disable-pip-version-check --no-deps -e {REPO}"
+    assert calls[7] == f"- {REPO}/requirements.txt {REPO}/requirements-engine.txt"
+    assert len(calls) == 8, "the second call finds the virtualenv up to date"
+
+    log.unlink()
+    subprocess.run(["bash", "-c", command], cwd=REPO, env={**env, "CMAKE_ARGS": "-DGGML_BLAS=ON"},
+                   check=True, capture_output=True, text=True)
+    calls = log.read_text().splitlines()
+    assert calls[1].startswith("-m pip wheel ")
+    assert calls[2].endswith(" -DGGML_BLAS=ON")
+    assert calls[3].startswith("-m pip install --quiet --disable-pip-version-check --no-deps "
+                               "--force-reinstall ")
+    assert len(list((cache / "coding-playground/engine").iterdir())) == 2
+
+    log.unlink()
+    subprocess.run(["bash", "-c", command], cwd=REPO, env=env, check=True, capture_output=True,
+                   text=True)
+    calls = log.read_text().splitlines()
+    assert calls[1] == ("-m pip install --quiet --disable-pip-version-check --no-deps "
+                        f"--force-reinstall {kept}/{WHEEL}"), "the kept wheel, not built again"
 
 
 def test_ensure_venv_removes_what_the_lock_does_not_name(tmp_path: Path) -> None:
