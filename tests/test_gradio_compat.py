@@ -106,6 +106,24 @@ async def test_gradio_still_rebuilds_a_skipped_output() -> None:
     assert state[textbox._id] is textbox, "SkippingBlocks rebuilt a skipped output"
 
 
+@pytest.mark.parametrize("update", UPDATES)
+async def test_an_answer_by_component_is_sent_as_the_same_answer_in_order(
+    update: list[Any],
+) -> None:
+    """Handlers answer with a dict of the components they change (app/ui/chat.py): it is sent
+    as the list of every output would be, the ones left out skipped (Gradio's
+    convert_component_dict_to_list), without rebuilding them; an empty dict skips all."""
+    demo, outputs = outputs_demo(SkippingBlocks)
+    by_component = {out: deepcopy(value) for out, value in zip(outputs, update, strict=True)
+                    if value != gr.skip()}
+    state = SessionState(demo)
+    as_dict = await demo.postprocess_data(demo.fns[0], by_component, state)
+    as_list = await demo.postprocess_data(demo.fns[0], deepcopy(update), SessionState(demo))
+    assert as_dict == as_list
+    if outputs[2] not in by_component:
+        assert state[outputs[2]._id] is outputs[2], "a skipped output was rebuilt"
+
+
 async def test_an_event_goes_through_skipping_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Gradio's own event path (process_api) calls the override."""
     calls: list[int] = []

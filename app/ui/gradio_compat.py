@@ -44,6 +44,7 @@ from typing import Any
 
 import gradio as gr
 from gradio import route_utils
+from gradio.blocks import Block, convert_component_dict_to_list
 from gradio.helpers import special_args
 
 SKIP = gr.skip()
@@ -61,10 +62,17 @@ class SkippingBlocks(gr.Blocks):
     about half the app's CPU under load. What it sends for them is ``{"__type__": "update"}``
     either way, which is what this sends. A skipped ``gr.State`` costs Gradio nothing and is
     sent as ``None``, so it is left to Gradio.
+
+    Handlers answer with a dict of the components they change (``Outputs``, Gradio's own form):
+    those left out are skipped, and an empty dict changes nothing.
     """
 
     async def postprocess_data(self, block_fn: Any, predictions: Any, state: Any) -> list[Any]:
         outputs = block_fn.outputs
+        if isinstance(predictions, dict) and all(isinstance(k, Block) for k in predictions):
+            values = (convert_component_dict_to_list(outputs, predictions) if predictions
+                      else [SKIP for _ in outputs])
+            predictions = values[0] if len(outputs) == 1 else values
         if not isinstance(predictions, list | tuple) or len(predictions) != len(outputs):
             return await super().postprocess_data(block_fn, predictions, state)
         kept = [
