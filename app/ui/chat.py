@@ -210,6 +210,7 @@ class ChatUI:
                    v.notice: "", v.header: header_markdown(None, err.backend_error),
                    v.last: chat.id, **listed}
             return
+        shown = len(turn.exchange.log)  # the text in the render below
         # The browser keeps the conversation's id at once, to reopen it after a reload.
         yield {v.chatbot: chat_messages(chat.exchanges), v.chat: chat, v.message: "",
                v.notice: dropped_notice(turn.dropped_exchanges, turn.budget),
@@ -218,27 +219,26 @@ class ChatUI:
         # out with the next render: at 64 messages at once, reading it first delayed every
         # first token.
         choices = await mine.choices() if retried is None else None
-        async for shown in self._follow(chat, turn.live):
+        async for update in self._follow(chat, turn.live, shown):
             if choices is not None:  # selected only while the tab still shows it
-                shown[v.conversations] = (
+                update[v.conversations] = (
                     gr.update(choices=choices, value=chat.id) if chat.on_screen
                     else gr.update(choices=choices)
                 )
                 choices = None
-            yield shown
+            yield update
 
-    async def _follow(self, chat: Chat, live: LiveReply) -> AsyncIterator[Outputs]:
-        """The chat pane as the reply ``live`` (running on the server) grows, while the tab
-        shows its conversation: rendered every STREAM_RENDER_INTERVAL and at the end; in
+    async def _follow(self, chat: Chat, live: LiveReply, shown: int) -> AsyncIterator[Outputs]:
+        """The chat pane as the reply ``live`` (running on the server) grows past the text
+        rendered (``shown``, an offset in its log), while the tab shows its conversation:
+        rendered every STREAM_RENDER_INTERVAL and at the end; in
         between, the page's script shows the text as it comes (``app.live``). A tab that goes
         away (closed, reloaded) leaves the reply running, unless REPLY_KEEPS_RUNNING is off:
         then it stops it."""
         loop = asyncio.get_running_loop()
         rendered = loop.time()
-        log = live.exchange.log
         try:
-            # The render just sent holds the text so far: from there on.
-            async for _ in log.chunks(len(log)):
+            async for _ in live.exchange.log.chunks(shown):
                 if not chat.on_screen:
                     break
                 if loop.time() - rendered >= self.settings.stream_render_interval:
@@ -329,6 +329,7 @@ class ChatUI:
         chat pane alone as its reply being written (if any) grows."""
         v = self.view
         live = self.service.replies.attach(opened)
+        shown = len(live.exchange.log) if live is not None else 0
         settings = record.settings  # kept as the page keeps them, when written
         yield {v.chatbot: chat_messages(opened.exchanges), v.chat: opened,
                v.system_prompt: record.system_prompt, v.language: record.language or "",
@@ -338,8 +339,8 @@ class ChatUI:
                                                                    strict=True)
                   if name in settings}}
         if live is not None:
-            async for shown in self._follow(opened, live):
-                yield shown
+            async for update in self._follow(opened, live, shown):
+                yield update
 
     async def search(self, request: gr.Request | None, text: str, chat: Chat) -> Outputs:
         return await self._list(await self.users.conversations(request), chat, text)
