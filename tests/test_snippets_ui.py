@@ -13,10 +13,11 @@ import pytest
 from app.chat import Chat, ChatService
 from app.chat.guard import Guard
 from app.server import open_store
+from app.snippets.library import diff_text
 from app.snippets.limits import RunLimits
 from app.snippets.sandbox import RunResult, run_snippet
 from app.ui import PlaygroundUI
-from app.ui.snippets import SnippetsUI, diff_text
+from app.ui.snippets import SnippetsUI
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread

@@ -21,6 +21,7 @@ in a thread (``asyncio.to_thread``).
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ __all__ = [
     "SnippetSummary",
     "StoreError",
     "StoredVersion",
+    "diff_text",
     "filename",
 ]
 
@@ -173,3 +175,10 @@ def _check_code(code: str) -> None:
             f"A snippet's code is at most {MAX_CODE_CHARS:,} characters; this has "
             f"{len(code):,}."
         )
+
+
+def diff_text(old: str, new: str, old_name: str, new_name: str) -> str:
+    """A unified diff of two versions of code; empty when they are the same."""
+    lines = difflib.unified_diff(old.splitlines(), new.splitlines(), old_name, new_name,
+                                 lineterm="")
+    return "\n".join(lines)

@@ -5,7 +5,6 @@ shown as a diff), run in the sandbox, and preview (HTML, SVG, Mermaid) the versi
 from __future__ import annotations
 
 import asyncio
-import difflib
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,14 @@ from app.markdown import fenced
 from app.preview import preview_kind
 from app.snippets.bwrap import SandboxUnavailable, languages
 from app.snippets.extract import CodeBlock, extract_blocks
-from app.snippets.library import NotFound, SnippetLibrary, SnippetRecord, StoreError, filename
+from app.snippets.library import (
+    NotFound,
+    SnippetLibrary,
+    SnippetRecord,
+    StoreError,
+    diff_text,
+    filename,
+)
 from app.snippets.limits import RunLimits
 from app.snippets.sandbox import RunResult, run_snippet
 from app.ui.downloads import Downloads
@@ -36,13 +42,6 @@ REFINE_PROMPT = (
 def block_label(block: CodeBlock) -> str:
     first = next((line.strip() for line in block.code.splitlines() if line.strip()), "(empty)")
     return f"#{block.index + 1} {block.language}: {first[:60]}"
-
-
-def diff_text(old: str, new: str, old_name: str, new_name: str) -> str:
-    lines = difflib.unified_diff(
-        old.splitlines(), new.splitlines(), old_name, new_name, lineterm=""
-    )
-    return "\n".join(lines) or "(no change)"
 
 
 def result_markdown(result: RunResult) -> str:
@@ -185,7 +184,8 @@ class SnippetsUI:
         diff = ""
         if number > 1:
             before = record.versions[number - 2]
-            diff = diff_text(before.code, version.code, f"v{before.number}", f"v{number}")
+            diff = (diff_text(before.code, version.code, f"v{before.number}", f"v{number}")
+                    or "(no change)")
         v = self.view
         return {
             v.snippet: record.id, v.title: record.title, v.tags: ", ".join(record.tags),
