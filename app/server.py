@@ -17,7 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import install_api
 from app.chat import ChatService
+from app.chat.checks import Checks
 from app.chat.guard import Guard
+from app.chat.turns import Turns
 from app.live import install_live
 from app.logs import RequestIdMiddleware
 from app.preview import install_preview
@@ -106,10 +108,11 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         return Response(chat.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     guard = Guard(settings)
-    install_api(api, settings, chat, store, guard)
+    checks = Checks(chat, Turns(chat, guard))  # one sandbox's places, for the API and the page
+    install_api(api, settings, chat, store, guard, checks=checks)
     install_share_page(api, settings, store)
 
-    ui = PlaygroundUI(chat, store, guard)
+    ui = PlaygroundUI(chat, store, guard, checks)
     install_preview(api, ui.previews)
     install_live(api, chat.replies)
     demo = ui.build()

@@ -160,6 +160,7 @@ class Settings(BaseSettings):
 
     snippet_runs: Literal["auto", "on", "off"] = "auto"
     snippet_runs_at_once: int = Field(2, ge=1)
+    check_rounds: int = Field(3, ge=0, le=10)
     preview_max_bytes: int = Field(512 * 1024, ge=1024)
 
     # Set by Hugging Face Spaces; its presence turns Space mode on (see ``_space_mode``).

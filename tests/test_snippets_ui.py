@@ -35,8 +35,10 @@ def handlers(url: str, **overrides: Any) -> tuple[PlaygroundUI, SnippetsUI]:
     return ui, ui.snippets
 
 
-async def saved_snippet(url: str, fake: FakeBackend) -> tuple[SnippetsUI, int]:
-    ui, snippets = handlers(url)
+async def saved_snippet(
+    url: str, fake: FakeBackend, **overrides: Any
+) -> tuple[SnippetsUI, int]:
+    ui, snippets = handlers(url, **overrides)
     fake.tokens = REPLY
     chat = Chat()
     async for _ in ui.chat.send(None, "show me", None, chat, "", "", None, *CONTROLS):
@@ -84,10 +86,9 @@ async def test_a_refinement_without_code_is_refused_and_keeps_the_versions(
 
 
 async def test_runs_can_be_turned_off(backend: ServerThread, fake: FakeBackend) -> None:
-    snippets, snippet_id = await saved_snippet(backend.url, fake)
-    snippets.runs_allowed = False
+    snippets, snippet_id = await saved_snippet(backend.url, fake, snippet_runs="off")
     assert (await snippets.open(None, snippet_id))[snippets.view.run]["visible"] is False
-    with pytest.raises(gr.Error, match="Runs are off here"):
+    with pytest.raises(gr.Error, match=r"Code does not run on this server \(SNIPPET_RUNS\)"):
         await snippets.run(None, snippet_id, 1)
 
 
@@ -147,10 +148,10 @@ async def test_snippet_runs_beyond_the_cap_are_refused_until_one_ends(
         started.append(code)
         return await run_snippet(code, language, limits)
 
-    monkeypatch.setattr("app.ui.snippets.run_snippet", recorded)
+    monkeypatch.setattr("app.chat.checks.run_snippet", recorded)
     first = asyncio.create_task(snippets.run(None, snippet_id, None))
     await eventually(lambda: started, what="the first run to start")
-    with pytest.raises(gr.Error, match="1 snippet runs are going already"):
+    with pytest.raises(gr.Error, match="The sandbox is busy: it runs 1 at once"):
         await snippets.run(None, snippet_id, None)
     assert "slept" in await first
     assert "slept" in await snippets.run(None, snippet_id, None), "room again after it ended"

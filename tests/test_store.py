@@ -671,8 +671,7 @@ def test_the_migration_of_kept_settings_cleans_the_settings_stored_before_it(
     store = open_store()
     upgrade(store, "0006")
     user = store.user_id()
-    messy, clean, odd = (exchange(store, user, title=title).conversation_id
-                         for title in ("Messy", "Clean", "Not an object"))
+    messy, clean, odd = "messy", "clean", "odd"
     stored_before = {
         messy: {"temperature": 1, "top_p": "0.9", "top_k": 40.0, "max_new_tokens": 1.5,
                 "seed": None, "stop": ["END"], "repetition_penalty": True, "model": "smol",
@@ -680,10 +679,14 @@ def test_the_migration_of_kept_settings_cleans_the_settings_stored_before_it(
         clean: {"max_new_tokens": 512, "temperature": 0.2, "stop": "END\nSTOP", "seed": -1},
         odd: ["temperature", 0.2],
     }
+    # Written as 0006's schema has them (the models are the newest schema's).
     with store.engine.begin() as db:
         for conversation, settings in stored_before.items():
-            db.execute(text("UPDATE conversations SET settings = :settings WHERE id = :id"),
-                       {"settings": json.dumps(settings), "id": conversation})
+            db.execute(text(
+                "INSERT INTO conversations (id, user_id, title, system_prompt, settings, "
+                "created_at, updated_at) VALUES (:id, :user, :id, '', :settings, :now, :now)"
+            ), {"id": conversation, "user": user, "settings": json.dumps(settings),
+                "now": datetime.now(UTC)})
 
     store.migrate()
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from app.api.errors import ApiError, install_error_handlers
 from app.api.routes import PREFIX, RestApi
 from app.chat import ChatService
+from app.chat.checks import Checks
 from app.chat.guard import Guard
 from app.settings import Settings
 from app.store import Accounts, Store
@@ -22,10 +23,11 @@ __all__ = ["PREFIX", "ApiError", "RestApi", "install_api"]
 
 def install_api(
     app: FastAPI, settings: Settings, service: ChatService, store: Store, guard: Guard,
-    accounts: Accounts | None = None,
+    accounts: Accounts | None = None, checks: Checks | None = None,
 ) -> RestApi:
-    """Add the API's routes and error answers to ``app`` (before the page is mounted at /)."""
-    api = RestApi(settings, service, store, guard, accounts)
+    """Add the API's routes and error answers to ``app`` (before the page is mounted at /);
+    ``checks``: the runs and checks the page shares (by default, the API's own)."""
+    api = RestApi(settings, service, store, guard, accounts, checks)
     install_error_handlers(app)
     app.include_router(api.router())
     return api

@@ -35,6 +35,7 @@ from app.api.models import (
 from app.api.sharing import add_share_routes
 from app.backends import BackendError
 from app.chat import ChatService
+from app.chat.checks import Checks
 from app.chat.guard import Guard, RateWindow
 from app.events import event_stream
 from app.settings import Settings
@@ -64,12 +65,13 @@ SSE = "text/event-stream"
 class RestApi:
     def __init__(
         self, settings: Settings, service: ChatService, store: Store, guard: Guard,
-        accounts: Accounts | None = None,
+        accounts: Accounts | None = None, checks: Checks | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.accounts = accounts or Accounts(store)
         self.dialogues = Dialogues(settings, service, store, guard)
+        self.checks = checks or Checks(service, self.dialogues.turns)
         self.local_user = store.user_id() if settings.auth_mode == "none" else None
         self.failed_by_name = RateWindow(FAILED_LOGINS_PER_ACCOUNT, FAILED_LOGIN_WINDOW)
         self.failed_by_address = RateWindow(FAILED_LOGINS_PER_ADDRESS, FAILED_LOGIN_WINDOW)

@@ -37,6 +37,7 @@ from app.store import (
     NotFound,
     Store,
     StoredExchange,
+    StoredMessage,
     StoreError,
     transfer,
 )
@@ -88,6 +89,7 @@ def exchange_from(stored: StoredExchange) -> Exchange:
             model=reply.model or "", backend=reply.backend or "",
         )
     exchange.log, exchange.error, exchange.reply_id = ReplyLog(reply.content), reply.error, reply.id
+    exchange.runs, exchange.check = dict(reply.runs or {}), reply.check
     exchange.done = reply.status != "streaming"
     return exchange
 
@@ -214,6 +216,27 @@ class Conversations:
             exchange.error = " ".join(
                 filter(None, [exchange.error, "This reply could not be saved."])
             )
+
+    async def exchange_of(self, reply_id: int) -> tuple[str, StoredMessage, StoredMessage]:
+        """The conversation of the reply ``reply_id``, the message it answers, and the reply."""
+        return await self._call(self.store.exchange_of, reply_id)
+
+    async def save_notes(
+        self, reply_id: int, *, runs: dict[str, dict[str, Any]] | None = None,
+        check: dict[str, Any] | None = None,
+    ) -> None:
+        """The runs of the reply's code blocks, or its check (``Store.save_notes``)."""
+        await self._call(self.store.save_notes, reply_id, runs=runs, check=check)
+
+    async def add_version(
+        self, conversation_id: str, user_message_id: int, content: str, model: str | None,
+        backend: str | None, check: dict[str, Any],
+    ) -> int:
+        """A new version of the reply to ``user_message_id``, ended, with ``content`` and its
+        ``check`` (a round of a repair): stored as a retry is, the earlier versions kept, and
+        now on screen. Returns its id."""
+        return await self._call(self.store.add_version, conversation_id, user_message_id,
+                                content, model, backend, check)
 
     async def forget(self, chat: Chat, exchange: Exchange) -> None:
         """Take back ``exchange`` (its message, every version of its reply and what follows)."""

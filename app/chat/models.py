@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from app.chat.attachments import Attachment, with_attachments
 from app.chat.log import ReplyLog
@@ -73,6 +73,10 @@ class Exchange:
     user_alternatives: tuple[int, ...] = ()
     reply_alternatives: tuple[int, ...] = ()
     attachments: tuple[Attachment, ...] = ()
+    # The last run of each of the reply's code blocks, by the block's index, and the check the
+    # reply is a version of (``app.chat.checks`` says what each holds).
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    check: dict[str, Any] | None = None
     live: str | None = field(default=None, repr=False, compare=False)
     stop: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 

@@ -17,7 +17,7 @@ block of their own; the version then says which of the two changed.
 from __future__ import annotations
 
 import ast
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from app.checks.run import Checked, check
@@ -28,6 +28,8 @@ from app.snippets.limits import RunLimits
 
 # A function that asks the model ``messages`` and yields its answer as it comes.
 Ask = Callable[[list[dict[str, str]]], AsyncIterator[str]]
+# A function that runs code against tests (``app.checks.run.check``).
+Runner = Callable[[str, tuple[Case, ...], RunLimits], Awaitable[Checked]]
 
 # Characters of a failing test's output sent back to the model.
 FEEDBACK_OUTPUT_CHARS = 600
@@ -88,13 +90,13 @@ def tests_fixed(tests: Sequence[Case]) -> bool:
 
 async def rounds(
     code: str, tests: tuple[Case, ...], ask: Ask, most: int, limits: RunLimits,
-    task: str = "",
-) -> AsyncIterator[Version | Answer | Done]:
-    """Check ``code`` against ``tests``, then repair it at most ``most`` times (see the module
-    docstring). ``task`` is what the code was written for (the user's message), sent with the
-    failures. Raises ``SandboxUnavailable`` where the sandbox cannot run, and whatever ``ask``
-    raises."""
-    version = Version(0, code, tests, await check(code, tests, limits))
+    task: str = "", run: Runner = check,
+) -> AsyncGenerator[Version | Answer | Done]:
+    """Check ``code`` against ``tests`` (with ``run``), then repair it at most ``most`` times
+    (see the module docstring). ``task`` is what the code was written for (the user's
+    message), sent with the failures. Raises ``SandboxUnavailable`` where the sandbox cannot
+    run, and whatever ``ask`` and ``run`` raise."""
+    version = Version(0, code, tests, await run(code, tests, limits))
     yield version
     if not tests:
         yield Done(version, "no tests")
@@ -117,7 +119,7 @@ async def rounds(
             diff += "\n" + diff_text(source_of(version.tests), source_of(new_tests),
                                      f"tests v{version.number}", f"tests v{number}")
         version = Version(number, new_code, new_tests,
-                          await check(new_code, new_tests, limits), answer, changed, diff)
+                          await run(new_code, new_tests, limits), answer, changed, diff)
         yield version
         if changed == "nothing":
             yield Done(version, "no change")

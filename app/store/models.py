@@ -127,6 +127,13 @@ class Message(Base):
     backend: Mapped[str | None] = mapped_column(String(50), default=None)
     # user messages: the files attached, each {"name", "language", "text"}; None: none.
     attachments: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, default=None)
+    # replies: the last run of each code block, by the block's index ("0", "1", ...), each
+    # {"language", "stdout", "stderr", "exit_code", "seconds", "stopped", "truncated"}
+    # (app.chat.checks); None: none run.
+    runs: Mapped[dict[str, dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    # replies: the check against tests this reply is a version of (app.chat.checks: its tests,
+    # each version with its results, and how it ended); None: not checked.
+    check: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 

@@ -35,7 +35,8 @@ class ConversationSummary:
 class StoredReply:
     """A message as stored: its text, its status (``complete`` for a user message; a reply's
     is ``streaming`` until it ends as ``stop``, ``length``, ``stopped`` or ``interrupted``),
-    and a reply's error and stats."""
+    and a reply's error, stats, the runs of its code blocks and its check (``app.chat.checks``
+    says what they hold)."""
 
     id: int
     content: str
@@ -46,6 +47,8 @@ class StoredReply:
     tokens_per_second: float | None
     model: str | None
     backend: str | None
+    runs: dict[str, dict[str, Any]] | None = None
+    check: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, message: Message) -> StoredReply:
@@ -75,7 +78,7 @@ def _reply_fields(message: Message) -> dict[str, Any]:
         "error": message.error, "tokens": message.tokens,
         "time_to_first_token": message.time_to_first_token,
         "tokens_per_second": message.tokens_per_second, "model": message.model,
-        "backend": message.backend,
+        "backend": message.backend, "runs": message.runs, "check": message.check,
     }
 
 

@@ -30,6 +30,7 @@ from app.store.records import (
     ConversationRecord,
     ConversationSummary,
     ConversationTree,
+    StoredMessage,
     Tree,
     conversation_record,
     conversation_tree,
@@ -302,6 +303,57 @@ class Store:
                 .where(Message.id == reply_id, Message.conversation_id.in_(owned))
                 .values(content=content, updated_at=now(), **final)
                 .execution_options(synchronize_session=False)  # no row of it is loaded
+            )
+            if not saved.rowcount:  # type: ignore[attr-defined]
+                raise NotFound(f"No reply {reply_id} in your conversations.")
+
+    def exchange_of(
+        self, user_id: int, reply_id: int
+    ) -> tuple[str, StoredMessage, StoredMessage]:
+        """The conversation of the reply ``reply_id``, the user message it answers, and the
+        reply. Raises ``NotFound`` for a reply that is not in one of the user's conversations."""
+        with self.transaction() as session:
+            reply = session.get(Message, reply_id)
+            if reply is None or reply.role != "assistant" or reply.reply_to_id is None:
+                raise NotFound(f"No reply {reply_id} in your conversations.")
+            conversation = self._owned(session, user_id, reply.conversation_id)
+            asked = self._message_in(session, conversation, reply.reply_to_id, role="user")
+            return conversation.id, StoredMessage.of(asked), StoredMessage.of(reply)
+
+    def add_version(
+        self, user_id: int, conversation_id: str, reply_to: int, content: str,
+        model: str | None, backend: str | None, check: dict[str, Any],
+    ) -> int:
+        """A new version of the reply to the user message ``reply_to``, ended, with
+        ``content`` and its ``check``, in one transaction: stored as a retry is (earlier versions
+        kept) and now the end of the branch on screen. Returns its id.
+
+        Raises ``NotFound`` for a conversation or message that is not the user's."""
+        with self.transaction() as session:
+            conversation = self._owned(session, user_id, conversation_id)
+            asked = self._message_in(session, conversation, reply_to, role="user")
+            reply = self._start_reply(session, conversation, asked.id, model, backend)
+            reply.content, reply.status, reply.check = content, "stop", check
+            return reply.id
+
+    def save_notes(
+        self, user_id: int, reply_id: int, *, runs: dict[str, dict[str, Any]] | None = None,
+        check: dict[str, Any] | None = None,
+    ) -> None:
+        """What was found out about a reply: the runs of its code blocks (all of them) or its
+        check (``Message.runs``, ``Message.check``); None leaves one as it is.
+
+        Raises ``NotFound`` when the reply is not in one of the user's conversations."""
+        owned = select(Conversation.id).where(Conversation.user_id == user_id)
+        values = {name: value for name, value in (("runs", runs), ("check", check))
+                  if value is not None}
+        with self.transaction() as session:
+            saved = session.execute(
+                update(Message)
+                .where(Message.id == reply_id, Message.role == "assistant",
+                       Message.conversation_id.in_(owned))
+                .values(**values)
+                .execution_options(synchronize_session=False)
             )
             if not saved.rowcount:  # type: ignore[attr-defined]
                 raise NotFound(f"No reply {reply_id} in your conversations.")

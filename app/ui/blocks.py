@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.chat import Chat, ChatService
+from app.chat.checks import Checks
 from app.chat.conversations import AttachmentLimits
 from app.chat.guard import Guard
 from app.chat.languages import LANGUAGE_NAMES
@@ -41,7 +42,11 @@ EXAMPLES = [
 
 
 class PlaygroundUI:
-    def __init__(self, service: ChatService, store: Store, guard: Guard) -> None:
+    def __init__(
+        self, service: ChatService, store: Store, guard: Guard, checks: Checks | None = None
+    ) -> None:
+        """The page's parts; ``checks``: the runs and checks the API shares (by default, the
+        page's own)."""
         self.service = service
         self.store = store
         self.settings = settings = service.settings
@@ -56,10 +61,11 @@ class PlaygroundUI:
         self.preview = PreviewUI(self.previews, self.users)
         self.attachments = AttachmentsUI(settings)
         self.turns = Turns(service, guard)
+        self.checks = checks or Checks(service, self.turns)
         self.chat = ChatUI(service, self.turns, self.users, self.backends, self.attachments)
         self.snippets = SnippetsUI(
-            service, self.turns, SnippetLibrary(store), self.users, settings.runs_allowed,
-            self.downloads, self.preview,
+            service, self.turns, self.checks, SnippetLibrary(store), self.users,
+            settings.runs_allowed, self.downloads, self.preview,
         )
         self.raw = RawUI(service, self.turns, self.users)
         self.sharing = SharingUI(self.users) if settings.allow_sharing else None

@@ -12,10 +12,11 @@ from typing import Any
 import gradio as gr
 
 from app.chat import Chat, ChatService
+from app.chat.checks import CheckRefused, Checks
 from app.chat.turns import TurnRefused, TurnRequest, Turns
 from app.markdown import fenced
 from app.preview import preview_kind
-from app.snippets.bwrap import SandboxUnavailable, languages
+from app.snippets.bwrap import languages
 from app.snippets.extract import CodeBlock, extract_blocks
 from app.snippets.library import (
     NotFound,
@@ -25,8 +26,7 @@ from app.snippets.library import (
     diff_text,
     filename,
 )
-from app.snippets.limits import RunLimits
-from app.snippets.sandbox import RunResult, run_snippet
+from app.snippets.sandbox import RunResult
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import Outputs
 from app.ui.preview import PreviewUI
@@ -103,17 +103,17 @@ class SnippetView:
 
 class SnippetsUI:
     def __init__(
-        self, service: ChatService, turns: Turns, library: SnippetLibrary, users: PageUsers,
-        runs_allowed: bool, downloads: Downloads, preview: PreviewUI,
+        self, service: ChatService, turns: Turns, checks: Checks, library: SnippetLibrary,
+        users: PageUsers, runs_allowed: bool, downloads: Downloads, preview: PreviewUI,
     ) -> None:
         self.service = service
+        self.checks = checks
         self.library = library
         self.preview = preview
         self.downloads = downloads
         self.turns = turns
         self.users = users
         self.runs_allowed = runs_allowed
-        self._running = 0  # snippet runs going now, at most SNIPPET_RUNS_AT_ONCE
         self.view: SnippetView  # set by ``tab``, as the page is built
 
     async def _library(self, request: gr.Request | None) -> tuple[SnippetLibrary, int]:
@@ -288,21 +288,12 @@ class SnippetsUI:
     async def run(
         self, request: gr.Request | None, snippet_id: int | None, number: int | None
     ) -> str:
-        if not self.runs_allowed:
-            raise gr.Error("Runs are off here (SNIPPET_RUNS).")
         record = await self._open(request, snippet_id)
         code = record.versions[(number or len(record.versions)) - 1].code
-        at_once = self.service.settings.snippet_runs_at_once
-        if self._running >= at_once:
-            raise gr.Error(f"{at_once} snippet runs are going already, the most this app "
-                           "allows at once (SNIPPET_RUNS_AT_ONCE); try again in a few seconds.")
-        self._running += 1
         try:
-            result = await run_snippet(code, record.language, RunLimits())
-        except (SandboxUnavailable, ValueError) as err:
+            result = await self.checks.run_code(code, record.language)
+        except CheckRefused as err:
             raise gr.Error(str(err)) from err
-        finally:
-            self._running -= 1
         return result_markdown(result)
 
     async def show_preview(
