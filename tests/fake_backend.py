@@ -127,6 +127,9 @@ class FakeBackend:
     model_id: str = "bigcode/starcoder2-3b"
     # The reply's tokens; TGI then generates the EOS token unless the token limit comes first.
     tokens: list[str] = field(default_factory=lambda: ["Hello", ",", " world", "!"])
+    # The reply to a request whose last message holds one of these texts (the first found);
+    # other requests get ``tokens``. A test's way to answer a repair prompt, say.
+    answers: dict[str, list[str]] = field(default_factory=dict)
     token_delay: float = 0.0
     max_input_tokens: int = 1024
     max_total_tokens: int = 2048
@@ -316,9 +319,19 @@ class FakeBackend:
             "stop": body.get("stop") or [],
         }
 
-    def _generation(self, generated: dict[str, Any]) -> list[tuple[str, bool, str | None]]:
+    def _tokens(self, body: dict[str, Any]) -> list[str]:
+        """What this request is answered: ``answers``' tokens for a text its last message (or
+        prompt) holds, else ``tokens``."""
+        messages = body.get("messages") or [{"content": body.get("prompt") or body.get("inputs")}]
+        last = str(messages[-1].get("content") or "")
+        return next((tokens for text, tokens in self.answers.items() if text in last),
+                    self.tokens)
+
+    def _generation(
+        self, generated: dict[str, Any], body: dict[str, Any]
+    ) -> list[tuple[str, bool, str | None]]:
         """The tokens to send: ``(text, special, finish_reason)``, the finish on the last."""
-        sequence = [*self.tokens, EOS][: generated["max_new_tokens"]]
+        sequence = [*self._tokens(body), EOS][: generated["max_new_tokens"]]
         out: list[tuple[str, bool, str | None]] = []
         text = ""
         for i, token in enumerate(sequence):
@@ -412,7 +425,7 @@ class FakeBackend:
             yield self._data({"error": {"message": err.text, "http_status_code": 422}})
             yield b"data: [DONE]\n\n"
             return
-        tokens = self._generation(generated)
+        tokens = self._generation(generated, body)
         def event(message: str) -> bytes:
             return self._data({"error": {"message": message, "http_status_code": 422}}) \
                 + b"data: [DONE]\n\n"
@@ -466,7 +479,7 @@ class FakeBackend:
         except Refused as err:
             yield self._data({"error": err.text, "error_type": err.kind})
             return
-        tokens = self._generation(generated)
+        tokens = self._generation(generated, body)
         text = ""
         errors: dict[Mode, bytes] = {"generation_error": self._data(
             {"error": GENERATION_ERROR, "error_type": "generation"})}
@@ -494,8 +507,9 @@ class FakeBackend:
     # -- OpenAI-compatible servers ---------------------------------------------------------
 
     async def _openai_chat(self, body: dict[str, Any], mode: Mode) -> AsyncIterator[bytes]:
-        limit = body.get("max_tokens") or len(self.tokens)
-        tokens = self.tokens[:limit]
+        answer = self._tokens(body)
+        limit = body.get("max_tokens") or len(answer)
+        tokens = answer[:limit]
         # vLLM's create_streaming_error_response (serving_engine.py), with its default type
         # and code whatever went wrong, then [DONE].
         errors: dict[Mode, bytes] = {"generation_error": self._data(
@@ -506,7 +520,7 @@ class FakeBackend:
                 yield fault
                 return
             last = i == len(tokens) - 1
-            finish = ("length" if limit < len(self.tokens) else "stop") if last else None
+            finish = ("length" if limit < len(answer) else "stop") if last else None
             yield self._data(self._chunk(token, finish))
         if self.kind == "openai" and (body.get("stream_options") or {}).get("include_usage"):
             yield self._data({**self._chunk("", None), "choices": [], "usage": {
@@ -518,17 +532,18 @@ class FakeBackend:
         if self.tgi:
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         body = await self._received(request)
-        limit = body.get("max_tokens") or len(self.tokens)
+        answer = self._tokens(body)
+        limit = body.get("max_tokens") or len(answer)
         # vLLM sends what was generated since the last chunk: here, two tokens a chunk.
         per_chunk = 2 if self.kind == "openai" else 1
 
         async def events() -> AsyncIterator[bytes]:
-            tokens = self.tokens[:limit]
+            tokens = answer[:limit]
             for start in range(0, len(tokens), per_chunk):
                 await asyncio.sleep(self.token_delay)
                 pieces = tokens[start:start + per_chunk]
                 last = start + per_chunk >= len(tokens)
-                finish = ("length" if limit < len(self.tokens) else "stop") if last else None
+                finish = ("length" if limit < len(answer) else "stop") if last else None
                 values = [self._logprob(start + j) for j in range(len(pieces))]
                 yield self._data({
                     "id": "cmpl-1", "object": "text_completion", "created": 0,
