@@ -223,7 +223,8 @@ def test_a_run_refused_says_why(api: Api, fake: FakeBackend) -> None:
     rust = assert_error_shape(run(api, alice, reply_id, 0), 422)["error"]
     assert rust.startswith("The sandbox runs ")
     assert rust.endswith("; a rust block cannot run.")
-    assert_error_shape(run(api, alice, reply_id, 2), 404)
+    past = assert_error_shape(run(api, alice, reply_id, 2), 404)["error"]
+    assert past == "The reply has 2 code blocks, numbered from 0; there is no block 2."
     assert "block" in json.dumps(assert_error_shape(run(api, alice, reply_id, -1), 422))
     assert run(api, alice, reply_id, 1).json()["stdout"] == "1\n"
 
@@ -331,3 +332,21 @@ def test_a_run_past_the_sandboxs_places_is_refused_until_one_is_free(
     assert refusal.startswith("The sandbox is busy: it runs 1 at once on this server")
     assert busy.headers["Retry-After"] == "5"
     assert run(api, alice, reply_id, 1).json()["stdout"] == "quick\n"
+
+
+def test_two_blocks_of_a_reply_run_at_once_are_both_kept(
+    api: Api, fake: FakeBackend, runs_folder: Path
+) -> None:
+    """The run that ended last kept the runs as they were when it began: the other was
+    lost."""
+    alice = api.user("alice")
+    dialogue_id, reply_id = reply_with(
+        api, fake, alice, "```python\nimport time\ntime.sleep(2)\nprint('slow')\n```\n"
+                          "```python\nprint('quick')\n```\n")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(run, api, alice, reply_id, 0)
+        wait_for(lambda: any(runs_folder.glob("sandbox-run-*")), what="the first run under way")
+        assert run(api, alice, reply_id, 1).json()["stdout"] == "quick\n"
+        assert slow.result().json()["stdout"] == "slow\n"
+    kept = api.messages(alice, dialogue_id).json()["exchanges"][0]["reply"]["runs"]
+    assert [(r["block"], r["stdout"]) for r in kept] == [(0, "slow\n"), (1, "quick\n")]
