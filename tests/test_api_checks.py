@@ -298,6 +298,18 @@ def test_a_repair_round_over_the_rate_ends_the_check_with_its_refusal(
     assert len(fake.requests) == sent, "no repair reached the backend"
 
 
+def test_a_backend_failing_in_a_repair_round_ends_the_check_with_its_sentence(
+    api: Api, fake: FakeBackend
+) -> None:
+    alice = api.user("alice")
+    _, reply_id = reply_with(api, fake, alice, DOUBLE)
+    fake.tokens, fake.mode = ["Let", " me", " fix", " it."], "generation_error"
+    failed = assert_error_shape(check(api, alice, reply_id), 503)
+    assert "CUDA out of memory" in failed["error"]
+    kept = api.http.get(f"/messages/{reply_id}/check", headers=alice).json()
+    assert ([v["badge"] for v in kept["versions"]], kept["outcome"]) == (["1 of 1 fails"], None)
+
+
 def test_a_checks_model_calls_count_among_the_running_replies(
     start_api: Callable[..., Api], fake: FakeBackend
 ) -> None:
