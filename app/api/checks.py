@@ -77,8 +77,9 @@ def add_check_routes(router: APIRouter, user: Any, dialogues: Dialogues, checks:
         screen. Answers the check as it ended, or as server-sent events while it runs.
         Refusals come before any event: 403 where runs are off, 422 for a reply without
         Python code, tests that hold no test or rounds over CHECK_ROUNDS, 429 or 503 (with
-        Retry-After) over the message rate or the running replies; a refusal later on (a
-        repair round over the rate) ends the events with its `error`."""
+        Retry-After) over the message rate or the running replies. One later on (a repair
+        round over the rate, the backend failing) answers its status, or ends the events
+        with its `error`; the versions tried so far are kept."""
         progress = checks.check(dialogues.of(user_id), message_id, body.tests, body.repair,
                                 body.rounds)
         with reply_of_yours(message_id):
