@@ -782,7 +782,8 @@ def test_no_input_makes_the_api_fail(
         "DELETE /api/v1/dialogues/{dialogue_id}", "GET /healthz", "GET /api/v1/tokens",
         "GET /api/v1/dialogues/{dialogue_id}/stream", "POST /api/v1/dialogues/{dialogue_id}/stop",
         "POST /api/v1/dialogues/{dialogue_id}/share", "GET /api/v1/shares",
-        "DELETE /api/v1/shares/{share_id}",
+        "DELETE /api/v1/shares/{share_id}", "POST /api/v1/messages/{message_id}/run",
+        "POST /api/v1/messages/{message_id}/check", "GET /api/v1/messages/{message_id}/check",
     }
     assert no_invalid_input <= {
         "GET /api/v1/me", "GET /api/v1/models", "GET /healthz", "GET /api/v1/tokens",

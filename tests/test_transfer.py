@@ -142,6 +142,44 @@ def good_2(leaf: int | None = 2, user_reply_to: int | None = None) -> dict[str, 
     ) | {"leaf": leaf}), "version": 2}
 
 
+RUN = {"language": "python", "stdout": "", "stderr": "AssertionError\n", "exit_code": 1,
+       "seconds": 0.05, "stopped": None, "truncated": False}
+DOUBLE = "```python\ndef double(x):\n    return x + 2\n\nassert double(3) == 6\n```\n"
+FIXED = "```python\ndef double(x):\n    return x * 2\n```\n"
+
+
+def trace(*reply_ids: int | None, outcome: str | None = "passed") -> dict[str, Any]:
+    """A check (``app.chat.checks``) of the reply ``reply_ids[0]`` with a version in each
+    of ``reply_ids``: the first fails, the others pass."""
+    failed = {"name": "assert double(3) == 6", "origin": "reply", "status": "failed",
+              "error": "assert double(3) == 6 → double(3) is 5, expected 6", "output": ""}
+    versions = [
+        {"number": number, "reply_id": reply_id, "badge": "1/1 test passes" if number else
+         "1 of 1 fails", "ok": bool(number), "code_error": None,
+         "changed": "code" if number else "", "diff": "-    return x + 2\n+    return x * 2"
+         if number else "", "results": [{**failed, "status": "passed", "error": None}
+                                        if number else failed]}
+        for number, reply_id in enumerate(reply_ids)
+    ]
+    return {"reply_id": reply_ids[0], "rounds": 2, "outcome": outcome,
+            "tests": {"origin": "reply", "source": "assert double(3) == 6"},
+            "versions": versions}
+
+
+def checked(store: Store, user_id: int) -> str:
+    """A conversation whose reply was run (its block's output long) and checked, its repaired
+    version on screen, as ``app.chat.checks`` keeps them."""
+    first = exchange(store, user_id, None, "Write double(x).", DOUBLE, title="Checked")
+    store.save_notes(user_id, first.reply_id, runs={
+        "0": RUN, "1": {**RUN, "language": "bash", "stdout": "x" * 2500, "exit_code": None,
+                        "stopped": "time limit (10 s)", "truncated": True}})
+    fixed = store.add_version(user_id, first.conversation_id, first.user_message_id, FIXED,
+                              "smol", "llama.cpp", trace(first.reply_id, outcome=None))
+    for reply_id in (first.reply_id, fixed):
+        store.save_notes(user_id, reply_id, check=trace(first.reply_id, fixed))
+    return first.conversation_id
+
+
 # -- JSON round trip ----------------------------------------------------------------------------
 
 
@@ -172,7 +210,7 @@ def test_the_json_holds_every_reply_version_with_local_links(tmp_path: Path) -> 
     exported = json.loads(export_json(store, user, first))
 
     assert exported["format"] == "coding-playground.conversations"
-    assert exported["version"] == 3
+    assert exported["version"] == 4
     [only] = exported["conversations"]
     assert only["id"] == first
     assert only["title"] == "Ünïcode & code 🐍"
@@ -372,12 +410,22 @@ def deeply_nested() -> dict[str, Any]:
     return junk
 
 
+def with_notes(role: str = "assistant", **fields: Any) -> dict[str, Any]:
+    """A version 4 document whose reply (or, for ``role`` user, whose message) has ``fields``:
+    a run and a check unless they are given."""
+    bad = {**good(), "version": 4}
+    index = 1 if role == "assistant" else 0
+    bad["conversations"][0]["messages"][index].update({"runs": {"0": RUN}, "check": trace(2),
+                                                       **fields})
+    return bad
+
+
 BAD_DOCUMENTS: list[tuple[str, str | bytes | dict[str, Any], str]] = [
     ("not json", "this is not JSON", "document: Invalid JSON"),
     ("not utf-8", b'{"format": "\xff"}', "document: Invalid JSON"),
     ("not an object", "[1, 2]", "document: Input should be an object"),
     ("another format", {**good(), "format": "chatgpt"}, "format: Value error, not a conv"),
-    ("another version", {**good(), "version": 4}, "version: Value error, version 4 is not sup"),
+    ("another version", {**good(), "version": 5}, "version: Value error, version 5 is not sup"),
     ("no version", {k: v for k, v in good().items() if k != "version"}, "version: Field req"),
     ("unknown field", {**good(), "extra": 1}, "extra: Extra inputs are not permitted"),
     ("system role", with_message(role="system"), "conversations[0].messages[1].role: Input sh"),
@@ -415,6 +463,22 @@ BAD_DOCUMENTS: list[tuple[str, str | bytes | dict[str, Any], str]] = [
     ("deeply nested junk", "[" * 100_000 + "]" * 100_000, "document: Invalid JSON: recursion"),
     ("nested junk in a field", json.dumps(good()).replace('"message 1"', "[" * 5000 + "]" * 5000),
      "document: Invalid JSON: recursion"),
+    ("a user message's runs", with_notes("user", check=None),
+     "conversations[0].messages[0]: only a reply has runs and a check"),
+    ("a check naming a user message", with_notes(check=trace(1)),
+     "conversations[0].messages[1].check.reply_id: no reply has id 1"),
+    ("a check naming a missing version", with_notes(check=trace(2, 9)),
+     "conversations[0].messages[1].check.versions[1].reply_id: no reply has id 9"),
+    ("a block that is no index", with_notes(runs={"first": RUN}), "messages[1].runs.first.[key]"),
+    ("a run without its output", with_notes(runs={"0": {**RUN, "stdout": None}}),
+     "messages[1].runs.0.stdout: Input should be a valid string"),
+    ("a check of another shape", with_notes(check={**trace(2), "versions": [{"ok": True}]}),
+     "messages[1].check.versions[0].number: Field required"),
+    ("a check too big", with_notes(check={**trace(2), "tests": {
+        "origin": "user", "source": "#" * (transfer.MAX_TEXT_CHARS - 1)}, "versions": [
+            {**trace(2)["versions"][0], "diff": "-" * (transfer.MAX_TEXT_CHARS - 1)},
+            {**trace(2)["versions"][0], "diff": "+" * 200_000}]}),
+     "messages[1].check: Value error, 2200"),
 ]
 
 
@@ -499,11 +563,12 @@ def test_a_database_failure_midway_rolls_back_every_conversation(
 def test_round_trip_through_postgresql(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Times (timestamptz), floats, settings (json) and branches come back exactly from
-    PostgreSQL too."""
+    """Times (timestamptz), floats, settings, runs and checks (json) and branches come back
+    exactly from PostgreSQL too."""
     source = new_store(tmp_path)
     user = source.user_id()
     fill(source, user)
+    checked(source, user)
     branched = fill_branches(source, user)
     exported = export_json(source, user)
     target = Store(postgres_url)
@@ -581,3 +646,58 @@ def test_an_import_holds_attached_files_to_the_limits_of_the_page(
     with pytest.raises(TransferError, match=re.escape(problem)):
         import_json(store, user, raw, limits=AttachmentLimits(100, 2))
     assert snapshot(store) == before
+
+
+# -- runs and checks ------------------------------------------------------------------------
+
+
+def test_runs_and_checks_round_trip_with_their_replies_renamed(tmp_path: Path) -> None:
+    source = new_store(tmp_path, "source")
+    user = source.user_id()
+    conversation = checked(source, user)
+    exported = export_json(source, user, conversation)
+    messages = json.loads(exported)["conversations"][0]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "assistant"]
+    assert messages[1]["runs"]["0"] == RUN
+    assert (messages[0]["runs"], messages[0]["check"], messages[2]["runs"]) == (None, None, None)
+    assert messages[1]["check"] == messages[2]["check"] == trace(2, 3), "ids local to the file"
+
+    target = new_store(tmp_path, "target")
+    bystander = exchange(target, target.user_id("other"), None)  # the new ids are not 1, 2, 3
+    [copy] = import_json(target, target.user_id(), exported)
+    assert comparable(export_json(target, target.user_id())) == comparable(exported)
+    original, version = target.get_tree(target.user_id(), copy).messages[1:]
+    assert original.id > bystander.reply_id
+    assert original.check == version.check == trace(original.id, version.id)
+    assert original.runs == source.get_tree(user, conversation).messages[1].runs
+
+
+def test_a_file_of_version_3_still_imports(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    old = {**good_2(), "version": 3}
+    [new_id] = import_json(store, store.user_id(), json.dumps(old))
+    assert [(m.runs, m.check) for m in store.get_tree(store.user_id(), new_id).messages] == [
+        (None, None)] * 3
+
+
+def test_the_markdown_export_shows_a_replys_runs_and_its_check(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    user = store.user_id()
+    conversation = checked(store, user)
+    shown = export_markdown(store, user, conversation)
+    assert FIXED in shown, "the version on screen"
+    after = shown[shown.index(FIXED):]
+    assert after.index("**Check**: passed") < after.index("Tests, the reply's own:") < after.index(
+        "Version 0 · 1 of 1 fails") < after.index(
+        "- failed: assert double(3) == 6 → double(3) is 5, expected 6") < after.index(
+        "Version 1 · 1/1 test passes · the repair changed the code") < after.index(
+        "```diff\n-    return x + 2\n+    return x * 2\n```")
+    assert "Ran code block" not in after, "the runs were of the first version"
+
+    store.switch_branch(user, conversation, store.get_tree(user, conversation).messages[1].id)
+    shown = export_markdown(store, user, conversation)
+    assert "**Ran code block 1** (python) · exit code 1 · 0.05 s\n\nstderr:\n\n```text\n" \
+           "AssertionError\n```" in shown
+    second = shown[shown.index("**Ran code block 2**"):]
+    assert second.startswith("**Ran code block 2** (bash) · stopped: time limit (10 s) · 0.05 s"
+                             "\n\nstdout:\n\n```text\n" + "x" * 2000 + "\n… (500 more characters)")

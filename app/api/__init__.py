@@ -6,6 +6,8 @@
     dialogue.py  one turn on the page's own path (``Conversations``, ``ChatService``), streamed
                  as server-sent events or answered whole
     sharing.py   links to read-only snapshots of conversations (``app.store.shares``)
+    checks.py    a reply's code blocks run and the reply checked and repaired
+                 (``app.chat.checks``)
 """
 
 from fastapi import FastAPI

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi import Request
 
 from app.api.errors import ApiError
 from app.api.models import (
     AttachmentOut,
+    CheckOut,
     DialogueIn,
     DialogueOut,
     DialogueSummary,
@@ -27,6 +29,7 @@ from app.api.models import (
     MessageOut,
     MessagesOut,
     ReplyOut,
+    RunOut,
     StatsOut,
     TreeOut,
 )
@@ -47,6 +50,7 @@ from app.store import (
     StoredReply,
 )
 
+SSE = "text/event-stream"
 # The fields of DialogueIn kept with the conversation, under the page's names for them.
 STORED_CONTROLS = ("max_new_tokens", "temperature", "top_p", "seed", "model")
 
@@ -99,6 +103,16 @@ def attachments_out(attachments: Sequence[dict[str, str]]) -> list[AttachmentOut
     ]
 
 
+def runs_out(runs: Mapping[str, Mapping[str, Any]] | None) -> list[RunOut]:
+    """A reply's runs as kept (``app.chat.checks``: by the block's index), in block order."""
+    return [RunOut(block=int(block), **run)
+            for block, run in sorted((runs or {}).items(), key=lambda item: int(item[0]))]
+
+
+def check_out(check: Mapping[str, Any] | None) -> CheckOut | None:
+    return None if check is None else CheckOut.model_validate(check)
+
+
 def exchange_out(stored: StoredExchange) -> ExchangeOut:
     reply = stored.reply
     attachments = attachments_out(stored.attachments)
@@ -110,6 +124,7 @@ def exchange_out(stored: StoredExchange) -> ExchangeOut:
         reply=ReplyOut(
             id=reply.id, content=reply.content, status=reply.status, error=reply.error,
             stats=stored_stats(reply), model=reply.model, backend=reply.backend,
+            runs=runs_out(reply.runs), check=check_out(reply.check),
         ),
     )
 
@@ -122,6 +137,7 @@ def tree_out(tree: ConversationTree) -> TreeOut:
                 id=m.id, role=m.role, parent_id=m.parent_id, content=m.content,
                 attachments=attachments_out(m.attachments), status=m.status, error=m.error,
                 stats=stored_stats(m), model=m.model, backend=m.backend,
+                runs=runs_out(m.runs), check=check_out(m.check),
             )
             for m in tree.messages
         ],

@@ -1,8 +1,10 @@
 """Errors as the API answers them: ``{"error": "...", "detail"?: ...}`` with the right status.
 
 ``ApiError`` is raised by the endpoints; FastAPI's own failures (an invalid request, a route
-that does not exist) are put in the same shape, and a database that does not answer
-(``StoreUnavailable``) is a 503 with Retry-After. An invalid request's detail names the fields
+that does not exist) are put in the same shape, a database that does not answer
+(``StoreUnavailable``) is a 503 with Retry-After, and a run or a check refused
+(``CheckRefused``) answers the status it names, with Retry-After where trying again later
+helps. An invalid request's detail names the fields
 and the rule they broke, never the values sent (a password may be among them). An unexpected
 failure is a 500 with a generic line; its traceback goes to the server log only.
 """
@@ -19,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app.api.models import ErrorBody
+from app.chat.checks import CheckRefused
 from app.chat.conversations import StoreUnavailable
 from app.chat.replies import RETRY_AFTER_SECONDS
 
@@ -89,6 +92,13 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return error_response(503, str(exc), headers={"Retry-After": retry})
 
 
+async def _check_refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CheckRefused)
+    headers = None if exc.retry_after is None else {
+        "Retry-After": str(math.ceil(exc.retry_after))}
+    return error_response(exc.status, str(exc), headers=headers)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette raises the exception again once this answer is sent: the server logs it.
     return error_response(500, "The server failed on this request; the details are in its log.")
@@ -99,4 +109,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    app.add_exception_handler(CheckRefused, _check_refused)
     app.add_exception_handler(Exception, _unexpected)

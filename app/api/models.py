@@ -22,6 +22,11 @@ MAX_ID_CHARS = 64
 DialoguePath = Annotated[
     str, Path(max_length=MAX_ID_CHARS, description="One of your conversations.")
 ]
+# A reply of the caller's, named in an endpoint's path (the store's ids are 32-bit integers).
+MessagePath = Annotated[int, Path(
+    ge=1, le=2**31 - 1, description="One of your replies: its `id` in GET /messages (the "
+    "`message_id` of POST /dialogue).",
+)]
 MAX_ATTACHMENTS = 100  # ATTACHMENTS_PER_MESSAGE then gives its own message
 
 
@@ -233,6 +238,133 @@ class ShareOut(BaseModel):
     created_at: UtcTime = Field(description="When it was shared (UTC).")
 
 
+# -- runs and checks ------------------------------------------------------------------------
+
+
+class RunIn(Body):
+    block: int = Field(
+        ge=0, description="The code block to run: 0 for the reply's first, in the order of "
+        "its text. Python, JavaScript and Bash blocks run (those the server has).",
+        examples=[0],
+    )
+
+
+class RunOut(BaseModel):
+    block: int = Field(description="The code block run: 0 for the reply's first.")
+    language: str = Field(description="Its language: `python`, `javascript` or `bash`.")
+    stdout: str = Field(description="What it printed.")
+    stderr: str = Field(description="What it printed to stderr.")
+    exit_code: int | None = Field(
+        description="Its exit code; null when it did not exit by itself (see `stopped`)."
+    )
+    seconds: float = Field(description="How long it ran.")
+    stopped: str | None = Field(
+        description="Why the sandbox stopped it, if it did: `time limit (10 s)`, `output "
+        "limit (64 KiB)`, `memory limit (256 MiB)`, `too many processes`…"
+    )
+    truncated: bool = Field(
+        description="Whether its output was cut at the sandbox's limit (64 KiB, stdout and "
+        "stderr together)."
+    )
+
+
+class CheckIn(Body):
+    tests: StorableText = Field(
+        "", max_length=MAX_PROMPT_CHARS,
+        description="Your own tests, as Python: `assert` statements, `test_…` functions or "
+        "`Test…` classes; imports and helpers beside them go before each test. Left out: a "
+        "test file attached to the message (`test_*.py`, `*_test.py`, `tests.py`), else the "
+        "tests the reply holds, else tests the model is asked to write. Your tests never "
+        "change in a repair.",
+        examples=["assert double(3) == 6\n\ndef test_zero():\n    assert double(0) == 0\n"],
+    )
+    repair: bool = Field(
+        True, description="While some tests fail, send the failures back to the model for a "
+        "repaired version, each kept as a new version of the reply (now on screen). Each "
+        "round is a call of the model, counted against your message rate.",
+    )
+    rounds: int | None = Field(
+        None, ge=0, description="Repair at most this many times: CHECK_ROUNDS by default "
+        "(3), and at most.",
+    )
+    stream: bool = Field(
+        False, description="Answer with server-sent events (as does `Accept: "
+        "text/event-stream`): `{\"check\"}` as it grows (after each version is tried), "
+        "`{\"answer\", \"round\"}` pieces of the model's answer in the repair round under "
+        "way, then `{\"done\": true, \"check\", \"error\"}`.",
+    )
+
+
+class CheckTestsOut(BaseModel):
+    origin: str | None = Field(
+        description="Who wrote the tests: `user` (yours, given with the check or attached "
+        "to the message), `reply` (the reply's own) or `model` (asked for, as there were "
+        "none); null when there are none."
+    )
+    source: str = Field(description="The tests, as Python.")
+
+
+class CheckResultOut(BaseModel):
+    name: str = Field(description="The test: its function's name, or its `assert` line.")
+    origin: str = Field(description="Who wrote it (as `tests.origin`).")
+    status: str = Field(
+        description="`passed`, `failed` (an assert), `error` (another exception), `timeout` "
+        "(it ran over its time) or `not run` (the run stopped before it)."
+    )
+    error: str | None = Field(
+        description="Why it did not pass: the line that failed, with the values an assert "
+        "compared."
+    )
+    output: str = Field(description="What it printed, cut at 2000 characters.")
+
+
+class CheckVersionOut(BaseModel):
+    number: int = Field(description="0: the reply as it was checked; then one a repair.")
+    reply_id: int | None = Field(
+        description="The reply holding this version: each repair is a new version of the "
+        "reply (a retry's sibling in view=tree)."
+    )
+    badge: str = Field(description="Its result in a few words: `1/1 test passes`, `1 of 3 "
+                       "fails`, `the code does not run`…")
+    ok: bool = Field(description="Whether every test passed.")
+    code_error: str | None = Field(
+        description="Why the code itself failed before any test ran (it does not parse, or "
+        "raised), if it did."
+    )
+    changed: str = Field(
+        description="What the repair changed: `code`, `tests` (tests the reply or the model "
+        "wrote may be wrong; yours never change), `code and tests` or `nothing`; empty for "
+        "version 0."
+    )
+    diff: str = Field(description="A unified diff against the version before; empty for 0.")
+    results: list[CheckResultOut] = Field(description="Each test's result.")
+
+
+class CheckOut(BaseModel):
+    reply_id: int | None = Field(description="The reply checked.")
+    tests: CheckTestsOut = Field(description="The tests the reply is checked against.")
+    versions: list[CheckVersionOut] = Field(
+        description="Each version tried, the reply as it was first, then each repair."
+    )
+    rounds: int = Field(description="The most repairs this check makes.")
+    outcome: str | None = Field(
+        description="How it ended: `passed` (the last version passes every test), `round "
+        "limit` (none did within the rounds), `no change` (the model answered the same code "
+        "again), `no tests` (there were none to run); null while it runs, or when it was cut "
+        "short."
+    )
+
+
+RUNS_DESCRIPTION = (
+    "The last run of each of its code blocks that was run (POST /messages/{id}/run), in "
+    "block order."
+)
+CHECK_DESCRIPTION = (
+    "The check it is a version of (POST /messages/{id}/check), as it stands; null when it "
+    "was not checked."
+)
+
+
 class ReplyOut(BaseModel):
     id: int = Field(description="The reply's message id.")
     content: str = Field(description="The reply's text.")
@@ -243,6 +375,8 @@ class ReplyOut(BaseModel):
     stats: StatsOut | None = Field(description="Its stats, once it has ended.")
     model: str | None = Field(description="The model that wrote it.")
     backend: str | None = Field(description="The kind of backend that served it.")
+    runs: list[RunOut] = Field(description=RUNS_DESCRIPTION)
+    check: CheckOut | None = Field(description=CHECK_DESCRIPTION)
 
 
 class ExchangeOut(BaseModel):
@@ -280,6 +414,10 @@ class MessageOut(BaseModel):
     stats: StatsOut | None = Field(description="A reply's stats, once it has ended.")
     model: str | None = Field(description="The model that wrote a reply.")
     backend: str | None = Field(description="The kind of backend that served a reply.")
+    runs: list[RunOut] = Field(description=f"For a reply: {RUNS_DESCRIPTION} Empty for a "
+                               "user message.")
+    check: CheckOut | None = Field(description=f"For a reply: {CHECK_DESCRIPTION} Null for "
+                                   "a user message.")
 
 
 class TreeOut(BaseModel):

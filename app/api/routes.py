@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import StreamingResponse
 
-from app.api.dialogue import Dialogues
+from app.api.checks import add_check_routes
+from app.api.dialogue import SSE, Dialogues
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
 from app.api.models import (
@@ -59,7 +60,6 @@ WRONG_LOGIN = "Wrong name or password."
 FAILED_LOGINS_PER_ACCOUNT = 5
 FAILED_LOGINS_PER_ADDRESS = 20
 FAILED_LOGIN_WINDOW = 900.0
-SSE = "text/event-stream"
 
 
 class RestApi:
@@ -336,6 +336,7 @@ class RestApi:
             return Response(status_code=204)
 
         add_share_routes(router, User, self.settings, self.dialogues)
+        add_check_routes(router, User, self.dialogues, self.checks)
 
         @router.api_route(
             "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],

@@ -26,7 +26,7 @@ runs are allowed (``SNIPPET_RUNS``). Refusals raise ``CheckRefused``, with a sen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -117,10 +117,11 @@ class Checks:
         _, _, reply = await mine.exchange_of(reply_id)
         blocks = extract_blocks(reply.content)
         if not 0 <= index < len(blocks):
-            raise CheckRefused(f"The reply has {len(blocks)} code blocks; there is no block "
-                               f"{index + 1}.", 404)
+            raise CheckRefused(_no_block(len(blocks), index), 404)
         block = blocks[index]
         result = await self.run_code(block.code, block.language)
+        # The runs as they are now: another block's run may have ended while this one ran.
+        _, _, reply = await mine.exchange_of(reply_id)
         runs = {**(reply.runs or {}), str(index): {"language": block.language, **asdict(result)}}
         await mine.save_notes(reply_id, runs=runs)
         return result
@@ -130,7 +131,7 @@ class Checks:
     async def check(
         self, mine: Conversations, reply_id: int, tests: str = "", repair: bool = True,
         most: int | None = None,
-    ) -> AsyncIterator[CheckProgress]:
+    ) -> AsyncGenerator[CheckProgress]:
         """Check the reply ``reply_id`` against tests (``tests``: the user's own, as Python;
         empty: see the module docstring), repairing it for at most ``most`` rounds
         (``CHECK_ROUNDS`` by default and at most; none without ``repair``). Raises
@@ -256,6 +257,13 @@ def _no_python(blocks: list[CodeBlock]) -> str:
         return "The reply has no code block to check."
     return (f"Check runs Python code; this reply's code is {', '.join(kinds)}. "
             "Its blocks can still be run, where the sandbox runs their language.")
+
+
+def _no_block(count: int, index: int) -> str:
+    if not count:
+        return "The reply has no code block to run."
+    blocks = "1 code block" if count == 1 else f"{count} code blocks"
+    return f"The reply has {blocks}, numbered from 0; there is no block {index}."
 
 
 def _not_runnable(language: str) -> str:

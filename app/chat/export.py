@@ -1,12 +1,17 @@
 """A user's conversations as a readable Markdown document, for export only.
 
 JSON is the exchange format, the one an import reads back (``app.store.transfer``), with every
-branch; this is what a person reads: the branch on screen, each message with its reply.
+branch; this is what a person reads: the branch on screen, each message with its reply, and
+under a reply the runs of its code blocks (their output cut at ``RUN_OUTPUT_CHARS``) and the
+check it is a version of (``app.chat.checks``): its tests, each version's result with the
+tests that failed, and what each repair changed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC
+from typing import Any
 
 from app.chat.models import FINISH_TEXT
 from app.markdown import close_open_fence, escape_markdown, fenced
@@ -14,6 +19,18 @@ from app.store import ConversationRecord, Store, StoredReply
 
 # A reply still streaming has no finish yet; the export says so.
 EXPORTED_FINISH_TEXT = dict(FINISH_TEXT.items(), streaming="still streaming when exported")
+# Characters of each of a run's stdout and stderr shown.
+RUN_OUTPUT_CHARS = 2000
+# How a check ended (``app.checks.repair.Done``), and who wrote its tests.
+OUTCOME_TEXT = {
+    "passed": "passed", "round limit": "stopped at the round limit",
+    "no change": "stopped: the model answered the same code again", "no tests": "no tests",
+}
+TESTS_TEXT = {"user": "yours", "reply": "the reply's own", "examples": "its examples",
+              "model": "written by the model"}
+# What a repair changed (``app.checks.repair.Version``).
+CHANGED_TEXT = {"code": "the code", "tests": "the tests",
+                "code and tests": "the code and the tests", "nothing": "nothing"}
 
 
 def export_markdown(store: Store, user_id: int, conversation_id: str | None = None) -> str:
@@ -59,6 +76,51 @@ def _reply_markdown(reply: StoredReply) -> list[str]:
     if reply.error:
         parts.append(f"⚠️ {reply.error}")
     parts.append(f"_{stats_line(reply)}_")
+    for block, run in sorted((reply.runs or {}).items(), key=lambda item: int(item[0])):
+        parts += _run_markdown(int(block), run)
+    if reply.check is not None:
+        parts += _check_markdown(reply.check)
+    return parts
+
+
+def _run_markdown(block: int, run: Mapping[str, Any]) -> list[str]:
+    """One run of a code block (numbered from 1, as people count), its output cut."""
+    ending = f"exit code {run['exit_code']}" if run["exit_code"] is not None else "no exit code"
+    if run["stopped"]:
+        ending = f"stopped: {run['stopped']}"
+    parts = [f"**Ran code block {block + 1}** ({escape_markdown(run['language'])}) · {ending} "
+             f"· {run['seconds']:.2f} s"]
+    for name in ("stdout", "stderr"):
+        text = run[name]
+        if text:
+            cut = len(text) - RUN_OUTPUT_CHARS
+            shown = text if cut <= 0 else f"{text[:RUN_OUTPUT_CHARS]}\n… ({cut} more characters)"
+            parts += [f"{name}:", fenced(shown)]
+    return parts
+
+
+def _check_markdown(check: Mapping[str, Any]) -> list[str]:
+    """The check: how it ended, its tests, and each version's result, failures and diff."""
+    outcome = OUTCOME_TEXT.get(check["outcome"], "not finished")
+    parts = [f"**Check**: {outcome}"]
+    tests = check["tests"]
+    if tests["source"]:
+        parts += [f"Tests, {TESTS_TEXT.get(tests['origin'], 'given')}:",
+                  fenced(tests["source"], "python")]
+    for version in check["versions"]:
+        line = f"Version {version['number']} · {escape_markdown(version['badge'])}"
+        if version["changed"]:
+            changed = CHANGED_TEXT.get(version["changed"], escape_markdown(version["changed"]))
+            line += f" · the repair changed {changed}"
+        parts.append(line)
+        if version["code_error"]:
+            parts.append(fenced(version["code_error"]))
+        failed = [f"- {result['status']}: {escape_markdown(result['error'] or result['name'])}"
+                  for result in version["results"] if result["status"] != "passed"]
+        if failed:
+            parts.append("\n".join(failed))
+        if version["diff"]:
+            parts.append(fenced(version["diff"], "diff"))
     return parts
 
 

@@ -433,7 +433,8 @@ class Store:
         earlier message of the same conversation (or ``None``), and with the last message of
         its branch on screen (or ``None``); ids follow that order. The rows are consumed
         inside the transaction, so a failure while building or writing any of them rolls back
-        every row. Returns the new conversation ids.
+        every row; each conversation is written, its rows given their ids, before the next is
+        taken (an import then links its checks to them). Returns the new conversation ids.
         """
         with self.transaction() as session:
             ids = []

@@ -3,15 +3,19 @@
 JSON is the exchange format: a versioned document holding everything needed to restore the
 conversations exactly: every branch of each (every version of a retried reply, every edit of a
 message), each message naming its parent by an id local to its conversation, and the last
-message of the branch on screen, and the files attached to each user message. Version 1 (before
-branches) linked replies alone; it is still read, each user message following the latest reply
-before it, as that version showed it. Version 2 is version 3 without attached files. The
-readable Markdown export is the chat's (``app.chat.export``): the store knows no presentation.
+message of the branch on screen, the files attached to each user message, and the runs of a
+reply's code blocks and the check it is a version of (``app.chat.checks``; a check names the
+replies of its versions by ids local to the conversation too). Version 1 (before branches)
+linked replies alone; it is still read, each user message following the latest reply before
+it, as that version showed it. Version 2 is version 3 without attached files, version 3 is
+version 4 without runs and checks. The readable Markdown export is the chat's
+(``app.chat.export``): the store knows no presentation.
 
 Import reads untrusted files: the document is size-limited, parsed and validated against the
 models below (unknown fields refused, lengths and counts bounded), its links are checked, and
 only then written, in one transaction. Attached files are held to the limits of the page's
-(``AttachmentLimits``). Any problem with the file raises ``TransferError``,
+(``AttachmentLimits``), a reply's runs and check to ``MAX_NOTES_BYTES`` each. Any problem
+with the file raises ``TransferError``,
 whose message names the place (``conversations[2].messages[5].role: ...``); nothing is
 written then. Text is stored verbatim: making it safe to show is the UI's job.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -34,15 +38,15 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, to_json
 
 from app.settings import ATTACHMENT_MAX_BYTES, ATTACHMENTS_PER_MESSAGE
 from app.store.models import Conversation, Message, kept_settings, now
 from app.store.store import Store, StoreError
 
 FORMAT = "coding-playground.conversations"
-VERSION = 3
-VERSIONS_READ = (1, 2, 3)
+VERSION = 4
+VERSIONS_READ = (1, 2, 3, 4)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 MAX_CONVERSATIONS = 1_000
@@ -51,6 +55,7 @@ MAX_TITLE_CHARS = 200  # the column's size
 MAX_TEXT_CHARS = 1_000_000  # a message's content or error, a system prompt
 MAX_SETTINGS_BYTES = 64 * 1024
 MAX_SETTINGS_DEPTH = 4
+MAX_NOTES_BYTES = 2 * 1024 * 1024  # a reply's runs, or its check, as JSON
 MAX_ERRORS_SHOWN = 3
 
 USER_STATUSES = frozenset({"complete"})
@@ -107,11 +112,62 @@ class AttachmentDoc(_Strict):
     text: Text
 
 
+class RunDoc(_Strict):
+    """The last run of one of a reply's code blocks in the sandbox (``app.chat.checks``)."""
+
+    language: Kind
+    stdout: Text
+    stderr: Text
+    exit_code: int | None
+    seconds: float = Field(ge=0)
+    stopped: Name | None
+    truncated: bool
+
+
+BlockIndex = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,5})$")]  # "0", "1", ...
+
+
+class CheckTestsDoc(_Strict):
+    origin: Kind | None
+    source: Text
+
+
+class CheckResultDoc(_Strict):
+    name: Text
+    origin: Kind
+    status: Kind
+    error: Text | None
+    output: Text
+
+
+class CheckVersionDoc(_Strict):
+    number: int = Field(ge=0, le=1000)
+    reply_id: LocalId | None
+    badge: Name
+    ok: bool
+    code_error: Text | None
+    changed: Kind
+    diff: Text
+    results: list[CheckResultDoc]
+
+
+class CheckDoc(_Strict):
+    """A reply's check against tests (``app.chat.checks``): the reply checked and each
+    version's reply named by ids local to the conversation, as ``reply_to`` is."""
+
+    reply_id: LocalId | None
+    tests: CheckTestsDoc
+    versions: list[CheckVersionDoc]
+    rounds: int = Field(ge=0, le=1000)
+    outcome: Kind | None
+
+
 class MessageDoc(_Strict):
     """One message; ``id`` is local to its conversation, ``reply_to`` names its parent by such
     an id: for a reply, the user message it answers; for a user message, the message it
     follows (none for a first message, and always none in version 1). A user message may
-    have files attached (version 3)."""
+    have files attached (version 3); a reply, the runs of its code blocks (by the block's
+    index) and the check it is a version of (version 4)."""
 
     id: LocalId
     role: Literal["user", "assistant"]
@@ -125,8 +181,18 @@ class MessageDoc(_Strict):
     model: Name | None = None
     backend: Kind | None = None
     attachments: list[AttachmentDoc] = Field(default_factory=list)
+    runs: dict[BlockIndex, RunDoc] | None = None
+    check: CheckDoc | None = None
     created_at: Moment
     updated_at: Moment
+
+    @field_validator("runs", "check")
+    @classmethod
+    def _bounded_notes(cls, value: Any) -> Any:
+        size = len(to_json(value))
+        if size > MAX_NOTES_BYTES:
+            raise ValueError(f"{size} bytes as JSON; the limit is {MAX_NOTES_BYTES}")
+        return value
 
 
 class ConversationDoc(_Strict):
@@ -246,9 +312,19 @@ def _message_dict(message: Message, local_ids: dict[int, int]) -> dict[str, Any]
         "model": message.model,
         "backend": message.backend,
         "attachments": message.attachments or [],
+        "runs": message.runs,
+        "check": None if message.check is None else _relinked(message.check, local_ids),
         "created_at": _iso(message.created_at),
         "updated_at": _iso(message.updated_at),
     }
+
+
+def _relinked(check: Mapping[str, Any], ids: Mapping[int, int]) -> dict[str, Any]:
+    """``check`` with the replies it names renamed by ``ids`` (store ids to local ones, or
+    back); one not there is none."""
+    return {**check, "reply_id": ids.get(check["reply_id"]), "versions": [
+        {**version, "reply_id": ids.get(version["reply_id"])} for version in check["versions"]
+    ]}
 
 
 def _iso(moment: datetime) -> str:
@@ -279,9 +355,22 @@ def import_json(
     database fails. Nothing is written in either case.
     """
     document = read_document(data, max_bytes=max_bytes, limits=limits)
-    return store.add_conversations(
-        user_id, (_rows(c, document.version) for c in document.conversations)
-    )
+    return store.add_conversations(user_id, _every_rows(document))
+
+
+def _every_rows(
+    document: ExportDoc,
+) -> Iterator[tuple[Conversation, list[tuple[Message, Message | None]], Message | None]]:
+    """Each conversation's rows in turn (``_rows``); once the store has written them (it has
+    when it takes the next), the checks are given the ids of the replies they name."""
+    for conversation in document.conversations:
+        rows = _rows(conversation, document.version)
+        yield rows
+        written = [message for message, _ in rows[1]]
+        ids = {item.id: row.id for item, row in zip(conversation.messages, written, strict=True)}
+        for item, row in zip(conversation.messages, written, strict=True):
+            if item.check is not None:
+                row.check = _relinked(item.check.model_dump(), ids)
 
 
 def read_document(
@@ -335,7 +424,8 @@ def _place(loc: tuple[int | str, ...]) -> str:
 
 def _check_links(conversation: ConversationDoc, version: int, where: str) -> None:
     """Roles, statuses and links agree: a reply answers an earlier user message, a user
-    message follows an earlier message (version 2), the leaf is a message."""
+    message follows an earlier message (version 2), the leaf is a message, only replies have
+    runs and a check, which names replies."""
     roles: dict[int, str] = {}
     for index, message in enumerate(conversation.messages):
         place = f"{where}.messages[{index}]"
@@ -352,6 +442,10 @@ def _check_links(conversation: ConversationDoc, version: int, where: str) -> Non
                 f"not {message.status!r}"
             )
         _check_reply_to(message, roles, version, place)
+        if message.role == "user" and (message.runs is not None or message.check is not None):
+            raise TransferError(f"{place}: only a reply has runs and a check")
+    for index, message in enumerate(conversation.messages):
+        _check_named_replies(message, roles, f"{where}.messages[{index}].check")
     leaf = conversation.leaf
     if leaf is not None and version == 1:
         raise TransferError(f"{where}.leaf: version 1 has no leaf; export again for version 2")
@@ -378,6 +472,19 @@ def _check_attachments(
                 raise TransferError(
                     f"{place}[{number}].text: {size} bytes; the limit is {limits.max_bytes}"
                 )
+
+
+def _check_named_replies(message: MessageDoc, roles: dict[int, str], place: str) -> None:
+    """The replies a check names are replies of its conversation."""
+    if message.check is None:
+        return
+    named = [("reply_id", message.check.reply_id)] + [
+        (f"versions[{number}].reply_id", version.reply_id)
+        for number, version in enumerate(message.check.versions)
+    ]
+    for field, target in named:
+        if target is not None and roles.get(target) != "assistant":
+            raise TransferError(f"{place}.{field}: no reply has id {target}")
 
 
 def _check_reply_to(
@@ -439,5 +546,7 @@ def _message_row(document: MessageDoc) -> Message:
         backend=document.backend, created_at=document.created_at,
         updated_at=document.updated_at,
         attachments=[attached.model_dump() for attached in document.attachments] or None,
+        runs=None if document.runs is None else {
+            block: run.model_dump() for block, run in document.runs.items()},
     )
 
