@@ -166,7 +166,7 @@ def test_a_check_streams_its_trace_and_the_models_answer_as_events(
                          json={"repair": False}) as response:
         received = list(events(response))
     assert [set(e) for e in received] == [{"check"}, {"done", "check", "error"}]
-    assert received[-1]["check"]["outcome"] == "round limit"
+    assert received[-1]["check"]["outcome"] == "not repaired"
 
 
 def test_your_own_tests_and_one_that_hangs_reported_as_a_timeout(
@@ -182,7 +182,7 @@ def test_your_own_tests_and_one_that_hangs_reported_as_a_timeout(
     assert [(r["name"], r["status"]) for r in version["results"]] == [
         ("test_hangs", "timeout"), ("assert double(0) == 0", "failed")]
     assert "ran over" in version["results"][0]["error"]
-    assert (trace["rounds"], trace["outcome"]) == (0, "round limit")
+    assert (trace["rounds"], trace["outcome"]) == (0, "not repaired")
     assert fake.requests[-1]["messages"][-1]["content"] == "Write double(x).", "no model call"
 
 

@@ -126,7 +126,7 @@ async def test_each_path_counts_against_the_message_rate(
     ui = page(backend.url, rate_limit_per_minute=1)
     ask = await asker(ui, path)
     await ask("make it two")
-    with pytest.raises(gr.Error, match="messages in the last minute"):
+    with pytest.raises(gr.Error, match="1 message in the last minute, the most allowed"):
         await ask("make it three")
     assert len(fake.requests) == 1
 

@@ -14,7 +14,8 @@ first) and now on screen. The check's trace, as it stands, is kept with each ver
     {"tests": {"origin": "user" | "reply" | "model", "source": "..."},
      "versions": [{"number", "reply_id", "badge", "ok", "code_error", "changed", "diff",
                    "results": [{"name", "origin", "status", "error", "output"}]}, ...],
-     "rounds": 3, "outcome": null | "passed" | "round limit" | "no change" | "no tests",
+     "rounds": 3, "outcome": null | "passed" | "round limit" | "not repaired" | "no change"
+                | "no tests",
      "reply_id": the reply checked}
 
 Every call of the model goes through the one door (``Turns.calling``): it counts against the
@@ -150,7 +151,7 @@ class Checks:
         if tests.strip() and not given:
             raise CheckRefused("The tests given hold no test: write `assert` statements or "
                                "`test_…` functions.")
-        ask = self._asker(mine.user_id, asked.content)
+        ask = self._asker(mine.user_id, asked.content, reply.model)
         chosen = given or held or await self._written(ask, code, asked.content)
         origin: Origin | None = chosen[0].origin if chosen else None
         trace: dict[str, Any] = {
@@ -179,13 +180,14 @@ class Checks:
                     await mine.save_notes(version["reply_id"], check=trace)
                 yield CheckProgress(trace, done=isinstance(event, Done))
 
-    def _asker(self, user_id: int, task: str) -> Ask:
+    def _asker(self, user_id: int, task: str, model: str | None) -> Ask:
         """Ask the model through the door (``Turns.calling``) and yield its answer as it comes;
         a refusal or a failing backend ends the check with ``CheckRefused``."""
 
         async def ask(messages: list[dict[str, str]]) -> AsyncIterator[str]:
             system, user = messages[0]["content"], messages[-1]["content"]
-            request = TurnRequest(task[:200] or "check", system, {"temperature": 0.0})
+            settings = {"temperature": 0.0, "model": model or ""}  # the reply's own model
+            request = TurnRequest(task[:200] or "check", system, settings)
             try:
                 async with (self.turns.calling(user_id, request, user) as call,
                             aclosing(call.reply(asyncio.Event())) as stream):

@@ -107,7 +107,8 @@ class Guard:
         if wait > 0:
             seconds = math.ceil(wait)
             raise MessageRefused(
-                f"You sent {per_minute} messages in the last minute, the most allowed; "
+                f"You sent {per_minute} message{'s' if per_minute > 1 else ''} in the last "
+                "minute, the most allowed; "
                 f"try again in {seconds} s. Nothing was sent.",
                 retry_after=seconds,
             )

@@ -76,8 +76,8 @@ class Answer:
 @dataclass(frozen=True)
 class Done:
     """The end: the version kept (the first that passes, else the last tried) and why the
-    loop stopped ("passed", "round limit", "no tests", "no change": the model answered the
-    same code and tests again)."""
+    loop stopped ("passed", "round limit", "not repaired": no round was asked for, "no
+    tests", "no change": the model answered the same code and tests again)."""
 
     version: Version
     reason: str
@@ -124,7 +124,8 @@ async def rounds(
         if changed == "nothing":
             yield Done(version, "no change")
             return
-    yield Done(version, "passed" if version.checked.ok else "round limit")
+    ended = "round limit" if most else "not repaired"
+    yield Done(version, "passed" if version.checked.ok else ended)
 
 
 def repair_messages(version: Version, task: str) -> list[dict[str, str]]:
