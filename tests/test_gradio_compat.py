@@ -124,6 +124,26 @@ async def test_an_answer_by_component_is_sent_as_the_same_answer_in_order(
         assert state[outputs[2]._id] is outputs[2], "a skipped output was rebuilt"
 
 
+@pytest.mark.parametrize("value", [
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+    [{"role": "user", "content": "a"}],
+    gr.update(placeholder="p"),
+])
+async def test_an_answer_by_component_of_an_event_with_one_output_is_its_value(
+    value: Any,
+) -> None:
+    """With one output Gradio's convert_component_dict_to_list answers the value itself, not
+    a list of one: a chat's messages (a list) are the value, whatever their number."""
+    with SkippingBlocks() as demo:
+        chatbot = gr.Chatbot()
+        gr.Button().click(lambda: None, None, [chatbot])
+    as_dict = await demo.postprocess_data(demo.fns[0], {chatbot: deepcopy(value)},
+                                          SessionState(demo))
+    as_value = await demo.postprocess_data(demo.fns[0], deepcopy(value), SessionState(demo))
+    assert as_dict == as_value
+    assert await demo.postprocess_data(demo.fns[0], {}, SessionState(demo)) == [SKIPPED]
+
+
 async def test_an_event_goes_through_skipping_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Gradio's own event path (process_api) calls the override."""
     calls: list[int] = []

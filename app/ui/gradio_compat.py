@@ -70,9 +70,12 @@ class SkippingBlocks(gr.Blocks):
     async def postprocess_data(self, block_fn: Any, predictions: Any, state: Any) -> list[Any]:
         outputs = block_fn.outputs
         if isinstance(predictions, dict) and all(isinstance(k, Block) for k in predictions):
-            values = (convert_component_dict_to_list(outputs, predictions) if predictions
-                      else [SKIP for _ in outputs])
-            predictions = values[0] if len(outputs) == 1 else values
+            if len(outputs) == 1:  # nothing beside it to skip; Gradio's answer is the value
+                value = (convert_component_dict_to_list(outputs, predictions)
+                         if predictions else SKIP)
+                return await super().postprocess_data(block_fn, value, state)
+            predictions = (convert_component_dict_to_list(outputs, predictions) if predictions
+                           else [SKIP for _ in outputs])
         if not isinstance(predictions, list | tuple) or len(predictions) != len(outputs):
             return await super().postprocess_data(block_fn, predictions, state)
         kept = [
