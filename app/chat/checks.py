@@ -26,7 +26,7 @@ runs are allowed (``SNIPPET_RUNS``). Refusals raise ``CheckRefused``, with a sen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -130,7 +130,7 @@ class Checks:
     async def check(
         self, mine: Conversations, reply_id: int, tests: str = "", repair: bool = True,
         most: int | None = None,
-    ) -> AsyncIterator[CheckProgress]:
+    ) -> AsyncGenerator[CheckProgress]:
         """Check the reply ``reply_id`` against tests (``tests``: the user's own, as Python;
         empty: see the module docstring), repairing it for at most ``most`` rounds
         (``CHECK_ROUNDS`` by default and at most; none without ``repair``). Raises
