@@ -123,6 +123,7 @@ class Checking:
 
 
 def assistant_markdown(exchange: Exchange, checking: Checking | None = None) -> str:
+    actions = ""  # the line of a finished reply's code: Check and its badge
     if exchange.live is not None and not exchange.done:
         shown, in_code = escape_html_open(exchange.reply)
         # A code block left open shows the text up to the line breaks it ends with (the
@@ -131,13 +132,21 @@ def assistant_markdown(exchange: Exchange, checking: Checking | None = None) -> 
         covered = len(exchange.reply.rstrip("\r\n") if in_code else exchange.reply)
         marker = live_marker(exchange.live, covered, in_code)
         parts = [shown + ("\n\n" if in_code else "") + marker]
+    elif exchange.done and exchange.reply and exchange.reply_id is not None:
+        body, actions = _finished(exchange.reply, exchange.reply_id)
+        if exchange.runs:
+            body = _with_runs(exchange.reply, exchange.reply_id, exchange.runs)
+        if exchange.check is not None:
+            badge = _badge(_version_shown(exchange.check, exchange.reply_id))
+            actions = f"{actions} · {badge}" if actions else badge
+        parts = [body]
     else:
-        parts = [_reply_body(exchange)] if exchange.reply else []
+        kept = _kept_reply_shown if exchange.done else _reply_shown
+        parts = [kept(exchange.reply)] if exchange.reply else []
     if exchange.error:
         parts.append(f"⚠️ {escape_html(exchange.error)}")
     if exchange.stats is not None and exchange.done:
         parts.append(_stats_line(exchange, exchange.stats))
-    actions = code_actions(exchange) if exchange.reply and exchange.done else ""
     if actions:
         parts.append(actions)
     switch = switcher(exchange.reply_alternatives, exchange.reply_id)
@@ -232,18 +241,6 @@ def _code_of(reply: str) -> _Code:
                  f"_No Run for {_listed(idle)}: the sandbox runs {_listed(sandbox)}._")
 
 
-def _reply_body(exchange: Exchange) -> str:
-    """A reply's text as shown; finished and stored, with the Run link (and the last run)
-    after each block that runs here."""
-    if not exchange.done:
-        return _reply_shown(exchange.reply)
-    if exchange.reply_id is None:
-        return _kept_reply_shown(exchange.reply)
-    if exchange.runs:
-        return _with_runs(exchange.reply, exchange.reply_id, exchange.runs)
-    return _kept_with_links(exchange.reply, exchange.reply_id)
-
-
 def _with_runs(reply: str, reply_id: int, runs: dict[str, dict[str, Any]]) -> str:
     """The reply as shown, each block that runs here followed by its Run link and its last
     run, behind the block quote markers and list indentation the block has; a block left
@@ -264,8 +261,13 @@ def _with_runs(reply: str, reply_id: int, runs: dict[str, dict[str, Any]]) -> st
 
 
 @functools.lru_cache(maxsize=1024)
-def _kept_with_links(reply: str, reply_id: int) -> str:
-    return _with_runs(reply, reply_id, {})
+def _finished(reply: str, reply_id: int) -> tuple[str, str]:
+    """A finished, stored reply as shown, with a Run link after each block that runs here,
+    and the line under it for its code: the Check link (Python code), or why none of its code
+    runs here; "" for a reply without code."""
+    code = _code_of(reply)
+    check = f'[✓ Check]({CHECK_LINK}{reply_id} "{CHECK_TITLE}")' if code.python else ""
+    return _with_runs(reply, reply_id, {}), check or code.no_run
 
 
 def _inside(text: str, containers: str) -> list[str]:
@@ -296,20 +298,6 @@ def result_markdown(result: RunResult) -> str:
     if result.truncated:
         parts.append("_(output cut at the limit)_")
     return "\n\n".join(parts)
-
-
-def code_actions(exchange: Exchange) -> str:
-    """The line under a finished reply for its code: the Check link (Python code) with the
-    badge of its check, or why its code has no Run link; "" for a reply without code."""
-    code = _code_of(exchange.reply)
-    items = []
-    if code.python and exchange.reply_id is not None:
-        items.append(f'[✓ Check]({CHECK_LINK}{exchange.reply_id} "{CHECK_TITLE}")')
-    if exchange.check is not None:
-        items.append(_badge(_version_shown(exchange.check, exchange.reply_id)))
-    if code.no_run:
-        items.append(code.no_run)
-    return " · ".join(items)
 
 
 def _listed(names: list[str]) -> str:
@@ -369,8 +357,8 @@ def check_markdown(trace: dict[str, Any] | None, reply_id: int | None, answer: s
         parts.append(f"**Ended: {ended}**{after}.")
     elif answer is not None:
         parts.append(f"**Repair {len(versions)} of {rounds}**: the model is answering…")
-        if answer:
-            parts.append(escape_html_open(answer)[0])
+        if answer:  # quoted, as it comes
+            parts.append("\n".join(_inside(escape_html_open(answer)[0], "> ")))
     else:
         parts.append("_The check stopped before its end._")
     return "\n\n".join([*parts, "</div>"])
