@@ -226,11 +226,13 @@ def test_emoji_cjk_and_combining_marks_show_once_each_in_order_while_the_reply_s
         else:
             assert len(renders) >= 4, f"several renders mid-reply: {renders}"
             assert any(sample["inCode"] for sample in samples), "live text inside the code block"
-        # The end: the rendered reply, then its stats.
+        # The end: the rendered reply (its code block's Run link after it), then its stats
+        # and its Check link.
         expect(bot.locator(".live-text")).to_have_count(0)
-        text, stats = bot.inner_text().rsplit("\n\n", 1)
+        text, stats, actions = bot.inner_text().rsplit("\n\n", 2)
         assert re.fullmatch(r"\d+ tokens · .* · finished", stats)
-        assert visible(text) == expected
+        assert actions == "✓ Check"
+        assert visible(text.replace("▶ Run", "", 1)) == expected
         assert bot.locator("pre code").inner_text() == UNICODE_CODE
         page.close()
 

@@ -3,7 +3,9 @@ sandbox: what a user sees after each action, and again once the conversation is 
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
@@ -13,12 +15,15 @@ from app.chat import Chat, ChatService
 from app.chat.guard import Guard
 from app.server import open_store
 from app.snippets.bwrap import languages
+from app.snippets.limits import RunLimits
+from app.snippets.sandbox import RunResult, run_snippet
 from app.ui import PlaygroundUI
 from app.ui.render import BRANCH_LINK, CHECK_LINK, EARLIER, LATER, RUN_LINK, chat_messages
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
 from tests.test_ui import CONTROLS, chat_shown, drain
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("sandbox")
 
@@ -52,6 +57,12 @@ async def answered(ui: PlaygroundUI, fake: FakeBackend, reply: str) -> Chat:
     chat = Chat()
     await drain(ui.chat.send(None, "Write add(a, b).", None, chat, "", "", None, *CONTROLS))
     return chat
+
+
+async def collected(updates: AsyncIterator[dict[Any, Any]], into: list[dict[Any, Any]]) -> None:
+    """Each of ``updates`` into ``into``, as they come (those before a failure too)."""
+    async for update in updates:
+        into.append(update)
 
 
 def reply_shown(update: dict[Any, Any]) -> str:
@@ -208,9 +219,44 @@ async def test_a_repair_the_backend_fails_ends_the_check_with_a_sentence_and_kee
     fake.tokens, fake.mode = FIXED, "generation_error"  # it fails at its third token
     updates: list[dict[Any, Any]] = []
     with pytest.raises(gr.Error, match="out of memory"):
-        async for update in ui.runs.check(None, str(chat.exchanges[0].reply_id), "", True, chat):
-            updates.append(update)
+        await collected(ui.runs.check(None, str(chat.exchanges[0].reply_id), "", True, chat),
+                        updates)
     shown = reply_shown(updates[-1])
     assert "1 of 2 fails" in shown
     assert "_The check stopped before its end._" in shown
     assert "Traceback" not in shown
+
+
+async def test_a_run_beyond_the_sandbox_places_is_refused_until_one_ends(
+    backend: ServerThread, fake: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ui = make_ui(backend.url, snippet_runs_at_once=1)
+    chat = await answered(ui, fake, "```bash\nsleep 1; echo slept\n```\n")
+    target = f"{chat.exchanges[0].reply_id}-0"
+    started: list[str] = []
+
+    async def recorded(code: str, language: str, limits: RunLimits) -> RunResult:
+        started.append(code)
+        return await run_snippet(code, language, limits)
+
+    monkeypatch.setattr("app.chat.checks.run_snippet", recorded)
+    first = asyncio.create_task(ui.runs.run(None, target, chat))
+    await eventually(lambda: started, what="the first run to start")
+    with pytest.raises(gr.Error, match="The sandbox is busy: it runs 1 at once"):
+        await ui.runs.run(None, target, chat)
+    assert "slept" in reply_shown(await first)
+
+
+async def test_a_check_over_the_message_rate_is_refused_with_the_chat_as_it_was(
+    backend: ServerThread, fake: FakeBackend
+) -> None:
+    """Tests the model writes are a call of the model: they count against the rate."""
+    ui = make_ui(backend.url, rate_limit_per_minute=1)
+    chat = await answered(ui, fake, "```python\ndef add(a, b):\n    return a + b\n```\n")
+    before = chat_messages(chat.exchanges)
+    updates: list[dict[Any, Any]] = []
+    with pytest.raises(gr.Error, match="1 messages in the last minute"):
+        await collected(ui.runs.check(None, str(chat.exchanges[0].reply_id), "", True, chat),
+                        updates)
+    assert chat_shown(updates[-1]) == before
+    assert chat.exchanges[0].check is None
