@@ -4,8 +4,9 @@ A finished reply's code can be run and checked from the chat (``app.ui.checks`` 
 clicks): each block in a language the sandbox runs is followed by a Run link, and after a run
 by its result (``Exchange.runs``); a reply with Python code has a Check link, and once checked
 its badge and the check's trace (``Exchange.check``). All of it is rendered from the stored
-exchange, so it shows again after a reload. The rendering of a finished reply is cached, runs
-and all: an exchange without runs or a check costs a render what it did before.
+exchange, so it shows again after a reload. A finished reply's text with its links is rendered
+once and kept (``_finished``): an exchange without runs or a check costs a render one cache
+lookup, as before; its runs and its trace are put together at each render.
 """
 
 from __future__ import annotations
