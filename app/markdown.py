@@ -123,6 +123,29 @@ def code_fences(text: str) -> list[Fence]:
     ]
 
 
+@dataclass(frozen=True)
+class FenceEnd:
+    """Where a fenced code block ends, for text to go right after it: ``line``, the number
+    (from 0) of the line after its closing fence, None for a fence left open (it runs to the
+    end of its container); ``containers``, what a line after it starts with to stay in the
+    block quotes and list items the block is in (spaces and ``>``)."""
+
+    line: int | None
+    containers: str
+
+
+def fence_ends(text: str) -> list[FenceEnd]:
+    """Where each of the fenced code blocks of ``text`` (``code_fences``' blocks) ends."""
+    if "```" not in text and "~~~" not in text:
+        return []
+    lines = _LINE_BREAK.split(text)[::2]
+    return [
+        FenceEnd(token.map[1] if _closed(token) else None, _containers(lines, token))
+        for token in _MD.parse(text)
+        if token.type == "fence" and token.map is not None
+    ]
+
+
 def close_open_fence(text: str) -> str:
     """``text`` with the code fence it ends inside, if any, closed: a reply cut off or still
     streaming shows its last block as code, and what follows it is not taken into the block.
@@ -211,15 +234,27 @@ def _closing_fence(lines: list[str], tokens: list[Token]) -> str | None:
     fence = next((token for token in reversed(tokens) if token.type == "fence"), None)
     if fence is None or fence.map is None:
         return None
-    start, end = fence.map
-    if any(line.strip(" \t") for line in lines[end:]):
+    if any(line.strip(" \t") for line in lines[fence.map[1]:]):
         return None  # the text goes on after it
+    if _closed(fence):
+        return None
+    return _containers(lines, fence) + fence.markup
+
+
+def _closed(fence: Token) -> bool:
+    """Whether a fence token (with its ``map``) has a closing fence."""
+    assert fence.map is not None
+    start, end = fence.map
     content = fence.content.removesuffix("\n")  # a line break ends each line but the text's last
-    if end - start - 1 > (len(content.split("\n")) if fence.content else 0):
-        return None  # a line is left for its closing fence
-    opening = lines[start]
-    containers = re.sub(r"[^\s>]", " ", opening[: opening.index(fence.markup)])
-    return containers + fence.markup
+    return end - start - 1 > (len(content.split("\n")) if fence.content else 0)
+
+
+def _containers(lines: list[str], fence: Token) -> str:
+    """What the lines of a fence token start with for the block quotes and list items it is
+    in: its opening line up to the fence, the quote markers kept and the rest as spaces."""
+    assert fence.map is not None
+    opening = lines[fence.map[0]]
+    return re.sub(r"[^\s>]", " ", opening[: opening.index(fence.markup)])
 
 
 def _inline(source: str, plain: Callable[[str], str], span: Callable[[str], str]) -> str:

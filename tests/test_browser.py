@@ -226,11 +226,13 @@ def test_emoji_cjk_and_combining_marks_show_once_each_in_order_while_the_reply_s
         else:
             assert len(renders) >= 4, f"several renders mid-reply: {renders}"
             assert any(sample["inCode"] for sample in samples), "live text inside the code block"
-        # The end: the rendered reply, then its stats.
+        # The end: the rendered reply (its code block's Run link after it), then its stats
+        # and its Check link.
         expect(bot.locator(".live-text")).to_have_count(0)
-        text, stats = bot.inner_text().rsplit("\n\n", 1)
+        text, stats, actions = bot.inner_text().rsplit("\n\n", 2)
         assert re.fullmatch(r"\d+ tokens · .* · finished", stats)
-        assert visible(text) == expected
+        assert actions == "✓ Check"
+        assert visible(text.replace("▶ Run", "", 1)) == expected
         assert bot.locator("pre code").inner_text() == UNICODE_CODE
         page.close()
 
@@ -726,6 +728,76 @@ def test_share_read_signed_out_import_and_revoke_a_conversation(
         assert gone.status == 404
         expect(reader.locator("body")).to_contain_text("its owner has revoked it")
         signed_out.close()
+
+
+def test_run_a_python_block_of_a_reply_in_place(page: Page, fake: FakeBackend) -> None:
+    fake.tokens, fake.token_delay = [*FIRST_VERSION, "\nThen:\n\n", "```sql\nselect 1;\n```\n"], 0.0
+    expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+    page.locator("#message textarea").fill("Write an add function in Python.")
+    page.locator("#message textarea").press("Enter")
+    bot = page.locator("#chat .message.bot").last
+    expect(bot).to_contain_text("finished")
+    expect(bot.get_by_role("link", name="▶ Run")).to_have_count(1)  # none for the SQL
+    bot.get_by_role("link", name="▶ Run").click()
+    expect(bot).to_contain_text("Run of block 1 (Python): exit code 0")
+    output = bot.locator("pre code").nth(1)
+    expect(output).to_have_text("5")
+    # In place: between the Python block and the SQL one.
+    assert bot.locator("pre code").nth(2).inner_text().startswith("select 1;")
+    assert page.evaluate("location.hash") == "", "the Run link does not navigate"
+    page.reload()
+    expect(page.locator("#chat .message.bot").last.locator("pre code").nth(1)).to_have_text("5")
+
+
+CHECKED = ["Here:\n\n", "```python\n", "def add(a, b):\n", "    return a - b\n", "\n",
+           "assert add(1, 0) == 1\n", "assert add(2, 2) == 4\n", "```\n"]
+REPAIRED = ["The sign was wrong", *[f" (word {i})" for i in range(30)], ":\n\n", "```python\n",
+            "def add(a, b):\n", "    return a + b\n", "```\n"]
+
+
+def test_check_a_reply_watch_it_repaired_and_find_its_badge_after_a_reload(
+    browser: Browser, backend: ServerThread, fake: FakeBackend
+) -> None:
+    """A reply whose code fails one of its own tests: Check shows the failing test with the
+    values it compared, the model's repair as it comes, then the repaired version (a new
+    version of the reply) passing, with the diff and the end of the loop; the trace and the
+    badge are there again after a reload, on a phone too."""
+    fake.tokens, fake.token_delay = CHECKED, 0.0
+    fake.answers = {"What failed:": REPAIRED}
+    settings = settings_for(backend.url, stream_interval=0.05, stream_render_interval=0.2)
+    with ServerThread(create_app(settings)) as server:
+        context = browser.new_context(viewport={"width": 1280, "height": 1100})
+        page = context.new_page()
+        page.goto(server.url)
+        page.locator("#message textarea").fill("Write add(a, b) with tests.")
+        page.locator("#message textarea").press("Enter")
+        bot = page.locator("#chat .message.bot").last
+        expect(bot).to_contain_text("finished")
+        fake.token_delay = 0.05
+        bot.get_by_role("link", name="✓ Check").click()
+        trace = bot.locator(".check-trace")
+        expect(trace).to_contain_text("the model is answering", timeout=15_000)
+        expect(trace).to_contain_text("assert add(2, 2) == 4 → add(2, 2) is 0, expected 4")
+        expect(trace.locator(".check-badge")).to_have_text(["1 of 2 fails"])
+        expect(trace).to_contain_text("Ended: passed after 1 repair.", timeout=15_000)
+        expect(bot).to_contain_text("The sign was wrong")
+        expect(bot).to_contain_text(f"{EARLIER} 2/2 {LATER}")
+        expect(trace.locator(".check-badge")).to_have_text(["1 of 2 fails", "2/2 tests pass"])
+        expect(trace).to_contain_text("against the tests the reply holds")
+        expect(trace.locator("details[open] pre")).to_contain_text(
+            "-    return a - b\n+    return a + b")
+        OUTPUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "browser-check-1280.png"), full_page=True)
+        page.reload()
+        badge = page.locator("#chat .message.bot").last.locator(".check-badge").first
+        expect(badge).to_have_text("2/2 tests pass", timeout=15_000)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.reload()
+        expect(badge).to_have_text("2/2 tests pass", timeout=15_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.locator("#chat .message.bot").last.locator(".check-trace").scroll_into_view_if_needed()
+        page.screenshot(path=str(OUTPUT / "browser-check-390.png"))
+        context.close()
 
 
 def test_edit_an_earlier_message_switch_branches_then_export_and_import_them(

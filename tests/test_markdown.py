@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from app.chat import Exchange, ReplyLog
-from app.markdown import close_open_fence, escape_html, to_html, unescape_html
+from app.markdown import close_open_fence, escape_html, fence_ends, to_html, unescape_html
 from app.snippets import extract_blocks
 from app.ui.render import assistant_markdown
 
@@ -160,6 +160,23 @@ def test_the_snippets_are_the_code_blocks_the_page_shows(text: str) -> None:
     shown = PAGE.parse(escape_html(text, close_fence=True))
     blocks = [token.content.rstrip() for token in shown if token.type == "fence"]
     assert [block.code.rstrip() for block in extract_blocks(text)] == blocks
+
+
+@EXAMPLES
+@given(texts)
+def test_a_paragraph_put_where_each_fence_ends_leaves_every_code_block_as_it_was(
+    text: str,
+) -> None:
+    """What the page puts after a code block (its Run link and its last run, app/ui/render.py)
+    goes where ``fence_ends`` says: in the block's containers, outside every block."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    for end in reversed(fence_ends(text)):
+        if end.line is not None:
+            lines[end.line:end.line] = [f"{end.containers}Run here", end.containers.rstrip()]
+    marked = "\n".join(lines)
+    assert [b.code for b in extract_blocks(marked)] == [b.code for b in extract_blocks(text)]
+    shown = AS_TEXT.render(marked)
+    assert shown.count("Run here") == sum(end.line is not None for end in fence_ends(text))
 
 
 def test_to_html_shows_html_as_text_and_highlights_known_languages_only() -> None:

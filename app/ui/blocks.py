@@ -18,6 +18,7 @@ from app.ui.attachments import AttachmentsUI
 from app.ui.backends import BackendsPanel
 from app.ui.branches import BranchesUI
 from app.ui.chat import ChatButtons, ChatUI, ChatView
+from app.ui.checks import ChecksUI, CheckView
 from app.ui.controls import generation_controls
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import SkippingBlocks
@@ -63,6 +64,7 @@ class PlaygroundUI:
         self.turns = Turns(service, guard)
         self.checks = checks or Checks(service, self.turns)
         self.chat = ChatUI(service, self.turns, self.users, self.backends, self.attachments)
+        self.runs = ChecksUI(self.checks, self.users, settings)
         self.snippets = SnippetsUI(
             service, self.turns, self.checks, SnippetLibrary(store), self.users,
             settings.runs_allowed, self.downloads, self.preview,
@@ -157,6 +159,7 @@ class PlaygroundUI:
                         undo = gr.Button("Undo", size="sm", elem_id="undo")
                         clear = gr.Button("Clear", size="sm", elem_id="clear")
                     gr.Examples(EXAMPLES, inputs=[message], label="Try one")
+                    self.runs.controls(demo, CheckView(chatbot, chat), self.runs.tests_box())
                     with gr.Accordion("System prompt and generation settings", open=False):
                         system_prompt = gr.Textbox(s.system_prompt, label="System prompt", lines=4)
                         controls = generation_controls(s)

@@ -1,6 +1,7 @@
 (link, target, button) => {
   // A click on a link to link + VALUE becomes a press of the hidden button #button, with
-  // VALUE in the hidden box #target (app/ui/branches.py, app/ui/attachments.py).
+  // VALUE in the hidden box #target (app/ui/branches.py, app/ui/attachments.py,
+  // app/ui/checks.py).
   document.addEventListener("click", (event) => {
     const found = event.target.closest && event.target.closest(`a[href^="${link}"]`);
     if (!found) return;

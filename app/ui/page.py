@@ -35,6 +35,22 @@ PAGE_CSS = f"""
 #backends table {{ display: block; overflow-x: auto; }}
 #backends th {{ white-space: nowrap; word-break: keep-all; }}
 #chat pre {{ max-width: 100%; overflow-x: auto; }}
+#chat a[href^="#run-block-"], #chat a[href^="#check-reply-"] {{
+  display: inline-block; padding: 0 0.45rem; border: 1px solid #d1d9e0; border-radius: 4px;
+  font-size: 0.875em; text-decoration: none; white-space: nowrap;
+}}
+#chat .check-badge {{
+  display: inline-block; padding: 0 0.5rem; border: 1px solid currentColor;
+  border-radius: 999px; font-size: 0.875em; font-weight: 600; white-space: nowrap;
+}}
+#chat .check-pass {{ color: #1a7f37; }}
+#chat .check-fail {{ color: #cf222e; }}
+#chat .check-none {{ color: #59636e; }}
+#chat .check-trace {{ border-left: 3px solid #d1d9e0; padding-left: 0.6rem; }}
+#chat .check-trace ul {{ padding-left: 1.1rem; }}
+#chat .check-trace pre, #chat .check-trace code {{
+  white-space: pre-wrap; overflow-wrap: anywhere;
+}}
 #shortcuts-overlay {{
   position: fixed; inset: 0; z-index: 1000; display: flex; align-items: center;
   justify-content: center; background: rgb(0 0 0 / 45%);

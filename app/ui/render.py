@@ -1,10 +1,21 @@
-"""Turn the app's conversation and backend state into what the page shows."""
+"""Turn the app's conversation and backend state into what the page shows.
+
+A finished reply's code can be run and checked from the chat (``app.ui.checks`` handles the
+clicks): each block in a language the sandbox runs is followed by a Run link, and after a run
+by its result (``Exchange.runs``); a reply with Python code has a Check link, and once checked
+its badge and the check's trace (``Exchange.check``). All of it is rendered from the stored
+exchange, so it shows again after a reload. A finished reply's text with its links is rendered
+once and kept (``_finished``): an exchange without runs or a check costs a render one cache
+lookup, as before; its runs and its trace are put together at each render.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from html import escape
 from typing import Any
 
@@ -12,9 +23,20 @@ from app.backends import BackendError, BackendInfo
 from app.backends.client import safe_url
 from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
-from app.chat import Exchange
-from app.markdown import escape_html, escape_html_open, escape_markdown
+from app.chat import Exchange, TurnStats
+from app.markdown import (
+    FenceEnd,
+    escape_html,
+    escape_html_open,
+    escape_markdown,
+    fence_ends,
+    fenced,
+)
+from app.preview import KIND_OF_LANGUAGE
 from app.sizes import size_text
+from app.snippets.bwrap import languages
+from app.snippets.extract import TEXT, CodeBlock, extract_blocks
+from app.snippets.sandbox import RunResult
 
 TITLE = "## Coding Playground"
 # The switches between alternatives link here; app.ui.branches catches the clicks.
@@ -24,6 +46,10 @@ ATTACHMENT_LINK = "#attachment-"
 EARLIER, LATER = "\u2039", "\u203a"  # single angle quotation marks
 # The marker after the text of a reply being written; app/ui/live.js finds it by this class.
 LIVE_TAIL = "live-tail"
+# The Run link after a code block (#run-block-<reply id>-<block index>) and the Check link of a
+# reply (#check-reply-<reply id>); app.ui.checks catches the clicks.
+RUN_LINK = "#run-block-"
+CHECK_LINK = "#check-reply-"
 
 KIND_NAMES = {
     "tgi": "TGI", "llama.cpp": "llama.cpp", "openai": "OpenAI-compatible server",
@@ -88,7 +114,17 @@ def live_marker(key: str, offset: int, in_code: bool) -> str:
             f'live-code-{int(in_code)}"></span>')
 
 
-def assistant_markdown(exchange: Exchange) -> str:
+@dataclass(frozen=True)
+class Checking:
+    """A check under way on the page: the exchange on screen whose reply it checks, and the
+    model's answer so far in the repair round under way ("" between rounds)."""
+
+    exchange: Exchange
+    answer: str = ""
+
+
+def assistant_markdown(exchange: Exchange, checking: Checking | None = None) -> str:
+    actions = ""  # the line of a finished reply's code: Check and its badge
     if exchange.live is not None and not exchange.done:
         shown, in_code = escape_html_open(exchange.reply)
         # A code block left open shows the text up to the line breaks it ends with (the
@@ -97,30 +133,267 @@ def assistant_markdown(exchange: Exchange) -> str:
         covered = len(exchange.reply.rstrip("\r\n") if in_code else exchange.reply)
         marker = live_marker(exchange.live, covered, in_code)
         parts = [shown + ("\n\n" if in_code else "") + marker]
+    elif exchange.done and exchange.reply and exchange.reply_id is not None:
+        body, actions = _finished(exchange.reply, exchange.reply_id)
+        if exchange.runs:
+            body = _with_runs(exchange.reply, exchange.reply_id, exchange.runs)
+        if exchange.check is not None:
+            badge = _badge(_version_shown(exchange.check, exchange.reply_id))
+            actions = f"{actions} · {badge}" if actions else badge
+        parts = [body]
     else:
         kept = _kept_reply_shown if exchange.done else _reply_shown
         parts = [kept(exchange.reply)] if exchange.reply else []
     if exchange.error:
         parts.append(f"⚠️ {escape_html(exchange.error)}")
     if exchange.stats is not None and exchange.done:
-        parts.append(f"_{exchange.stats.line()}_")
+        parts.append(_stats_line(exchange, exchange.stats))
+    if actions:
+        parts.append(actions)
     switch = switcher(exchange.reply_alternatives, exchange.reply_id)
     if parts and switch:  # a reply not yet begun shows nothing
         parts.append(switch)
+    if checking is not None and checking.exchange is exchange:
+        parts.append(check_markdown(exchange.check, exchange.reply_id, checking.answer))
+    elif exchange.check is not None:
+        parts.append(check_markdown(exchange.check, exchange.reply_id, None))
     return "\n\n".join(parts)
 
 
-def _messages(conversation: Sequence[Exchange]) -> Iterator[tuple[Exchange, dict[str, Any]]]:
+def _stats_line(exchange: Exchange, stats: TurnStats) -> str:
+    """The reply's stats; for a version a check's repair stored, which round gave it."""
+    if exchange.check is not None:
+        version = _version_shown(exchange.check, exchange.reply_id)
+        if version is not None and version["number"] and version["reply_id"] == exchange.reply_id:
+            return f"_Repair {version['number']} of a check: the model's fix of what failed_"
+    return f"_{stats.line()}_"
+
+
+def _messages(
+    conversation: Sequence[Exchange], checking: Checking | None = None
+) -> Iterator[tuple[Exchange, dict[str, Any]]]:
     for exchange in conversation:
         user = _user_shown(exchange.user) + user_suffix(exchange)
         yield exchange, {"role": "user", "content": user}
-        body = assistant_markdown(exchange)
+        body = assistant_markdown(exchange, checking)
         if body:
             yield exchange, {"role": "assistant", "content": body}
 
 
-def chat_messages(conversation: Sequence[Exchange]) -> list[dict[str, Any]]:
-    return [message for _, message in _messages(conversation)]
+def chat_messages(
+    conversation: Sequence[Exchange], checking: Checking | None = None
+) -> list[dict[str, Any]]:
+    """The chat pane's messages; ``checking``: a check under way, shown as it goes."""
+    return [message for _, message in _messages(conversation, checking)]
+
+
+# -- code run and checked from the chat ----------------------------------------------------
+
+# The fence languages' names in sentences.
+LANGUAGE_NAMES = {
+    "python": "Python", "javascript": "JavaScript", "typescript": "TypeScript", "bash": "Bash",
+    "sql": "SQL", "go": "Go", "rust": "Rust", "c": "C", "cpp": "C++", "java": "Java",
+}
+CHECK_TITLE = "Run its Python against tests in the sandbox, and repair what fails"
+RUN_TITLE = "Run this block in the sandbox"
+# Who wrote the tests a check ran (``app.checks.tests.Origin``).
+TEST_ORIGINS = {
+    "user": "your tests",
+    "reply": "the tests the reply holds",
+    "examples": "the examples in its docstrings",
+    "model": "tests the model wrote (they may be wrong)",
+}
+OUTCOMES = {
+    "passed": "passed",
+    "round limit": "still failing at the round limit",
+    "no change": "the model's answer changed nothing",
+    "no tests": "no tests to run",
+}
+_LINES = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class _Code:
+    """What a reply's code blocks allow: those that run here, each with where it ends; whether
+    Check applies (a Python block); and for code of which no block runs here, a sentence that
+    says so."""
+
+    runnable: tuple[tuple[CodeBlock, FenceEnd], ...] = ()
+    python: bool = False
+    no_run: str = ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _code_of(reply: str) -> _Code:
+    blocks = extract_blocks(reply)
+    if not blocks:
+        return _Code()
+    runs_here = languages()
+    runnable = tuple((block, end) for block, end in zip(blocks, fence_ends(reply), strict=True)
+                     if block.language in runs_here)
+    python = any(block.language == "python" for block in blocks)
+    # Text is no code, and HTML, SVG and Mermaid have their Preview.
+    idle = sorted({LANGUAGE_NAMES.get(block.language, block.language) for block in blocks
+                   if block.language not in {*runs_here, TEXT, *KIND_OF_LANGUAGE}})
+    if runnable or not idle:
+        return _Code(runnable, python)
+    sandbox = sorted(LANGUAGE_NAMES.get(name, name) for name in runs_here) or ["nothing"]
+    return _Code(runnable, python,
+                 f"_No Run for {_listed(idle)}: the sandbox runs {_listed(sandbox)}._")
+
+
+def _with_runs(reply: str, reply_id: int, runs: dict[str, dict[str, Any]]) -> str:
+    """The reply as shown, each block that runs here followed by its Run link and its last
+    run, behind the block quote markers and list indentation the block has; a block left
+    open has them at the end."""
+    shown = _kept_reply_shown(reply)
+    code = _code_of(reply)
+    if not code.runnable:
+        return shown
+    lines = _LINES.split(shown)
+    at_end: list[str] = []
+    for block, end in reversed(code.runnable):
+        run = run_markdown(reply_id, block, runs.get(str(block.index)))
+        if end.line is None:
+            at_end.insert(0, run)
+        else:
+            lines[end.line:end.line] = [*_inside(run, end.containers), end.containers.rstrip()]
+    return "\n".join(lines) + "".join(f"\n\n{run}" for run in at_end)
+
+
+@functools.lru_cache(maxsize=1024)
+def _finished(reply: str, reply_id: int) -> tuple[str, str]:
+    """A finished, stored reply as shown, with a Run link after each block that runs here,
+    and the line under it for its code: the Check link (Python code), or why none of its code
+    runs here; "" for a reply without code."""
+    code = _code_of(reply)
+    check = f'[✓ Check]({CHECK_LINK}{reply_id} "{CHECK_TITLE}")' if code.python else ""
+    return _with_runs(reply, reply_id, {}), check or code.no_run
+
+
+def _inside(text: str, containers: str) -> list[str]:
+    """The lines of ``text`` behind ``containers``."""
+    return [containers + line if line else containers.rstrip() for line in text.split("\n")]
+
+
+def run_markdown(reply_id: int, block: CodeBlock, run: dict[str, Any] | None) -> str:
+    """The Run link of a reply's block and, once run, the result of its last run."""
+    link = f"{RUN_LINK}{reply_id}-{block.index}"
+    if run is None:
+        return f'[▶ Run]({link} "{RUN_TITLE}")'
+    result = RunResult(**{field.name: run[field.name] for field in fields(RunResult)})
+    name = LANGUAGE_NAMES.get(run["language"], run["language"])
+    return (f'[▶ Run again]({link} "{RUN_TITLE}") · Run of block {block.index + 1} ({name}): '
+            + result_markdown(result))
+
+
+def result_markdown(result: RunResult) -> str:
+    """What a run printed and how it ended, with the output shown as text."""
+    ending = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
+    if result.stopped:
+        ending = f"stopped: {escape_html(result.stopped)}"
+    parts = [f"**{ending}** · {result.seconds:.2f} s"]
+    for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if text:
+            parts.append(f"{name}:\n{fenced(text)}")
+    if result.truncated:
+        parts.append("_(output cut at the limit)_")
+    return "\n\n".join(parts)
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _version_shown(trace: dict[str, Any], reply_id: int | None) -> dict[str, Any] | None:
+    """The version of the check that is the reply ``reply_id`` (else the last one)."""
+    versions: list[dict[str, Any]] = trace.get("versions") or []
+    found = next((v for v in versions if v["reply_id"] == reply_id), None)
+    return found or (versions[-1] if versions else None)
+
+
+def _badge(version: dict[str, Any] | None) -> str:
+    if version is None:
+        return '<span class="check-badge check-none">checking…</span>'
+    badge = escape(version["badge"])
+    kind = "pass" if version["ok"] else "none" if badge == "no tests" else "fail"
+    return f'<span class="check-badge check-{kind}">{badge}</span>'
+
+
+def _code_span(text: str) -> str:
+    """``text`` on one line as a code span no backtick inside it can close."""
+    one = " ".join(text.split())
+    longest = max((len(run) for run in re.findall(r"`+", one)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if one.startswith("`") or one.endswith("`") else ""
+    return f"{ticks}{pad}{one}{pad}{ticks}"
+
+
+def check_markdown(trace: dict[str, Any] | None, reply_id: int | None, answer: str | None) -> str:
+    """A check's trace (``app.chat.checks``): the tests and who wrote them, each version tried
+    (the reply as written, then each repair with its diff to the one before) with each test's
+    result, and how it ended; ``answer``: the check is under way, the model's answer so far
+    in the round under way (None: it is not under way, as after a reload)."""
+    parts = ['<div class="check-trace">']
+    if trace is None:
+        parts.append("**Checking**: finding the tests, or asking the model to write some, "
+                     "then running them in the sandbox…")
+        return "\n\n".join([*parts, "</div>"])
+    tests, versions, rounds = trace["tests"], trace["versions"], trace["rounds"]
+    origin = TEST_ORIGINS.get(tests["origin"] or "", "no tests")
+    repair = f"repair: at most {rounds} rounds" if rounds else "no repair"
+    parts.append(f"**Check** against {origin} · {repair}")
+    if tests["source"]:
+        parts.append(f"<details><summary>The tests</summary>\n\n{fenced(tests['source'], 'python')}"
+                     "\n\n</details>")
+    for version in versions:
+        parts.extend(_version_markdown(version, version["reply_id"] == reply_id))
+    outcome = trace["outcome"]
+    if outcome is not None:
+        repairs = len(versions) - 1
+        after = f" after {repairs} repair{'s' if repairs != 1 else ''}" if repairs else ""
+        ended = OUTCOMES.get(outcome, escape(outcome))
+        if outcome == "round limit" and not rounds:
+            ended = "failing (repair was off)"
+        parts.append(f"**Ended: {ended}**{after}.")
+    elif answer is not None:
+        parts.append(f"**Repair {len(versions)} of {rounds}**: the model is answering…")
+        if answer:  # quoted, as it comes
+            parts.append("\n".join(_inside(escape_html_open(answer)[0], "> ")))
+    else:
+        parts.append("_The check stopped before its end._")
+    return "\n\n".join([*parts, "</div>"])
+
+
+def _version_markdown(version: dict[str, Any], on_screen: bool) -> list[str]:
+    number = version["number"]
+    title = "The reply as written" if number == 0 else f"Repair {number}"
+    changed = f" ({escape(version['changed'])} changed)" if number and version["changed"] else ""
+    here = " · this version" if on_screen else ""
+    parts = [f"**{title}**{changed}: {_badge(version)}{here}"]
+    if version["diff"]:
+        parts.append("<details open><summary>Changes from the version before</summary>\n\n"
+                     f"{fenced(version['diff'], 'diff')}\n\n</details>")
+    if version["code_error"]:
+        not_run = len(version["results"])
+        parts.append("The code fails before any test runs"
+                     + (f" ({not_run} tests not run)" if not_run else "") + ":\n"
+                     + fenced(version["code_error"]))
+        return parts
+    parts.append("\n".join(_result_markdown(result) for result in version["results"]))
+    return parts
+
+
+def _result_markdown(result: dict[str, Any]) -> str:
+    status = result["status"]
+    kind = "pass" if status == "passed" else "fail"
+    line = f'- <span class="check-{kind}">{escape(status)}</span> {_code_span(result["name"])}'
+    details = []
+    if result["error"] and status != "passed":
+        details.append(fenced(result["error"]))
+    if result["output"] and status != "passed":
+        details.append(f"its output:\n{fenced(result['output'])}")
+    return "\n".join([line, *("\n".join(_inside(d, "  ")) for d in details)])
 
 
 def exchange_at(conversation: Sequence[Exchange], index: int) -> Exchange | None:

@@ -26,10 +26,10 @@ from app.snippets.library import (
     diff_text,
     filename,
 )
-from app.snippets.sandbox import RunResult
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import Outputs
 from app.ui.preview import PreviewUI
+from app.ui.render import result_markdown
 from app.ui.users import PageUsers
 
 REFINE_TEMPERATURE = 0.2
@@ -42,20 +42,6 @@ REFINE_PROMPT = (
 def block_label(block: CodeBlock) -> str:
     first = next((line.strip() for line in block.code.splitlines() if line.strip()), "(empty)")
     return f"#{block.index + 1} {block.language}: {first[:60]}"
-
-
-def result_markdown(result: RunResult) -> str:
-    """What a run printed and how it ended, with the output shown as text."""
-    ending = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
-    if result.stopped:
-        ending = f"stopped: {result.stopped}"
-    parts = [f"**{ending}** · {result.seconds:.2f} s"]
-    for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
-        if text:
-            parts.append(f"{name}:\n````text\n{text.replace('````', '` ` ` `')}\n````")
-    if result.truncated:
-        parts.append("_(output cut at the limit)_")
-    return "\n\n".join(parts)
 
 
 # gr.Code's names for the languages it highlights; the others show as plain text.
