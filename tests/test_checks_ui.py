@@ -255,7 +255,7 @@ async def test_a_check_over_the_message_rate_is_refused_with_the_chat_as_it_was(
     chat = await answered(ui, fake, "```python\ndef add(a, b):\n    return a + b\n```\n")
     before = chat_messages(chat.exchanges)
     updates: list[dict[Any, Any]] = []
-    with pytest.raises(gr.Error, match="1 messages in the last minute"):
+    with pytest.raises(gr.Error, match="1 message in the last minute"):
         await collected(ui.runs.check(None, str(chat.exchanges[0].reply_id), "", True, chat),
                         updates)
     assert chat_shown(updates[-1]) == before

@@ -23,6 +23,9 @@ FILES = ("README.md", "pyproject.toml", "requirements.txt", "space.py", "docker-
 MADE_AT_RUN_TIME = {
     "volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf",
     "volumes/data/playground.db",
+    # ESLint, installed by scripts/test (tools/jslint's lock).
+    "tools/jslint/node_modules/",
+    "tools/jslint/node_modules/.bin/eslint",
 }
 
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")

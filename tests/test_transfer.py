@@ -687,7 +687,8 @@ def test_the_markdown_export_shows_a_replys_runs_and_its_check(tmp_path: Path) -
     shown = export_markdown(store, user, conversation)
     assert FIXED in shown, "the version on screen"
     after = shown[shown.index(FIXED):]
-    assert after.index("**Check**: passed") < after.index("Tests, the reply's own:") < after.index(
+    assert after.index("**Check**: passed") < after.index(
+        "Checked against the tests the reply holds:") < after.index(
         "Version 0 · 1 of 1 fails") < after.index(
         "- failed: assert double(3) == 6 → double(3) is 5, expected 6") < after.index(
         "Version 1 · 1/1 test passes · the repair changed the code") < after.index(

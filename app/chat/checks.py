@@ -45,6 +45,7 @@ from app.snippets.limits import RunLimits
 from app.snippets.sandbox import RunResult, run_snippet
 
 RUNS_OFF = "Code does not run on this server (SNIPPET_RUNS)."
+
 WRITE_TESTS = (
     "You write tests for Python code. Answer with one ```python block of plain `assert` "
     "statements (at most eight), each checking one input against the output the task asks "

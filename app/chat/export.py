@@ -14,6 +14,8 @@ from datetime import UTC
 from typing import Any
 
 from app.chat.models import FINISH_TEXT
+from app.checks.repair import OUTCOME_TEXT
+from app.checks.tests import TESTS_TEXT
 from app.markdown import close_open_fence, escape_markdown, fenced
 from app.store import ConversationRecord, Store, StoredReply
 
@@ -21,13 +23,6 @@ from app.store import ConversationRecord, Store, StoredReply
 EXPORTED_FINISH_TEXT = dict(FINISH_TEXT.items(), streaming="still streaming when exported")
 # Characters of each of a run's stdout and stderr shown.
 RUN_OUTPUT_CHARS = 2000
-# How a check ended (``app.checks.repair.Done``), and who wrote its tests.
-OUTCOME_TEXT = {
-    "passed": "passed", "round limit": "stopped at the round limit",
-    "no change": "stopped: the model answered the same code again", "no tests": "no tests",
-}
-TESTS_TEXT = {"user": "yours", "reply": "the reply's own", "examples": "its examples",
-              "model": "written by the model"}
 # What a repair changed (``app.checks.repair.Version``).
 CHANGED_TEXT = {"code": "the code", "tests": "the tests",
                 "code and tests": "the code and the tests", "nothing": "nothing"}
@@ -105,7 +100,7 @@ def _check_markdown(check: Mapping[str, Any]) -> list[str]:
     parts = [f"**Check**: {outcome}"]
     tests = check["tests"]
     if tests["source"]:
-        parts += [f"Tests, {TESTS_TEXT.get(tests['origin'], 'given')}:",
+        parts += [f"Checked against {TESTS_TEXT.get(tests['origin'], 'the tests given')}:",
                   fenced(tests["source"], "python")]
     for version in check["versions"]:
         line = f"Version {version['number']} · {escape_markdown(version['badge'])}"

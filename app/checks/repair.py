@@ -73,6 +73,16 @@ class Answer:
     added: str
 
 
+# How a check ended (``Done.reason``), as users read it (the page's trace, the Markdown export).
+OUTCOME_TEXT = {
+    "passed": "passed",
+    "round limit": "still failing at the round limit",
+    "not repaired": "failing (repair was off)",
+    "no change": "the model's answer changed nothing",
+    "no tests": "no tests to run",
+}
+
+
 @dataclass(frozen=True)
 class Done:
     """The end: the version kept (the first that passes, else the last tried) and why the

@@ -28,6 +28,14 @@ from typing import Literal
 # may be wrong, and are shown as the model's).
 Origin = Literal["user", "reply", "examples", "model"]
 
+# Whose tests a check ran, as users read it (the page's trace, the Markdown export).
+TESTS_TEXT: dict[str, str] = {
+    "user": "your tests",
+    "reply": "the tests the reply holds",
+    "examples": "the examples in its docstrings",
+    "model": "tests the model wrote (they may be wrong)",
+}
+
 # The ways docstrings show a call's value on one line, besides doctest's ``>>>``.
 ARROW = re.compile(r"^\s*(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==|➞|=>|->)\s*(?P<want>.+?)\s*$")
 

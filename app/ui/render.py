@@ -24,6 +24,8 @@ from app.backends.client import safe_url
 from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
 from app.chat import Exchange, TurnStats
+from app.checks.repair import OUTCOME_TEXT
+from app.checks.tests import TESTS_TEXT
 from app.markdown import (
     FenceEnd,
     escape_html,
@@ -197,18 +199,6 @@ LANGUAGE_NAMES = {
 CHECK_TITLE = "Run its Python against tests in the sandbox, and repair what fails"
 RUN_TITLE = "Run this block in the sandbox"
 # Who wrote the tests a check ran (``app.checks.tests.Origin``).
-TEST_ORIGINS = {
-    "user": "your tests",
-    "reply": "the tests the reply holds",
-    "examples": "the examples in its docstrings",
-    "model": "tests the model wrote (they may be wrong)",
-}
-OUTCOMES = {
-    "passed": "passed",
-    "round limit": "still failing at the round limit",
-    "no change": "the model's answer changed nothing",
-    "no tests": "no tests to run",
-}
 _LINES = re.compile(r"\r\n|\r|\n")
 
 
@@ -340,7 +330,7 @@ def check_markdown(trace: dict[str, Any] | None, reply_id: int | None, answer: s
                      "then running them in the sandbox…")
         return "\n\n".join([*parts, "</div>"])
     tests, versions, rounds = trace["tests"], trace["versions"], trace["rounds"]
-    origin = TEST_ORIGINS.get(tests["origin"] or "", "no tests")
+    origin = TESTS_TEXT.get(tests["origin"] or "", "no tests")
     repair = f"repair: at most {rounds} rounds" if rounds else "no repair"
     parts.append(f"**Check** against {origin} · {repair}")
     if tests["source"]:
@@ -352,9 +342,7 @@ def check_markdown(trace: dict[str, Any] | None, reply_id: int | None, answer: s
     if outcome is not None:
         repairs = len(versions) - 1
         after = f" after {repairs} repair{'s' if repairs != 1 else ''}" if repairs else ""
-        ended = OUTCOMES.get(outcome, escape(outcome))
-        if outcome == "round limit" and not rounds:
-            ended = "failing (repair was off)"
+        ended = OUTCOME_TEXT.get(outcome, escape(outcome))
         parts.append(f"**Ended: {ended}**{after}.")
     elif answer is not None:
         parts.append(f"**Repair {len(versions)} of {rounds}**: the model is answering…")
