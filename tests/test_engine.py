@@ -33,7 +33,8 @@ def test_a_coding_prompt_streams_a_real_answer(running_app: RunningApp) -> None:
     assert len({r for r in replies}) > 2, "the reply arrived in more than one update"
     assert "def " in final
     assert "[::-1]" in final
-    stats = final.rsplit("\n\n", 1)[-1]
+    _, stats, actions = final.rsplit("\n\n", 2)
+    assert "Check" in actions, "a reply with Python code ends with its Check link"
     assert "tokens/s" in stats
     assert "first token" in stats
     assert "finished" in stats or "cut at the token limit" in stats
