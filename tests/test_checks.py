@@ -68,6 +68,45 @@ def test_docstring_examples_are_tests_in_both_forms() -> None:
     assert all(test.origin == "examples" for test in found)
 
 
+def test_docstring_examples_are_read_in_the_forms_docstrings_use() -> None:
+    code = (
+        'def cube(a):\n'
+        '    """Whether a is a cube.\n\n'
+        '    >>> cube(8) == True\n'
+        '    cube(2) ==> False\n'
+        '    >>> cube(27)\n'
+        '    True\n'
+        '    """\n'
+    )
+    assert [(t.name, t.source, t.want) for t in examples(code)] == [
+        (">>> cube(8) == True", "assert cube(8) == True", None),
+        (">>> cube(27)", "cube(27)", "True\n"),
+        ("cube(2) == False", "assert cube(2) == False", None),
+    ]
+
+
+def test_an_example_doctest_cannot_read_leaves_the_others() -> None:
+    # "\n" in a docstring that is not raw breaks the example's line in two.
+    code = ('def strip(text):\n    """\n    >>> strip("ab\\ncd")\n    \'abcd\'\n'
+            '    >>> strip("a")\n    \'a\'\n    """\n')
+    assert [t.name for t in examples(code)] == ['>>> strip("a")']
+
+
+def test_lines_that_state_a_rule_or_lost_their_quotes_are_not_examples() -> None:
+    code = (
+        "import math\n\nLIMIT = 3\n\n"
+        "def fib(n):\n"
+        '    """fib(n) == fib(n - 1) + fib(n - 2)\n'
+        "    happy(abc) == True\n"
+        "    fib(LIMIT) == math.floor(2.5)\n"
+        "    fib(len([k for k in range(2)])) == 1\n"
+        '    """\n\n'
+        "def happy(s):\n    return True\n"
+    )
+    assert [t.name for t in examples(code)] == [
+        "fib(LIMIT) == math.floor(2.5)", "fib(len([k for k in range(2)])) == 1"]
+
+
 def test_tests_given_apart_keep_their_imports_and_helpers() -> None:
     tests = parse("import math\n\ndef test_root():\n    assert math.isqrt(16) == 4\n", "user")
     assert len(tests) == 1
