@@ -7,7 +7,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.checks.repair import Answer, Ask, Done, Version, merged, repaired, rounds
+from app.checks.harness import CaseResult
+from app.checks.repair import (
+    Answer,
+    Ask,
+    Done,
+    Version,
+    merged,
+    repair_messages,
+    repaired,
+    rounds,
+)
 from app.checks.run import Checked, check
 from app.checks.tests import Case, examples, parse, split
 from app.snippets.bwrap import languages
@@ -218,3 +228,53 @@ def test_the_users_tests_never_change_in_a_repair() -> None:
     code, tests = repaired(version, "```python\ndef f():\n    return 2\n\nassert f() == 9\n```")
     assert "return 2" in code
     assert tests == program.tests
+
+
+def test_an_answer_that_echoes_the_task_and_the_tests_leaves_them_out_of_the_code() -> None:
+    tests = examples('def double(x):\n    """\n    >>> double(3)\n    6\n    """\n')
+    version = Version(0, "def double(x):\n    return x + 2\n", tests, Checked((), None, 0.0))
+    answer = (
+        "The task:\n```python\ndef double(x):\n    \"\"\"\n    >>> double(3)\n```\n"
+        "The code:\n```python\ndef double(x):\n    return x * 2\n```\n"
+        "Its tests:\n```python\n>>> double(3)\n6\n```\n"
+    )
+    code, kept = repaired(version, answer)
+    assert code == "def double(x):\n    return x * 2\n"
+    assert kept == tests
+
+
+def test_a_function_with_no_body_replaces_none_that_has_one() -> None:
+    old = "def f(x):\n    return x\n"
+    new = 'def f(x):\n    """The task\'s stub."""\n\ndef g(x):\n    return f(x) + 1\n'
+    code = merged(old, new)
+    assert "return x\n" in code
+    assert "stub" not in code
+    assert "def g(x)" in code
+    assert merged("def f(x):\n    ...\n", new) == new, "a stub may replace a stub"
+
+
+def test_the_request_shows_examples_as_a_session_and_ends_with_what_to_answer() -> None:
+    tests = examples('def f(x):\n    """\n    >>> f(1)\n    2\n    """\n')
+    failed = Checked((CaseResult(tests[0], "not run", "The code failed before the tests."),),
+                     "SyntaxError: invalid syntax", 0.0)
+    [_, user] = repair_messages(Version(0, "def f(x):\n    return (\n", tests, failed), "")
+    assert "```pycon\n>>> f(1)\n2\n```" in user["content"]
+    assert "SyntaxError: invalid syntax" in user["content"]
+    assert "not run" not in user["content"], "the code's own error says it all"
+    assert user["content"].endswith("Answer with the corrected code in one ```python block.")
+
+
+async def test_an_example_passes_when_its_value_is_the_literal_shown() -> None:
+    code = 'def twice(s):\n    return s * 2\n\ndef half(n):\n    return n // 2\n'
+    tests = (Case("quotes", "twice('ab')", "examples", '"abab"\n'),
+             Case("wrong", "twice('a')", "examples", '"ab"\n'),
+             Case("type", "half(4)", "examples", "2.0\n"))
+    checked = await check(code, tests, RunLimits())
+    assert [r.status for r in checked.results] == ["passed", "failed", "failed"]
+    assert checked.results[1].error == "twice('a') → 'aa', expected \"ab\""
+
+
+async def test_code_that_does_not_parse_says_where() -> None:
+    checked = await check("x = 1\ny = [1, 2)\n", (Case("t", "assert y", "user"),), RunLimits())
+    assert checked.code_error is not None
+    assert checked.code_error.startswith("line 2: y = [1, 2) → SyntaxError: closing parenthesis")
