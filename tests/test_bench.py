@@ -300,14 +300,15 @@ def test_humaneval_judges_the_three_ways_with_the_problems_own_tests(tmp_path: P
     assert [results["HumanEval/0"][way]["passed"] for way in ways] == [True] * 3
     assert [results["HumanEval/0"][way]["rounds"] for way in ways] == [0, 0, 0]
     # Elsewhere the answer lacks the problem's function: the prompt's stub stays, the docstring's
-    # examples fail, and each loop asks again and again gets the same answer.
+    # examples fail, and each loop asks again and again gets the same answer (the app's loop
+    # stops at the second answer that changes nothing).
     for task in ("HumanEval/1", "HumanEval/2"):
         assert [results[task][way]["passed"] for way in ways] == [False] * 3
         assert results[task]["naive"]["rounds"] == 2
-        assert results[task]["repair"]["rounds"] == 2
-        assert results[task]["repair"]["trace"][-1] == "done: no change, v2 kept"
+        assert results[task]["repair"]["rounds"] == 3
+        assert results[task]["repair"]["trace"][-1] == "done: no change, v3 kept"
         assert "def has_close_elements" in results[task]["repair"]["code"]
-    assert len(fake.requests) == 1 + 2 * (1 + 2 + 2)
+    assert len(fake.requests) == 1 + 2 * (1 + 2 + 3)
     assert {r["temperature"] for r in fake.requests} == {0}
     assert [s["passed"] for s in report["summary"]] == [1, 1, 1]
     assert report["parameters"]["plain_prompt"].startswith("Complete the following")

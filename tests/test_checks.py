@@ -268,13 +268,36 @@ async def test_an_example_passes_when_its_value_is_the_literal_shown() -> None:
     code = 'def twice(s):\n    return s * 2\n\ndef half(n):\n    return n // 2\n'
     tests = (Case("quotes", "twice('ab')", "examples", '"abab"\n'),
              Case("wrong", "twice('a')", "examples", '"ab"\n'),
-             Case("type", "half(4)", "examples", "2.0\n"))
+             Case("type", "half(4)", "examples", "2.0\n"),
+             Case("none", "print()", "examples", "[]\n"))
     checked = await check(code, tests, RunLimits())
-    assert [r.status for r in checked.results] == ["passed", "failed", "failed"]
+    assert [r.status for r in checked.results] == ["passed", "failed", "failed", "failed"]
     assert checked.results[1].error == "twice('a') → 'aa', expected \"ab\""
+    assert checked.results[3].error == "print() → None, expected []", "not '→ ,'"
 
 
 async def test_code_that_does_not_parse_says_where() -> None:
     checked = await check("x = 1\ny = [1, 2)\n", (Case("t", "assert y", "user"),), RunLimits())
     assert checked.code_error is not None
     assert checked.code_error.startswith("line 2: y = [1, 2) → SyntaxError: closing parenthesis")
+
+
+async def test_an_answer_that_changes_nothing_is_asked_again_without_the_code() -> None:
+    program = split("def f():\n    return 1\n\nassert f() == 2\n", "user")
+    same = "```python\ndef f():\n    return 1\n```"
+    asked, ask = asker(same, same, "```python\ndef f():\n    return 2\n```")
+    events = [e async for e in rounds(program.code, program.tests, ask, 3, RunLimits(),
+                                      task="Write f, which returns 2.")]
+    assert [v.changed for v in events if isinstance(v, Version)][1:] == ["nothing", "nothing"]
+    done = events[-1]
+    assert isinstance(done, Done)
+    assert (done.reason, len(asked)) == ("no change", 2), "twice the same: it stops"
+    first, second = (messages[1]["content"] for messages in asked)
+    assert "return 1" in first
+    assert "return 1" not in second, "the second request leaves the code out"
+    assert second.startswith("Write f, which returns 2.\n\nA version written for this fails")
+    assert "f() is 1, expected 2" in second
+    assert "Write the code again, in another way" in second
+    without_task = repair_messages(done.version, "", repeated=True)[1]["content"]
+    assert "return 1" in without_task, "with no task, the code is all there is to change"
+    assert "repeated this code" in without_task

@@ -8,7 +8,8 @@ person would look at: each failing test, the line that failed with the values it
 (``app.checks.harness``), and the test's output, trimmed; with the task it was given and the
 code and tests as they stand, and last what to answer. An answer's blocks are merged into the
 code before (``repaired``, ``merged``): a block that does not parse, or a function with no
-body, never replaces code that parses.
+body, never replaces code that parses. An answer that changes nothing is asked again once,
+without the code (a model shown it again copies it again), then the loop stops.
 
 Tests the user gave, or the problem's own examples, are never changed: the model is told to
 fix the code. Tests the reply held or the model wrote may themselves be wrong (a reply's
@@ -46,6 +47,10 @@ FIXED_TESTS = " The tests are right: change the code, never the tests."
 # The request's last line: small models follow the end of a message more than its system
 # prompt (SmolLM2-135M answered prose alone to a message that ended with the failures).
 ANSWER_WITH = "Answer with the corrected code in one ```python block."
+# After an answer that changed nothing: the task as the user wrote it, what failed and this
+# (no code: a model shown it again copies it again); with no task, the code and this.
+AFRESH = "Write the code again, in another way, so that they pass."
+AGAIN = "The last answer repeated this code, which fails. Change it."
 MODEL_TESTS = (
     " The tests were written by a model and may themselves be wrong. When a test is wrong "
     "rather than the code, also answer the corrected tests in a second ```python block whose "
@@ -80,7 +85,7 @@ class Answer:
 class Done:
     """The end: the version kept (the first that passes, else the last tried) and why the
     loop stopped ("passed", "round limit", "no tests", "no change": the model answered the
-    same code and tests again)."""
+    same code and tests again, twice in a row)."""
 
     version: Version
     reason: str
@@ -104,11 +109,12 @@ async def rounds(
     if not tests:
         yield Done(version, "no tests")
         return
+    repeated = False
     for number in range(1, most + 1):
         if version.checked.ok:
             break
         parts: list[str] = []
-        async for piece in ask(repair_messages(version, task)):
+        async for piece in ask(repair_messages(version, task, repeated)):
             parts.append(piece)
             yield Answer(number, piece)
         answer = "".join(parts)
@@ -124,14 +130,20 @@ async def rounds(
         version = Version(number, new_code, new_tests,
                           await check(new_code, new_tests, limits), answer, changed, diff)
         yield version
-        if changed == "nothing":
+        if changed == "nothing" and repeated:
             yield Done(version, "no change")
             return
+        repeated = changed == "nothing"
     yield Done(version, "passed" if version.checked.ok else "round limit")
 
 
-def repair_messages(version: Version, task: str) -> list[dict[str, str]]:
-    """What the model is asked for the next version of ``version``."""
+def repair_messages(
+    version: Version, task: str, repeated: bool = False
+) -> list[dict[str, str]]:
+    """What the model is asked for the next version of ``version``. ``repeated``: the answer
+    to the last request was the same code; this one then leaves the code out, where there is
+    a task to write it from, and asks for it written again, otherwise (a model shown the code
+    again copies it again, at temperature 0 word for word)."""
     system = REPAIR_SYSTEM + (FIXED_TESTS if tests_fixed(version.tests) else MODEL_TESTS)
     checked = version.checked
     failures = []
@@ -147,14 +159,18 @@ def repair_messages(version: Version, task: str) -> list[dict[str, str]]:
     more = len(ran) - FEEDBACK_TESTS
     if more > 0:
         failures.append(f"… and {more} more failing tests.")
-    examples = all(test.want is not None for test in version.tests)
-    parts = [f"The task:\n{task.strip()}" if task.strip() else "",
-             f"The code:\n```python\n{version.code.rstrip()}\n```",
-             f"Its tests:\n```{'pycon' if examples else 'python'}\n"
-             f"{source_of(version.tests)}\n```",
-             f"{checked.passed} of {len(checked.results)} tests pass. What failed:\n"
-             + "\n".join(failures),
-             ANSWER_WITH]
+    what_failed = (f"{checked.passed} of {len(checked.results)} tests pass. What failed:\n"
+                   + "\n".join(failures))
+    if repeated and task.strip():
+        parts = [task.strip(), f"A version written for this fails its tests. {what_failed}",
+                 AFRESH, ANSWER_WITH]
+    else:
+        examples = all(test.want is not None for test in version.tests)
+        parts = [f"The task:\n{task.strip()}" if task.strip() else "",
+                 f"The code:\n```python\n{version.code.rstrip()}\n```",
+                 f"Its tests:\n```{'pycon' if examples else 'python'}\n"
+                 f"{source_of(version.tests)}\n```",
+                 what_failed, AGAIN if repeated else "", ANSWER_WITH]
     return [{"role": "system", "content": system},
             {"role": "user", "content": "\n\n".join(part for part in parts if part)}]
 

@@ -93,7 +93,7 @@ def run_case(case: dict[str, Any], filename: str, scope: dict[str, Any],
         return "passed", None
     if same_literal(case["want"], value):
         return "passed", None
-    return "failed", f"{case['source']} → {got.strip()}, expected {case['want'].strip()}"
+    return "failed", f"{case['source']} → {shown(value)}, expected {case['want'].strip()}"
 
 
 def same_literal(want: str, value: object) -> bool:
