@@ -24,7 +24,8 @@ from bench import traced
 from bench.client import apply_diff, direct_stream, get_json, reply_text, request
 from bench.standin import PacedStandIn
 from tests.conftest import REPO
-from tests.servers import free_port
+from tests.fake_backend import FakeBackend
+from tests.servers import ServerThread, free_port
 
 
 @pytest.fixture
@@ -275,3 +276,51 @@ def test_the_page_memory_run_works(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "sessions.json").read_text())["results"]
     assert report["errors"] == 0
     assert [pages for pages, _ in report["rss_mib_by_pages"]] == [0, 20, 40]
+
+
+# A model that answers HumanEval/0 right, and every other problem with that same function.
+CLOSE_ELEMENTS = [
+    "Here it is:\n", "```python\n", "def has_close_elements(numbers, threshold):\n",
+    "    return any(abs(a - b) < threshold\n",
+    "               for i, a in enumerate(numbers) for b in numbers[i + 1:])\n", "```\n",
+]
+
+
+@pytest.mark.bench
+def test_humaneval_judges_the_three_ways_with_the_problems_own_tests(tmp_path: Path) -> None:
+    fake = FakeBackend(tokens=CLOSE_ELEMENTS)
+    with ServerThread(fake.app()) as server:
+        done = run_bench("humaneval", tmp_path, "--backend", server.url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[3/3] HumanEval/2" in done.stderr
+    report = json.loads((tmp_path / "humaneval.json").read_text())
+    results = {r["task_id"]: r for r in report["results"]}
+    assert list(results) == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    ways = ("plain", "naive", "repair")
+    assert [results["HumanEval/0"][way]["passed"] for way in ways] == [True] * 3
+    assert [results["HumanEval/0"][way]["rounds"] for way in ways] == [0, 0, 0]
+    # Elsewhere the answer lacks the problem's function: the prompt's stub stays, the docstring's
+    # examples fail, and each loop asks again and again gets the same answer (the app's loop
+    # stops at the second answer that changes nothing).
+    for task in ("HumanEval/1", "HumanEval/2"):
+        assert [results[task][way]["passed"] for way in ways] == [False] * 3
+        assert results[task]["naive"]["rounds"] == 2
+        assert results[task]["repair"]["rounds"] == 3
+        assert results[task]["repair"]["trace"][-1] == "done: no change, v3 kept"
+        assert "def has_close_elements" in results[task]["repair"]["code"]
+    assert len(fake.requests) == 1 + 2 * (1 + 2 + 3)
+    assert {r["temperature"] for r in fake.requests} == {0}
+    assert [s["passed"] for s in report["summary"]] == [1, 1, 1]
+    assert report["parameters"]["plain_prompt"].startswith("Complete the following")
+    assert "| plain answer | 1/3 (33.3%) |" in (tmp_path / "humaneval.md").read_text()
+
+
+@pytest.mark.bench
+@pytest.mark.engine
+def test_humaneval_runs_on_the_embedded_engine(tmp_path: Path) -> None:
+    done = run_bench("humaneval", tmp_path, "--problems", "HumanEval/2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    [result] = json.loads((tmp_path / "humaneval.json").read_text())["results"]
+    assert [result[way]["error"] for way in ("plain", "naive", "repair")] == [None] * 3
+    assert result["plain"]["tokens"] > 0
+    assert "def truncate_number" in result["plain"]["code"]

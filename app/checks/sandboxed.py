@@ -81,7 +81,9 @@ def main(nonce: str, code: str, cases: list[dict[str, Any]], seconds: float,
 def run_case(case: dict[str, Any], filename: str, scope: dict[str, Any],
              checker: doctest.OutputChecker) -> tuple[str, str | None]:
     """A test's status and why it failed: its source run, or for a doctest example (``want``
-    set) its value compared as doctest compares it."""
+    set) its value compared as doctest compares it, or, where the text differs, as the value
+    the example shows when that is a literal (``"21"`` shows ``'21'``, as a person may write
+    it)."""
     if case["want"] is None:
         exec(compile(case["source"], filename, "exec"), scope)
         return "passed", None
@@ -89,13 +91,31 @@ def run_case(case: dict[str, Any], filename: str, scope: dict[str, Any],
     got = "" if value is None else f"{value!r}\n"
     if checker.check_output(case["want"], got, doctest.NORMALIZE_WHITESPACE):
         return "passed", None
-    return "failed", f"{case['source']} → {got.strip()}, expected {case['want'].strip()}"
+    if same_literal(case["want"], value):
+        return "passed", None
+    return "failed", f"{case['source']} → {shown(value)}, expected {case['want'].strip()}"
+
+
+def same_literal(want: str, value: object) -> bool:
+    """Whether ``want`` is a Python literal equal to ``value``, of the same type."""
+    try:
+        shown = ast.literal_eval(want.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    try:
+        return type(shown) is type(value) and bool(shown == value)
+    except Exception:
+        return False
 
 
 def explained(source: str, filename: str, error: BaseException) -> str:
     """The line of ``source`` that failed and the error; for an assert comparing two values,
-    the value of each side (as pytest shows them)."""
+    the value of each side (as pytest shows them); for code that does not parse, the line
+    where the parser stopped."""
     kind = traceback.format_exception_only(type(error), error)[-1].strip()
+    if isinstance(error, SyntaxError) and error.filename == filename and error.lineno:
+        text = cut((error.text or "").strip(), 200)
+        return f"line {error.lineno}: {text} → {kind}" if text else f"line {error.lineno}: {kind}"
     frames = [frame for frame in _frames(error.__traceback__)
               if frame[0].f_code.co_filename == filename]
     if not frames:

@@ -6,8 +6,11 @@ A test is one case that passes or fails on its own (``Case``):
   ``unittest.TestCase`` runs with its ``setUp`` and ``tearDown``);
 - an ``assert`` at the top level, or in an ``if __name__ == "__main__":`` block;
 - an example in a function's docstring: ``>>> call(...)`` followed by the value it shows
-  (doctest's form), or a line ``call(...) == value`` (also with ``➞``, ``=>`` or ``->``), where
-  ``call`` is a function the code defines.
+  (doctest's form), ``>>> call(...) == value`` with nothing shown (an assertion written as an
+  example), or a line ``call(...) == value`` (also with ``==>``, ``➞``, ``=>`` or ``->``), where
+  ``call`` is a function the code defines. An example doctest cannot read (its lines indented
+  unlike the others, say by a ``\n`` in a docstring that is not raw) is left out, not the
+  docstring's other examples.
 
 ``split`` takes a program apart into its code and its tests (the tests' lines leave the code),
 ``examples`` reads the docstrings' examples, and ``parse`` reads tests given on their own (a
@@ -18,6 +21,7 @@ never run (``app.checks.harness`` runs it, in the sandbox).
 from __future__ import annotations
 
 import ast
+import builtins
 import doctest
 import re
 from dataclasses import dataclass
@@ -36,8 +40,12 @@ TESTS_TEXT: dict[str, str] = {
     "model": "tests the model wrote (they may be wrong)",
 }
 
+BUILTINS = frozenset(dir(builtins))
+
 # The ways docstrings show a call's value on one line, besides doctest's ``>>>``.
-ARROW = re.compile(r"^\s*(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==|➞|=>|->)\s*(?P<want>.+?)\s*$")
+ARROW = re.compile(
+    r"^\s*(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==>|==|➞|=>|->)\s*(?P<want>.+?)\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -100,18 +108,23 @@ def examples(code: str) -> tuple[Case, ...]:
     functions = [node for node in ast.walk(tree)
                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
     names = {function.name for function in functions}
+    known = names | _bound(tree) | BUILTINS
     found: list[Case] = []
     for function in functions:
         docstring = ast.get_docstring(function) or ""
-        for example in doctest.DocTestParser().get_examples(docstring):
+        for example in _doctest_examples(docstring):
             call, want = example.source.strip(), _shown(example.want)
-            if want.strip() and _calls(call, names):
+            if not _calls(call, names, known):
+                continue
+            if want.strip():
                 found.append(Case(f">>> {call}", call, "examples", want))
+            elif _is_equality(call):
+                found.append(Case(f">>> {call}", f"assert {call}", "examples"))
         for line in docstring.splitlines():
             if ">>>" in line or (match := ARROW.match(line)) is None:
                 continue
             call, want = match["call"], match["want"].rstrip(".,;")
-            if _calls(call, names) and _parses(want):
+            if _calls(f"{call} == {want}", names, known):
                 found.append(Case(f"{call} == {want}", f"assert {call} == {want}",
                                       "examples"))
     return tuple(found)
@@ -123,6 +136,32 @@ def source_of(tests: tuple[Case, ...]) -> str:
         test.source if test.want is None else f">>> {test.source}\n{test.want.rstrip()}"
         for test in tests
     )
+
+
+def _doctest_examples(docstring: str) -> list[doctest.Example]:
+    """doctest's examples of ``docstring``; where doctest refuses the docstring (an example's
+    lines indented unlike the rest), those of each of its examples that it reads alone."""
+    parser = doctest.DocTestParser()
+    try:
+        return parser.get_examples(docstring)
+    except ValueError:
+        found: list[doctest.Example] = []
+        for part in re.split(r"(?m)^(?=[ \t]*>>>)", docstring):
+            try:
+                found += parser.get_examples(part)
+            except ValueError:
+                continue
+        return found
+
+
+def _is_equality(source: str) -> bool:
+    """Whether ``source`` is one comparison ``a == b``."""
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError:
+        return False
+    body = tree.body
+    return isinstance(body, ast.Compare) and [type(op) for op in body.ops] == [ast.Eq]
 
 
 def _shown(want: str) -> str:
@@ -197,19 +236,34 @@ def _is_main_guard(node: ast.stmt) -> bool:
     return any(isinstance(p, ast.Name) and p.id == "__name__" for p in parts)
 
 
-def _calls(source: str, names: set[str]) -> bool:
-    """Whether ``source`` is an expression that calls one of ``names``."""
+def _calls(source: str, names: set[str], known: set[str]) -> bool:
+    """Whether ``source`` is an expression that calls one of ``names`` and reads no name
+    but ``known`` ones and its own (a docstring's ``fib(n) == fib(n-1) + fib(n-2)`` states a
+    rule, not an example; ``is_happy(abc) == True`` lost its quotes)."""
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError:
         return False
-    return any(isinstance(node, ast.Call) and _name(node.func) in names
-               for node in ast.walk(tree))
+    nodes = list(ast.walk(tree))
+    read = {node.id for node in nodes if isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Load)}
+    own = {node.id for node in nodes if isinstance(node, ast.Name)
+           and isinstance(node.ctx, ast.Store)} | {node.arg for node in nodes
+                                                   if isinstance(node, ast.arg)}
+    return read <= known | own and any(
+        isinstance(node, ast.Call) and _name(node.func) in names for node in nodes)
 
 
-def _parses(expression: str) -> bool:
-    try:
-        ast.parse(expression, mode="eval")
-    except SyntaxError:
-        return False
-    return True
+def _bound(tree: ast.Module) -> set[str]:
+    """The names the module binds at its top level: definitions, imports, assignments."""
+    bound: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound.update(name.id for target in targets for name in ast.walk(target)
+                         if isinstance(name, ast.Name))
+    return bound
