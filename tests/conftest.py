@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import httpx
 import pytest
 
@@ -158,3 +159,19 @@ async def close_services(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]
     yield
     for service in made:
         await service.aclose()
+
+
+OAUTH_SECRET = "oauth-client-secret-of-the-test-space"
+
+
+@pytest.fixture
+def oauth_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process, the OAuth app a Space with ``hf_oauth: true`` has (Gradio reads these
+    variables when it is imported); outside a Space Gradio would mock the login with the
+    machine's own Hub account, which needs the Hub."""
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/playground")
+    for name, value in [("OAUTH_CLIENT_ID", "test-client-id"),
+                        ("OAUTH_CLIENT_SECRET", OAUTH_SECRET), ("OAUTH_SCOPES", "openid profile"),
+                        ("OPENID_PROVIDER_URL", "http://127.0.0.1:1")]:
+        monkeypatch.setattr(gr.oauth, name, value)

@@ -248,6 +248,22 @@ def test_without_accounts_every_request_is_the_local_user(
         assert "Accounts are off" in assert_error_shape(response, 403)["error"]
 
 
+@pytest.mark.usefixtures("oauth_app")
+def test_in_hf_mode_no_token_opens_the_api_not_even_one_from_password_mode(
+    start_api: Callable[..., Api],
+) -> None:
+    before = start_api()
+    token = before.user("alice")
+    assert before.http.get("/me", headers=token).status_code == 200
+    # The same database, the app restarted as a Space signs people in: with Hugging Face.
+    api = start_api(auth_mode="hf", database_url=before.database_url)
+    for response in (api.http.get("/me", headers=token), api.http.get("/dialogues"),
+                     api.say(token, "hello")):
+        assert "AUTH_MODE=hf" in assert_error_shape(response, 401)["error"]
+    for response in (api.signup("bob"), api.login("alice")):
+        assert "AUTH_MODE=hf" in assert_error_shape(response, 403)["error"]
+
+
 # -- dialogues ------------------------------------------------------------------------------
 
 

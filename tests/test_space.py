@@ -35,7 +35,7 @@ from app.settings import SPACE_DEFAULT_MODEL, load_settings
 from app.store import Store
 from app.ui import PlaygroundUI
 from app.ui.gradio_compat import oauth_username
-from tests.conftest import REPO, answers
+from tests.conftest import OAUTH_SECRET, REPO, answers
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 from tests.test_lock import Pin, read_lock
@@ -45,7 +45,6 @@ from tests.test_persistence import CONTROLS
 SPACE_COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
 SPACE_SDKS = {"gradio", "docker", "static"}
 MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
-OAUTH_SECRET = "oauth-client-secret-of-the-test-space"
 
 
 def front_matter(text: str) -> dict[str, Any]:
@@ -202,19 +201,6 @@ def components_of(demo: gr.Blocks) -> dict[str, str]:
         str(c["props"].get("elem_id")): c["type"]
         for c in config["components"] if c["props"].get("elem_id")
     }
-
-
-@pytest.fixture
-def oauth_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In this process, the OAuth app a Space with ``hf_oauth: true`` has (Gradio reads these
-    variables when it is imported); outside a Space Gradio would mock the login with the
-    machine's own Hub account, which needs the Hub."""
-    monkeypatch.setenv("SYSTEM", "spaces")
-    monkeypatch.setenv("SPACE_ID", "someone/playground")
-    for name, value in [("OAUTH_CLIENT_ID", "test-client-id"),
-                        ("OAUTH_CLIENT_SECRET", OAUTH_SECRET), ("OAUTH_SCOPES", "openid profile"),
-                        ("OPENID_PROVIDER_URL", "http://127.0.0.1:1")]:
-        monkeypatch.setattr(gr.oauth, name, value)
 
 
 @pytest.mark.usefixtures("oauth_app")

@@ -3,7 +3,10 @@
 With ``AUTH_MODE=none`` every request is the local user and no token is needed (sign-up and
 login answer 403). With ``AUTH_MODE=password`` every endpoint but ``/signup`` and ``/login``
 needs ``Authorization: Bearer <token>``; a missing, unknown, expired or malformed token gets
-the same 401. A dialogue of another user is 404, the same as one that does not exist.
+the same 401. With ``AUTH_MODE=hf`` (a Space) people sign in on the page with Hugging Face and
+the API is closed: every endpoint is 401, even with a token made in password mode before a
+restart (sign-up and login 403). A dialogue of another user is 404, the same as one that
+does not exist.
 """
 
 import asyncio
@@ -51,6 +54,13 @@ UNAUTHORIZED = (
 ACCOUNTS_OFF = (
     "Accounts are off (AUTH_MODE=none): every request is the local user, no token needed."
 )
+# A token is a password-mode account's: with Hugging Face sign-in nothing makes one, and one
+# made before a restart in hf mode opens nothing.
+HF_MODE = (
+    "This app signs people in with Hugging Face (AUTH_MODE=hf), on the page only: the REST "
+    "API takes no token here, not even one made while the app ran with AUTH_MODE=password. "
+    "Run the app with AUTH_MODE=password to use the API."
+)
 SIGNUP_CLOSED = (
     "Sign-up is closed on this server (ALLOW_SIGNUP=false); ask its operator for an account."
 )
@@ -86,9 +96,12 @@ class RestApi:
         return ApiError(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
     async def user(self, credentials: HTTPAuthorizationCredentials | None) -> int:
-        """The caller's user id; raises 401 (password mode) without a valid token."""
+        """The caller's user id; raises 401 without a valid token (password mode), and for
+        every request in hf mode."""
         if self.local_user is not None:
             return self.local_user
+        if self.settings.auth_mode == "hf":
+            raise ApiError(401, HF_MODE)
         if credentials is None:
             raise self._unauthorized()
         user_id = await asyncio.to_thread(self.accounts.user_for_token, credentials.credentials)
@@ -98,7 +111,7 @@ class RestApi:
 
     def _accounts_on(self) -> None:
         if self.settings.auth_mode != "password":
-            raise ApiError(403, ACCOUNTS_OFF)
+            raise ApiError(403, HF_MODE if self.settings.auth_mode == "hf" else ACCOUNTS_OFF)
 
     # -- the router ----------------------------------------------------------------------
 
