@@ -146,6 +146,12 @@ def fence_ends(text: str) -> list[FenceEnd]:
     ]
 
 
+def behind(text: str, containers: str) -> list[str]:
+    """The lines of ``text`` behind ``containers`` (block quote markers, list indentation:
+    ``FenceEnd.containers``), an empty line behind them without their trailing spaces."""
+    return [containers + line if line else containers.rstrip() for line in text.split("\n")]
+
+
 def close_open_fence(text: str) -> str:
     """``text`` with the code fence it ends inside, if any, closed: a reply cut off or still
     streaming shows its last block as code, and what follows it is not taken into the block.

@@ -20,7 +20,7 @@ Preview), because:
 - the run's result goes right under the link, in the reply, so it is rendered with it and
   shows again after a reload (``Exchange.runs``).
 
-A check shows its trace in the chat as it grows (``render.check_markdown``), at most every
+A check shows its trace in the chat as it grows (``trace.check_markdown``), at most every
 ``STREAM_RENDER_INTERVAL`` while the model answers a repair and at each step; each repaired
 version is a version of the reply, shown as it is stored, and once the check ends the
 conversation is opened again, with its last version on screen. The Tests fold holds the

@@ -3,10 +3,11 @@
 A finished reply's code can be run and checked from the chat (``app.ui.checks`` handles the
 clicks): each block in a language the sandbox runs is followed by a Run link, and after a run
 by its result (``Exchange.runs``); a reply with Python code has a Check link, and once checked
-its badge and the check's trace (``Exchange.check``). All of it is rendered from the stored
-exchange, so it shows again after a reload. A finished reply's text with its links is rendered
-once and kept (``_finished``): an exchange without runs or a check costs a render one cache
-lookup, as before; its runs and its trace are put together at each render.
+its badge and the check's trace (``Exchange.check``, drawn by ``app.ui.trace``). All of it is
+rendered from the stored exchange, so it shows again after a reload. A finished reply's text
+with its links is rendered once and kept (``_finished``): an exchange without runs or a check
+costs a render one cache lookup, as before; its runs and its trace are put together at each
+render.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from app.backends.client import safe_url
 from app.backends.raw import RawToken
 from app.backends.router import BackendStatus
 from app.chat import Exchange, TurnStats
-from app.checks.repair import OUTCOME_TEXT
-from app.checks.tests import TESTS_TEXT
 from app.markdown import (
     FenceEnd,
+    behind,
     escape_html,
     escape_html_open,
     escape_markdown,
@@ -39,6 +39,7 @@ from app.sizes import size_text
 from app.snippets.bwrap import languages
 from app.snippets.extract import TEXT, CodeBlock, extract_blocks
 from app.snippets.sandbox import RunResult
+from app.ui.trace import check_badge, check_markdown, version_shown
 
 TITLE = "## Coding Playground"
 # The switches between alternatives link here; app.ui.branches catches the clicks.
@@ -140,7 +141,7 @@ def assistant_markdown(exchange: Exchange, checking: Checking | None = None) -> 
         if exchange.runs:
             body = _with_runs(exchange.reply, exchange.reply_id, exchange.runs)
         if exchange.check is not None:
-            badge = _badge(_version_shown(exchange.check, exchange.reply_id))
+            badge = check_badge(version_shown(exchange.check, exchange.reply_id))
             actions = f"{actions} · {badge}" if actions else badge
         parts = [body]
     else:
@@ -165,7 +166,7 @@ def assistant_markdown(exchange: Exchange, checking: Checking | None = None) -> 
 def _stats_line(exchange: Exchange, stats: TurnStats) -> str:
     """The reply's stats; for a version a check's repair stored, which round gave it."""
     if exchange.check is not None:
-        version = _version_shown(exchange.check, exchange.reply_id)
+        version = version_shown(exchange.check, exchange.reply_id)
         if version is not None and version["number"] and version["reply_id"] == exchange.reply_id:
             return f"_Repair {version['number']} of a check: the model's fix of what failed_"
     return f"_{stats.line()}_"
@@ -198,7 +199,6 @@ LANGUAGE_NAMES = {
 }
 CHECK_TITLE = "Run its Python against tests in the sandbox, and repair what fails"
 RUN_TITLE = "Run this block in the sandbox"
-# Who wrote the tests a check ran (``app.checks.tests.Origin``).
 _LINES = re.compile(r"\r\n|\r|\n")
 
 
@@ -247,7 +247,7 @@ def _with_runs(reply: str, reply_id: int, runs: dict[str, dict[str, Any]]) -> st
         if end.line is None:
             at_end.insert(0, run)
         else:
-            lines[end.line:end.line] = [*_inside(run, end.containers), end.containers.rstrip()]
+            lines[end.line:end.line] = [*behind(run, end.containers), end.containers.rstrip()]
     return "\n".join(lines) + "".join(f"\n\n{run}" for run in at_end)
 
 
@@ -259,11 +259,6 @@ def _finished(reply: str, reply_id: int) -> tuple[str, str]:
     code = _code_of(reply)
     check = f'[✓ Check]({CHECK_LINK}{reply_id} "{CHECK_TITLE}")' if code.python else ""
     return _with_runs(reply, reply_id, {}), check or code.no_run
-
-
-def _inside(text: str, containers: str) -> list[str]:
-    """The lines of ``text`` behind ``containers``."""
-    return [containers + line if line else containers.rstrip() for line in text.split("\n")]
 
 
 def run_markdown(reply_id: int, block: CodeBlock, run: dict[str, Any] | None) -> str:
@@ -293,95 +288,6 @@ def result_markdown(result: RunResult) -> str:
 
 def _listed(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def _version_shown(trace: dict[str, Any], reply_id: int | None) -> dict[str, Any] | None:
-    """The version of the check that is the reply ``reply_id`` (else the last one)."""
-    versions: list[dict[str, Any]] = trace.get("versions") or []
-    found = next((v for v in versions if v["reply_id"] == reply_id), None)
-    return found or (versions[-1] if versions else None)
-
-
-def _badge(version: dict[str, Any] | None) -> str:
-    if version is None:
-        return '<span class="check-badge check-none">checking…</span>'
-    badge = escape(version["badge"])
-    kind = "pass" if version["ok"] else "none" if badge == "no tests" else "fail"
-    return f'<span class="check-badge check-{kind}">{badge}</span>'
-
-
-def _code_span(text: str) -> str:
-    """``text`` on one line as a code span no backtick inside it can close."""
-    one = " ".join(text.split())
-    longest = max((len(run) for run in re.findall(r"`+", one)), default=0)
-    ticks = "`" * (longest + 1)
-    pad = " " if one.startswith("`") or one.endswith("`") else ""
-    return f"{ticks}{pad}{one}{pad}{ticks}"
-
-
-def check_markdown(trace: dict[str, Any] | None, reply_id: int | None, answer: str | None) -> str:
-    """A check's trace (``app.chat.checks``): the tests and who wrote them, each version tried
-    (the reply as written, then each repair with its diff to the one before) with each test's
-    result, and how it ended; ``answer``: the check is under way, the model's answer so far
-    in the round under way (None: it is not under way, as after a reload)."""
-    parts = ['<div class="check-trace">']
-    if trace is None:
-        parts.append("**Checking**: finding the tests, or asking the model to write some, "
-                     "then running them in the sandbox…")
-        return "\n\n".join([*parts, "</div>"])
-    tests, versions, rounds = trace["tests"], trace["versions"], trace["rounds"]
-    origin = TESTS_TEXT.get(tests["origin"] or "", "no tests")
-    repair = f"repair: at most {rounds} rounds" if rounds else "no repair"
-    parts.append(f"**Check** against {origin} · {repair}")
-    if tests["source"]:
-        parts.append(f"<details><summary>The tests</summary>\n\n{fenced(tests['source'], 'python')}"
-                     "\n\n</details>")
-    for version in versions:
-        parts.extend(_version_markdown(version, version["reply_id"] == reply_id))
-    outcome = trace["outcome"]
-    if outcome is not None:
-        repairs = len(versions) - 1
-        after = f" after {repairs} repair{'s' if repairs != 1 else ''}" if repairs else ""
-        ended = OUTCOME_TEXT.get(outcome, escape(outcome))
-        parts.append(f"**Ended: {ended}**{after}.")
-    elif answer is not None:
-        parts.append(f"**Repair {len(versions)} of {rounds}**: the model is answering…")
-        if answer:  # quoted, as it comes
-            parts.append("\n".join(_inside(escape_html_open(answer)[0], "> ")))
-    else:
-        parts.append("_The check stopped before its end._")
-    return "\n\n".join([*parts, "</div>"])
-
-
-def _version_markdown(version: dict[str, Any], on_screen: bool) -> list[str]:
-    number = version["number"]
-    title = "The reply as written" if number == 0 else f"Repair {number}"
-    changed = f" ({escape(version['changed'])} changed)" if number and version["changed"] else ""
-    here = " · this version" if on_screen else ""
-    parts = [f"**{title}**{changed}: {_badge(version)}{here}"]
-    if version["diff"]:
-        parts.append("<details open><summary>Changes from the version before</summary>\n\n"
-                     f"{fenced(version['diff'], 'diff')}\n\n</details>")
-    if version["code_error"]:
-        not_run = len(version["results"])
-        parts.append("The code fails before any test runs"
-                     + (f" ({not_run} tests not run)" if not_run else "") + ":\n"
-                     + fenced(version["code_error"]))
-        return parts
-    parts.append("\n".join(_result_markdown(result) for result in version["results"]))
-    return parts
-
-
-def _result_markdown(result: dict[str, Any]) -> str:
-    status = result["status"]
-    kind = "pass" if status == "passed" else "fail"
-    line = f'- <span class="check-{kind}">{escape(status)}</span> {_code_span(result["name"])}'
-    details = []
-    if result["error"] and status != "passed":
-        details.append(fenced(result["error"]))
-    if result["output"] and status != "passed":
-        details.append(f"its output:\n{fenced(result['output'])}")
-    return "\n".join([line, *("\n".join(_inside(d, "  ")) for d in details)])
 
 
 def exchange_at(conversation: Sequence[Exchange], index: int) -> Exchange | None:
