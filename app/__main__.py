@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(
             app, host=settings.app_host, port=settings.app_port, access_log=False,
             timeout_graceful_shutdown=5, log_config=None,
+            proxy_headers=True, forwarded_allow_ips=settings.trusted_proxies,
         )
     return 0
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
+from functools import partial
 
 import gradio as gr
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import install_api
@@ -21,6 +22,7 @@ from app.chat.checks import Checks
 from app.chat.guard import Guard
 from app.chat.turns import Turns
 from app.live import install_live
+from app.logins import RULE, ClientAddressMiddleware, LoginLocked, LoginThrottle, client_address
 from app.logs import RequestIdMiddleware
 from app.preview import install_preview
 from app.settings import Settings
@@ -94,6 +96,7 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         lifespan=lifespan,
     )
     api.add_middleware(RequestIdMiddleware)
+    api.add_middleware(ClientAddressMiddleware)
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -109,7 +112,8 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
 
     guard = Guard(settings)
     checks = Checks(chat, Turns(chat, guard))  # one sandbox's places, for the API and the page
-    install_api(api, settings, chat, store, guard, checks=checks)
+    accounts, logins = Accounts(store), LoginThrottle()  # the API's and the page's
+    install_api(api, settings, chat, store, guard, accounts, checks, logins)
     install_share_page(api, settings, store)
 
     ui = PlaygroundUI(chat, store, guard, checks)
@@ -128,16 +132,28 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         api, demo, path="/", footer_links=["api", "settings"], show_error=False, css=PAGE_CSS,
         enable_monitoring=False,
         max_file_size=transfer.DEFAULT_MAX_BYTES, js=page_script(),
-        auth=page_login(Accounts(store)) if settings.auth_mode == "password" else None,
-        auth_message="Sign in with your playground account.",
+        auth=page_login(accounts, logins) if settings.auth_mode == "password" else None,
+        auth_message=f"Sign in with your playground account. {RULE}",
     )
     return app
 
 
-def page_login(accounts: Accounts) -> Callable[[str, str], bool]:
-    """Gradio's login check: a name and password of an account in the database."""
+def page_login(
+    accounts: Accounts, logins: LoginThrottle
+) -> Callable[[str, str], Awaitable[bool]]:
+    """Gradio's login check: a name and password of an account in the database, failures
+    counted in ``logins`` with the API's. Locked out, the form's POST /login answers 400 (the
+    one refusal Gradio's form shows, as "Incorrect Credentials"; the page's auth message says
+    why) with Retry-After and the API's sentence."""
 
-    def check(name: str, password: str) -> bool:
-        return accounts.check_password(name, password) is not None
+    async def check(name: str, password: str) -> bool:
+        try:
+            user_id = await logins.attempt(name, client_address.get(), partial(
+                accounts.check_password, name, password))
+        except LoginLocked as err:
+            raise HTTPException(
+                400, detail=str(err), headers={"Retry-After": str(err.seconds)}
+            ) from err
+        return user_id is not None
 
     return check

@@ -6,6 +6,7 @@ environment wins over the file. Every field here has a row in docs/settings.md's
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +111,7 @@ class Settings(BaseSettings):
 
     app_host: str = "127.0.0.1"
     app_port: int = Field(7860, ge=1, le=65535)
+    trusted_proxies: str = "127.0.0.1,::1"
 
     backend_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8080")
     backend_token: SecretStr | None = None
@@ -211,6 +213,25 @@ class Settings(BaseSettings):
                 "for TGI or an Inference Endpoint, BACKENDS, or HF_TOKEN for Inference Providers"
             )
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        """Comma-separated addresses and networks, or ``*``; uvicorn would take a mistyped one
+        as a name that never matches, silently."""
+        given = [item.strip() for item in value.split(",") if item.strip()]
+        if given == ["*"]:
+            return "*"
+        for item in given:
+            try:
+                ipaddress.ip_network(item)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network; give the proxies' addresses "
+                    "separated by commas, like 127.0.0.1,172.31.250.2 or 10.0.0.0/8 (host bits "
+                    "zero), * for any, or nothing for none"
+                ) from None
+        return ",".join(given)
 
     @field_validator("log_level", mode="before")
     @classmethod

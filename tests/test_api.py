@@ -182,6 +182,34 @@ def test_failed_logins_are_throttled_per_account_and_address(api: Api) -> None:
     assert api.login("carol", "whatever it is").status_code == 429, "20 from this address"
 
 
+def test_the_page_login_form_and_the_api_share_one_throttle(api: Api) -> None:
+    """Gradio's login form (POST /login) checked passwords without any limit: a name locked
+    out of the API could still be tried on the page, as often as anyone liked."""
+    api.user("alice")
+
+    def page_login(password: str) -> httpx.Response:
+        form = {"username": "alice", "password": password}
+        return api.http.post(f"{api.server.url}/login", data=form)
+
+    for _ in range(3):
+        assert page_login("a wrong passphrase").status_code == 400, "the form's refusal"
+    for _ in range(2):
+        assert api.login("alice", "a wrong passphrase").status_code == 401
+    locked = api.login("alice")
+    assert locked.status_code == 429, "5 failures on the two doors together"
+    refused = page_login(PASSWORD)
+    assert refused.status_code == 400, "the one refusal Gradio's form shows"
+    assert "access-token" not in refused.headers.get("set-cookie", "")
+    seconds = int(refused.headers["retry-after"])
+    assert 0 < seconds <= 900
+    assert abs(seconds - int(locked.headers["retry-after"])) <= 1
+    assert refused.json() == {"detail": f"Too many failed logins; try again in {seconds} s."}
+    assert PASSWORD not in refused.text
+    login_page = api.http.get(f"{api.server.url}/").text
+    assert "5 failed logins for a name, or 20 from one address" in login_page, (
+        "the login page says why the right password can be refused")
+
+
 def test_models_answers_from_the_checks_state_without_probing_each_call(
     api: Api, fake: FakeBackend
 ) -> None:

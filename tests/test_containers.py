@@ -1,9 +1,11 @@
 """The Docker stack, checked without a Docker engine (none runs here or in CI): the Compose
 file, the env file, the Dockerfile and the bake file are read and linted; the scripts run
-against a stand-in for the docker CLI that records what it is asked and answers as told."""
+against a stand-in for the docker CLI that records what it is asked and answers as told; the
+shipped nginx.conf runs with Debian's nginx in front of ``python -m app``."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hcl2
+import httpx
 import pytest
 import yaml
 from starlette.applications import Starlette
@@ -19,9 +22,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.settings import Settings
+from bench import procs
+from bench.scaleout import Nginx, nginx_binary, render_conf
 from tests.conftest import REPO
 from tests.docker_engine import read_env_file
-from tests.servers import ServerThread
+from tests.servers import ServerThread, free_port
 
 CONTAINERS = REPO / "containers"
 SCRIPTS = REPO / "scripts"
@@ -524,3 +529,56 @@ def test_nginx_keeps_each_page_on_one_replica_and_streams_unbuffered() -> None:
     assert {"server tgi-a:80", "server tgi-b:80"} <= set(
         re.findall(r"server tgi-\w:80", tgi_upstream.group(1)))
     assert "proxy_buffering off;" in pool
+
+
+def test_the_app_trusts_the_forwarded_address_of_nginx_alone(scale: dict[str, Any]) -> None:
+    env = read_env_file()
+    nginx = scale["services"]["nginx"]["networks"]["default"]["ipv4_address"]
+    assert nginx == "${NGINX_ADDRESS}"
+    assert scale["services"]["app"]["environment"]["TRUSTED_PROXIES"] == nginx
+    [network] = scale["networks"]["default"]["ipam"]["config"]
+    subnet = ipaddress.ip_network(env["SCALE_SUBNET"])
+    others = ipaddress.ip_network(env["SCALE_IP_RANGE"])
+    assert network == {"subnet": "${SCALE_SUBNET}", "ip_range": "${SCALE_IP_RANGE}"}
+    assert ipaddress.ip_address(env["NGINX_ADDRESS"]) in subnet
+    assert others.subnet_of(subnet)  # type: ignore[arg-type]
+    assert ipaddress.ip_address(env["NGINX_ADDRESS"]) not in others, (
+        "Docker places the other containers in SCALE_IP_RANGE: none may take nginx's address")
+
+
+def test_behind_the_shipped_nginx_a_locked_out_address_leaves_the_others_signing_in(
+    tmp_path: Path,
+) -> None:
+    """Behind nginx every client had nginx's address (uvicorn trusted X-Forwarded-For from
+    127.0.0.1 only), so 20 failed logins from anyone locked everyone out. nginx connects
+    from 127.0.0.9 here (proxy_bind), as in the Compose network it connects from an address
+    other than the app's; the clients come from 127.0.0.2 and 127.0.0.1."""
+    try:
+        nginx_binary()
+    except RuntimeError:
+        pytest.skip("needs Debian's nginx: apt-get install nginx-light")
+    proxy, door = "127.0.0.9", free_port()
+    settings = {"AUTH_MODE": "password", "ALLOW_SIGNUP": "true", "TRUSTED_PROXIES": proxy}
+    with procs.app(tmp_path / "app", f"http://127.0.0.1:{free_port()}",
+                   settings=settings) as app:
+        conf = render_conf("nginx.conf", tmp_path / "door", door, {"app:7860": [app.port]})
+        conf = conf.replace("proxy_pass http://app;", f"proxy_pass http://app;\n"
+                            f"            proxy_bind {proxy};", 1)
+        assert f"proxy_bind {proxy};" in conf
+        url = f"http://127.0.0.1:{door}/api/v1"
+        with (
+            Nginx(conf, tmp_path / "door", door),
+            httpx.Client(base_url=url, timeout=30, transport=httpx.HTTPTransport(
+                local_address="127.0.0.2")) as guesser,
+            httpx.Client(base_url=url, timeout=30) as alice,
+        ):
+            credentials = {"name": "alice", "password": "a long enough passphrase"}
+            assert alice.post("/signup", json=credentials).status_code == 201
+            for number in range(20):
+                wrong = {"name": f"guess{number}", "password": "not the passphrase"}
+                assert guesser.post("/login", json=wrong).status_code == 401
+            locked = guesser.post("/login", json=credentials)
+            assert locked.status_code == 429, "20 failed logins from 127.0.0.2"
+            assert "Too many failed logins" in locked.json()["error"]
+            assert alice.post("/login", json=credentials).status_code == 200, (
+                "127.0.0.1 still signs in")

@@ -43,6 +43,8 @@ def test_another_env_file_can_be_named(tmp_path: Path) -> None:
         ("BACKEND_URL", "http://127.0.0.1:8080/v1", "without /v1 or another path"),
         ("QUEUE_CONCURRENCY", "0", "QUEUE_CONCURRENCY: Input should be greater than or equal"),
         ("DEBUG", "maybe", "DEBUG: Input should be a valid boolean"),
+        ("TRUSTED_PROXIES", "127.0.0.1,nginx", "TRUSTED_PROXIES: 'nginx' is not an IP address"),
+        ("TRUSTED_PROXIES", "10.0.0.1/8", "like 127.0.0.1,172.31.250.2 or 10.0.0.0/8"),
     ],
 )
 def test_a_wrong_value_names_the_variable(

@@ -17,6 +17,7 @@ from app.api.routes import PREFIX, RestApi
 from app.chat import ChatService
 from app.chat.checks import Checks
 from app.chat.guard import Guard
+from app.logins import LoginThrottle
 from app.settings import Settings
 from app.store import Accounts, Store
 
@@ -26,10 +27,12 @@ __all__ = ["PREFIX", "ApiError", "RestApi", "install_api"]
 def install_api(
     app: FastAPI, settings: Settings, service: ChatService, store: Store, guard: Guard,
     accounts: Accounts | None = None, checks: Checks | None = None,
+    logins: LoginThrottle | None = None,
 ) -> RestApi:
     """Add the API's routes and error answers to ``app`` (before the page is mounted at /);
-    ``checks``: the runs and checks the page shares (by default, the API's own)."""
-    api = RestApi(settings, service, store, guard, accounts, checks)
+    ``checks``: the runs and checks the page shares (by default, the API's own); ``logins``:
+    the failed logins the page's login form counts too (by default, the API's own)."""
+    api = RestApi(settings, service, store, guard, accounts, checks, logins)
     install_error_handlers(app)
     app.include_router(api.router())
     return api

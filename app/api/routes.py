@@ -10,8 +10,8 @@ does not exist.
 """
 
 import asyncio
-import math
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -40,8 +40,9 @@ from app.api.sharing import add_share_routes
 from app.backends import BackendError
 from app.chat import ChatService
 from app.chat.checks import Checks
-from app.chat.guard import Guard, RateWindow
+from app.chat.guard import Guard
 from app.events import event_stream
+from app.logins import LoginLocked, LoginThrottle
 from app.settings import Settings
 from app.store import AccountError, Accounts, NameTaken, NotFound, Store, StoredExchange
 from app.store.accounts import token_hash
@@ -65,17 +66,13 @@ SIGNUP_CLOSED = (
     "Sign-up is closed on this server (ALLOW_SIGNUP=false); ask its operator for an account."
 )
 WRONG_LOGIN = "Wrong name or password."
-# Failed logins (each costs an argon2 hash) allowed per account and per client address in any
-# FAILED_LOGIN_WINDOW seconds; past that, 429 with Retry-After.
-FAILED_LOGINS_PER_ACCOUNT = 5
-FAILED_LOGINS_PER_ADDRESS = 20
-FAILED_LOGIN_WINDOW = 900.0
 
 
 class RestApi:
     def __init__(
         self, settings: Settings, service: ChatService, store: Store, guard: Guard,
         accounts: Accounts | None = None, checks: Checks | None = None,
+        logins: LoginThrottle | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -83,8 +80,7 @@ class RestApi:
         self.dialogues = Dialogues(settings, service, store, guard)
         self.checks = checks or Checks(service, self.dialogues.turns)
         self.local_user = store.user_id() if settings.auth_mode == "none" else None
-        self.failed_by_name = RateWindow(FAILED_LOGINS_PER_ACCOUNT, FAILED_LOGIN_WINDOW)
-        self.failed_by_address = RateWindow(FAILED_LOGINS_PER_ADDRESS, FAILED_LOGIN_WINDOW)
+        self.logins = logins or LoginThrottle()
         self.bearer = HTTPBearer(
             auto_error=False, scheme_name="token",
             description="A token from POST /api/v1/login (AUTH_MODE=password only).",
@@ -150,25 +146,19 @@ class RestApi:
         async def login(body: Credentials, request: Request) -> TokenOut:
             """Trade a name and password for a token valid TOKEN_TTL_HOURS (403 with
             AUTH_MODE=none, where no token is needed). After 5 failed logins for a name, or
-            20 from one address, within 15 minutes: 429 with Retry-After."""
+            20 from one address, within 15 minutes (the page's login form counts too): 429
+            with Retry-After."""
             self._accounts_on()
-            name = body.name.casefold()
             address = request.client.host if request.client else "unknown"
-            wait = max(self.failed_by_name.wait(name), self.failed_by_address.wait(address))
-            if wait > 0:
-                seconds = math.ceil(wait)
+            try:
+                user_id = await self.logins.attempt(body.name, address, partial(
+                    self.accounts.check_password, body.name, body.password))
+            except LoginLocked as err:
                 raise ApiError(
-                    429, f"Too many failed logins; try again in {seconds} s.",
-                    headers={"Retry-After": str(seconds)},
-                )
-            user_id = await asyncio.to_thread(
-                self.accounts.check_password, body.name, body.password
-            )
+                    429, str(err), headers={"Retry-After": str(err.seconds)}
+                ) from err
             if user_id is None:
-                self.failed_by_name.add(name)
-                self.failed_by_address.add(address)
                 raise ApiError(401, WRONG_LOGIN, headers={"WWW-Authenticate": "Bearer"})
-            self.failed_by_name.clear(name)
             ttl = timedelta(hours=self.settings.token_ttl_hours)
             token = await asyncio.to_thread(self.accounts.issue_token, user_id, ttl)
             info = await asyncio.to_thread(self.accounts.token_info, token)

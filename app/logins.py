@@ -1,0 +1,92 @@
+"""Failed logins, limited: the page's login form (Gradio's ``POST /login``) and the REST
+API's ``POST /api/v1/login`` count them in one ``LoginThrottle``, per account name and per
+client address.
+
+The counts live in this process's memory: each replica of the app keeps its own, and a
+restart forgets them. ``LoginThrottle`` is the one place that reads and writes them, so
+keeping them in the database the replicas share changes this module alone.
+
+The client address is the one uvicorn hands the app: the connection's peer, or the address a
+proxy named in TRUSTED_PROXIES puts in ``X-Forwarded-For``. Gradio gives its login check the
+name and password only, so ``ClientAddressMiddleware`` sets ``client_address`` for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.chat.guard import RateWindow
+
+# Failed logins (each costs an argon2 hash) allowed per account and per client address in
+# any FAILED_LOGIN_WINDOW seconds; past that, every login is refused until the oldest of them
+# is that old, even with the right password.
+FAILED_LOGINS_PER_ACCOUNT = 5
+FAILED_LOGINS_PER_ADDRESS = 20
+FAILED_LOGIN_WINDOW = 900.0
+_MINUTES = f"{FAILED_LOGIN_WINDOW / 60:.0f} minutes"
+RULE = (
+    f"After {FAILED_LOGINS_PER_ACCOUNT} failed logins for a name, or {FAILED_LOGINS_PER_ADDRESS} "
+    f"from one address, within {_MINUTES}, logins are refused, even with the right password, "
+    f"until {_MINUTES} have passed since the first of them."
+)
+
+client_address: ContextVar[str] = ContextVar("client_address", default="unknown")
+
+
+class LoginLocked(Exception):
+    """Raised instead of checking a password while the name or the client address has had
+    too many failed logins; ``seconds``: how long until the next try may be checked."""
+
+    def __init__(self, seconds: int) -> None:
+        super().__init__(f"Too many failed logins; try again in {seconds} s.")
+        self.seconds = seconds
+
+
+class LoginThrottle:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._by_name = RateWindow(FAILED_LOGINS_PER_ACCOUNT, FAILED_LOGIN_WINDOW, clock)
+        self._by_address = RateWindow(FAILED_LOGINS_PER_ADDRESS, FAILED_LOGIN_WINDOW, clock)
+
+    async def attempt(
+        self, name: str, address: str, check: Callable[[], int | None]
+    ) -> int | None:
+        """The user id ``check`` finds (it runs in a thread: an argon2 hash), or None for a
+        wrong name or password. Raises ``LoginLocked`` without calling ``check`` while the
+        name (any case) or the address is locked out. A failure counts against both; a
+        success clears the name's count, not the address's."""
+        key = name.strip().casefold()
+        wait = max(self._by_name.wait(key), self._by_address.wait(address))
+        if wait > 0:
+            raise LoginLocked(math.ceil(wait))
+        user_id = await asyncio.to_thread(check)
+        if user_id is None:
+            self._by_name.add(key)
+            self._by_address.add(address)
+        else:
+            self._by_name.clear(key)
+        return user_id
+
+
+class ClientAddressMiddleware:
+    """Set ``client_address`` to each HTTP request's client address (after uvicorn has read
+    a trusted proxy's ``X-Forwarded-For``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        token = client_address.set(client[0] if client else "unknown")
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            client_address.reset(token)
