@@ -43,6 +43,7 @@ def test_another_env_file_can_be_named(tmp_path: Path) -> None:
         ("BACKEND_URL", "http://127.0.0.1:8080/v1", "without /v1 or another path"),
         ("QUEUE_CONCURRENCY", "0", "QUEUE_CONCURRENCY: Input should be greater than or equal"),
         ("DEBUG", "maybe", "DEBUG: Input should be a valid boolean"),
+        ("LEASE_EXPIRY", "2", "LEASE_EXPIRY (2 s) must be longer than LEASE_HEARTBEAT_INTERVAL"),
     ],
 )
 def test_a_wrong_value_names_the_variable(
