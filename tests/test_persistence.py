@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,9 +19,11 @@ from typing import Any
 import httpx
 import pytest
 from gradio_client import Client
+from sqlalchemy import text
 
+from app.server import create_app
 from app.store import Store
-from tests.conftest import REPO, answers
+from tests.conftest import REPO, answers, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 from tests.waiting import wait_for
@@ -212,3 +215,18 @@ def test_a_replica_killed_leaves_the_others_replies_alone_and_its_own_are_marked
     finally:
         doomed.kill()
         survivor.kill()
+
+
+def test_a_process_that_stops_cleanly_gives_its_lease_back(backend: ServerThread, url: str) -> None:
+    """The app holds a lease while it serves and deletes it as it stops: an operator's
+    ``SELECT * FROM leases`` lists the processes alive."""
+    store = Store(url)
+
+    def leases() -> list[tuple[str, int]]:
+        with store.engine.connect() as db:
+            return [(host, pid) for host, pid in db.execute(text("SELECT host, pid FROM leases"))]
+
+    with ServerThread(create_app(settings_for(backend.url, database_url=url))):
+        assert leases() == [(socket.gethostname(), os.getpid())]
+    assert leases() == []
+    store.engine.dispose()
