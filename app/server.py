@@ -15,6 +15,7 @@ from functools import partial
 import gradio as gr
 from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import OperationalError
 
 from app.api import install_api
 from app.chat import ChatService
@@ -28,59 +29,50 @@ from app.preview import install_preview
 from app.settings import Settings
 from app.share_page import install_share_page
 from app.store import Accounts, Store, transfer
+from app.store.leases import ProcessLease
 from app.ui import PlaygroundUI
 from app.ui.gradio_compat import configure_queue
 from app.ui.page import PAGE_CSS, page_script
 
 log = logging.getLogger(__name__)
 
-# Beyond the read timeout: the saves' own pace and a slow database.
-RECOVERY_MARGIN_SECONDS = 10.0
-
-
-def stale_after(settings: Settings) -> timedelta:
-    """How long a live process may leave a streaming reply unsaved: it saves one at each
-    update, and the longest wait for an update is a backend's read timeout."""
-    longest = max(
-        [backend.timeout or settings.backend_read_timeout for backend in settings.backend_list],
-        default=settings.backend_read_timeout,
-    )
-    return timedelta(seconds=longest + RECOVERY_MARGIN_SECONDS)
-
-
-def recover(store: Store, settings: Settings) -> None:
-    """Mark the replies whose process stopped while they streamed as interrupted."""
-    recovered = store.recover_interrupted(stale_after(settings))
-    if recovered:
-        log.warning("Marked %d reply(ies) cut off by a stopped process as interrupted",
-                    recovered)
-
 
 def open_store(settings: Settings) -> Store:
-    """The store at DATABASE_URL, migrated, with replies cut off by a crash marked as such."""
+    """The store at DATABASE_URL, migrated."""
     store = Store(settings.database_url.get_secret_value())
     store.migrate()
-    recover(store, settings)
     return store
 
 
-async def recover_periodically(store: Store, settings: Settings) -> None:
-    """``recover`` every half ``stale_after``, until cancelled: replies of a process that
-    stopped shortly before this one started are recovered once they are stale."""
+def report(marked: int) -> None:
+    if marked:
+        log.warning("Marked %d reply(ies) cut off by a stopped process as interrupted", marked)
+
+
+async def keep_lease(lease: ProcessLease, interval: float) -> None:
+    """Renew the process's lease every ``interval`` seconds, marking the replies of dead
+    processes as it does, until cancelled. A database that fails is tried again at the next
+    heartbeat."""
     while True:
-        await asyncio.sleep(stale_after(settings).total_seconds() / 2)
-        await asyncio.to_thread(recover, store, settings)
+        await asyncio.sleep(interval)
+        try:
+            report(await asyncio.to_thread(lease.beat))
+        except OperationalError:  # SQLite's "database is locked", a server gone
+            log.warning("Could not renew this process's lease", exc_info=True)
 
 
 def create_app(settings: Settings, service: ChatService | None = None) -> FastAPI:
     chat = service or ChatService(settings)
     store = open_store(settings)
+    lease = ProcessLease(store, timedelta(seconds=settings.lease_expiry))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        report(await asyncio.to_thread(lease.beat))  # taken before any reply begins
         tasks = [
             asyncio.create_task(chat.router.run_checks(), name="backend checks"),
-            asyncio.create_task(recover_periodically(store, settings), name="reply recovery"),
+            asyncio.create_task(keep_lease(lease, settings.lease_heartbeat_interval),
+                                name="lease"),
         ]
         try:
             yield
@@ -89,7 +81,8 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
-            await chat.aclose()
+            await chat.aclose()  # every reply ended and saved, as stopped
+            await asyncio.to_thread(lease.release)
 
     api = FastAPI(
         title="Coding Playground", docs_url="/api/docs", openapi_url="/api/openapi.json",

@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     reply_keeps_running: bool = True
     max_running_replies: int = Field(512, ge=1)
     max_running_replies_per_user: int = Field(4, ge=1)
+    lease_heartbeat_interval: float = Field(2.0, gt=0)
+    lease_expiry: float = Field(10.0, gt=0)
 
     engine_model_path: Path = Path("volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     engine_host: str = "127.0.0.1"
@@ -269,6 +271,16 @@ class Settings(BaseSettings):
                     f"BACKENDS entry {number} ({backend.name!r}) uses Inference Providers and "
                     "needs a Hugging Face token: set HF_TOKEN or give the entry a `token`"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> Settings:
+        if self.lease_expiry <= self.lease_heartbeat_interval:
+            raise ValueError(
+                f"LEASE_EXPIRY ({self.lease_expiry:g} s) must be longer than "
+                f"LEASE_HEARTBEAT_INTERVAL ({self.lease_heartbeat_interval:g} s), several times "
+                "over: a live process would otherwise be taken for dead between two heartbeats"
+            )
         return self
 
     @field_validator("model_id")

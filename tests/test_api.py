@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.server import create_app
 from app.store import Accounts, Store
+from app.store.leases import ProcessLease
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
@@ -600,6 +601,7 @@ def test_stop_from_another_client_ends_the_reply_for_its_follower(
 def test_a_reply_another_process_writes_is_not_followed_here(api: Api) -> None:
     alice = api.user("alice")
     store = Store(api.database_url)
+    ProcessLease(store, timedelta(minutes=1)).beat()  # the other process, alive
     user_id = store.user_id("alice")
     begun = store.begin_turn(user_id, None, "", {}, None, message="hi", title="hi")
     store.save_reply(user_id, begun.reply_id, "half a rep")

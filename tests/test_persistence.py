@@ -1,10 +1,13 @@
-"""Nothing lost: the app as its own process, killed hard mid-reply, and two tabs on one
+"""Nothing lost: the app as its own process killed hard mid-reply, alone and beside another
+process on the same database (the leases of app.store.leases), and two tabs on one
 conversation. The backend is the fake TGI (tests/fake_backend.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +19,10 @@ from typing import Any
 import httpx
 import pytest
 from gradio_client import Client
+from sqlalchemy import text
 
-from app.server import RECOVERY_MARGIN_SECONDS, create_app
-from app.store import Store, StoredReply
+from app.server import create_app
+from app.store import Store
 from tests.conftest import REPO, answers, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
@@ -29,11 +33,12 @@ CONTROLS: tuple[Any, ...] = (512, 0.2, 0.95, 40, 1.1, 0.0, 0.0, "", -1)
 
 
 class AppProcess:
-    """``python -m app`` on a free port with its database in a folder of the test's."""
+    """``python -m app`` on a free port, with its database at ``database`` (default: a SQLite
+    file in ``folder``, where it runs)."""
 
-    def __init__(self, backend_url: str, folder: Path) -> None:
+    def __init__(self, backend_url: str, folder: Path, database: str = "") -> None:
         self.port = free_port()
-        self.database = f"sqlite:///{folder / 'playground.db'}"
+        self.database = database or f"sqlite:///{folder / 'playground.db'}"
         self.env = {
             **os.environ, "PYTHONPATH": str(REPO), "APP_PORT": str(self.port),
             "BACKEND_URL": backend_url, "DATABASE_URL": self.database,
@@ -71,48 +76,65 @@ def slow_backend(fake: FakeBackend) -> Iterator[ServerThread]:
         yield server
 
 
-def test_a_reply_cut_by_sigkill_is_kept_and_marked(
+def start_reply(app: AppProcess, message: str) -> str:
+    """Ask ``app`` for a reply over the REST API and leave once it has begun: the reply runs
+    on in the app (REPLY_KEEPS_RUNNING). Returns its dialogue's id."""
+    with httpx.stream("POST", f"{app.url}/api/v1/dialogue", timeout=30,
+                      json={"message": message, "stream": True}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                dialogue_id: str = json.loads(line.removeprefix("data: "))["dialogue_id"]
+                return dialogue_id
+    raise AssertionError(f"no event from POST /dialogue ({response.status_code})")
+
+
+def reply_of(app: AppProcess, dialogue_id: str) -> dict[str, Any]:
+    """The dialogue's first reply as ``GET /messages`` of ``app`` shows it."""
+    response = httpx.get(f"{app.url}/api/v1/messages", params={"dialogue_id": dialogue_id},
+                         timeout=30)
+    response.raise_for_status()
+    reply: dict[str, Any] = response.json()["exchanges"][0]["reply"]
+    return reply
+
+
+def saved_while_streaming(store: Store, dialogue_id: str) -> bool:
+    """Some of the dialogue's reply is in the database, and it is still streaming."""
+    [exchange] = store.get_conversation(store.user_id(), dialogue_id).exchanges
+    return exchange.reply is not None and exchange.reply.status == "streaming" and bool(
+        exchange.reply.content)
+
+
+def assert_cut_and_counted(reply: dict[str, Any], fake: FakeBackend) -> None:
+    """A reply cut off by its process's death: interrupted, its text as far as it was saved,
+    and its stats counting that text's tokens (each of the fake's tokens is one word)."""
+    assert (reply["status"], reply["error"]) == (
+        "interrupted", "The app stopped while this reply was streaming.")
+    assert reply["content"].startswith("word0 word1 ")
+    assert "".join(fake.tokens).startswith(reply["content"])
+    assert reply["stats"]["finish"] == "interrupted"
+    assert reply["stats"]["tokens"] == len(reply["content"].split())
+
+
+def test_a_reply_cut_by_sigkill_is_marked_soon_after_a_restart(
     slow_backend: ServerThread, fake: FakeBackend, tmp_path: Path
 ) -> None:
-    """The restarted app marks the reply once it is older than a live process would leave
-    it (BACKEND_READ_TIMEOUT plus a margin): at once if it is, else by its periodic sweep."""
+    """Killed mid-reply and started again on the same database, with the default settings:
+    the reply is marked interrupted seconds after its process's lease expires, with its text
+    and its tokens. It used to wait for BACKEND_READ_TIMEOUT plus 10 s and a sweep (over two
+    minutes), and then said 0 tokens."""
     app = AppProcess(slow_backend.url, tmp_path)
-    app.env["BACKEND_READ_TIMEOUT"] = "1"
-    app.start()
     store = Store(app.database)
-    user = store.user_id()
-
-    def reply() -> StoredReply | None:
-        listed = store.list_conversations(user)
-        return store.get_conversation(user, listed[0].id).exchanges[0].reply if listed else None
-
-    def saved_while_streaming() -> bool:
-        found = reply()
-        return found is not None and found.status == "streaming" and bool(found.content)
-
-    def marked() -> bool:
-        found = reply()
-        return found is None or found.status != "streaming"
-
     try:
-        Client(app.url, verbose=False).submit(
-            "count for me", None, "", "", "", *CONTROLS, api_name="/chat"
-        )
-        wait_for(saved_while_streaming, 30, what="a save of the reply while it streams")
-        app.kill()
+        dialogue_id = start_reply(app.start(), "count for me")
+        wait_for(lambda: saved_while_streaming(store, dialogue_id), 30,
+                 what="a save of the reply while it streams")
     finally:
         app.kill()
-    app.start()
     try:
-        [summary] = store.list_conversations(user)
-        wait_for(marked, 1 + RECOVERY_MARGIN_SECONDS * 2, step=0.5, what="the reply to be marked")
-        [exchange] = store.get_conversation(user, summary.id).exchanges
-        assert exchange.user == "count for me"
-        assert exchange.reply is not None
-        assert exchange.reply.status == "interrupted"
-        assert exchange.reply.error == "The app stopped while this reply was streaming."
-        assert exchange.reply.content.startswith("word0 word1 ")
-        assert "".join(fake.tokens).startswith(exchange.reply.content)
+        app.start()
+        wait_for(lambda: reply_of(app, dialogue_id)["status"] != "streaming", 30, step=0.2,
+                 what="the reply to be marked interrupted")
+        assert_cut_and_counted(reply_of(app, dialogue_id), fake)
     finally:
         app.kill()
 
@@ -154,31 +176,57 @@ def test_two_tabs_on_one_conversation_lose_and_double_nothing(
         app.kill()
 
 
-def test_a_replica_starting_leaves_the_replies_another_streams_alone(
-    slow_backend: ServerThread, fake: FakeBackend, url: str
+def test_a_replica_killed_leaves_the_others_replies_alone_and_its_own_are_marked(
+    slow_backend: ServerThread, fake: FakeBackend, url: str, tmp_path: Path
 ) -> None:
-    """Two app replicas on one database (SQLite and PostgreSQL): one starts (or restarts)
-    while the other streams; the reply streams on, unmarked, and ends finished. Every
-    streaming reply used to be marked interrupted by any replica that started."""
-    fake.tokens = fake.tokens[:60]  # three seconds
-    settings = settings_for(slow_backend.url, database_url=url)
+    """Two app processes on one database (SQLite and PostgreSQL), each writing a reply; the
+    second starts while the first's reply streams and leaves it alone. The first is killed:
+    the survivor marks its reply interrupted (text and tokens kept) once its lease expires,
+    while its own reply streams on and ends finished."""
+    fake.tokens = [f"word{i} " for i in range(400)]  # 20 s
+    # A short expiry, so that the survivor's reply need not stream for long after the kill.
+    lease = {"LEASE_HEARTBEAT_INTERVAL": "0.5", "LEASE_EXPIRY": "3"}
+    doomed = AppProcess(slow_backend.url, tmp_path, url)
+    survivor = AppProcess(slow_backend.url, tmp_path, url)
+    for app in (doomed, survivor):
+        app.env.update(lease)
     store = Store(url)
-    with ServerThread(create_app(settings)) as first, ThreadPoolExecutor(1) as pool:
-        asked = pool.submit(httpx.post, f"{first.url}/api/v1/dialogue", timeout=60,
-                            json={"message": "count for me"})
-        user = store.user_id()
-        deadline = time.monotonic() + 30
-        while not (listed := store.list_conversations(user)) or not (
-            (streaming := store.get_conversation(user, listed[0].id).exchanges[0].reply)
-            and streaming.content
-        ):
-            assert time.monotonic() < deadline, "the reply never started"
-            time.sleep(0.1)
-        create_app(settings)  # the second replica starts
-        during = store.get_conversation(user, listed[0].id).exchanges[0].reply
-        assert during is not None
-        assert (during.status, during.error) == ("streaming", None)
-        assert asked.result().json()["error"] is None
-    after = store.get_conversation(user, listed[0].id).exchanges[0].reply
-    assert after is not None
-    assert (after.status, after.content) == ("stop", "".join(fake.tokens))
+    try:
+        cut = start_reply(doomed.start(), "count for me")
+        wait_for(lambda: saved_while_streaming(store, cut), 30,
+                 what="a save of the first reply while it streams")
+        survivor.start()
+        kept = start_reply(survivor, "count for me too")
+        wait_for(lambda: saved_while_streaming(store, kept), 30,
+                 what="a save of the second reply while it streams")
+        during = reply_of(survivor, cut)
+        assert (during["status"], during["error"]) == ("streaming", None), (
+            "a process starting marked a live process's reply")
+        doomed.kill()
+        wait_for(lambda: reply_of(survivor, cut)["status"] != "streaming", 30, step=0.2,
+                 what="the killed process's reply to be marked interrupted")
+        assert_cut_and_counted(reply_of(survivor, cut), fake)
+        assert reply_of(survivor, kept)["status"] == "streaming"
+        wait_for(lambda: reply_of(survivor, kept)["status"] != "streaming", 60, step=0.5,
+                 what="the survivor's reply to end")
+        finished = reply_of(survivor, kept)
+        assert (finished["status"], finished["error"]) == ("stop", None)
+        assert finished["content"] == "".join(fake.tokens)
+    finally:
+        doomed.kill()
+        survivor.kill()
+
+
+def test_a_process_that_stops_cleanly_gives_its_lease_back(backend: ServerThread, url: str) -> None:
+    """The app holds a lease while it serves and deletes it as it stops: an operator's
+    ``SELECT * FROM leases`` lists the processes alive."""
+    store = Store(url)
+
+    def leases() -> list[tuple[str, int]]:
+        with store.engine.connect() as db:
+            return [(host, pid) for host, pid in db.execute(text("SELECT host, pid FROM leases"))]
+
+    with ServerThread(create_app(settings_for(backend.url, database_url=url))):
+        assert leases() == [(socket.gethostname(), os.getpid())]
+    assert leases() == []
+    store.engine.dispose()

@@ -45,6 +45,7 @@ def test_another_env_file_can_be_named(tmp_path: Path) -> None:
         ("DEBUG", "maybe", "DEBUG: Input should be a valid boolean"),
         ("TRUSTED_PROXIES", "127.0.0.1,nginx", "TRUSTED_PROXIES: 'nginx' is not an IP address"),
         ("TRUSTED_PROXIES", "10.0.0.1/8", "like 127.0.0.1,172.31.250.2 or 10.0.0.0/8"),
+        ("LEASE_EXPIRY", "2", "LEASE_EXPIRY (2 s) must be longer than LEASE_HEARTBEAT_INTERVAL"),
     ],
 )
 def test_a_wrong_value_names_the_variable(

@@ -17,8 +17,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from app.store import BegunTurn, NotFound, Store
+from app.store.leases import INTERRUPTED_BY_RESTART, ProcessLease
 from app.store.models import Base
-from app.store.store import INTERRUPTED_BY_RESTART, MIGRATIONS
+from app.store.store import MIGRATIONS
 from tests.postgres import PostgresMissing, find_bin_dir
 from tests.stored import exchange, retry
 from tests.test_snippets import downgrade, upgrade
@@ -257,36 +258,110 @@ def test_a_reply_is_saved_partial_then_final_with_its_stats(store: Store) -> Non
     assert reply()[:4] == (failed, "one, t", "interrupted", "The backend went away.")
 
 
-def test_recover_interrupted_marks_streaming_replies_and_leaves_finished_ones(
-    store: Store,
+EXPIRY = timedelta(seconds=10)
+
+
+def died(store: Store, lease: ProcessLease) -> None:
+    """``lease``'s process stops beating: its last heartbeat a minute ago."""
+    with store.engine.begin() as db:
+        db.execute(text("UPDATE leases SET heartbeat_at = :t WHERE id = :id"),
+                   {"t": datetime.now(UTC) - timedelta(minutes=1), "id": lease.id})
+
+
+def leases(store: Store) -> list[str]:
+    with store.engine.begin() as db:
+        return list(db.execute(text("SELECT id FROM leases")).scalars())
+
+
+def test_a_live_process_marks_the_replies_of_one_whose_lease_expired_and_no_other(
+    store: Store, open_store: Callable[[], Store],
 ) -> None:
+    """Two processes on one database. While both beat, neither touches the other's replies;
+    once one stops beating for LEASE_EXPIRY, the other's next heartbeat marks its replies still
+    streaming interrupted, their text and tokens as last saved, and drops its lease."""
+    doomed_store, live_store = open_store(), open_store()
+    doomed, live = ProcessLease(doomed_store, EXPIRY), ProcessLease(live_store, EXPIRY)
+    assert (doomed.beat(), live.beat()) == (0, 0)
     alice, bob = store.user_id("alice"), store.user_id("bob")
-    first = exchange(store, alice, None, "long answer please", "half of", status="streaming",
-                     title="Cut off")
-    mine, streaming = first.conversation_id, first.reply_id
-    finished = exchange(store, alice, mine, "short one", "done", status="stop").reply_id
-    stopped = exchange(store, alice, mine, "another", "sto", status="stopped").reply_id
-    theirs = exchange(store, bob, None, "hi", "", status="streaming",
-                      title="Also cut off").conversation_id
+    first = exchange(doomed_store, alice, None, "long answer please", None, title="Cut off")
+    mine, cut = first.conversation_id, first.reply_id
+    doomed_store.save_reply(alice, cut, "half of", tokens=2, time_to_first_token=0.1,
+                            tokens_per_second=20.0)
+    finished = exchange(doomed_store, alice, mine, "short one", "done").reply_id
+    stopped = exchange(doomed_store, alice, mine, "another", "sto", status="stopped").reply_id
+    streaming = exchange(live_store, bob, None, "hi", None, title="Still going")
 
-    assert store.recover_interrupted(timedelta(minutes=1)) == 0, (
-        "saved within the minute: another replica may be streaming them"
-    )
-    assert store.recover_interrupted(timedelta(0)) == 2
-
+    assert (live.beat(), doomed.beat()) == (0, 0), "both live: nothing to mark"
+    died(store, doomed)
+    assert live.beat() == 1
     replies = {
         e.reply.id: e.reply for e in store.get_conversation(alice, mine).exchanges if e.reply
     }
-    assert (replies[streaming].status, replies[streaming].error) == (
-        "interrupted", INTERRUPTED_BY_RESTART,
-    )
-    assert replies[streaming].content == "half of"
+    assert (replies[cut].status, replies[cut].error) == ("interrupted", INTERRUPTED_BY_RESTART)
+    assert (replies[cut].content, replies[cut].tokens, replies[cut].tokens_per_second) == (
+        "half of", 2, 20.0)
     assert (replies[finished].status, replies[finished].error) == ("stop", None)
     assert (replies[stopped].status, replies[stopped].error) == ("stopped", None)
-    bobs = store.get_conversation(bob, theirs).exchanges[0].reply
+    bobs = store.get_conversation(bob, streaming.conversation_id).exchanges[0].reply
     assert bobs is not None
-    assert (bobs.status, bobs.error) == ("interrupted", INTERRUPTED_BY_RESTART)
-    assert store.recover_interrupted(timedelta(0)) == 0
+    assert (bobs.status, bobs.error) == ("streaming", None)
+    assert leases(store) == [live.id]
+    assert live.beat() == 0
+
+
+def test_a_released_lease_leaves_no_reply_streaming_and_one_taken_for_dead_comes_back(
+    store: Store, open_store: Callable[[], Store],
+) -> None:
+    """A process that stops cleanly releases its lease; a reply it could not end (its last
+    save failed) is marked at the next heartbeat of another. A process taken for dead (it
+    stalled past the expiry) takes its lease again at its next heartbeat, and the replies it
+    begins then are its own again."""
+    user = store.user_id()
+    stopping_store, other_store = open_store(), open_store()
+    stopping, other = ProcessLease(stopping_store, EXPIRY), ProcessLease(other_store, EXPIRY)
+    stopping.beat()
+    other.beat()
+    unsaved = exchange(stopping_store, user, None, "hi", None).reply_id
+    stopping.release()
+    assert leases(store) == [other.id]
+    assert other.beat() == 1
+    assert store.exchange_of(user, unsaved)[2].status == "interrupted"
+
+    stalled = ProcessLease(stopping_store, EXPIRY)
+    stalled.beat()
+    died(store, stalled)
+    assert other.beat() == 0
+    assert stalled.beat() == 0
+    assert sorted(leases(store)) == sorted([other.id, stalled.id])
+    later = exchange(stopping_store, user, None, "again", None).reply_id
+    assert other.beat() == 0
+    assert store.exchange_of(user, later)[2].status == "streaming"
+
+
+def test_a_reply_left_streaming_before_the_leases_migration_is_marked_at_the_first_heartbeat(
+    open_store: Callable[[], Store],
+) -> None:
+    store = open_store()
+    upgrade(store, "0008")
+    user = store.user_id()
+    with store.engine.begin() as db:  # the schema of 0008, not the models' own
+        moment = {"t": datetime.now(UTC)}
+        db.execute(text(
+            "INSERT INTO conversations (id, user_id, title, system_prompt, settings, created_at, "
+            "updated_at) VALUES ('c', :user, 'From before the upgrade', '', '{}', :t, :t)"
+        ), {"user": user, **moment})
+        db.execute(text(
+            "INSERT INTO messages (id, conversation_id, role, content, status, created_at, "
+            "updated_at) VALUES (1, 'c', 'user', 'count', 'complete', :t, :t)"), moment)
+        db.execute(text(
+            "INSERT INTO messages (id, conversation_id, role, content, status, reply_to_id, "
+            "created_at, updated_at) VALUES (2, 'c', 'assistant', 'one two', 'streaming', 1, "
+            ":t, :t)"), moment)
+    store.migrate()
+    assert ProcessLease(store, EXPIRY).beat() == 1
+    reply = store.exchange_of(user, 2)[2]
+    assert (reply.status, reply.content, reply.error) == (
+        "interrupted", "one two", INTERRUPTED_BY_RESTART)
 
 
 def test_deleting_a_conversation_deletes_its_messages(store: Store) -> None:

@@ -94,6 +94,19 @@ def exchange_from(stored: StoredExchange) -> Exchange:
     return exchange
 
 
+def stats_columns(stats: TurnStats | None) -> dict[str, Any]:
+    """A reply's stats as the store keeps them (none before its first token)."""
+    if stats is None:
+        return {}
+    columns: dict[str, Any] = {
+        "tokens": stats.tokens, "time_to_first_token": stats.time_to_first_token,
+        "tokens_per_second": stats.tokens_per_second,
+    }
+    if not stats.cached:  # the backend that answered, after any failover
+        columns["backend"] = stats.backend
+    return columns
+
+
 class Conversations:
     def __init__(self, store: Store, user_id: int) -> None:
         self.store = store
@@ -184,11 +197,13 @@ class Conversations:
         return exchange
 
     async def save_progress(self, exchange: Exchange) -> None:
-        """The reply so far; a failure is logged, and the next save tries again."""
+        """The reply so far, with the stats of that text (what a reply whose process dies
+        keeps: ``app.store.leases``); a failure is logged, and the next save tries again."""
         if exchange.reply_id is None:
             return
         try:
-            await self._call(self.store.save_reply, exchange.reply_id, exchange.reply)
+            await self._call(self.store.save_reply, exchange.reply_id, exchange.reply,
+                             **stats_columns(exchange.stats))
         except NotFound:
             return  # its conversation was deleted while it streamed
         except StoreUnavailable:
@@ -201,12 +216,7 @@ class Conversations:
             return
         stats = exchange.stats
         final: dict[str, Any] = {"status": stats.finish if stats else "interrupted",
-                                 "error": exchange.error}
-        if stats is not None:
-            final |= {"tokens": stats.tokens, "time_to_first_token": stats.time_to_first_token,
-                      "tokens_per_second": stats.tokens_per_second}
-            if not stats.cached:  # the backend that answered, after any failover
-                final["backend"] = stats.backend
+                                 "error": exchange.error, **stats_columns(stats)}
         try:
             await self._call(self.store.save_reply, exchange.reply_id, exchange.reply, **final)
         except NotFound:

@@ -117,8 +117,9 @@ class Message(Base):
         ForeignKey("messages.id", ondelete="CASCADE"), default=None, index=True
     )
     # user messages: "complete"; replies: "streaming" until they end as "stop", "length",
-    # "stopped" or "interrupted" (a failure, or the app died while it streamed).
-    status: Mapped[str] = mapped_column(String(20), default="complete")
+    # "stopped" or "interrupted" (a failure, or the app died while it streamed). Indexed for
+    # the replies streaming now, which every process looks up every few seconds.
+    status: Mapped[str] = mapped_column(String(20), default="complete", index=True)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     time_to_first_token: Mapped[float | None] = mapped_column(Float, default=None)
@@ -134,10 +135,28 @@ class Message(Base):
     # replies: the check against tests this reply is a version of (app.chat.checks: its tests,
     # each version with its results, and how it ended); None: not checked.
     check: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # replies: the lease (``Lease.id``) of the process that began it; None for replies
+    # begun before leases (migration 0009). Not a foreign key: the lease goes when its
+    # process stops, the reply stays.
+    lease_id: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Lease(Base):
+    """One running app process (app.store.leases): its heartbeat is renewed every
+    LEASE_HEARTBEAT_INTERVAL while it lives; the row goes when the process stops cleanly, or
+    once it has gone LEASE_EXPIRY without a heartbeat (the process died)."""
+
+    __tablename__ = "leases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    host: Mapped[str] = mapped_column(String(255))  # for an operator reading the table
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
 class ApiToken(Base):

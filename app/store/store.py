@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ from app.store.records import (
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCAL_USER = "local"
-INTERRUPTED_BY_RESTART = "The app stopped while this reply was streaming."
 
 
 class StoreError(Exception):
@@ -80,6 +78,9 @@ class Store:
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # The lease of the process using this store (app.store.leases), carried by every
+        # reply it begins; None until it takes one.
+        self.lease_id: str | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -96,18 +97,6 @@ class Store:
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
-
-    def recover_interrupted(self, older_than: timedelta) -> int:
-        """Mark replies left streaming, and not saved for ``older_than``, as interrupted: the
-        process streaming them has stopped (a live one saves them more often; other replicas
-        on the same database may be streaming the recent ones). Returns how many."""
-        with self.transaction() as session:
-            result = session.execute(
-                update(Message)
-                .where(Message.status == "streaming", Message.updated_at < now() - older_than)
-                .values(status="interrupted", error=INTERRUPTED_BY_RESTART, updated_at=now())
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
 
     def user_id(self, name: str = LOCAL_USER) -> int:
         """The id of the user with this name, created on first use."""
@@ -222,7 +211,8 @@ class Store:
             if reply_to is None:
                 raise NotFound("No message to answer in this conversation.")
             asked = self._message_in(session, conversation, reply_to, role="user")
-            reply = self._start_reply(session, conversation, asked.id, model, backend)
+            reply = self._start_reply(session, conversation, asked.id, model, backend,
+                                      self.lease_id)
             # Alternatives without asking where there can be none: the first message of a
             # new conversation, and the one reply of a message just added (the two queries
             # were half the cost of starting a turn).
@@ -248,13 +238,13 @@ class Store:
     @staticmethod
     def _start_reply(
         session: Session, conversation: Conversation, reply_to: int, model: str | None,
-        backend: str | None,
+        backend: str | None, lease_id: str | None,
     ) -> Message:
         if model is not None:
             conversation.model, conversation.backend = model, backend
         message = Message(
             conversation_id=conversation.id, role="assistant", reply_to_id=reply_to,
-            status="streaming", model=model, backend=backend,
+            status="streaming", model=model, backend=backend, lease_id=lease_id,
         )
         session.add(message)
         session.flush()
@@ -332,7 +322,8 @@ class Store:
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
             asked = self._message_in(session, conversation, reply_to, role="user")
-            reply = self._start_reply(session, conversation, asked.id, model, backend)
+            reply = self._start_reply(session, conversation, asked.id, model, backend,
+                                      self.lease_id)
             reply.content, reply.status, reply.check = content, "stop", check
             return reply.id
 
