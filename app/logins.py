@@ -2,9 +2,8 @@
 API's ``POST /api/v1/login`` count them in one ``LoginThrottle``, per account name and per
 client address.
 
-The counts live in this process's memory: each replica of the app keeps its own, and a
-restart forgets them. ``LoginThrottle`` is the one place that reads and writes them, so
-keeping them in the database the replicas share changes this module alone.
+The counts live in the database (``app.store.limits``): every replica of the app on it counts
+the same failures, and a restart forgets none.
 
 The client address is the one uvicorn hands the app: the connection's peer, or the address a
 proxy named in TRUSTED_PROXIES puts in ``X-Forwarded-For``. Gradio gives its login check the
@@ -21,7 +20,8 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.chat.guard import RateWindow
+from app.store import Store
+from app.store.limits import Limits
 
 # Failed logins (each costs an argon2 hash) allowed per account and per client address in
 # any FAILED_LOGIN_WINDOW seconds; past that, every login is refused until the oldest of them
@@ -49,9 +49,8 @@ class LoginLocked(Exception):
 
 
 class LoginThrottle:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._by_name = RateWindow(FAILED_LOGINS_PER_ACCOUNT, FAILED_LOGIN_WINDOW, clock)
-        self._by_address = RateWindow(FAILED_LOGINS_PER_ADDRESS, FAILED_LOGIN_WINDOW, clock)
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._limits = Limits(store, clock)
 
     async def attempt(
         self, name: str, address: str, check: Callable[[], int | None]
@@ -61,16 +60,23 @@ class LoginThrottle:
         name (any case) or the address is locked out. A failure counts against both; a
         success clears the name's count, not the address's."""
         key = name.strip().casefold()
-        wait = max(self._by_name.wait(key), self._by_address.wait(address))
+        wait = await asyncio.to_thread(self._wait, key, address)
         if wait > 0:
             raise LoginLocked(math.ceil(wait))
         user_id = await asyncio.to_thread(check)
-        if user_id is None:
-            self._by_name.add(key)
-            self._by_address.add(address)
-        else:
-            self._by_name.clear(key)
+        await asyncio.to_thread(self._count, key, address, user_id is not None)
         return user_id
+
+    def _wait(self, key: str, address: str) -> float:
+        return max(self._limits.wait("login-name", key, FAILED_LOGINS_PER_ACCOUNT),
+                   self._limits.wait("login-address", address, FAILED_LOGINS_PER_ADDRESS))
+
+    def _count(self, key: str, address: str, succeeded: bool) -> None:
+        if succeeded:
+            self._limits.clear("login-name", key)
+        else:
+            self._limits.add("login-name", key, FAILED_LOGIN_WINDOW)
+            self._limits.add("login-address", address, FAILED_LOGIN_WINDOW)
 
 
 class ClientAddressMiddleware:

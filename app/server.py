@@ -103,9 +103,9 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         backend errors by kind, backends up or down, response cache."""
         return Response(chat.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    guard = Guard(settings)
+    guard = Guard(settings, store)
     checks = Checks(chat, Turns(chat, guard))  # one sandbox's places, for the API and the page
-    accounts, logins = Accounts(store), LoginThrottle()  # the API's and the page's
+    accounts, logins = Accounts(store), LoginThrottle(store)  # the API's and the page's
     install_api(api, settings, chat, store, guard, accounts, checks, logins)
     install_share_page(api, settings, store)
 

@@ -67,6 +67,7 @@ from app.settings import Settings, load_settings
 from app.snippets.extract import extract_blocks
 from app.snippets.limits import RunLimits
 from app.snippets.sandbox import run_snippet
+from app.store import Store
 from bench import cli
 from bench.machine import code_version
 from tests.servers import free_port
@@ -474,7 +475,8 @@ async def run(args: argparse.Namespace, settings: Settings, chosen: list[Problem
     """Each problem in turn, logged as it ends: the results, the model and the backend."""
     service = ChatService(settings)
     try:
-        model = Model(Turns(service, Guard(settings)), args.max_new_tokens)
+        # No rate limit (settings_for): the guard never asks its store.
+        model = Model(Turns(service, Guard(settings, Store("sqlite://"))), args.max_new_tokens)
         info = await service.backend_info()
         bench = Bench(model, args.rounds, RunLimits())
         results = []

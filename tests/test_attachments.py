@@ -17,6 +17,7 @@ from app.chat.attachments import (
 from app.chat.guard import Guard, MessageRefused
 from app.markdown import code_fences
 from app.settings import load_settings
+from app.store import Store
 
 KIB = 1024
 
@@ -78,22 +79,24 @@ def test_the_advice_drops_the_largest_files_first_and_no_more_than_needed() -> N
     assert "shorten the message" in drop_advice([small], 1000, len)
 
 
-def test_the_message_limits_count_the_attached_files_and_say_what_to_drop() -> None:
-    guard = Guard(load_settings(max_message_chars=2000, max_message_tokens=10_000))
+async def test_the_message_limits_count_the_attached_files_and_say_what_to_drop(
+    store: Store,
+) -> None:
+    guard = Guard(load_settings(max_message_chars=2000, max_message_tokens=10_000), store)
     short = Attachment("short.py", "python", "pass\n")
     long = Attachment("long.py", "python", "x = 1\n" * 400)
-    guard.check(1, "Review these.", [short])
+    await guard.check(1, "Review these.", [short])
     with pytest.raises(MessageRefused) as refused:
-        guard.check(1, "Review these.", [short, long])
+        await guard.check(1, "Review these.", [short, long])
     assert str(refused.value) == (
         "Your message with its attachments has 2477 characters; the limit is 2000. "
         "Attached: long.py (2.3 KiB), short.py (5 B); drop long.py to make it fit. "
         "Nothing was sent."
     )
-    tokens = Guard(load_settings(max_message_tokens=500))
+    tokens = Guard(load_settings(max_message_tokens=500), store)
     with pytest.raises(MessageRefused, match=r"is about \d+ tokens; the limit is 500\. "
                        r"Attached: long\.py"):
-        tokens.check(1, "Review these.", [long])
+        await tokens.check(1, "Review these.", [long])
 
 
 def test_earlier_messages_are_sent_and_counted_with_their_files() -> None:

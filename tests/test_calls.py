@@ -34,7 +34,8 @@ def page(url: str | None = None, **overrides: Any) -> PlaygroundUI:
     """The page, built, on the backend at ``url`` (or those of BACKENDS in ``overrides``)."""
     settings = settings_for(url or "http://127.0.0.1:1", **{"stream_render_interval": 0,
                                                            **overrides})
-    ui = PlaygroundUI(ChatService(settings), open_store(settings), Guard(settings))
+    store = open_store(settings)
+    ui = PlaygroundUI(ChatService(settings), store, Guard(settings, store))
     ui.build()
     return ui
 

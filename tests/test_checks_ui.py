@@ -46,7 +46,8 @@ def sandbox() -> None:
 def make_ui(url: str, **overrides: Any) -> PlaygroundUI:
     settings = settings_for(url, **{"stream_render_interval": 0, "snippet_runs": "on",
                                     **overrides})
-    ui = PlaygroundUI(ChatService(settings), open_store(settings), Guard(settings))
+    store = open_store(settings)
+    ui = PlaygroundUI(ChatService(settings), store, Guard(settings, store))
     ui.build()
     return ui
 

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -582,3 +583,39 @@ def test_behind_the_shipped_nginx_a_locked_out_address_leaves_the_others_signing
             assert "Too many failed logins" in locked.json()["error"]
             assert alice.post("/login", json=credentials).status_code == 200, (
                 "127.0.0.1 still signs in")
+
+
+@pytest.mark.postgres
+def test_behind_the_shipped_nginx_two_replicas_hold_a_user_to_one_message_rate(
+    tmp_path: Path, backend: ServerThread, postgres_url: str,
+) -> None:
+    """Two replicas of the app on one PostgreSQL behind the shipped nginx.conf, which sends a
+    request without a route cookie to a replica picked by a random hash (the client drops
+    the cookie nginx hands it): a user with a rate
+    of 2 messages a minute sends 10, and 2 are answered, the rest refused with 429, wherever
+    they land. Each replica counted its own before, and answered more."""
+    try:
+        nginx_binary()
+    except RuntimeError:
+        pytest.skip("needs Debian's nginx: apt-get install nginx-light")
+    settings = {"AUTH_MODE": "password", "ALLOW_SIGNUP": "true", "RATE_LIMIT_PER_MINUTE": "2"}
+    door = free_port()
+    with ExitStack() as stack:
+        # One after the other: the first migrates the database, the second finds it done.
+        apps = [stack.enter_context(procs.app(tmp_path / f"app-{index}", backend.url,
+                                              database_url=postgres_url, settings=settings))
+                for index in range(2)]
+        conf = render_conf("nginx.conf", tmp_path / "door", door,
+                           {"app:7860": [app.port for app in apps]})
+        stack.enter_context(Nginx(conf, tmp_path / "door", door))
+        client = stack.enter_context(
+            httpx.Client(base_url=f"http://127.0.0.1:{door}/api/v1", timeout=30))
+        credentials = {"name": "alice", "password": "a long enough passphrase"}
+        assert client.post("/signup", json=credentials).status_code == 201
+        token = client.post("/login", json=credentials).json()["token"]
+        statuses = []
+        for number in range(10):
+            client.cookies.clear()  # no route cookie: nginx picks a replica at random
+            statuses.append(client.post("/dialogue", json={"message": f"hello {number}"},
+                                        headers={"authorization": f"Bearer {token}"}).status_code)
+        assert statuses == [200, 200] + [429] * 8, statuses

@@ -167,7 +167,8 @@ def test_what_can_be_previewed(language: str, code: str, kind: str | None) -> No
 
 def ui_for(url: str, **overrides: Any) -> PlaygroundUI:
     settings = settings_for(url, **overrides)
-    return PlaygroundUI(ChatService(settings), open_store(settings), Guard(settings))
+    store = open_store(settings)
+    return PlaygroundUI(ChatService(settings), store, Guard(settings, store))
 
 
 async def test_the_panel_shows_the_preview_in_a_sandboxed_frame(backend: ServerThread) -> None:

@@ -162,8 +162,9 @@ async def test_the_raw_tab_renders_the_conversation_then_streams_coloured_tokens
 ) -> None:
     settings = settings_for(backend.url)
     service = ChatService(settings)
-    users = PageUsers(settings, open_store(settings))
-    raw = RawUI(service, Turns(service, Guard(settings)), users)
+    store = open_store(settings)
+    users = PageUsers(settings, store)
+    raw = RawUI(service, Turns(service, Guard(settings, store)), users)
     chat = Chat(exchanges=[Exchange(user="first", log=ReplyLog("ok"), done=True)])
     prompt, note = await raw.render(None, None, chat, "sys", "python", "second")
     assert "<fake>user: first</fake>\n<fake>assistant: ok</fake>\n<fake>user: second" in prompt

@@ -320,7 +320,7 @@ async def test_the_stored_reply_names_the_backend_that_answered(
     store = open_store(settings)
     mine = Conversations(store, store.user_id())
     service = ChatService(settings)
-    turns = Turns(service, Guard(settings))
+    turns = Turns(service, Guard(settings, store))
     turn = await turns.start(mine, Chat(), TurnRequest("hi", "", {"model": MODEL}))
     assert turn.info.name == "gpu", "picked first"
     assert turn.live.task is not None

@@ -30,7 +30,8 @@ REPLY = ["Two blocks:\n", "```python\n", "x = 1\n", "```\n", "~~~bash\n", "echo 
 def handlers(url: str, **overrides: Any) -> tuple[PlaygroundUI, SnippetsUI]:
     """The page's chat and snippet handlers, runs allowed."""
     settings = settings_for(url, **{"snippet_runs": "on", **overrides})
-    ui = PlaygroundUI(ChatService(settings), open_store(settings), Guard(settings))
+    store = open_store(settings)
+    ui = PlaygroundUI(ChatService(settings), store, Guard(settings, store))
     ui.build()
     return ui, ui.snippets
 

@@ -211,7 +211,7 @@ def test_the_page_warns_when_history_is_lost_on_restart(tmp_path: Path) -> None:
         )
         store = Store(f"sqlite:///{tmp_path / 'ui.db'}")
         store.migrate()
-        ui = PlaygroundUI(ChatService(settings), store, Guard(settings))
+        ui = PlaygroundUI(ChatService(settings), store, Guard(settings, store))
         return ui.build()
 
     (tmp_path / "data").mkdir()
@@ -233,7 +233,8 @@ def test_in_a_space_the_page_shares_nothing_unless_allow_sharing_is_true(tmp_pat
 
     def page(**options: Any) -> dict[str, str]:
         settings = load_settings(space_id="someone/playground", hf_token="hf_x", **options)
-        return components_of(PlaygroundUI(ChatService(settings), store, Guard(settings)).build())
+        ui = PlaygroundUI(ChatService(settings), store, Guard(settings, store))
+        return components_of(ui.build())
 
     assert SHARING.isdisjoint(page())
     assert set(page(allow_sharing=True)) >= SHARING
@@ -243,7 +244,7 @@ def test_outside_a_space_the_page_has_no_login_button(tmp_path: Path) -> None:
     settings = load_settings()
     store = Store(f"sqlite:///{tmp_path / 'ui.db'}")
     store.migrate()
-    demo = PlaygroundUI(ChatService(settings), store, Guard(settings)).build()
+    demo = PlaygroundUI(ChatService(settings), store, Guard(settings, store)).build()
     assert not demo.expects_oauth
     assert {"sign-in", "sign-in-note", "storage-warning"}.isdisjoint(components_of(demo))
     assert set(components_of(demo)) >= SHARING, "sharing on by default"

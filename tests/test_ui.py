@@ -39,7 +39,8 @@ def make_ui(url: str, **overrides: Any) -> PlaygroundUI:
     """The page, built, its store a SQLite file in the test's own folder; the chat is
     rendered at every update of a reply (the page's live text, ``app.live``, is left out)."""
     settings = settings_for(url, **{"stream_render_interval": 0, **overrides})
-    ui = PlaygroundUI(ChatService(settings), open_store(settings), Guard(settings))
+    store = open_store(settings)
+    ui = PlaygroundUI(ChatService(settings), store, Guard(settings, store))
     ui.build()
     return ui
 

@@ -80,7 +80,7 @@ class RestApi:
         self.dialogues = Dialogues(settings, service, store, guard)
         self.checks = checks or Checks(service, self.dialogues.turns)
         self.local_user = store.user_id() if settings.auth_mode == "none" else None
-        self.logins = logins or LoginThrottle()
+        self.logins = logins or LoginThrottle(store)
         self.bearer = HTTPBearer(
             auto_error=False, scheme_name="token",
             description="A token from POST /api/v1/login (AUTH_MODE=password only).",

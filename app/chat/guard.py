@@ -1,8 +1,12 @@
 """What a message must pass before anything is stored or sent: not empty, not too long in
-characters or in tokens, and not over the user's rate. The page and the REST API share it."""
+characters or in tokens, and not over the user's rate. The page and the REST API share it.
+
+The rate is counted in the database (``app.store.limits``), so that it holds for a user
+across every replica of the app on that database."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -11,6 +15,8 @@ from collections.abc import Callable, Sequence
 from app.chat.attachments import Attachment, drop_advice, with_attachments
 from app.chat.context import estimate_tokens
 from app.settings import Settings
+from app.store import Store
+from app.store.limits import Limits
 
 WINDOW_SECONDS = 60.0
 
@@ -27,7 +33,8 @@ class MessageRefused(ValueError):
 
 
 class RateWindow:
-    """At most ``limit`` events per key in any ``seconds``: ``wait(key)`` says how long until
+    """At most ``limit`` events per key in any ``seconds``, in this process's memory (the
+    Backends panel's Check now): ``wait(key)`` says how long until
     one more is allowed (0 when it is now), ``add(key)`` counts one. Keys quiet for a whole
     window are forgotten (swept once a window), so memory follows the keys active lately, not
     every key ever seen."""
@@ -60,16 +67,15 @@ class RateWindow:
     def add(self, key: object) -> None:
         self._events.setdefault(key, deque()).append(self._clock())
 
-    def clear(self, key: object) -> None:
-        self._events.pop(key, None)
-
 
 class Guard:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
-        self._sent = RateWindow(settings.rate_limit_per_minute, WINDOW_SECONDS, clock)
+        self._limits = Limits(store, clock)
 
-    def check(
+    async def check(
         self, user_id: int, text: str, attachments: Sequence[Attachment] = ()
     ) -> None:
         """Raises ``MessageRefused``; a message that passes counts against the user's rate.
@@ -91,7 +97,7 @@ class Guard:
                 f"Your message {what}is about {tokens} tokens; the limit is {limit}. "
                 + self._advice(attachments, tokens - limit, estimate_tokens)
             )
-        self._count(user_id)
+        await self._count(user_id)
 
     @staticmethod
     def _advice(attachments: Sequence[Attachment], excess: int, cost: Callable[[str], int]) -> str:
@@ -99,11 +105,13 @@ class Guard:
             return "Shorten it or split it into parts. Nothing was sent."
         return f"{drop_advice(attachments, excess, cost)} Nothing was sent."
 
-    def _count(self, user_id: int) -> None:
+    async def _count(self, user_id: int) -> None:
         per_minute = self.settings.rate_limit_per_minute
         if per_minute == 0:
             return
-        wait = self._sent.wait(user_id)
+        wait = await asyncio.to_thread(
+            self._limits.take, "message", str(user_id), per_minute, WINDOW_SECONDS
+        )
         if wait > 0:
             seconds = math.ceil(wait)
             raise MessageRefused(
@@ -112,4 +120,3 @@ class Guard:
                 f"try again in {seconds} s. Nothing was sent.",
                 retry_after=seconds,
             )
-        self._sent.add(user_id)

@@ -219,7 +219,7 @@ class Turns:
         the backend, the parameters, and the context (``sent`` after as many ``earlier``
         exchanges as fit). Raises ``TurnRefused``."""
         try:
-            self.guard.check(user_id, request.text, attachments)
+            await self.guard.check(user_id, request.text, attachments)
         except MessageRefused as err:
             status = 422 if err.retry_after is None else 429
             raise TurnRefused(str(err), status, err.retry_after) from err

@@ -14,7 +14,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -241,3 +251,18 @@ class Share(Base):
     title: Mapped[str] = mapped_column(String(200))
     snapshot: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class LimitEvent(Base):
+    """One event counted against a limit shared by every process on the database
+    (app.store.limits): a message sent (``kind`` "message", ``key`` the user's id), a failed
+    login (per name, per address). It counts until ``until`` (seconds since the epoch: the
+    event's time plus its limit's window) and is deleted some time after."""
+
+    __tablename__ = "limit_events"
+    __table_args__ = (Index("ix_limit_events_kind_key_until", "kind", "key", "until"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    key: Mapped[str] = mapped_column(String(255))
+    until: Mapped[float] = mapped_column(Float, index=True)

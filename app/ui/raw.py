@@ -50,7 +50,7 @@ class RawUI:
         signed-in user; it asks the backend, so it counts against the user's message rate."""
         mine = await self.users.conversations(request)
         try:
-            self.turns.guard.check(mine.user_id, message or "render")
+            await self.turns.guard.check(mine.user_id, message or "render")
         except MessageRefused as err:
             raise gr.Error(str(err)) from err
         try:
