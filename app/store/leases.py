@@ -22,7 +22,7 @@ import os
 import socket
 from datetime import timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import ColumnElement, delete, not_, or_, select, update
 
 from app.store.models import Lease, Message, new_id, now
 from app.store.store import Store
@@ -30,6 +30,11 @@ from app.store.store import Store
 log = logging.getLogger(__name__)
 
 INTERRUPTED_BY_RESTART = "The app stopped while this reply was streaming."
+
+
+def live(expiry: timedelta) -> ColumnElement[bool]:
+    """Whether a lease is live now: its heartbeat no older than ``expiry`` (LEASE_EXPIRY)."""
+    return Lease.heartbeat_at >= now() - expiry
 
 
 class ProcessLease:
@@ -55,16 +60,17 @@ class ProcessLease:
                                 "it writes interrupted; each is stored right as it ends")
                 session.add(Lease(id=self.id, host=socket.gethostname()[:255], pid=os.getpid()))
                 session.flush()
-            cutoff = now() - self.expiry
-            live = select(Lease.id).where(Lease.heartbeat_at >= cutoff)
+            alive = live(self.expiry)
             marked = session.execute(
                 update(Message)
                 .where(Message.status == "streaming",
-                       or_(Message.lease_id.is_(None), Message.lease_id.not_in(live)))
+                       or_(Message.lease_id.is_(None),
+                           Message.lease_id.not_in(select(Lease.id).where(alive))))
                 .values(status="interrupted", error=INTERRUPTED_BY_RESTART, updated_at=now())
                 .execution_options(synchronize_session=False)
             )
-            session.execute(delete(Lease).where(Lease.heartbeat_at < cutoff))
+            # The places its replies held (app.store.running) go with it (ON DELETE CASCADE).
+            session.execute(delete(Lease).where(not_(alive)))
         self.store.lease_id = self.id
         return int(marked.rowcount)  # type: ignore[attr-defined]
 

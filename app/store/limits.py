@@ -7,11 +7,8 @@ event is a row that counts until its ``until`` (its time plus the window); rows 
 deleted once a minute by whichever process counts next.
 
 ``take`` checks and counts in one transaction, so that two processes cannot both take the
-last place: it inserts the event first, then counts. On PostgreSQL the transaction first takes
-an advisory lock of its kind and key (``pg_advisory_xact_lock``, released at commit), so that
-the insert and count of another process wait for it; on SQLite the insert takes the
-database's one write lock, which does the same (SQLite has one writer at a time). A refused
-event is deleted before the commit.
+last place: it takes the lock of its kind and key (``Store.lock``), inserts the event, then
+counts. A refused event is deleted before the commit.
 
 Times are seconds since the epoch (``time.time``: one clock for every process; a test hands
 its own). Calls are synchronous and short (a couple of small queries); async callers run
@@ -20,11 +17,10 @@ them in a thread.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.store.models import LimitEvent
@@ -37,7 +33,6 @@ class Limits:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self._clock = clock
-        self._postgres = store.engine.dialect.name == "postgresql"
         self._pruned_at = clock()
 
     def take(self, kind: str, key: str, limit: int, seconds: float) -> float:
@@ -46,7 +41,7 @@ class Limits:
         allowed."""
         now = self._clock()
         with self.store.transaction() as session:
-            self._lock(session, kind, key)
+            self.store.lock(session, kind, key)
             event = LimitEvent(kind=kind, key=key, until=now + seconds)
             session.add(event)
             session.flush()
@@ -77,12 +72,6 @@ class Limits:
             session.execute(
                 delete(LimitEvent).where(LimitEvent.kind == kind, LimitEvent.key == key)
             )
-
-    def _lock(self, session: Session, kind: str, key: str) -> None:
-        if self._postgres:
-            digest = hashlib.blake2b(f"{kind}\0{key}".encode(), digest_size=8).digest()
-            session.execute(text("SELECT pg_advisory_xact_lock(:lock)"),
-                            {"lock": int.from_bytes(digest, "big", signed=True)})
 
     @staticmethod
     def _counted(session: Session, kind: str, key: str, now: float) -> tuple[int, float]:

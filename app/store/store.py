@@ -12,6 +12,7 @@ to the message it adds, and ``switch_branch`` moves it to another branch.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -89,6 +90,17 @@ class Store:
         every query of the app."""
         with self._sessions.begin() as session:
             yield session
+
+    def lock(self, session: Session, kind: str, key: str) -> None:
+        """Take the lock of ``kind`` and ``key`` until ``session``'s transaction ends, so that
+        the transactions of every process that take it run one after the other: on
+        PostgreSQL an advisory lock (``pg_advisory_xact_lock``); on SQLite nothing, as long
+        as the transaction writes before it reads (its first write takes the database's one
+        write lock, which does the same: SQLite has one writer at a time)."""
+        if self.engine.dialect.name == "postgresql":
+            digest = hashlib.blake2b(f"{kind}\0{key}".encode(), digest_size=8).digest()
+            session.execute(text("SELECT pg_advisory_xact_lock(:lock)"),
+                            {"lock": int.from_bytes(digest, "big", signed=True)})
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (creating it in an empty database)."""
