@@ -64,6 +64,14 @@ class StoreUnavailable(StoreError):
     """The database did not answer (locked for too long, or down); ``str(err)`` says so."""
 
 
+def unavailable(err: OperationalError) -> StoreUnavailable:
+    """What a caller is told of the database failing with ``err`` (logged here)."""
+    log.warning("The database failed", exc_info=err)
+    return StoreUnavailable(
+        "The database did not answer; nothing was changed. Try again in a moment."
+    )
+
+
 def title_from(text: str) -> str:
     """A conversation's automatic title: the first line of its first message, shortened."""
     line = next((part.strip() for part in text.splitlines() if part.strip()), "New conversation")
@@ -118,10 +126,7 @@ class Conversations:
         try:
             return await asyncio.to_thread(call, self.user_id, *args, **kwargs)
         except OperationalError as err:  # SQLite's "database is locked", a server gone
-            log.warning("The database failed", exc_info=True)
-            raise StoreUnavailable(
-                "The database did not answer; nothing was changed. Try again in a moment."
-            ) from err
+            raise unavailable(err) from err
 
     # -- reading -------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """What a message must pass before anything is stored or sent: not empty, not too long in
-characters or in tokens, and not over the user's rate. The page and the REST API share it.
+characters or in tokens, not over the user's rate, and not over the user's running replies.
+The page and the REST API share it.
 
-The rate is counted in the database (``app.store.limits``), so that it holds for a user
-across every replica of the app on that database."""
+The rate and the running replies are counted in the database (``app.store.limits``,
+``app.store.running``), so that they hold for a user across every replica of the app on
+that database."""
 
 from __future__ import annotations
 
@@ -11,12 +13,18 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+from sqlalchemy.exc import OperationalError
 
 from app.chat.attachments import Attachment, drop_advice, with_attachments
 from app.chat.context import estimate_tokens
+from app.chat.conversations import unavailable
+from app.chat.replies import TooManyReplies
 from app.settings import Settings
 from app.store import Store
 from app.store.limits import Limits
+from app.store.running import Running
 
 WINDOW_SECONDS = 60.0
 
@@ -74,6 +82,11 @@ class Guard:
     ) -> None:
         self.settings = settings
         self._limits = Limits(store, clock)
+        self._running = Running(store, timedelta(seconds=settings.lease_expiry))
+        # In AUTH_MODE=none every page is the same local user: the process's limit only.
+        self.max_running = (
+            settings.max_running_replies_per_user if settings.auth_mode != "none" else None
+        )
 
     async def check(
         self, user_id: int, text: str, attachments: Sequence[Attachment] = ()
@@ -98,6 +111,29 @@ class Guard:
                 + self._advice(attachments, tokens - limit, estimate_tokens)
             )
         await self._count(user_id)
+
+    async def hold(self, user_id: int) -> int | None:
+        """A place among the user's running replies (MAX_RUNNING_REPLIES_PER_USER, counted
+        across every replica), for ``release``: its id, or None where there is no such cap.
+        Raises ``TooManyReplies`` over the cap, ``StoreUnavailable`` when the database does
+        not answer; either way nothing is held."""
+        if self.max_running is None:
+            return None
+        try:
+            place = await asyncio.to_thread(self._running.hold, user_id, self.max_running)
+        except OperationalError as err:  # SQLite's "database is locked", a server gone
+            raise unavailable(err) from err
+        if place is None:
+            raise TooManyReplies(
+                f"You have {self.max_running} replies being written, the most one user may; "
+                "stop one or wait for it to end.", 429,
+            )
+        return place
+
+    async def release(self, place: int | None) -> None:
+        """Give up a place ``hold`` took (its reply or call ended)."""
+        if place is not None:
+            await asyncio.to_thread(self._running.release, place)
 
     @staticmethod
     def _advice(attachments: Sequence[Attachment], excess: int, cost: Callable[[str], int]) -> str:

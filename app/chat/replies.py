@@ -8,8 +8,9 @@ the exchange's ``stop`` event, which ends it for all. With ``REPLY_KEEPS_RUNNING
 default), a reply nobody follows any more goes on until it ends and is stored; off, a follower
 that goes away stops it, as the page did before.
 
-Running replies are counted per process (``MAX_RUNNING_REPLIES``) and per user
-(``MAX_RUNNING_REPLIES_PER_USER``), so that replies that outlive their pages cannot pile up.
+Running replies are counted per process here (``MAX_RUNNING_REPLIES``: this process's
+capacity) and per user in the database, across every replica (``Guard.hold``:
+``MAX_RUNNING_REPLIES_PER_USER``), so that replies that outlive their pages cannot pile up.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import Counter
 from collections.abc import Awaitable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,37 +67,25 @@ class Replies:
     def __init__(self, settings: Settings) -> None:
         self.keeps_running = settings.reply_keeps_running
         self.max_running = settings.max_running_replies
-        # In AUTH_MODE=none every page is the same local user: the process's limit only.
-        self.max_per_user = (
-            settings.max_running_replies_per_user if settings.auth_mode != "none" else None
-        )
         self._by_reply: dict[int, LiveReply] = {}
         self._by_key: dict[str, LiveReply] = {}
-        self._per_user: Counter[int] = Counter()
         self._starting = 0
 
     @contextmanager
-    def admitting(self, user_id: int) -> Iterator[None]:
-        """Hold a place for a reply of ``user_id`` while it starts (``run`` takes it over),
+    def admitting(self) -> Iterator[None]:
+        """Hold a place in this process for a reply while it starts (``run`` takes it over),
         or while a call of the model that is not stored runs (``Turns.calling``: the raw
-        prompt, a refinement); raises ``TooManyReplies`` over a limit."""
+        prompt, a refinement); raises ``TooManyReplies`` over the process's limit."""
         if len(self._by_reply) + self._starting >= self.max_running:
             raise TooManyReplies(
                 f"The server is writing {self.max_running} replies, the most it takes at "
                 "once; try again in a moment.", 503, RETRY_AFTER_SECONDS,
             )
-        if self.max_per_user is not None and self._per_user[user_id] >= self.max_per_user:
-            raise TooManyReplies(
-                f"You have {self.max_per_user} replies being written, the most one user may; "
-                "stop one or wait for it to end.", 429,
-            )
         self._starting += 1
-        self._per_user[user_id] += 1
         try:
             yield
         finally:
             self._starting -= 1
-            self._release(user_id)
 
     def run(
         self, exchange: Exchange, user_id: int, conversation_id: str,
@@ -112,7 +100,6 @@ class Replies:
         )
         self._by_reply[exchange.reply_id] = self._by_key[live.key] = live
         exchange.live = live.key
-        self._per_user[user_id] += 1
         return live
 
     async def _drive(self, live: LiveReply, writing: Awaitable[None]) -> None:
@@ -129,14 +116,7 @@ class Replies:
             assert exchange.reply_id is not None
             del self._by_reply[exchange.reply_id], self._by_key[live.key]
             exchange.live = None
-            self._release(live.user_id)
             exchange.log.end()
-
-    def _release(self, user_id: int) -> None:
-        """One reply fewer for ``user_id``; users with none are not kept."""
-        self._per_user[user_id] -= 1
-        if not self._per_user[user_id]:
-            del self._per_user[user_id]
 
     def running(self, user_id: int, conversation_id: str) -> LiveReply | None:
         """The reply of the user's conversation that is being written, if any."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,11 +28,11 @@ from app.chat.attachments import (
     with_attachments,
 )
 from app.chat.context import ContextOverflow, FittedContext, estimate_tokens
-from app.chat.conversations import Conversations
+from app.chat.conversations import Conversations, StoreUnavailable
 from app.chat.guard import Guard, MessageRefused
 from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.chat.models import Chat, Exchange
-from app.chat.replies import LiveReply, TooManyReplies
+from app.chat.replies import RETRY_AFTER_SECONDS, LiveReply, TooManyReplies
 from app.chat.service import ChatService, Progress
 from app.store.models import kept_settings
 
@@ -43,8 +43,8 @@ SAVE_INTERVAL_SECONDS = 1.0
 class TurnRefused(ValueError):
     """The message cannot be answered now; ``str(err)`` says why and what to do. Nothing was
     stored. ``status`` is the HTTP status the REST API answers with; ``retry_after`` is set
-    (seconds) over a rate limit or the process's limit on running replies; ``backend_error``
-    when no backend answers."""
+    (seconds) over a rate limit or the process's limit on running replies, or when the
+    database does not answer; ``backend_error`` when no backend answers."""
 
     def __init__(
         self, message: str, status: int = 422, retry_after: float | None = None,
@@ -96,6 +96,27 @@ class Call:
     def continuation(self, stop: asyncio.Event) -> AsyncGenerator[RawToken]:
         """The tokens that continue ``sent`` as a raw prompt (``ChatService.stream_raw``)."""
         return self.service.stream_raw(self.info, self.sent, self.params, stop)
+
+
+@dataclass(eq=False)
+class Place:
+    """A place among the user's running replies (``Guard.hold``; ``id`` None: no such cap),
+    given up as the block that admitted it ends, unless a reply takes it over."""
+
+    guard: Guard
+    id: int | None
+    taken: bool = False
+
+    def take(self, writing: Awaitable[None]) -> Coroutine[Any, Any, None]:
+        """``writing`` (a reply), which gives the place up once it has run."""
+        self.taken = True
+        return self._given_up_after(writing)
+
+    async def _given_up_after(self, writing: Awaitable[None]) -> None:
+        try:
+            await writing
+        finally:
+            await self.guard.release(self.id)
 
 
 @dataclass
@@ -166,9 +187,10 @@ class Turns:
         many), the message refused by the guard (422, or 429 with ``retry_after``), too many
         replies running (429 for the user's, 503 with ``retry_after`` for the process's), no
         backend for the model (503, or 422 for a model nobody offers), a setting the backend
-        would refuse or a message too long for its context (422).
+        would refuse or a message too long for its context (422), the database not answering
+        (503).
         """
-        with self._admitted(conversations.user_id):
+        async with self._admitted(conversations.user_id) as place:
             replaced = edited if edited is not None else retried
             attachments = self.attachments(request, replaced)
             kept = len(chat.exchanges) if replaced is None else chat.exchanges.index(replaced)
@@ -182,7 +204,7 @@ class Turns:
                 attachments=attachments,
             )
             assert chat.id is not None, "a begun turn has a stored conversation"
-            writing = write(call, conversations, exchange)
+            writing = place.take(write(call, conversations, exchange))
             live = self.service.replies.run(exchange, conversations.user_id, chat.id, writing)
         return Turn(chat, live, call.info, call.fitted.dropped_exchanges, call.fitted.budget)
 
@@ -196,18 +218,29 @@ class Turns:
         the user's place among the running replies held until the block ends. Raises
         ``TurnRefused`` as ``start`` does. Stream from the ``Call``: it fails over and is
         measured as a reply is."""
-        with self._admitted(user_id):
+        async with self._admitted(user_id):
             yield await self._prepared(
                 user_id, request, request.text if sent is None else sent, (), ()
             )
 
-    @contextmanager
-    def _admitted(self, user_id: int) -> Iterator[None]:
-        """A place among the running replies held for ``user_id``; ``TurnRefused`` over a
-        limit (429 for the user's, 503 with ``retry_after`` for the process's)."""
+    @asynccontextmanager
+    async def _admitted(self, user_id: int) -> AsyncIterator[Place]:
+        """A place among the running replies held for ``user_id``, in this process and among
+        the user's across every replica, until the block ends or a reply takes it over
+        (``Place.take``); ``TurnRefused`` over a limit (429 for the user's, 503 with
+        ``retry_after`` for the process's) or when the database does not answer (503 with
+        ``retry_after``)."""
         try:
-            with self.service.replies.admitting(user_id):
-                yield
+            with self.service.replies.admitting():
+                try:
+                    place = Place(self.guard, await self.guard.hold(user_id))
+                except StoreUnavailable as err:
+                    raise TurnRefused(str(err), 503, RETRY_AFTER_SECONDS) from err
+                try:
+                    yield place
+                finally:
+                    if not place.taken:
+                        await self.guard.release(place.id)
         except TooManyReplies as err:
             raise TurnRefused(str(err), err.status, err.retry_after) from err
 

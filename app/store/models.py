@@ -266,3 +266,19 @@ class LimitEvent(Base):
     kind: Mapped[str] = mapped_column(String(20))
     key: Mapped[str] = mapped_column(String(255))
     until: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RunningPlace(Base):
+    """A place held among a user's running replies (app.store.running): a reply being
+    written, or a call of the model that is not stored, by the process of ``lease_id``. It
+    counts while that lease is live, and goes with the lease (a process that died) or when
+    the reply ends."""
+
+    __tablename__ = "running"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, index=True)
+    # None: a process that serves nothing holds no lease (a test's, a tool's).
+    lease_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("leases.id", ondelete="CASCADE"), index=True
+    )
