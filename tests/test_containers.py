@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bench import procs
 from bench.scaleout import Nginx, nginx_binary, render_conf
 from tests.conftest import REPO
 from tests.docker_engine import read_env_file
+from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 
 CONTAINERS = REPO / "containers"
@@ -585,20 +586,19 @@ def test_behind_the_shipped_nginx_a_locked_out_address_leaves_the_others_signing
                 "127.0.0.1 still signs in")
 
 
-@pytest.mark.postgres
-def test_behind_the_shipped_nginx_two_replicas_hold_a_user_to_one_message_rate(
-    tmp_path: Path, backend: ServerThread, postgres_url: str,
-) -> None:
-    """Two replicas of the app on one PostgreSQL behind the shipped nginx.conf, which sends a
-    request without a route cookie to a replica picked by a random hash (the client drops
-    the cookie nginx hands it): a user with a rate
-    of 2 messages a minute sends 10, and 2 are answered, the rest refused with 429, wherever
-    they land. Each replica counted its own before, and answered more."""
+@contextmanager
+def two_replicas(
+    tmp_path: Path, backend: ServerThread, postgres_url: str, settings: dict[str, str],
+) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    """Two replicas of the app on one PostgreSQL behind the shipped nginx.conf, with
+    ``settings`` and accounts on: a client of nginx's door and the headers of alice, signed
+    up. nginx sends a request without a route cookie to a replica picked by a random hash
+    (clear the client's cookies before each)."""
     try:
         nginx_binary()
     except RuntimeError:
         pytest.skip("needs Debian's nginx: apt-get install nginx-light")
-    settings = {"AUTH_MODE": "password", "ALLOW_SIGNUP": "true", "RATE_LIMIT_PER_MINUTE": "2"}
+    settings = {"AUTH_MODE": "password", "ALLOW_SIGNUP": "true", **settings}
     door = free_port()
     with ExitStack() as stack:
         # One after the other: the first migrates the database, the second finds it done.
@@ -613,9 +613,42 @@ def test_behind_the_shipped_nginx_two_replicas_hold_a_user_to_one_message_rate(
         credentials = {"name": "alice", "password": "a long enough passphrase"}
         assert client.post("/signup", json=credentials).status_code == 201
         token = client.post("/login", json=credentials).json()["token"]
+        yield client, {"authorization": f"Bearer {token}"}
+
+
+@pytest.mark.postgres
+def test_behind_the_shipped_nginx_two_replicas_hold_a_user_to_one_message_rate(
+    tmp_path: Path, backend: ServerThread, postgres_url: str,
+) -> None:
+    """Behind nginx (``two_replicas``), a user with a rate of 2 messages a minute sends 10,
+    each to a replica picked at random, and 2 are answered, the rest refused with 429,
+    wherever they land. Each replica counted its own before, and answered more."""
+    with two_replicas(tmp_path, backend, postgres_url,
+                      {"RATE_LIMIT_PER_MINUTE": "2"}) as (client, alice):
         statuses = []
         for number in range(10):
             client.cookies.clear()  # no route cookie: nginx picks a replica at random
             statuses.append(client.post("/dialogue", json={"message": f"hello {number}"},
-                                        headers={"authorization": f"Bearer {token}"}).status_code)
+                                        headers=alice).status_code)
         assert statuses == [200, 200] + [429] * 8, statuses
+
+
+@pytest.mark.postgres
+def test_behind_the_shipped_nginx_two_replicas_hold_a_user_to_one_cap_of_running_replies(
+    tmp_path: Path, fake: FakeBackend, backend: ServerThread, postgres_url: str,
+) -> None:
+    """Behind nginx (``two_replicas``), a user with MAX_RUNNING_REPLIES_PER_USER=2 starts 8
+    slow replies, each on a replica picked at random: 2 start and run on, the other 6 are
+    refused with 429, wherever they land. Each replica counted its own before, and started
+    up to 2 each."""
+    fake.tokens, fake.token_delay = [f"token{i} " for i in range(600)], 0.05
+    settings = {"MAX_RUNNING_REPLIES_PER_USER": "2", "RATE_LIMIT_PER_MINUTE": "100"}
+    with two_replicas(tmp_path, backend, postgres_url, settings) as (client, alice):
+        statuses = []
+        for number in range(8):
+            client.cookies.clear()  # no route cookie: nginx picks a replica at random
+            # The reply runs on after its client leaves (REPLY_KEEPS_RUNNING).
+            with client.stream("POST", "/dialogue", headers=alice,
+                               json={"message": f"long one {number}", "stream": True}) as answer:
+                statuses.append(answer.status_code)
+        assert statuses == [200, 200] + [429] * 6, statuses
