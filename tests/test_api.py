@@ -29,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 from app.server import create_app
 from app.store import Accounts, Store
 from app.store.leases import ProcessLease
+from app.store.running import Running
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
@@ -511,6 +512,26 @@ def test_a_database_that_does_not_answer_is_a_503_to_try_again(
     assert answer.json() == {
         "error": "The database did not answer; nothing was changed. Try again in a moment."
     }
+
+
+def test_a_database_that_does_not_answer_at_admission_refuses_the_message_whole(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's place among the running replies is taken in the database (``Guard.hold``):
+    a database that does not answer then is a 503 to try again, and nothing is stored."""
+    alice = api.user("alice")
+
+    def locked(*args: Any) -> None:
+        raise OperationalError("INSERT …", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(Running, "hold", locked)
+    answer = api.say(alice, "hello")
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert "The database did not answer" in assert_error_shape(answer, 503)["error"]
+    monkeypatch.undo()
+    assert api.http.get("/dialogues", headers=alice).json() == []
+    assert api.say(alice, "hello").status_code == 200, "nothing was left held"
 
 
 def test_a_client_that_leaves_mid_stream_picks_the_reply_up_where_it_left(
