@@ -7,7 +7,7 @@ the same failures, and a restart forgets none.
 
 The client address is the one uvicorn hands the app: the connection's peer, or the address a
 proxy named in TRUSTED_PROXIES puts in ``X-Forwarded-For``. Gradio gives its login check the
-name and password only, so ``ClientAddressMiddleware`` sets ``client_address`` for it.
+name and password only, so ``app.logs.RequestIdMiddleware`` sets ``client_address`` for it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
-
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.store import Store
 from app.store.limits import Limits
@@ -35,9 +32,6 @@ RULE = (
     f"from one address, within {_MINUTES}, logins are refused, even with the right password, "
     f"until {_MINUTES} have passed since the first of them."
 )
-
-client_address: ContextVar[str] = ContextVar("client_address", default="unknown")
-
 
 class LoginLocked(Exception):
     """Raised instead of checking a password while the name or the client address has had
@@ -77,22 +71,3 @@ class LoginThrottle:
         else:
             self._limits.add("login-name", key, FAILED_LOGIN_WINDOW)
             self._limits.add("login-address", address, FAILED_LOGIN_WINDOW)
-
-
-class ClientAddressMiddleware:
-    """Set ``client_address`` to each HTTP request's client address (after uvicorn has read
-    a trusted proxy's ``X-Forwarded-For``)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        token = client_address.set(client[0] if client else "unknown")
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            client_address.reset(token)

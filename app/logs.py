@@ -20,6 +20,9 @@ from datetime import UTC, datetime
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
+# The request's client address, as uvicorn gives it (a trusted proxy's X-Forwarded-For read),
+# for what has no request to read it from: Gradio's login check (``app.logins``).
+client_address: ContextVar[str] = ContextVar("client_address", default="unknown")
 
 HIDDEN = "***"
 PATTERNS = (
@@ -88,7 +91,8 @@ def configure_logging(secrets: Sequence[str], level: str, as_json: bool) -> None
 
 class RequestIdMiddleware:
     """Give each HTTP request an id (the client's ``X-Request-ID`` when it is a sane one),
-    set it for the logs of that request and return it in the response's header."""
+    set it for the logs of that request and return it in the response's header; and set
+    ``client_address`` for the request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -100,6 +104,8 @@ class RequestIdMiddleware:
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
         rid = given if GOOD_REQUEST_ID.match(given) else new_request_id()
         token = request_id.set(rid)
+        client = scope.get("client")
+        address = client_address.set(client[0] if client else "unknown")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -112,3 +118,4 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
+            client_address.reset(address)

@@ -23,8 +23,8 @@ from app.chat.checks import Checks
 from app.chat.guard import Guard
 from app.chat.turns import Turns
 from app.live import install_live
-from app.logins import RULE, ClientAddressMiddleware, LoginLocked, LoginThrottle, client_address
-from app.logs import RequestIdMiddleware
+from app.logins import RULE, LoginLocked, LoginThrottle
+from app.logs import RequestIdMiddleware, client_address
 from app.preview import install_preview
 from app.settings import Settings
 from app.share_page import install_share_page
@@ -89,7 +89,6 @@ def create_app(settings: Settings, service: ChatService | None = None) -> FastAP
         lifespan=lifespan,
     )
     api.add_middleware(RequestIdMiddleware)
-    api.add_middleware(ClientAddressMiddleware)
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
