@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.dialogue import SSE, Dialogues, check_out
+from app.api.dialogue import ON_REQUEST, SSE, Dialogues, check_out, streamed_responses
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
 from app.api.models import CheckIn, CheckOut, MessagePath, RunIn, RunOut
@@ -59,13 +59,7 @@ def add_check_routes(router: APIRouter, user: Any, dialogues: Dialogues, checks:
 
     @router.post(
         "/messages/{message_id}/check", response_model=CheckOut,
-        responses={
-            200: {"content": {SSE: {"schema": {
-                "type": "string", "description": "With stream=true or Accept: "
-                "text/event-stream: `data: {json}` events, see the `stream` field.",
-            }}}},
-            **_errors(401, 403, 404, 422, 429, 503),
-        },
+        responses=streamed_responses(ON_REQUEST, 401, 403, 404, 422, 429, 503),
         summary="Check a reply against tests, and repair it",
     )
     async def check(

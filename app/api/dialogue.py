@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import Request
 
-from app.api.errors import ApiError
+from app.api.errors import ApiError, error_responses
 from app.api.models import (
     AttachmentOut,
     CheckOut,
@@ -51,6 +51,16 @@ from app.store import (
 )
 
 SSE = "text/event-stream"
+# What a 200 of an endpoint that streams on request holds (its OpenAPI description).
+ON_REQUEST = ("With stream=true or Accept: text/event-stream: `data: {json}` events, see the "
+              "`stream` field.")
+
+
+def streamed_responses(description: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """An endpoint's ``responses`` for OpenAPI: server-sent events at 200 (``description``),
+    and each of ``statuses`` an error's body."""
+    events = {"schema": {"type": "string", "description": description}}
+    return {200: {"content": {SSE: events}}, **error_responses(*statuses)}
 # The fields of DialogueIn kept with the conversation, under the page's names for them.
 STORED_CONTROLS = ("max_new_tokens", "temperature", "top_p", "seed", "model")
 

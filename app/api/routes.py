@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import StreamingResponse
 
 from app.api.checks import add_check_routes
-from app.api.dialogue import SSE, Dialogues
+from app.api.dialogue import ON_REQUEST, SSE, Dialogues, streamed_responses
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
 from app.api.models import (
@@ -234,13 +234,7 @@ class RestApi:
 
         @router.post(
             "/dialogue", response_model=DialogueOut,
-            responses={
-                200: {"content": {SSE: {"schema": {
-                    "type": "string", "description": "With stream=true or Accept: "
-                    "text/event-stream: `data: {json}` events, see the `stream` field.",
-                }}}},
-                **_errors(400, 401, 404, 422, 429, 503),
-            },
+            responses=streamed_responses(ON_REQUEST, 400, 401, 404, 422, 429, 503),
             summary="Send a message and get the reply",
         )
         async def dialogue(body: DialogueIn, request: Request, user_id: User) -> Any:
@@ -255,13 +249,9 @@ class RestApi:
             return await self.dialogues.reply(turn, stop_if_gone)
 
         @router.get(
-            "/dialogues/{dialogue_id}/stream", responses={
-                200: {"content": {SSE: {"schema": {
-                    "type": "string", "description": "`data: {json}` events, as `POST "
-                    "/dialogue` with stream=true sends them.",
-                }}}},
-                **_errors(401, 404, 409, 422),
-            },
+            "/dialogues/{dialogue_id}/stream", responses=streamed_responses(
+                "`data: {json}` events, as `POST /dialogue` with stream=true sends them.",
+                401, 404, 409, 422),
             response_class=StreamingResponse, summary="Follow the reply being written",
         )
         async def follow(
