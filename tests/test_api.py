@@ -8,6 +8,7 @@ import logging
 import secrets
 import socket
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -632,9 +633,16 @@ def test_a_reply_another_process_writes_is_not_followed_here(api: Api) -> None:
 
 
 def test_running_replies_are_limited_per_user_and_per_process(
-    start_api: Callable[..., Api], fake: FakeBackend
+    start_api: Callable[..., Api], fake: FakeBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api = start_api(max_running_replies_per_user=1, max_running_replies=2)
+    release = Running.release
+
+    def slowly(self: Running, place: int) -> None:  # a database slow to answer
+        time.sleep(0.5)
+        release(self, place)
+
+    monkeypatch.setattr(Running, "release", slowly)
     alice, bob, carol = api.user("alice"), api.user("bob"), api.user("carol")
     with long_reply(api, fake, alice, 300) as (dialogue_id, _):
         refused = api.say(alice, "and another")
@@ -645,10 +653,11 @@ def test_running_replies_are_limited_per_user_and_per_process(
             full = api.say(carol, "me too")
             assert_error_shape(full, 503)
             assert full.headers["Retry-After"] == "5"
-        api.http.post(f"/dialogues/{dialogue_id}/stop", headers=alice)
-        wait_for(lambda: stored_reply(api, alice, dialogue_id)["status"] == "stopped")
+        assert api.http.post(f"/dialogues/{dialogue_id}/stop", headers=alice).status_code == 204
+        # Stop answers once the reply has ended: stored, its place given back.
+        assert stored_reply(api, alice, dialogue_id)["status"] == "stopped"
     fake.token_delay = 0
-    assert api.say(alice, "now it fits").status_code == 200
+    assert api.say(alice, "now it fits").status_code == 200, "at once, after the stop"
 
 
 def test_a_dialogue_deleted_while_its_reply_streams_stays_deleted(

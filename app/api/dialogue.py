@@ -290,13 +290,18 @@ class Dialogues:
                            "route cookie), or read it with GET /messages.")
         return last
 
-    def stop(self, user_id: int, dialogue_id: str) -> bool:
-        """Stop the dialogue's reply being written, if any; returns whether one was."""
+    async def stop(self, user_id: int, dialogue_id: str) -> bool:
+        """Stop the dialogue's reply being written, if any, and wait until it has ended:
+        stored as stopped, its places among the running replies given back (a client that
+        sends again at once is not refused for it). Returns whether one was running."""
         with yours(dialogue_id):
             live = self.replies.running(user_id, dialogue_id)
-        if live is not None:
-            live.stop()
-        return live is not None
+        if live is None:
+            return False
+        live.stop()
+        if live.task is not None:
+            await asyncio.wait({live.task})  # a client leaving does not cancel the reply
+        return True
 
     async def listed(self, user_id: int, search: str, limit: int) -> list[DialogueSummary]:
         """The user's dialogues, newest first."""

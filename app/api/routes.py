@@ -279,8 +279,9 @@ class RestApi:
             dialogue_id: DialoguePath,
         ) -> Response:
             """Stop the conversation's reply, for every page and client following it; it is
-            stored as stopped, with its text so far. Nothing happens when none is running."""
-            if not self.dialogues.stop(user_id, dialogue_id):
+            stored as stopped, with its text so far, before this answers. Nothing happens
+            when none is running."""
+            if not await self.dialogues.stop(user_id, dialogue_id):
                 await self.dialogues.follow(user_id, dialogue_id)  # 404 if not the user's
             return Response(status_code=204)
 
