@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 from app.server import create_app
 from app.store import Accounts, Store
 from app.store.leases import ProcessLease
+from app.store.limits import Limits
 from app.store.running import Running
 from tests.conftest import settings_for
 from tests.fake_backend import FakeBackend
@@ -515,17 +516,20 @@ def test_a_database_that_does_not_answer_is_a_503_to_try_again(
     }
 
 
+@pytest.mark.parametrize("step", [(Running, "hold"), (Limits, "take")],
+                         ids=["running place", "message rate"])
 def test_a_database_that_does_not_answer_at_admission_refuses_the_message_whole(
-    api: Api, monkeypatch: pytest.MonkeyPatch
+    api: Api, monkeypatch: pytest.MonkeyPatch, step: tuple[type, str]
 ) -> None:
-    """The user's place among the running replies is taken in the database (``Guard.hold``):
-    a database that does not answer then is a 503 to try again, and nothing is stored."""
+    """A message's admission counts it in the database (the user's running replies,
+    ``Guard.hold``; the message rate, ``Guard.check``): a database that does not answer
+    then is a 503 to try again, and nothing is stored or held."""
     alice = api.user("alice")
 
     def locked(*args: Any) -> None:
         raise OperationalError("INSERT …", {}, sqlite3.OperationalError("database is locked"))
 
-    monkeypatch.setattr(Running, "hold", locked)
+    monkeypatch.setattr(*step, locked)
     answer = api.say(alice, "hello")
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "5"

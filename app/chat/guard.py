@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
@@ -27,6 +28,7 @@ from app.store.limits import Limits
 from app.store.running import Running
 
 WINDOW_SECONDS = 60.0
+T = TypeVar("T")
 
 
 class MessageRefused(ValueError):
@@ -91,7 +93,8 @@ class Guard:
     async def check(
         self, user_id: int, text: str, attachments: Sequence[Attachment] = ()
     ) -> None:
-        """Raises ``MessageRefused``; a message that passes counts against the user's rate.
+        """Raises ``MessageRefused``, or ``StoreUnavailable`` when the database does not answer;
+        a message that passes counts against the user's rate.
         Attached files count toward the message's length as the model is sent them; over a
         limit, the refusal says which of them to drop."""
         if not text.strip():
@@ -119,10 +122,7 @@ class Guard:
         not answer; either way nothing is held."""
         if self.max_running is None:
             return None
-        try:
-            place = await asyncio.to_thread(self._running.hold, user_id, self.max_running)
-        except OperationalError as err:  # SQLite's "database is locked", a server gone
-            raise unavailable(err) from err
+        place = await _stored(self._running.hold, user_id, self.max_running)
         if place is None:
             raise TooManyReplies(
                 f"You have {self.max_running} replies being written, the most one user may; "
@@ -145,9 +145,8 @@ class Guard:
         per_minute = self.settings.rate_limit_per_minute
         if per_minute == 0:
             return
-        wait = await asyncio.to_thread(
-            self._limits.take, "message", str(user_id), per_minute, WINDOW_SECONDS
-        )
+        wait = await _stored(self._limits.take, "message", str(user_id), per_minute,
+                             WINDOW_SECONDS)
         if wait > 0:
             seconds = math.ceil(wait)
             raise MessageRefused(
@@ -156,3 +155,12 @@ class Guard:
                 f"try again in {seconds} s. Nothing was sent.",
                 retry_after=seconds,
             )
+
+
+async def _stored(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)``, a count in the database, in a thread; ``StoreUnavailable`` when the
+    database does not answer (SQLite's "database is locked", a server gone)."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except OperationalError as err:
+        raise unavailable(err) from err

@@ -12,8 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -232,10 +240,8 @@ class Turns:
         ``retry_after``)."""
         try:
             with self.service.replies.admitting():
-                try:
+                with _refused_when_store_fails():
                     place = Place(self.guard, await self.guard.hold(user_id))
-                except StoreUnavailable as err:
-                    raise TurnRefused(str(err), 503, RETRY_AFTER_SECONDS) from err
                 try:
                     yield place
                 finally:
@@ -252,7 +258,8 @@ class Turns:
         the backend, the parameters, and the context (``sent`` after as many ``earlier``
         exchanges as fit). Raises ``TurnRefused``."""
         try:
-            await self.guard.check(user_id, request.text, attachments)
+            with _refused_when_store_fails():
+                await self.guard.check(user_id, request.text, attachments)
         except MessageRefused as err:
             status = 422 if err.retry_after is None else 429
             raise TurnRefused(str(err), status, err.retry_after) from err
@@ -320,6 +327,16 @@ class Turns:
         exchange.error, exchange.done = str(error), True
         await conversations.save_final(exchange)
         return exchange
+
+
+@contextmanager
+def _refused_when_store_fails() -> Iterator[None]:
+    """A database that does not answer while a message is admitted (its rate, its place
+    among the running replies), as a refusal to try again in a moment (503)."""
+    try:
+        yield
+    except StoreUnavailable as err:
+        raise TurnRefused(str(err), 503, RETRY_AFTER_SECONDS) from err
 
 
 async def write(call: Call, conversations: Conversations, exchange: Exchange) -> None:
