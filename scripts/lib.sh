@@ -2,15 +2,16 @@
 # Shared by scripts/run, scripts/test and scripts/lock (sourced, not run): the virtualenvs and
 # the requirements files they are installed from.
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# scripts/test's: the app, the engine, the test tools and the benchmarks (bench/).
+# scripts/test's: the app, the test tools, the benchmarks (bench/) and their baseline engine.
 # shellcheck disable=SC2034 # (for the scripts that source this file)
 VENV="$REPO/.venv"
-# scripts/run's: the app and the engine only, as the images have the app only.
+# scripts/run's: the app only, as the images have the app only (the engine, llama-server, is a
+# binary of its own: ensure_engine_server).
 # shellcheck disable=SC2034
 RUN_VENV="$REPO/.venv-run"
 # pyproject.toml's extras; each is locked in requirements-EXTRA.txt (written by scripts/lock),
 # the app's own dependencies in requirements.txt.
-EXTRAS=(engine test bench)
+EXTRAS=(baseline test bench)
 LOCK_FILES=("$REPO/requirements.txt")
 for _extra in "${EXTRAS[@]}"; do LOCK_FILES+=("$REPO/requirements-$_extra.txt"); done
 unset _extra
@@ -45,9 +46,14 @@ find_python() {
     fail "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)."
 }
 
-# The embedded engine, llama-cpp-python, ships as source only: it is compiled here, once, and
-# its wheel kept in ENGINE_CACHE, in a folder named by its pin and its build options.
+# The engines are built here, once, and kept in ENGINE_CACHE, each in a folder named by its pin
+# and its build options.
 ENGINE_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/coding-playground/engine"
+# The embedded engine is llama.cpp's own server, llama-server, built from the llama.cpp that the
+# llama-cpp-python sdist vendors (vendor/llama.cpp, commit 0c1e570): fetched from PyPI as
+# source only, never installed, its hash checked. The same source as the llama-cpp-python of
+# the benchmarks' baseline (requirements-baseline.txt).
+ENGINE_SOURCE="llama-cpp-python==0.3.36 --hash=sha256:832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 
 # engine_cmake_args: llama.cpp's build options (CMAKE_ARGS). For this CPU (GGML_NATIVE=ON,
 # llama.cpp's default, spelled out: SOURCE_DATE_EPOCH turns it off), without Intel AMX on
@@ -66,23 +72,72 @@ engine_cmake_args() {
     echo "$args${CMAKE_ARGS:+ $CMAKE_ARGS}"
 }
 
-# ensure_engine_wheel PYTHON: sets ENGINE_WHEEL to the engine's wheel, built with
-# engine_cmake_args from the sdist that requirements-engine.txt pins (its hash checked) the
-# first time, found in ENGINE_CACHE after that. pip's own wheel cache is left out of it: it
-# keys a wheel by the sdist alone, and would hand back one built with other options.
-ensure_engine_wheel() {
-    local python="$1" pin args version dir tmp
+# engine_server_cmake_args: llama-server's build, with engine_cmake_args: one static binary
+# (it is copied out of its build folder), no tests, examples nor web UI (LLAMA_USE_PREBUILT_UI
+# would fetch the UI from the Hub at build time, and the app is the UI), no OpenSSL (it
+# serves the app on this machine over plain HTTP).
+engine_server_cmake_args() {
+    echo "-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF" \
+        "-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF" \
+        "-DLLAMA_OPENSSL=OFF $(engine_cmake_args)"
+}
+
+# engine_folder NAME PIN ARGS: the cache folder of a build of PIN with ARGS.
+engine_folder() {
+    local version
+    version="$(sed -nE '1s/[^=]*==([^ ]+).*/\1/p' <<<"$2")"
+    echo "$ENGINE_CACHE/$1-$version-$(uname -m)-$(printf '%s\n%s\n' "$2" "$3" | sha256sum | cut -c1-16)"
+}
+
+# ensure_engine_server PYTHON: sets and exports ENGINE_SERVER, the llama-server binary (the
+# app's ENGINE_SERVER setting): found in ENGINE_CACHE, or built there the first time from
+# ENGINE_SOURCE (pip download, PYTHON's pip), with engine_server_cmake_args.
+ensure_engine_server() {
+    local python="$1" args dir tmp src
+    args="$(engine_server_cmake_args)"
+    dir="$(engine_folder llama-server "$ENGINE_SOURCE" "$args")"
+    export ENGINE_SERVER="$dir/llama-server"
+    [ ! -x "$ENGINE_SERVER" ] || return 0
+    echo "Building llama-server (about 5 minutes on 2 cores, once: kept in $dir)"
+    echo "  with $args"
+    mkdir -p "$ENGINE_CACHE"
+    tmp="$(mktemp -d "$dir.XXXXXX")"
+    echo "$ENGINE_SOURCE" >"$tmp/requirements.txt"
+    echo "$args" >"$tmp/cmake-args"
+    "$python" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+        --require-hashes -r "$tmp/requirements.txt" -d "$tmp" ||
+        { rm -rf "$tmp"; fail "could not fetch llama.cpp's source from PyPI; see pip's message."; }
+    tar -xzf "$tmp"/*.tar.gz -C "$tmp" && rm "$tmp"/*.tar.gz
+    src="$(compgen -G "$tmp/*/vendor/llama.cpp")"
+    # shellcheck disable=SC2086 # (the options, quoted as engine_cmake_args quotes them)
+    if ! { eval cmake -S "'$src'" -B "'$tmp/build'" $args >"$tmp/build.log" 2>&1 &&
+        cmake --build "$tmp/build" --target llama-server -j "$(nproc)" >>"$tmp/build.log" 2>&1; }; then
+        tail -n 20 "$tmp/build.log" >&2
+        rm -rf "$tmp"
+        fail "building llama-server failed (it needs CMake and a C/C++ compiler); see above."
+    fi
+    cp "$tmp/build/bin/llama-server" "$tmp/llama-server"
+    rm -rf "$tmp/build" "${src%/vendor/llama.cpp}"
+    # Whole or not at all, and a build that finished first in another shell wins.
+    mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
+}
+
+# ensure_baseline_wheel PYTHON: sets BASELINE_WHEEL to the wheel of llama-cpp-python (the
+# embedded engine before llama-server, the engine benchmark's baseline: bench/engines.py),
+# built with engine_cmake_args from the sdist that requirements-baseline.txt pins (its hash
+# checked) the first time, found in ENGINE_CACHE after that. pip's own wheel cache is left out
+# of it: it keys a wheel by the sdist alone, and would hand back one built with other options.
+ensure_baseline_wheel() {
+    local python="$1" pin args dir tmp
     # The pin and its hash lines, as the lock writes them.
     pin="$(awk '/^llama-cpp-python[[=]/ { on = 1 } on { print; if (!/\\$/) exit }' \
-        "$REPO/requirements-engine.txt")"
-    [ -n "$pin" ] || fail "requirements-engine.txt pins no llama-cpp-python"
+        "$REPO/requirements-baseline.txt")"
+    [ -n "$pin" ] || fail "requirements-baseline.txt pins no llama-cpp-python"
     args="$(engine_cmake_args)"
-    version="$(sed -nE '1s/.*==([^ ]+).*/\1/p' <<<"$pin")"
-    dir="$ENGINE_CACHE/llama-cpp-python-$version-$(uname -m)-$(
-        printf '%s\n%s\n' "$pin" "$args" | sha256sum | cut -c1-16)"
-    ENGINE_WHEEL="$(compgen -G "$dir/*.whl" | head -n1 || true)"
-    [ -z "$ENGINE_WHEEL" ] || return 0
-    echo "Building llama-cpp-python $version (about 5 minutes on 2 cores, once: kept in $dir)"
+    dir="$(engine_folder llama-cpp-python "$pin" "$args")"
+    BASELINE_WHEEL="$(compgen -G "$dir/*.whl" | head -n1 || true)"
+    [ -z "$BASELINE_WHEEL" ] || return 0
+    echo "Building llama-cpp-python, the benchmarks' baseline engine (about 5 minutes on 2 cores, once: kept in $dir)"
     echo "  with CMAKE_ARGS=$args"
     mkdir -p "$ENGINE_CACHE"
     tmp="$(mktemp -d "$dir.XXXXXX")"
@@ -95,7 +150,7 @@ ensure_engine_wheel() {
     fi
     # Whole or not at all, and a build that finished first in another shell wins.
     mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"
-    ENGINE_WHEEL="$(compgen -G "$dir/*.whl" | head -n1)"
+    BASELINE_WHEEL="$(compgen -G "$dir/*.whl" | head -n1)"
 }
 
 # ensure_venv DIR EXTRAS [KEEP]: a virtualenv in DIR with the app's dependencies and those of
@@ -112,24 +167,24 @@ ensure_venv() {
         echo "Creating the virtualenv in $dir ..."
         "$(find_python)" -m venv "$dir" || fail "could not create $dir (is python3-venv installed?)"
     fi
-    local engine=false
-    case ",$extras," in *,engine,*) engine=true ;; esac
+    local baseline=false
+    case ",$extras," in *,baseline,*) baseline=true ;; esac
     stamp="$dir/.installed-${extras//,/-}"
-    # The engine's build options count too: a virtualenv whose engine was built otherwise (with
-    # AMX, before) gets the engine they make.
-    want="$({ cat "${files[@]}"; if $engine; then engine_cmake_args; fi; } | sha256sum)"
+    # The baseline engine's build options count too: a virtualenv whose engine was built
+    # otherwise (with AMX, before) gets the engine they make.
+    want="$({ cat "${files[@]}"; if $baseline; then engine_cmake_args; fi; } | sha256sum)"
     want="${want%% *}"
     [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || return 0
     echo "Installing the playground${extras:+ with [$extras]} into $dir ..."
     # 23.1 is the first pip that takes a wheel it built from its cache when hashes are required.
     "$python" -m pip install --quiet --disable-pip-version-check "pip>=23.1" ||
         fail "could not update pip in $dir"
-    if $engine; then
-        # The engine first, from its own wheel; the locked install below finds that version in
-        # place and adds what it needs, every hash checked.
-        ensure_engine_wheel "$python"
+    if $baseline; then
+        # The baseline engine first, from its own wheel; the locked install below finds that
+        # version in place and adds what it needs, every hash checked.
+        ensure_baseline_wheel "$python"
         "$python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
-            "$ENGINE_WHEEL" || fail "installing the engine's wheel failed; see pip's message above."
+            "$BASELINE_WHEEL" || fail "installing the baseline engine's wheel failed; see pip's message above."
     fi
     local requirements=()
     for extra in "${files[@]}"; do requirements+=(-r "$extra"); done

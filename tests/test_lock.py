@@ -4,8 +4,11 @@ with the hashes of its files, for Python 3.11 on any platform.
 - requirements.txt: the app's dependencies. The Space (sdk: gradio) installs it as its
   requirements; the app image (containers/Dockerfile), the Docker Space, scripts/run and
   scripts/test install it too.
-- requirements-EXTRA.txt, one for each extra of pyproject.toml (engine, test, bench): the
+- requirements-EXTRA.txt, one for each extra of pyproject.toml (baseline, test, bench): the
   packages the extra adds to requirements.txt.
+
+The embedded engine, llama-server, is no Python package: scripts/lib.sh builds it from the
+llama.cpp that the baseline's llama-cpp-python sdist vendors (``ENGINE_SOURCE``).
 
 Checked here without the network: each file against pyproject.toml, the files against each
 other (one version of a package everywhere), and what each script and image installs. The
@@ -31,7 +34,7 @@ from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
 
-EXTRAS = ("engine", "test", "bench")
+EXTRAS = ("baseline", "test", "bench")
 APP_LOCK = REPO / "requirements.txt"
 LOCKS = {"": APP_LOCK, **{extra: REPO / f"requirements-{extra}.txt" for extra in EXTRAS}}
 # The platform every image and Space runs on, and this machine: Linux x86_64, CPython 3.11.
@@ -141,19 +144,27 @@ def test_a_package_has_one_version_in_every_file() -> None:
 
 
 def test_the_benchmarks_packages_stay_out_of_the_apps_environment() -> None:
-    """scripts/run's virtualenv and the images get the app (and the engine), not openai or
-    matplotlib, nor the test tools."""
-    app = set(installed_by("engine"))
+    """scripts/run's virtualenv and the images get the app, not openai or matplotlib, nor the
+    test tools, nor the old engine."""
+    app = set(installed_by())
     assert {"openai", "matplotlib"} <= names(LOCKS["bench"])
-    assert not {"openai", "matplotlib", "pytest", "ruff", "mypy", "playwright", "uv"} & app
+    assert not {"openai", "matplotlib", "pytest", "ruff", "mypy", "playwright", "uv",
+                "llama-cpp-python"} & app
     assert not {"openai", "matplotlib"} & names(LOCKS["test"])
 
 
-def test_the_engine_is_locked_at_the_version_pyproject_pins() -> None:
-    [wanted] = (Requirement(r) for r in PROJECT["optional-dependencies"]["engine"])
-    pin = installed_by("engine")["llama-cpp-python"]
+def test_the_engine_is_built_from_the_baselines_source() -> None:
+    """llama-server's source (ENGINE_SOURCE) is the sdist of the baseline's llama-cpp-python,
+    pinned at the version pyproject.toml names, with the same hash."""
+    [wanted] = (Requirement(r) for r in PROJECT["optional-dependencies"]["baseline"])
+    pin = installed_by("baseline")["llama-cpp-python"]
     assert f"=={pin.version}" == str(wanted.specifier)
     assert pin.extras == {"server"}
+    source = subprocess.run(["bash", "-c", 'source scripts/lib.sh && echo "$ENGINE_SOURCE"'],
+                            cwd=REPO, check=True, capture_output=True, text=True).stdout
+    spec, digest = source.split(" --hash=")
+    assert spec == f"llama-cpp-python=={pin.version}"
+    assert pin.hashes == {digest.strip()}
 
 
 # -- who installs the requirements files -------------------------------------------------
@@ -177,15 +188,17 @@ def test_the_docker_space_installs_the_apps_lock_with_its_hashes() -> None:
 
 
 def test_the_scripts_install_the_lock_for_their_part() -> None:
-    """scripts/run: the app and the engine, in a virtualenv of its own; scripts/test: all of
-    it (--fast: without the engine, which it leaves in place)."""
+    """scripts/run: the app, in a virtualenv of its own, and the engine; scripts/test: all of
+    it (--fast: without the engine, nor the baseline engine, which it leaves in place)."""
     run = (REPO / "scripts/run").read_text()
-    assert re.findall(r"^ensure_venv .*$", run, flags=re.MULTILINE) == [
-        'ensure_venv "$RUN_VENV" engine']
+    assert re.findall(r"^ensure_\w+ .*$", run, flags=re.MULTILINE) == [
+        'ensure_venv "$RUN_VENV" ""', 'ensure_engine_server "$RUN_VENV/bin/python"',
+        'ensure_mermaid "$RUN_VENV/bin/python"']
     test = (REPO / "scripts/test").read_text()
-    assert re.findall(r"^\s*ensure_venv .*$", test, flags=re.MULTILINE) == [
-        '    ensure_venv "$VENV" test,bench engine,test,bench',
-        '    ensure_venv "$VENV" engine,test,bench']
+    assert re.findall(r"^\s*ensure_(?:venv|engine_server) .*$", test, flags=re.MULTILINE) == [
+        '    ensure_venv "$VENV" test,bench baseline,test,bench',
+        '    ensure_venv "$VENV" baseline,test,bench',
+        '    ensure_engine_server "$VENV/bin/python"']
 
 
 WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
@@ -233,12 +246,13 @@ def test_the_engine_is_built_for_this_cpu_without_amx() -> None:
 
 
 def test_ensure_venv_installs_the_lock_with_every_hash_checked_once(tmp_path: Path) -> None:
-    """The engine's wheel is built once, with engine_cmake_args and without pip's wheel cache,
-    into a folder of its own named by the pin and those options; the virtualenv gets it again
-    when the options change, and the options it was built with again take the kept wheel."""
+    """The baseline engine's wheel is built once, with engine_cmake_args and without pip's
+    wheel cache, into a folder of its own named by the pin and those options; the virtualenv
+    gets it again when the options change, and the options it was built with again take the
+    kept wheel."""
     venv, log, cache = tmp_path / "venv", tmp_path / "calls", tmp_path / "cache"
     stub_python(venv)
-    command = f'source scripts/lib.sh && ensure_venv "{venv}" engine'
+    command = f'source scripts/lib.sh && ensure_venv "{venv}" baseline'
     env = {"PATH": os.environ["PATH"], "STUB_LOG": str(log), "XDG_CACHE_HOME": str(cache)}
     for _ in range(2):
         subprocess.run(["bash", "-c", command], cwd=REPO, env=env, check=True,
@@ -255,9 +269,9 @@ def test_ensure_venv_installs_the_lock_with_every_hash_checked_once(tmp_path: Pa
     assert calls[3] == ("-m pip install --quiet --disable-pip-version-check --no-deps "
                         f"--force-reinstall {kept}/{WHEEL}")
     assert calls[4] == ("-m pip install --quiet --disable-pip-version-check --require-hashes "
-                        f"-r {REPO}/requirements.txt -r {REPO}/requirements-engine.txt")
+                        f"-r {REPO}/requirements.txt -r {REPO}/requirements-baseline.txt")
     assert calls[6] == f"-m pip install --quiet --disable-pip-version-check --no-deps -e {REPO}"
-    assert calls[7] == f"- {REPO}/requirements.txt {REPO}/requirements-engine.txt"
+    assert calls[7] == f"- {REPO}/requirements.txt {REPO}/requirements-baseline.txt"
     assert len(calls) == 8, "the second call finds the virtualenv up to date"
 
     log.unlink()
@@ -276,6 +290,74 @@ def test_ensure_venv_installs_the_lock_with_every_hash_checked_once(tmp_path: Pa
     calls = log.read_text().splitlines()
     assert calls[1] == ("-m pip install --quiet --disable-pip-version-check --no-deps "
                         f"--force-reinstall {kept}/{WHEEL}"), "the kept wheel, not built again"
+
+
+def stub_source(folder: Path, builds: bool = True) -> Path:
+    """A virtualenv's bin/python whose ``pip download`` logs its arguments and leaves an sdist
+    in its -d folder: a tiny CMake project at ``vendor/llama.cpp`` whose ``llama-server``
+    target prints the options it was configured with (or fails to compile)."""
+    project = folder / "sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"
+    project.mkdir(parents=True)
+    (project / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.16)\nproject(stub C)\n"
+        "set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)\n"
+        'add_compile_definitions(OPTIONS="${LLAMA_BUILD_UI} ${LLAMA_USE_PREBUILT_UI} '
+        '${BUILD_SHARED_LIBS} ${CMAKE_C_FLAGS}")\n'
+        "add_executable(llama-server server.c)\n")
+    body = 'int main(void) { puts(OPTIONS); return 0; }' if builds else "not C"
+    (project / "server.c").write_text(f"#include <stdio.h>\n{body}\n")
+    sdist = folder / "llama_cpp_python-0.3.36.tar.gz"
+    subprocess.run(["tar", "-czf", sdist, "-C", folder / "sdist", "llama_cpp_python-0.3.36"],
+                   check=True)
+    python = folder / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/usr/bin/env bash\necho "$*" >>"$STUB_LOG"\n'
+                      'cat "${@: -3:1}" >>"$STUB_LOG"\n'
+                      f'cp {sdist} "${{@: -1}}"\n')
+    python.chmod(0o755)
+    return python
+
+
+def test_the_engine_is_built_once_from_its_pinned_source(tmp_path: Path) -> None:
+    """llama-server: its source fetched as an sdist only (no wheel, no dependency, its hash
+    required), built with the server's options and engine_cmake_args, kept in a folder named
+    by the pin and those options, and found there the next time; ENGINE_SERVER names it."""
+    python, log, cache = stub_source(tmp_path / "venv"), tmp_path / "calls", tmp_path / "cache"
+    env = {"PATH": os.environ["PATH"], "STUB_LOG": str(log), "XDG_CACHE_HOME": str(cache)}
+    command = f'source scripts/lib.sh && ensure_engine_server "{python}" && echo "$ENGINE_SERVER"'
+    runs = [subprocess.run(["bash", "-c", command], cwd=REPO, env=env, check=True,
+                           capture_output=True, text=True) for _ in range(2)]
+    [kept] = (cache / "coding-playground/engine").iterdir()
+    assert kept.name.startswith(f"llama-server-0.3.36-{platform.machine()}-")
+    assert {run.stdout.splitlines()[-1] for run in runs} == {f"{kept}/llama-server"}
+    assert "Building llama-server" in runs[0].stdout
+    assert "Building" not in runs[1].stdout
+    download, source = log.read_text().splitlines()
+    assert re.fullmatch(rf"-m pip download --quiet --disable-pip-version-check --no-deps "
+                        rf"--no-binary :all: --require-hashes -r {kept}\.\w+/requirements.txt "
+                        rf"-d {kept}\.\w+", download)
+    assert re.fullmatch(r"llama-cpp-python==0\.3\.36 --hash=sha256:[0-9a-f]{64}", source)
+    printed = subprocess.run([kept / "llama-server"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert printed[:3] == ["OFF", "OFF", "OFF"], "no web UI, nothing fetched, one binary"
+    if platform.machine() == "x86_64":
+        assert "-mno-amx-tile" in printed
+    assert sorted(path.name for path in kept.iterdir()) == [
+        "build.log", "cmake-args", "llama-server", "requirements.txt"], "the source is gone"
+
+
+def test_a_failed_engine_build_says_so_and_keeps_nothing(tmp_path: Path) -> None:
+    python, cache = stub_source(tmp_path / "venv", builds=False), tmp_path / "cache"
+    env = {"PATH": os.environ["PATH"], "STUB_LOG": str(tmp_path / "calls"),
+           "XDG_CACHE_HOME": str(cache)}
+    failed = subprocess.run(["bash", "-c", f'source scripts/lib.sh && ensure_engine_server '
+                             f'"{python}"'], cwd=REPO, env=env, capture_output=True, text=True,
+                            check=False)
+    assert failed.returncode == 1
+    assert "error: building llama-server failed (it needs CMake and a C/C++ compiler)" in (
+        failed.stderr)
+    assert "server.c" in failed.stderr, "the compiler's own words are shown"
+    assert list((cache / "coding-playground/engine").iterdir()) == []
 
 
 def test_ensure_venv_removes_what_the_lock_does_not_name(tmp_path: Path) -> None:
