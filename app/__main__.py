@@ -27,8 +27,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--engine",
         action="store_true",
-        help="also start the embedded llama.cpp engine (ENGINE_MODEL_PATH on ENGINE_PORT) and "
-        "chat with it instead of BACKEND_URL; it stops when the app stops",
+        help="also start the embedded engine, llama.cpp's llama-server (ENGINE_SERVER), "
+        "serving ENGINE_MODEL_PATH on ENGINE_PORT to ENGINE_PARALLEL people at once, and chat "
+        "with it instead of BACKEND_URL; it is started again if it dies, and stops when the "
+        "app stops",
     )
     parser.add_argument(
         "--env-file",

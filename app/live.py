@@ -34,7 +34,7 @@ from contextlib import aclosing
 
 from fastapi import FastAPI, Header, Query, Response
 
-from app.chat.log import ReplyLog
+from app.chat.log import ReplyLog, waiting_notice
 from app.chat.replies import Replies
 from app.events import HEADERS, event, event_stream
 
@@ -59,7 +59,10 @@ async def events(log: ReplyLog, offset: int, seconds: float) -> AsyncIterator[by
             except StopAsyncIteration:
                 yield event(name="end")
                 return
-            yield event(piece.text, id=piece.end)
+            if piece.text:
+                yield event(piece.text, id=piece.end)
+            elif (before := log.waiting) is not None:
+                yield event(waiting_notice(before), name="waiting")
 
 
 def install_live(app: FastAPI, replies: Replies) -> None:

@@ -38,6 +38,14 @@ class Metrics:
             "playground_backend_up", "1 while the backend answers, 0 while it is marked down",
             ["backend"], registry=r,
         )
+        self.backend_slots = Gauge(
+            "playground_backend_slots", "Requests the backend serves at once, where it says "
+            "(llama-server's slots)", ["backend"], registry=r,
+        )
+        self.backend_requests = Gauge(
+            "playground_backend_requests", "This process's requests open on the backend, by "
+            "state: served, or waiting for one of its slots", ["backend", "state"], registry=r,
+        )
         self.cache = Counter(
             "playground_response_cache", "Response cache lookups, by result (hit, miss)",
             ["result"], registry=r,

@@ -7,6 +7,7 @@ environment wins over the file. Every field here has a row in docs/settings.md's
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,10 +147,14 @@ class Settings(BaseSettings):
     lease_heartbeat_interval: float = Field(2.0, gt=0)
     lease_expiry: float = Field(10.0, gt=0)
 
+    engine_server: str = "llama-server"
     engine_model_path: Path = Path("volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     engine_host: str = "127.0.0.1"
     engine_port: int = Field(8080, ge=1, le=65535)
     engine_start_timeout: float = Field(120.0, gt=0)
+    engine_parallel: int | None = Field(None, ge=1, le=64)
+    engine_threads: int | None = Field(None, ge=1)
+    engine_context_tokens: int | None = Field(None, ge=256)
 
     model_id: str = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     model_revision: str = Field("main", min_length=1)
@@ -349,6 +354,26 @@ class Settings(BaseSettings):
     @property
     def engine_url(self) -> str:
         return f"http://{self.engine_host}:{self.engine_port}"
+
+    @property
+    def engine_slots(self) -> int:
+        """ENGINE_PARALLEL, or by default two slots a core, from 1 to 8, and at most one a
+        GiB of memory."""
+        if self.engine_parallel is not None:
+            return self.engine_parallel
+        cores = len(os.sched_getaffinity(0))
+        memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**30
+        return max(1, min(2 * cores, 8, memory_gib))
+
+    @property
+    def engine_slot_context(self) -> int:
+        """ENGINE_CONTEXT_TOKENS, or by default room for the longest message the guard lets
+        through and the longest reply (at least CONTEXT_TOKENS), in llama.cpp's steps of 256
+        tokens."""
+        if self.engine_context_tokens is not None:
+            return self.engine_context_tokens
+        wanted = max(self.context_tokens, self.max_message_tokens + self.max_new_tokens)
+        return -(-wanted // 256) * 256
 
 
 def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:

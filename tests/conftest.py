@@ -24,6 +24,9 @@ from tests.servers import ServerThread, free_port
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output"
 MODEL = REPO / "volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The engine scripts/test built (it sets ENGINE_SERVER), read before ``isolated_env`` clears the
+# settings from the environment.
+ENGINE_SERVER = os.environ.get("ENGINE_SERVER", "llama-server")
 
 
 @pytest.fixture(autouse=True)
@@ -52,9 +55,14 @@ def backend(fake: FakeBackend) -> Iterator[ServerThread]:
 
 @dataclass
 class RunningApp:
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     url: str
     engine_url: str
+    log: Path
+
+    def output(self) -> str:
+        """What the app (and the engine's supervisor in it) printed so far."""
+        return self.log.read_text(errors="replace")
 
 
 def answers(url: str) -> bool:
@@ -65,29 +73,47 @@ def answers(url: str) -> bool:
 
 
 @pytest.fixture
-def running_app(tmp_path: Path) -> Iterator[RunningApp]:
+def start_app(tmp_path: Path) -> Iterator[Callable[..., RunningApp]]:
+    """``python -m app --engine`` with the real llama-server and the default model, with more
+    settings (``ENGINE_PARALLEL="2"``, say); started once its page answers, killed after the
+    test. Its output goes to the test folder's ``app.log``, the engine's to
+    ``volumes/data/engine.log`` there."""
     if not MODEL.is_file():
         pytest.fail(f"{MODEL} is missing: scripts/test fetches it with python -m app.downloader")
-    app_port, engine_port = free_port(), free_port()
-    env = {
-        **os.environ, "PYTHONPATH": str(REPO), "APP_PORT": str(app_port),
-        "ENGINE_PORT": str(engine_port), "ENGINE_MODEL_PATH": str(MODEL),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--engine"], cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    running = RunningApp(process, f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{engine_port}")
-    deadline = time.monotonic() + 120
-    while not answers(f"{running.url}/healthz"):
-        if process.poll() is not None or time.monotonic() > deadline:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**settings: str) -> RunningApp:
+        app_port, engine_port = free_port(), free_port()
+        env = {
+            **os.environ, "PYTHONPATH": str(REPO), "APP_PORT": str(app_port),
+            "ENGINE_PORT": str(engine_port), "ENGINE_MODEL_PATH": str(MODEL),
+            "ENGINE_SERVER": ENGINE_SERVER, **settings,
+        }
+        with (tmp_path / "app.log").open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "app", "--engine"], cwd=tmp_path,
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append(process)
+        running = RunningApp(process, f"http://127.0.0.1:{app_port}",
+                             f"http://127.0.0.1:{engine_port}", tmp_path / "app.log")
+        deadline = time.monotonic() + 120
+        while not answers(f"{running.url}/healthz"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                pytest.fail(f"the app did not start:\n{running.output()}")
+            time.sleep(0.2)
+        return running
+
+    yield start
+    for process in started:
+        if process.poll() is None:
             process.kill()
-            pytest.fail(f"the app did not start:\n{process.communicate()[0]}")
-        time.sleep(0.2)
-    yield running
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+            process.wait()
+
+
+@pytest.fixture
+def running_app(start_app: Callable[..., RunningApp]) -> RunningApp:
+    return start_app()
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:

@@ -51,9 +51,16 @@ is vLLM (``vllm/entrypoints/openai``, 0.10.2: ``owned_by: "vllm"``, no keep-aliv
 request is HTTP 400 ``{"error": {"message", "type", "param", "code"}}``; an error inside a
 stream is ``data: {"error": {..., "type": "BadRequestError", "code": 400}}`` then ``[DONE]``;
 completions chunks may carry several tokens, with logprob arrays of that length; a usage
-chunk with ``include_usage``). ``served`` makes it a router listing many models (Inference
-Providers). HTTP 429/503 with ``Retry-After`` (``http_429``, ``http_503``) stand for a proxy
-in front of an OpenAI-compatible server; TGI itself never sends them.
+chunk with ``include_usage``). ``llama.cpp`` with ``slots`` set is llama.cpp's own server,
+llama-server, at the engine's pinned commit (0c1e570, under the llama-cpp-python 0.3.36 sdist's
+``vendor/llama.cpp``): models ``owned_by: "llamacpp"`` (``tools/server/server-context.cpp``,
+``get_res_models``); ``GET /props`` with ``total_slots``, one slot's context as
+``default_generation_settings.n_ctx`` and ``build_info`` (the ``props`` handler there); at most
+``slots`` chat streams at once, a request beyond them waiting, silent, until one ends (its task
+deferred: ``tools/server/server-queue.cpp``, ``defer``). ``served`` makes it a router listing
+many models (Inference Providers). HTTP 429/503 with ``Retry-After`` (``http_429``,
+``http_503``) stand for a proxy in front of an OpenAI-compatible server; TGI itself never sends
+them.
 
 What a test reads back: ``requests`` (the bodies received), ``headers``, ``generated`` (for
 TGI: the parameters TGI would have generated with, after its mapping and the shard's
@@ -141,6 +148,8 @@ class FakeBackend:
     fail_times: int | None = None
     retry_after: int | None = None
     served: list[str] = field(default_factory=list)
+    # llama-server's slots (``llama.cpp`` only): how many chat streams it serves at once.
+    slots: int | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     generated: list[dict[str, Any]] = field(default_factory=list)
@@ -149,12 +158,14 @@ class FakeBackend:
     completed: int = 0
     probes: int = 0  # GET /info and /v1/models answered
     chunks: int = 0  # stream chunks sent, every stream together (keep-alives not counted)
+    _slots: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
 
     def app(self) -> Starlette:
         return Starlette(routes=[
             Route("/info", self.info),
             Route("/health", self.health),
             Route("/v1/models", self.list_models),
+            Route("/props", self.props),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/generate_stream", self.generate_stream, methods=["POST"]),
             Route("/tokenize", self.tokenize, methods=["POST"]),
@@ -227,10 +238,21 @@ class FakeBackend:
     async def list_models(self, request: Request) -> Response:
         self.probes += 1
         owner = {"tgi": self.model_id, "llama.cpp": "me", "openai": "vllm"}[self.kind]
+        if self.slots is not None:
+            owner = "llamacpp"
         ids = self.served or [self.model_id]
         return JSONResponse({
             "object": "list",
             "data": [{"id": i, "object": "model", "created": 0, "owned_by": owner} for i in ids],
+        })
+
+    async def props(self, request: Request) -> Response:
+        if self.slots is None:
+            return Response(status_code=404)
+        return JSONResponse({
+            "default_generation_settings": {"n_ctx": self.max_total_tokens},
+            "total_slots": self.slots, "model_alias": self.model_id,
+            "build_info": "b1-0c1e570",
         })
 
     def _template(self, messages: list[dict[str, Any]]) -> str:
@@ -376,6 +398,15 @@ class FakeBackend:
             if step is not None:
                 step.cancel()
 
+    async def _in_a_slot(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``events`` once one of the ``slots`` is free; the slot is taken until they end."""
+        if self._slots is None:
+            assert self.slots is not None
+            self._slots = asyncio.Semaphore(self.slots)
+        async with self._slots:
+            async for sent in events:
+                yield sent
+
     def _streaming(self, events: AsyncIterator[bytes]) -> StreamingResponse:
         return StreamingResponse(self._stream(events), media_type="text/event-stream")
 
@@ -407,6 +438,8 @@ class FakeBackend:
         refused = self._refused_before_stream(mode, request)
         if refused is not None:
             return refused
+        if self.slots is not None:
+            return self._streaming(self._in_a_slot(self._openai_chat(body, mode)))
         if not self.tgi:
             return self._streaming(self._openai_chat(body, mode))
         try:

@@ -27,6 +27,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from sqlalchemy.exc import OperationalError
 
+from app.chat.log import waiting_notice
 from app.server import create_app
 from app.store import Accounts, Store
 from app.store.leases import ProcessLease
@@ -563,6 +564,34 @@ def test_a_client_that_leaves_mid_stream_picks_the_reply_up_where_it_left(
         _, whole, end = events(again)
     assert whole["delta"] == "".join(fake.tokens)
     assert end == last
+
+
+def test_a_reply_waiting_for_a_slot_is_told_so_before_its_text(
+    start_api: Callable[..., Api], fake: FakeBackend
+) -> None:
+    """Against llama-server with one slot (the fake stands for it: tests/fake_backend.py): while
+    one reply holds the slot, the next is told first that it waits, then streams once the slot
+    is free; a reply that finds the slot free is told nothing."""
+    fake.kind, fake.slots = "llama.cpp", 1
+    api = start_api()
+    alice, bob = api.user("alice"), api.user("bob")
+    with (
+        long_reply(api, fake, alice, 20) as (_, first),
+        api.http.stream("POST", "/dialogue", headers=bob,
+                        json={"message": "me too", "stream": True}) as response,
+    ):
+        received = events(response)
+        opened, waiting = next(received), next(received)
+        assert set(opened) == {"dialogue_id", "message_id"}
+        assert waiting == {"waiting": 0, "notice": waiting_notice(0)}
+        assert "Queued" in waiting["notice"]
+        list(first)  # the first reply ends: its slot is free
+        *deltas, end = received
+    assert "".join(event["delta"] for event in deltas) == "".join(fake.tokens)
+    assert end["error"] is None
+    with api.http.stream("POST", "/dialogue", headers=bob,
+                         json={"message": "alone", "stream": True}) as response:
+        assert not [event for event in events(response) if "waiting" in event]
 
 
 def test_a_client_that_asked_for_it_stops_the_reply_by_leaving(

@@ -317,6 +317,37 @@ def test_a_reply_goes_on_through_a_reload_shows_in_a_second_tab_and_stops_in_bot
     second.close()
 
 
+def test_a_reply_waiting_for_the_engines_slot_says_so_until_its_text_comes(
+    browser: Browser, backend: ServerThread, fake: FakeBackend
+) -> None:
+    """Against llama-server with one slot (the fake stands for it: tests/fake_backend.py), two
+    people: while the first one's reply holds the slot, the second sees "Queued" where the
+    reply will be; once the first stops, the second's text replaces it."""
+    fake.kind, fake.slots = "llama.cpp", 1
+    fake.tokens, fake.token_delay = REPLY, 0.02
+    with ServerThread(create_app(settings_for(backend.url, stream_interval=0.05))) as server:
+        first, second = (browser.new_context(viewport={"width": 1200, "height": 1100}).new_page()
+                         for _ in range(2))
+        for page in (first, second):
+            page.goto(server.url)
+        first.locator("#message textarea").fill("Write an add function in Python.")
+        first.locator("#send").click()
+        expect(first.locator("#chat .message.bot")).to_contain_text("word1 ", timeout=15_000)
+        second.locator("#message textarea").fill("Write a sub function in Python.")
+        second.locator("#send").click()
+        notice = second.locator("#chat .message.bot .live-waiting")
+        expect(notice).to_contain_text("Queued", timeout=15_000)
+        expect(notice).to_contain_text("your reply starts as soon as")
+        OUTPUT.mkdir(exist_ok=True)
+        second.screenshot(path=str(OUTPUT / "browser-queued.png"))
+        first.locator("#stop").click()
+        expect(second.locator("#chat .message.bot")).to_contain_text("word1 ", timeout=15_000)
+        expect(notice).to_have_count(0)
+        second.locator("#stop").click()
+        for page in (first, second):
+            page.context.close()
+
+
 def test_a_reply_is_finished_and_stored_after_every_page_closed(
     browser: Browser, backend: ServerThread, fake: FakeBackend, tmp_path: Path
 ) -> None:

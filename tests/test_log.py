@@ -76,3 +76,19 @@ async def test_a_follower_past_the_end_stops_at_once_and_nothing_is_written_afte
     assert [piece async for piece in log.chunks(4)] == []
     with pytest.raises(RuntimeError, match="no more"):
         log.append("more")
+
+
+async def test_a_follower_hears_each_time_the_reply_waits_for_a_slot() -> None:
+    """Before the first text, each change of ``waiting`` wakes the followers with an empty
+    piece; once text has come, the reply waits no more."""
+    log = ReplyLog()
+    follower = log.chunks()
+    log.wait(2)
+    assert (await anext(follower), log.waiting) == (Piece("", 0), 2)
+    log.wait(1)
+    assert (await anext(follower), log.waiting) == (Piece("", 0), 1)
+    log.append("Hi")
+    assert (await anext(follower), log.waiting) == (Piece("Hi", 2), None)
+    log.end()
+    assert [piece async for piece in follower] == []
+    assert [piece async for piece in log.chunks()] == [Piece("Hi", 2)], "a late follower"

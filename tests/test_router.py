@@ -385,3 +385,48 @@ async def test_the_background_checks_survive_anything(
     checks.cancel()
     assert {row.name: row.state for row in r.statuses()} == {"gpu": "up"}
     assert "a bug in a probe" in caplog.text
+
+
+# -- llama-server's slots (the fake stands for it, as tests/fake_backend.py says) ------------
+
+
+async def test_llama_servers_slots_and_context_come_from_its_props(router: MakeRouter) -> None:
+    fake = FakeBackend(kind="llama.cpp", model_id="smol", slots=3, max_total_tokens=4608)
+    with ServerThread(fake.app()) as server:
+        r = router(("engine", server.url))
+        await r.refresh()
+    [status] = r.statuses()
+    assert (status.kind, status.slots, status.max_input_tokens, status.max_total_tokens,
+            status.version) == ("llama.cpp", 3, 4607, 4608, "b1-0c1e570")
+    assert 'playground_backend_slots{backend="engine"} 3.0' in r.metrics.render().decode()
+
+
+async def test_a_request_beyond_the_slots_is_told_how_many_wait_before_it(
+    router: MakeRouter,
+) -> None:
+    """With one slot: the second stream's first delta says it waits (none before it), the
+    third's that one does; the panel's counts and the metrics follow, and go back to zero."""
+    fake = FakeBackend(kind="llama.cpp", model_id="smol", slots=1, token_delay=0.02,
+                       tokens=[f"t{i} " for i in range(10)])
+    with ServerThread(fake.app()) as server:
+        r = router(("engine", server.url))
+        info = await r.info_for("smol")
+        streams = [r.stream(info, MESSAGES, PARAMS) for _ in range(3)]
+        first = await anext(streams[0])
+        assert first.text
+        assert first.waiting is None
+        assert (await anext(streams[1])).waiting == 0
+        assert (await anext(streams[2])).waiting == 1
+        [status] = r.statuses()
+        assert (status.requests, status.waiting) == (3, 2)
+        shown = r.metrics.render().decode()
+        assert 'playground_backend_requests{backend="engine",state="waiting"} 2.0' in shown
+        assert 'playground_backend_requests{backend="engine",state="served"} 1.0' in shown
+        texts = []
+        for stream in streams:
+            async with aclosing(stream):
+                texts.append("".join([delta.text async for delta in stream]))
+    assert texts[0] == "".join(fake.tokens[1:])
+    assert texts[1:] == ["".join(fake.tokens)] * 2
+    [status] = r.statuses()
+    assert (status.requests, status.waiting) == (0, 0)

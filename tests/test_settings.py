@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import AnyHttpUrl, SecretStr
 
+from app.engine import engine_command
 from app.settings import Settings, SettingsError, load_settings
 from tests.conftest import REPO
 
@@ -58,7 +59,12 @@ def test_a_wrong_value_names_the_variable(
 
 SETTINGS_PAGE = REPO / "docs" / "settings.md"
 # Defaults the table describes in words rather than giving the value.
-DESCRIBED_DEFAULTS = {"SYSTEM_PROMPT": "a coding-assistant prompt"}
+DESCRIBED_DEFAULTS = {
+    "SYSTEM_PROMPT": "a coding-assistant prompt",
+    "ENGINE_PARALLEL": "two a core, 1 to 8, at most one a GiB of memory",
+    "ENGINE_CONTEXT_TOKENS": "room for `MAX_MESSAGE_TOKENS` + `MAX_NEW_TOKENS` (at least "
+    "`CONTEXT_TOKENS`), in steps of 256",
+}
 
 
 def settings_table() -> dict[str, str]:
@@ -163,3 +169,29 @@ def test_without_backends_one_is_made_from_backend_url(monkeypatch: pytest.Monke
     (only,) = load_settings().backend_list
     assert (only.name, only.kind, only.root) == ("default", "auto", "http://tgi:8080")
     assert load_settings().backend_token_for(only) == "tok"
+
+
+def test_the_engines_slots_and_their_context_follow_the_machine_and_the_guard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ENGINE_PARALLEL by default: two slots a core, from 1 to 8, at most one a GiB; each
+    slot's context by default room for the longest message and reply the guard allows."""
+    for cores, gib, slots in ((2, 24, 4), (16, 64, 8), (8, 3, 3), (1, 0, 1)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _, cores=cores: set(range(cores)))
+        monkeypatch.setattr("os.sysconf", lambda name, gib=gib: {
+            "SC_PHYS_PAGES": gib * 2**18, "SC_PAGE_SIZE": 4096}[name])
+        assert load_settings().engine_slots == slots, (cores, gib)
+    assert load_settings(engine_parallel=6).engine_slots == 6
+    assert load_settings().engine_slot_context == 4608  # 4000 + 512
+    assert load_settings(max_message_tokens=100, max_new_tokens=100).engine_slot_context == 2048
+    assert load_settings(max_message_tokens=3000, max_new_tokens=300).engine_slot_context == 3328
+    assert load_settings(engine_context_tokens=1000).engine_slot_context == 1000
+
+
+def test_the_engine_is_given_its_slots_their_context_and_its_threads() -> None:
+    command = engine_command(load_settings(
+        engine_parallel=3, engine_context_tokens=1024, engine_threads=1), "llama-server")
+    given = {name: command[command.index(name) + 1]
+             for name in ("--parallel", "--ctx-size", "--threads")}
+    assert given == {"--parallel": "3", "--ctx-size": "3072", "--threads": "1"}
+    assert "--threads" not in engine_command(load_settings(), "llama-server")

@@ -36,7 +36,7 @@ from app.api.models import (
 from app.chat import Chat, ChatService, TurnStats
 from app.chat.conversations import Conversations, NotFound
 from app.chat.guard import Guard
-from app.chat.log import ReplyLog
+from app.chat.log import ReplyLog, waiting_notice
 from app.chat.models import FINISH_TEXT
 from app.chat.replies import LiveReply
 from app.chat.turns import Turn, TurnRefused, TurnRequest, Turns
@@ -328,10 +328,14 @@ class Dialogues:
 async def _events(
     dialogue_id: str, reply_id: int | None, log: ReplyLog, offset: int
 ) -> AsyncIterator[bytes]:
-    """The ids, then the text of ``log`` past ``offset`` as it comes, until the log ends."""
+    """The ids, then the text of ``log`` past ``offset`` as it comes, until the log ends;
+    before the first text, a ``waiting`` event each time the reply waits for a slot."""
     yield event({"dialogue_id": dialogue_id, "message_id": reply_id})
     async for piece in log.chunks(offset):
-        yield event({"delta": piece.text})
+        if piece.text:
+            yield event({"delta": piece.text})
+        elif (before := log.waiting) is not None:
+            yield event({"waiting": before, "notice": waiting_notice(before)})
 
 
 def _end(message_id: int | None, stats: StatsOut | None, error: str | None) -> bytes:

@@ -112,7 +112,8 @@ class ModelOut(BaseModel):
     )
     max_input_tokens: int = Field(description="Most tokens a prompt may have.")
     max_total_tokens: int = Field(description="Most tokens of prompt and reply together.")
-    version: str | None = Field(None, description="The server's version, when it says (TGI).")
+    version: str | None = Field(None, description="The server's version, when it says (TGI, "
+                                "llama-server).")
     controls: list[str] = Field(
         description="Generation settings this backend honours (the API sends only these)."
     )
@@ -187,7 +188,10 @@ class DialogueIn(Body):
         False, description="Answer with server-sent events (as does `Accept: "
         "text/event-stream`): `{\"dialogue_id\", \"message_id\"}` first, then "
         "`{\"delta\"}` pieces of the reply, then `{\"done\": true, \"message_id\", "
-        "\"stats\", \"error\"}`.",
+        "\"stats\", \"error\"}`. Before the first piece, while the reply waits for one of "
+        "the model's slots (the embedded engine answers a few people at once), "
+        "`{\"waiting\", \"notice\"}`: how many requests wait before it, and a sentence "
+        "saying so.",
     )
     stop_on_disconnect: bool = Field(
         False, description="Stop the reply (stored as stopped) when this request goes away "

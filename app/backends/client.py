@@ -88,6 +88,8 @@ class BackendInfo:
     max_stop_sequences: int | None = None
     name: str = "default"
     models: tuple[str, ...] = ()
+    # How many requests it serves at once, when it says (llama-server's slots); more wait.
+    slots: int | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -111,6 +113,9 @@ class Delta:
     completion_tokens: int | None = None
     # Set on the first delta of a reply: the name of the backend that answers.
     backend: str | None = None
+    # Set, before any text, on a reply that waits for one of the backend's slots: how many
+    # requests wait before it (``Router.stream``).
+    waiting: int | None = None
 
 
 @dataclass
@@ -247,9 +252,12 @@ class BackendClient:
         if status != 200:
             raise not_a_backend
         try:
-            return self._narrowed(self._openai_info(json.loads(models)))
+            served = self._openai_info(json.loads(models))
         except (ValueError, AttributeError, TypeError) as err:
             raise not_a_backend from err
+        if served.kind == "llama.cpp":
+            served = await self._llama_server_props(served)
+        return self._narrowed(served)
 
     def _narrowed(self, info: BackendInfo) -> BackendInfo:
         """The info with only the configured models, in their configured order."""
@@ -305,6 +313,26 @@ class BackendClient:
             name=self.name,
             models=tuple(str(model["id"]) for model in models if "id" in model),
         )
+
+    async def _llama_server_props(self, info: BackendInfo) -> BackendInfo:
+        """llama-server's own limits, from ``GET /props`` (``tools/server/server-context.cpp``,
+        the ``props`` handler): the context of one slot (``default_generation_settings.n_ctx``),
+        what a request has at most; its slots (``total_slots``); its build (``build_info``).
+        A server without it (llama-cpp-python's) keeps the configured context."""
+        status, content = await self._get("/props")
+        if status != 200:
+            return info
+        try:
+            props = json.loads(content)
+            context = int(props["default_generation_settings"]["n_ctx"])
+            slots = int(props["total_slots"])
+        except (ValueError, TypeError, KeyError) as err:
+            raise BackendError(
+                f"The backend {self.label} answered GET /props with something other than "
+                f"llama-server's properties ({type(err).__name__}: {err}); check its URL."
+            ) from err
+        return replace(info, max_input_tokens=context - 1, max_total_tokens=context, slots=slots,
+                       version=props.get("build_info"))
 
     def wire_model(self, model: str) -> str:
         """The model as the server expects it: Inference Providers take ``id:provider``."""

@@ -142,8 +142,11 @@ def _tgi_token(event: dict[str, Any]) -> RawToken:
 
 
 def _completion_tokens(event: dict[str, Any]) -> list[RawToken]:
-    """``{"choices": [{"text", "logprobs": {"tokens", "token_logprobs"}, "finish_reason"}]}``;
-    one chunk may carry several tokens (vLLM), each with its log-probability."""
+    """``{"choices": [{"text", "logprobs", "finish_reason"}]}``; one chunk may carry several
+    tokens (vLLM), each with its log-probability. ``logprobs`` is OpenAI's legacy
+    ``{"tokens", "token_logprobs"}`` (vLLM, llama-cpp-python) or, from llama-server, the chat
+    API's ``{"content": [{"token", "logprob", ...}]}`` (``tools/server/server-task.cpp``,
+    ``server_task_result_cmpl_partial::to_json_oaicompat``)."""
     choices = event.get("choices") or []
     if not choices:
         return []
@@ -151,6 +154,9 @@ def _completion_tokens(event: dict[str, Any]) -> list[RawToken]:
     text, finish = str(choice.get("text") or ""), choice.get("finish_reason")
     logprobs = choice.get("logprobs") or {}
     pieces, values = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or []
+    if isinstance(logprobs.get("content"), list):
+        pieces = [str(entry.get("token", "")) for entry in logprobs["content"]]
+        values = [entry.get("logprob") for entry in logprobs["content"]]
     if len(pieces) < 2 or len(values) != len(pieces) or "".join(pieces) != text:
         pieces, values = [text], values[:1] or [None]
     tokens = [RawToken(str(piece), value) for piece, value in zip(pieces, values, strict=True)

@@ -59,9 +59,20 @@ class BackendState:
     down: bool = False
     checked_at: float | None = None
     checked_wall: datetime | None = None
+    # This process's requests to it that are open now: served, or waiting for a slot.
+    requests: int = 0
 
     def __post_init__(self) -> None:
         self.lock = asyncio.Lock()
+
+    @property
+    def slots(self) -> int | None:
+        return self.info.slots if self.info is not None else None
+
+    @property
+    def waiting(self) -> int:
+        """Of ``requests``, those beyond its slots: they wait in the server's queue."""
+        return max(0, self.requests - self.slots) if self.slots is not None else 0
 
     @property
     def name(self) -> str:
@@ -87,6 +98,11 @@ class BackendStatus:
     version: str | None
     error: str | None
     checked_at: datetime | None
+    # This process's requests open on it now, of them those waiting for one of its slots,
+    # and its slots when it says.
+    requests: int = 0
+    waiting: int = 0
+    slots: int | None = None
 
 
 class Router:
@@ -153,7 +169,8 @@ class Router:
                 max_total_tokens=info.max_total_tokens if info else None,
                 version=info.version if info else None,
                 error=str(state.error) if state.down and state.error else None,
-                checked_at=state.checked_wall,
+                checked_at=state.checked_wall, requests=state.requests, waiting=state.waiting,
+                slots=state.slots,
             ))
         return rows
 
@@ -181,11 +198,13 @@ class Router:
         self, info: BackendInfo, messages: Sequence[Mapping[str, str]], params: GenerationParams
     ) -> AsyncGenerator[Delta]:
         """Stream one reply for ``info.model_id``; the first delta names the backend that
-        answers. Raises the backend's own error when one backend was tried, otherwise
-        ``NoBackendAvailable`` with each backend's reason."""
+        answers, and, when all of that backend's slots are taken, says how many requests wait
+        before this one (``Delta.waiting``). Raises the backend's own error when one backend
+        was tried, otherwise ``NoBackendAvailable`` with each backend's reason."""
         started = False
         async for name, delta in self._failover(
-            info, lambda client, target: client.stream_chat(messages, params, target)
+            info, lambda client, target: client.stream_chat(messages, params, target),
+            lambda before: Delta(waiting=before),
         ):
             yield delta if started else replace(delta, backend=name)
             started = started or bool(delta.text)
@@ -205,10 +224,12 @@ class Router:
     async def _failover(
         self, info: BackendInfo,
         open_stream: Callable[[BackendClient, BackendInfo], AsyncGenerator[T]],
+        waiting: Callable[[int], T] | None = None,
     ) -> AsyncGenerator[tuple[str, T]]:
         """The items of ``open_stream`` on the backends serving ``info.model_id``, each with
         the name of the backend that sent it: one backend's, or, when one fails before its
-        first text, the next one's (rounds as the module says)."""
+        first text, the next one's (rounds as the module says). A request that finds all the
+        backend's slots taken is preceded by ``waiting(requests waiting before it)``."""
         model = info.model_id
         failures: dict[str, BackendError] = {}
         for round_number in range(self.retries + 1):
@@ -217,7 +238,10 @@ class Router:
                 assert state.info is not None
                 target = replace(state.info, model_id=model)
                 started = False
+                self._count(state, 1)
                 try:
+                    if waiting is not None and state.waiting:
+                        yield state.name, waiting(state.waiting - 1)
                     async with aclosing(open_stream(state.client, target)) as stream:
                         async for item in stream:
                             started = started or bool(item.text)
@@ -233,6 +257,8 @@ class Router:
                     if isinstance(err, BackendOverloaded) and err.retry_after is not None:
                         wait = max(wait, err.retry_after)
                     continue
+                finally:
+                    self._count(state, -1)
                 self._succeeded(state)
                 return
             if round_number == self.retries or not failures or wait > MAX_RETRY_WAIT:
@@ -270,6 +296,8 @@ class Router:
                 ))
             else:
                 self._mark(state, down=False, error=None)
+                if state.slots is not None:
+                    self.metrics.backend_slots.labels(backend=state.name).set(state.slots)
             state.checked_at = self._clock()
             state.checked_wall = datetime.now(UTC)
 
@@ -277,6 +305,14 @@ class Router:
         down = [s for s in self.states if s.down or s.info is None]
         down = [s for s in down if model is None or model in s.models or s.info is None]
         await asyncio.gather(*(self._check(state, RECHECK_SECONDS) for state in down))
+
+    def _count(self, state: BackendState, change: int) -> None:
+        """One request more (or less) open on ``state``, in its counts and the metrics."""
+        state.requests += change
+        self.metrics.backend_requests.labels(backend=state.name, state="waiting").set(
+            state.waiting)
+        self.metrics.backend_requests.labels(backend=state.name, state="served").set(
+            state.requests - state.waiting)
 
     def _failed(self, state: BackendState, err: BackendError) -> None:
         if not isinstance(err, COUNTS_AS_DOWN):

@@ -38,6 +38,9 @@ class Progress:
     stats: TurnStats
     done: bool = False
     error: BackendError | None = None
+    # Set on an update before the first text when the reply waits for one of the backend's
+    # slots: how many requests wait before it.
+    waiting: int | None = None
 
 
 def router_for(settings: Settings, metrics: Metrics) -> Router:
@@ -150,7 +153,7 @@ class ChatService:
                 async with aclosing(self.router.stream(info, messages, params)) as stream:
                     async for delta in stream:
                         meter.add(delta, self._clock())
-                        if delta.text:
+                        if delta.text or delta.waiting is not None:
                             parts.append(delta.text)
                             changed.set()
             except BackendError as err:
@@ -175,8 +178,12 @@ class ChatService:
                 if wait > 0 and not reader.done():
                     await asyncio.sleep(wait)
                 if len(parts) > shown and not stop.is_set():
-                    added, shown, last_emit = "".join(parts[shown:]), len(parts), self._clock()
-                    yield Progress(added, meter.stats())
+                    # A word that the reply waits for a slot goes out at once too.
+                    added, shown = "".join(parts[shown:]), len(parts)
+                    if added:
+                        last_emit = self._clock()
+                    waiting = meter.waiting if meter.first_at is None else None
+                    yield Progress(added, meter.stats(), waiting=waiting)
         finally:
             watcher.cancel()
             if not reader.done():
@@ -296,6 +303,7 @@ class _Meter:
     reported_tokens: int | None = None
     finish: Finish = "interrupted"
     backend: str | None = None
+    waiting: int | None = None
 
     @property
     def tokens(self) -> int:
@@ -304,6 +312,8 @@ class _Meter:
     def add(self, delta: Delta, now: float) -> None:
         if delta.backend is not None:
             self.backend = delta.backend
+        if delta.waiting is not None:
+            self.waiting = delta.waiting
         if delta.text:
             if self.first_at is None:
                 self.first_at = now

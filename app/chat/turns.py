@@ -352,6 +352,8 @@ async def write(call: Call, conversations: Conversations, exchange: Exchange) ->
     try:
         async with aclosing(stream):
             async for progress in stream:
+                if progress.waiting is not None:
+                    exchange.log.wait(progress.waiting)
                 exchange.log.append(progress.added)
                 exchange.stats = progress.stats
                 if progress.error is not None:

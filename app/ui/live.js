@@ -7,13 +7,15 @@
   // it ends at as the event's id; then "end"; the browser opens it again from the last id
   // when the server ends it) and shows the text past N in the marker, or, when the rendered
   // text ends inside a code block (live-code-1), at the end of that block. Offsets count
-  // characters as Python does (code points), not UTF-16 units.
+  // characters as Python does (code points), not UTF-16 units. Before the first text, a
+  // "waiting" event says that the reply waits for one of the model's slots: that sentence
+  // shows in the marker until the text comes.
   // A browser has six connections for the host and each page's Gradio channel holds two: one
   // tab at a time reads a stream, the one holding the lock LOCK (the others show the renders
   // meanwhile). Without Web Locks (no secure context), the server ends each stream after a
   // second, so that the page's other requests get a connection.
   const LOCK = "coding-playground-live";
-  const streams = new Map(); // key -> { chunks: [[start, text]], shown: [] }
+  const streams = new Map(); // key -> { chunks: [[start, text]], shown: [], waiting }
   const ended = new Set(); // keys whose reply ended: a late render opens nothing again
 
   const marked = (marker, name) =>
@@ -76,7 +78,12 @@
       const span = document.createElement("span");
       span.className = "live-text";
       span.style.whiteSpace = "pre-wrap";
-      if (code) {
+      if (!text && stream.waiting) {
+        span.className = "live-waiting";
+        span.style.fontStyle = "italic";
+        span.textContent = stream.waiting;
+        marker.append(span);
+      } else if (code) {
         goOn(code, span, text);
       } else {
         span.textContent = text;
@@ -103,10 +110,15 @@
     };
     source.onmessage = (event) => {
       const text = JSON.parse(event.data);
+      stream.waiting = null;
       stream.chunks.push([end, text]);
       end = Number(event.lastEventId) || end + Array.from(text).length;
       show(key);
     };
+    source.addEventListener("waiting", (event) => {
+      stream.waiting = JSON.parse(event.data);
+      show(key);
+    });
     source.addEventListener("end", close);
     // 204 (a reply that ended, or one another process writes): the renders show it.
     source.onerror = () => {
@@ -117,7 +129,7 @@
   const open = async (marker) => {
     const key = marked(marker, "key");
     if (!key || streams.has(key) || ended.has(key)) return;
-    const stream = { chunks: [], shown: [] };
+    const stream = { chunks: [], shown: [], waiting: null };
     streams.set(key, stream);
     if (navigator.locks) {
       await navigator.locks.request(LOCK, () => read(key, stream, true));
