@@ -132,15 +132,16 @@ def standin(
 def app(
     folder: Path, backend_url: str, app_path: Path = REPO, database_url: str | None = None,
     port: int | None = None, settings: dict[str, str] | None = None,
-    snapshots: Path | None = None,
+    snapshots: Path | None = None, args: tuple[str, ...] = (),
 ) -> Child:
     """``python -m app`` from ``app_path`` (another checkout, to compare), its database in
     ``folder`` unless ``database_url`` says otherwise, the per-user rate limit off, and
-    ``settings`` (names as in docs/settings.md, any case). With ``snapshots``, the
-    app runs under ``bench/traced.py``, which writes memory snapshots and counters there on
-    SIGUSR1 and SIGUSR2."""
+    ``settings`` (names as in docs/settings.md, any case), with the command-line ``args``
+    (``--engine``). With ``snapshots``, the app runs under ``bench/traced.py``, which writes
+    memory snapshots and counters there on SIGUSR1 and SIGUSR2."""
     port = port or free_port()
-    command = served("app") if snapshots is None else served("bench.traced", str(snapshots))
+    command = (served("app", *args) if snapshots is None
+               else served("bench.traced", str(snapshots), *args))
     env = base_env(app_path) | {
         "BACKEND_URL": backend_url, "APP_PORT": str(port),
         "DATABASE_URL": database_url or f"sqlite:///{folder / 'bench.db'}",
@@ -202,6 +203,17 @@ def mappings(pid: int) -> dict[int, Mapping]:
             start, size, name = low, high - low, head[5] if len(head) > 5 else ""
         elif head[0] == "Rss:":
             found[start] = Mapping(start, name, size, int(head[1]) * 1024)
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (any of its threads) that still run."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended
+            continue
     return found
 
 
