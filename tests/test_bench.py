@@ -23,7 +23,7 @@ import pytest
 from bench import traced
 from bench.client import apply_diff, direct_stream, get_json, reply_text, request
 from bench.standin import PacedStandIn
-from tests.conftest import REPO
+from tests.conftest import ENGINE_SERVER, REPO
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread, free_port
 
@@ -185,7 +185,9 @@ def test_the_reply_is_the_last_text_with_tokens_after_the_message() -> None:
 
 
 def run_bench(name: str, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # ENGINE_SERVER: the llama-server of the benchmarks that start the embedded engine, which
+    # isolated_env took out of the environment.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ENGINE_SERVER": ENGINE_SERVER}
     return subprocess.run(
         [sys.executable, "-m", f"bench.{name}", "--quick", "--output", str(folder), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -324,3 +326,31 @@ def test_humaneval_runs_on_the_embedded_engine(tmp_path: Path) -> None:
     assert [result[way]["error"] for way in ("plain", "naive", "repair")] == [None] * 3
     assert result["plain"]["tokens"] > 0
     assert "def truncate_number" in result["plain"]["code"]
+
+
+@pytest.mark.bench
+@pytest.mark.engine
+def test_the_engines_benchmark_runs_the_old_and_the_new_engine_side_by_side(
+    tmp_path: Path,
+) -> None:
+    """llama-cpp-python's server and llama-server (ENGINE_SERVER, which scripts/test sets),
+    each behind the app: every user of every row gets a whole reply, and below the new
+    engine's slots nobody is told to wait."""
+    done = run_bench("engines", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "engines.json").read_text())
+    rows = report["results"]
+    assert [(r["target"], r["users"]) for r in rows] == [
+        ("old", 1), ("old", 2), ("new", 1), ("new", 2)]
+    assert [(r["target"], r["first_errors"]) for r in rows if r["errors"]] == []
+    for row in rows:
+        assert len(row["replies"]) == row["users"]
+        assert all(reply["tokens"] > 0 and reply["ttft_ms"] is not None
+                   for reply in row["replies"]), row
+        assert row["measures"]["told_to_wait"] == 0
+        assert row["measures"]["engine_cpu_seconds"] > 0
+    assert [(s["target"], s["users"]) for s in report["summary"]] == [
+        ("old", 1), ("new", 1), ("old", 2), ("new", 2)]
+    assert [r["users"] for r in report["ratios"]] == [1, 2]
+    assert (tmp_path / "engines.png").stat().st_size > 0
+    assert "| 2 | new |" in (tmp_path / "engines.md").read_text()
