@@ -306,3 +306,18 @@ async def test_probe_of_something_else_says_so(client_for: ClientFor) -> None:
     not_one = "does not answer like TGI or an OpenAI-compatible server"
     with ServerThread(site) as server, pytest.raises(BackendError, match=not_one):
         await client_for(server.url).probe()
+
+
+async def test_probe_of_a_server_loading_its_model_says_it_is_starting(
+    client_for: ClientFor,
+) -> None:
+    """llama-server answers every path with 503 and its "Loading model" error until the model
+    is loaded (tools/server/server-http.cpp, at the engine's pinned commit)."""
+    async def loading(request: object) -> JSONResponse:
+        return JSONResponse({"error": {"message": "Loading model", "type": "unavailable_error",
+                                       "code": 503}}, status_code=503)
+
+    site = Starlette(routes=[Route("/{path:path}", loading)])
+    with ServerThread(site) as server, pytest.raises(BackendError, match="is starting: it "
+                                                     "answered HTTP 503"):
+        await client_for(server.url).probe()

@@ -245,6 +245,13 @@ class BackendClient:
         status, models = await self._get("/v1/models")
         if status in (401, 403):
             raise http_error(self.label, status, f"HTTP {status}", {})
+        if status == 503:
+            # llama-server answers every request with 503 until its model is loaded
+            # (tools/server/server-http.cpp); vLLM while it starts.
+            raise BackendError(
+                f"The backend {self.label} is starting: it answered HTTP 503 (still loading "
+                "its model?); it is checked again shortly."
+            )
         not_a_backend = BackendError(
             f"The backend {self.label} does not answer like TGI or an OpenAI-compatible server"
             f" (GET /v1/models gave HTTP {status}); check its URL."
