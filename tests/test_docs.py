@@ -19,10 +19,12 @@ README_LIMIT = 10 * 1024
 FOLDERS = ("app/", "bench/", "containers/", "docs/", "scripts/", "tests/", "tools/", "volumes/",
            ".ci/")
 FILES = ("README.md", "pyproject.toml", "requirements.txt", "space.py", "docker-bake.hcl")
-# Made at run time, so not in a fresh checkout: the default model and the database.
+# Made at run time, so not in a fresh checkout: the default model, the database and the
+# embedded engine's log.
 MADE_AT_RUN_TIME = {
     "volumes/models/SmolLM2-135M-Instruct.Q4_1.gguf",
     "volumes/data/playground.db",
+    "volumes/data/engine.log",
     # ESLint, installed by scripts/test (tools/jslint's lock).
     "tools/jslint/node_modules/",
     "tools/jslint/node_modules/.bin/eslint",

@@ -16,8 +16,8 @@ CONTROL_NAMES = (
     "frequency_penalty", "presence_penalty", "stop", "seed",
 )
 # The repetition penalty the page starts at: none (1), except on llama.cpp, where it starts at
-# the 1.1 that llama-cpp-python's server (the embedded engine) applies when none is sent, so
-# the default model answers as it did before the page sent one.
+# the 1.1 that llama-cpp-python's server (the embedded engine before llama-server) applies when
+# none is sent, so the default model answers as it did before the page sent one.
 REPETITION_PENALTY: dict[BackendKind, float] = {"llama.cpp": 1.1}
 
 
