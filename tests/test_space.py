@@ -350,9 +350,9 @@ def test_a_chat_round_trips_for_a_signed_in_user_in_space_mode(
 ) -> None:
     fake, _ = providers
     alice = Client(space, verbose=False, headers={"Cookie": hf_session("alice")})
-    alice.predict(api_name="/backend_info")
-    result = alice.predict("reverse a string", None, "", "", "", *CONTROLS, api_name="/chat")
-    assert "Hello, world!" in json.dumps(result)
+    result = alice.predict(message="reverse a string", api_name="/ask")
+    assert result["reply"] == "Hello, world!"
+    assert result["stats"]["finish"] == "stop"
     assert fake.requests[-1]["model"] == MODEL
     assert fake.headers[-1]["authorization"] == "Bearer hf_spaceownertoken"
     # The database is on the Space's persistent storage, keyed by the Hugging Face user.
@@ -361,7 +361,7 @@ def test_a_chat_round_trips_for_a_signed_in_user_in_space_mode(
     assert summary.title.startswith("reverse a string")
     assert store.list_conversations(store.user_id("hf:bob")) == []
     bob = Client(space, verbose=False, headers={"Cookie": hf_session("bob")})
-    bob.predict("bob's question", None, "", "", "", *CONTROLS, api_name="/chat")
+    bob.predict(message="bob's question", api_name="/ask")
     [bobs] = store.list_conversations(store.user_id("hf:bob"))
     assert bobs.title.startswith("bob's question")
     assert [c.id for c in store.list_conversations(store.user_id("hf:alice"))] == [summary.id]
@@ -375,9 +375,11 @@ def test_a_request_without_a_hugging_face_login_is_refused(
     page.predict(api_name="/backend_info")  # the page itself loads, with its login button
     with pytest.raises(Exception, match="Sign in with Hugging Face first"):
         page.predict("hello", None, "", "", "", *CONTROLS, api_name="/chat")
+    with pytest.raises(Exception, match="Sign in with Hugging Face first"):
+        page.predict(message="hello", api_name="/ask")
     forged = Client(space, verbose=False, headers={"Cookie": "session=bm90IHNpZ25lZA=="})
     with pytest.raises(Exception, match="Sign in with Hugging Face first"):
-        forged.predict("hello", None, "", "", "", *CONTROLS, api_name="/chat")
+        forged.predict(message="hello", api_name="/ask")
     assert fake.requests == []
 
 

@@ -14,6 +14,7 @@ from app.chat.turns import Turns
 from app.preview import Previews
 from app.snippets.library import SnippetLibrary
 from app.store import Store
+from app.ui.ask import AskEndpoint
 from app.ui.attachments import AttachmentsUI
 from app.ui.backends import BackendsPanel
 from app.ui.branches import BranchesUI
@@ -71,6 +72,7 @@ class PlaygroundUI:
         )
         self.raw = RawUI(service, self.turns, self.users)
         self.sharing = SharingUI(self.users) if settings.allow_sharing else None
+        self.ask = AskEndpoint(self.turns, self.users, settings)
 
     def build(self) -> gr.Blocks:
         """The page, its components wired to their handlers."""
@@ -174,5 +176,6 @@ class PlaygroundUI:
                 confirm_row, system_prompt, language, model, controls, backends, last,
             ), ChatButtons(send, stop, retry, undo, clear, new, search, rename, delete,
                            confirm, cancel, check))
+            self.ask.wire(demo)
         blocks: gr.Blocks = demo
         return blocks
