@@ -9,6 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
+from app.chat import ChatService
 from app.engine import EngineError, embedded_engine
 from app.logs import configure_logging
 from app.memory import tune_allocator
@@ -53,21 +54,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.secrets(), settings.log_level, settings.log_format == "json")
     with ExitStack() as stack:
+        service = ChatService(settings)
         if args.engine:
             log = Path("volumes/data/engine.log")
             print(f"Starting the embedded engine with {settings.engine_model_path} ...", flush=True)
             try:
-                stack.enter_context(embedded_engine(settings, log))
+                engine = stack.enter_context(embedded_engine(settings, log))
             except EngineError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
+            for backend in service.router.states:
+                if backend.client.url == settings.engine_url:
+                    service.router.explain(backend.name, engine.explain)
         if settings.ephemeral_history:
             print(
                 "warning: this Space has no persistent storage (/data); conversations are "
                 "lost when it restarts",
                 file=sys.stderr, flush=True,
             )
-        app = create_app(settings)
+        app = create_app(settings, service)
         print(
             f"Starting the playground at http://{settings.app_host}:{settings.app_port} "
             "(Ctrl-C stops it)",

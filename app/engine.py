@@ -102,6 +102,8 @@ class Engine:
         self.log_path = log_path
         self.restarts = 0
         self._deaths: deque[float] = deque(maxlen=MAX_RESTARTS)
+        self._last_code: int | None = None
+        self._gave_up = False
         self._stopping = threading.Event()
         self.process = self._spawn()
         self._watcher = threading.Thread(target=self._watch, name="engine-watcher", daemon=True)
@@ -141,8 +143,10 @@ class Engine:
             if self._stopping.is_set():
                 return
             self._deaths.append(time.monotonic())
+            self._last_code = code
             if (len(self._deaths) == MAX_RESTARTS
                     and self._deaths[-1] - self._deaths[0] < RESTART_WINDOW):
+                self._gave_up = True
                 log.error(
                     "The embedded engine died %d times within %g s (last exit code %s); it is "
                     "not started again. Its log, %s, says why; restart the app when it is "
@@ -156,12 +160,39 @@ class Engine:
             self.process = self._spawn()
             self.restarts += 1
 
+    def explain(self) -> str | None:
+        """What a request to the engine that failed should add, when the engine has died
+        lately (or is dying now): that it is being started again, or that it is not."""
+        if self._gave_up:
+            return (f"The embedded engine died {MAX_RESTARTS} times within a minute and is not "
+                    f"started again; its log, {self.log_path}, says why. Restart the app once "
+                    "that is fixed.")
+        died = self._deaths[-1] if self._deaths else None
+        if (died is None or time.monotonic() - died > RESTART_WINDOW) and not _gone(
+                self.process.pid):
+            return None
+        code = self._last_code
+        how = "" if code is None else f" (killed by signal {-code})" if code < 0 else (
+            f" (exit code {code})")
+        return (f"The embedded engine stopped{how} and is being started again: send your "
+                "message again in a moment.")
+
     def stop(self) -> None:
         self._stopping.set()
         _end(self.process)
         if self._watcher.is_alive():
             self._watcher.join()
         _end(self.process)  # one the watcher started as it was told to stop
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie not reaped yet included): the watcher may not
+    have heard of it yet when a request to it fails."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:

@@ -430,3 +430,20 @@ async def test_a_request_beyond_the_slots_is_told_how_many_wait_before_it(
     assert texts[1:] == ["".join(fake.tokens)] * 2
     [status] = r.statuses()
     assert (status.requests, status.waiting) == (0, 0)
+
+
+async def test_a_backends_failures_carry_its_note_when_it_has_one(router: MakeRouter) -> None:
+    """The embedded engine's router says, on a failure, what the engine's supervisor knows
+    (app/engine.py's ``explain``): here a note that comes and goes."""
+    fake = FakeBackend(mode="die_mid_stream")
+    notes = ["The engine is being started again.", None]
+    with ServerThread(fake.app()) as server:
+        r = router(("engine", server.url))
+        r.explain("engine", lambda: notes[0])
+        for note in notes:
+            notes[0] = note
+            with pytest.raises(StreamError) as failed:
+                await reply(r)
+            said = str(failed.value)
+            assert said.endswith("The engine is being started again.") == (note is not None)
+            assert "broke before the reply was finished" in said

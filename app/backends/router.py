@@ -126,6 +126,7 @@ class Router:
         self.check_interval = check_interval
         self._clock = clock
         self._sleep = sleep
+        self._notes: dict[str, Callable[[], str | None]] = {}
 
     async def aclose(self) -> None:
         """Close every backend's connections (``BackendClient.aclose``); the app calls it as it
@@ -153,6 +154,11 @@ class Router:
             for model in state.models:
                 found.setdefault(model, []).append(state.name)
         return found
+
+    def explain(self, name: str, note: Callable[[], str | None]) -> None:
+        """Have the failures of backend ``name`` say more: ``note()``, when not None, is added
+        to their message (the embedded engine: that it is being started again)."""
+        self._notes[name] = note
 
     def client(self, name: str) -> BackendClient:
         return next(state.client for state in self.states if state.name == name)
@@ -249,6 +255,8 @@ class Router:
                 except BackendError as err:
                     self.metrics.error(state.name, err.kind)
                     self._failed(state, err)
+                    if (note := self._notes.get(state.name, lambda: None)()) is not None:
+                        err.args = (f"{err} {note}",)
                     if started or not isinstance(err, RETRYABLE):
                         raise
                     log.warning("Backend %s failed before the first token (%s); trying the "
