@@ -21,6 +21,13 @@ variable "CACHE_DIR" {
   default = ".buildx-cache"
 }
 
+variable "BUILD_CACHE" {
+  # "true": import and export the build cache (CACHE_DIR, or the registry's). Buildx's docker
+  # driver (the default builder of a Docker Engine) exports none and keeps its cache in the
+  # engine: scripts/build sets "false" for it. The docker-container driver exports it.
+  default = "true"
+}
+
 function "cache_ref" {
   params = []
   result = "${REGISTRY}coding-playground:buildcache"
@@ -44,8 +51,8 @@ target "app" {
     "org.opencontainers.image.version" = TAG
     "org.opencontainers.image.licenses" = "Apache-2.0"
   }
-  cache-from = [REGISTRY == "" ? "type=local,src=${CACHE_DIR}" : "type=registry,ref=${cache_ref()}"]
-  cache-to   = [REGISTRY == "" ? "type=local,dest=${CACHE_DIR},mode=max" : "type=registry,ref=${cache_ref()},mode=max"]
+  cache-from = BUILD_CACHE == "true" ? [REGISTRY == "" ? "type=local,src=${CACHE_DIR}" : "type=registry,ref=${cache_ref()}"] : []
+  cache-to   = BUILD_CACHE == "true" ? [REGISTRY == "" ? "type=local,dest=${CACHE_DIR},mode=max" : "type=registry,ref=${cache_ref()},mode=max"] : []
 }
 
 # Both platforms, for a registry (a multi-platform image cannot be loaded into the local engine).

