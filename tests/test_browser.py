@@ -321,13 +321,13 @@ def test_a_reply_waiting_for_the_engines_slot_says_so_until_its_text_comes(
     browser: Browser, backend: ServerThread, fake: FakeBackend
 ) -> None:
     """Against llama-server with one slot (the fake stands for it: tests/fake_backend.py), two
-    people: while the first one's reply holds the slot, the second sees "Queued" where the
-    reply will be; once the first stops, the second's text replaces it."""
+    people, the second on a phone: while the first one's reply holds the slot, the second sees
+    "Queued" where the reply will be; once the first stops, the second's text replaces it."""
     fake.kind, fake.slots = "llama.cpp", 1
     fake.tokens, fake.token_delay = REPLY, 0.02
     with ServerThread(create_app(settings_for(backend.url, stream_interval=0.05))) as server:
-        first, second = (browser.new_context(viewport={"width": 1200, "height": 1100}).new_page()
-                         for _ in range(2))
+        first, second = (browser.new_context(viewport=size).new_page() for size in (
+            {"width": 1200, "height": 1100}, {"width": 390, "height": 844}))
         for page in (first, second):
             page.goto(server.url)
         first.locator("#message textarea").fill("Write an add function in Python.")
