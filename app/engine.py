@@ -100,7 +100,6 @@ class Engine:
         self.settings = settings
         self.command = engine_command(settings, binary)
         self.log_path = log_path
-        self.restarts = 0
         self._deaths: deque[float] = deque(maxlen=MAX_RESTARTS)
         self._last_code: int | None = None
         self._gave_up = False
@@ -158,7 +157,6 @@ class Engine:
             if self._stopping.wait(RESTART_DELAY):
                 return
             self.process = self._spawn()
-            self.restarts += 1
 
     def explain(self) -> str | None:
         """What a request to the engine that failed should add, when the engine has died

@@ -77,7 +77,7 @@ import json
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -397,6 +397,11 @@ class FakeBackend:
         finally:
             if step is not None:
                 step.cancel()
+                await asyncio.wait({step})
+            if isinstance(events, AsyncGenerator):
+                # Closed now, not when collected: a slot it holds is freed (a step that had
+                # just ended left it at a yield).
+                await events.aclose()
 
     async def _in_a_slot(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``events`` once one of the ``slots`` is free; the slot is taken until they end."""

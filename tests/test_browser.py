@@ -326,13 +326,14 @@ def test_a_reply_waiting_for_the_engines_slot_says_so_until_its_text_comes(
     fake.kind, fake.slots = "llama.cpp", 1
     fake.tokens, fake.token_delay = REPLY, 0.02
     with ServerThread(create_app(settings_for(backend.url, stream_interval=0.05))) as server:
-        first, second = (browser.new_context(viewport=size).new_page() for size in (
-            {"width": 1200, "height": 1100}, {"width": 390, "height": 844}))
+        first, second = (browser.new_context(viewport={"width": width, "height": height})
+                         .new_page() for width, height in ((1200, 1100), (390, 844)))
         for page in (first, second):
             page.goto(server.url)
         first.locator("#message textarea").fill("Write an add function in Python.")
         first.locator("#send").click()
-        expect(first.locator("#chat .message.bot")).to_contain_text("word1 ", timeout=15_000)
+        expect(first.locator("#chat .message.bot").first).to_contain_text("word1 ",
+                                                                         timeout=15_000)
         second.locator("#message textarea").fill("Write a sub function in Python.")
         second.locator("#send").click()
         notice = second.locator("#chat .message.bot .live-waiting")
@@ -341,7 +342,8 @@ def test_a_reply_waiting_for_the_engines_slot_says_so_until_its_text_comes(
         OUTPUT.mkdir(exist_ok=True)
         second.screenshot(path=str(OUTPUT / "browser-queued.png"))
         first.locator("#stop").click()
-        expect(second.locator("#chat .message.bot")).to_contain_text("word1 ", timeout=15_000)
+        expect(second.locator("#chat .message.bot").first).to_contain_text("word1 ",
+                                                                          timeout=15_000)
         expect(notice).to_have_count(0)
         second.locator("#stop").click()
         for page in (first, second):

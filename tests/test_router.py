@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from app.backends import (
     BackendClient,
+    BackendError,
     BackendOverloaded,
     BackendTimeout,
     BackendValidationError,
@@ -447,3 +448,14 @@ async def test_a_backends_failures_carry_its_note_when_it_has_one(router: MakeRo
             said = str(failed.value)
             assert said.endswith("The engine is being started again.") == (note is not None)
             assert "broke before the reply was finished" in said
+
+
+async def test_a_refused_request_carries_no_note(router: MakeRouter) -> None:
+    """A backend that refuses the request is working: the engine's note is not added."""
+    fake = FakeBackend(kind="openai", mode="http_429", fail_times=None)
+    with ServerThread(fake.app()) as server:
+        r = router(("engine", server.url), retries=0)
+        r.explain("engine", lambda: "The engine is being started again.")
+        with pytest.raises(BackendError) as failed:
+            await reply(r)
+    assert "being started again" not in str(failed.value)

@@ -156,8 +156,9 @@ class Router:
         return found
 
     def explain(self, name: str, note: Callable[[], str | None]) -> None:
-        """Have the failures of backend ``name`` say more: ``note()``, when not None, is added
-        to their message (the embedded engine: that it is being started again)."""
+        """Have the failures of backend ``name`` that say it is not working (unreachable, timed
+        out, a broken stream) say more: ``note()``, when not None, is added to their message
+        (the embedded engine: that it is being started again)."""
         self._notes[name] = note
 
     def client(self, name: str) -> BackendClient:
@@ -255,7 +256,8 @@ class Router:
                 except BackendError as err:
                     self.metrics.error(state.name, err.kind)
                     self._failed(state, err)
-                    if (note := self._notes.get(state.name, lambda: None)()) is not None:
+                    if isinstance(err, COUNTS_AS_DOWN) and (
+                            note := self._notes.get(state.name, lambda: None)()) is not None:
                         err.args = (f"{err} {note}",)
                     if started or not isinstance(err, RETRYABLE):
                         raise
