@@ -32,7 +32,8 @@ Every call of the model goes through the app's door (``Turns.calling`` then ``Ca
 with the app's settings for ``--backend`` (the per-user rate limit off, no response cache):
 the limits, failover and measurement the page and the API get. Without ``--backend`` the
 embedded engine is started as ``python -m app --engine`` starts it, on a free port. Problems
-run one after another: the engine answers one request at a time.
+run one after another, so that each answer's time is its own (the committed results were
+measured on the engine before llama-server, which answered one request at a time).
 """
 
 from __future__ import annotations
