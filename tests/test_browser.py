@@ -322,7 +322,8 @@ def test_a_reply_waiting_for_the_engines_slot_says_so_until_its_text_comes(
 ) -> None:
     """Against llama-server with one slot (the fake stands for it: tests/fake_backend.py), two
     people, the second on a phone: while the first one's reply holds the slot, the second sees
-    "Queued" where the reply will be; once the first stops, the second's text replaces it."""
+    "Queued" where the reply will be and the Backends panel shows the slot busy and one
+    waiting; once the first stops, the second's text replaces it."""
     fake.kind, fake.slots = "llama.cpp", 1
     fake.tokens, fake.token_delay = REPLY, 0.02
     with ServerThread(create_app(settings_for(backend.url, stream_interval=0.05))) as server:
@@ -341,6 +342,10 @@ def test_a_reply_waiting_for_the_engines_slot_says_so_until_its_text_comes(
         expect(notice).to_contain_text("your reply starts as soon as")
         OUTPUT.mkdir(exist_ok=True)
         second.screenshot(path=str(OUTPUT / "browser-queued.png"))
+        first.get_by_text("Backends", exact=True).click()
+        expect(first.locator("#backends")).to_contain_text("1/1 busy")
+        expect(first.locator("#backends")).to_contain_text("1 queued")
+        first.locator("#backends").screenshot(path=str(OUTPUT / "browser-backends-slots.png"))
         first.locator("#stop").click()
         expect(second.locator("#chat .message.bot").first).to_contain_text("word1 ",
                                                                           timeout=15_000)

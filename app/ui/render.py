@@ -320,8 +320,8 @@ def model_choices(models: dict[str, list[str]]) -> list[tuple[str, str]]:
 
 def status_markdown(rows: Sequence[BackendStatus]) -> str:
     """The backend status panel, a Markdown table."""
-    lines = ["| Backend | State | Kind | Models | Token limits | Requests now | Version "
-             "| Checked |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| Backend | State | Kind | Models | Token limits | Version | Checked |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         limits = (f"{row.max_input_tokens} / {row.max_total_tokens}"
                   if row.max_total_tokens else "")
@@ -329,20 +329,21 @@ def status_markdown(rows: Sequence[BackendStatus]) -> str:
         error = f": {row.error}" if row.error else ""
         cells = [f"**{row.name}** `{row.url}`", error, KIND_NAMES.get(row.kind, row.kind),
                  ", ".join(row.models[:5]) + (" …" if len(row.models) > 5 else ""),
-                 limits, _load(row), row.version or "", checked]
+                 limits, row.version or "", checked]
         shown = [escape_html(c).replace("|", "\\|") for c in cells]
-        shown[1] = STATE_MARKS[row.state] + shown[1]
+        shown[1] = STATE_MARKS[row.state] + shown[1] + "".join(
+            f"<br>{part}" for part in _load(row))
         lines.append("| " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
-def _load(row: BackendStatus) -> str:
-    """This process's requests on the backend: of its slots, how many are busy, and how many
-    requests wait for one."""
-    if row.slots is None:
-        return str(row.requests)
-    return (f"{row.requests - row.waiting} of {row.slots} slots busy, "
-            f"{row.waiting} waiting")
+def _load(row: BackendStatus) -> list[str]:
+    """Under the state, this process's requests on the backend: for one with slots
+    (llama-server), how many of them are busy and how many requests wait (are queued) for
+    one; short words, as the column is narrow."""
+    if row.slots is not None:
+        return [f"{row.requests - row.waiting}/{row.slots} busy", f"{row.waiting} queued"]
+    return [f"{row.requests} replying"] if row.requests else []
 
 
 def token_html(tokens: Sequence[RawToken]) -> str:
