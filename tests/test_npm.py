@@ -17,7 +17,7 @@ from fastapi import FastAPI, Response
 from app.downloader import __main__ as cli
 from app.downloader.errors import DownloadError
 from app.downloader.npm import NpmFile, fetch_npm_file
-from tests.servers import ServerThread
+from tests.servers import ServerThread, free_port
 
 LIBRARY = b"window.lib = 1;\n"
 
@@ -111,4 +111,18 @@ def test_a_registry_without_the_package_names_the_setting(
     assert cli.main(["mermaid"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: the registry answered 404 for ")
+    assert "NPM_CONFIG_REGISTRY" in error
+
+
+def test_an_unreachable_registry_says_why_it_failed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The transport's own reason is in the message (a refused connection here; behind a proxy
+    that re-signs TLS, the certificate error), as the Hub's download says it."""
+    monkeypatch.setattr("app.downloader.npm.VENDOR", tmp_path / "vendor")
+    monkeypatch.setenv("NPM_CONFIG_REGISTRY", f"http://127.0.0.1:{free_port()}")
+    assert cli.main(["mermaid"]) == 1
+    error = capsys.readouterr().err
+    assert "(ConnectError: " in error
+    assert "refused" in error.lower()
     assert "NPM_CONFIG_REGISTRY" in error

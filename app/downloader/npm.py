@@ -117,8 +117,8 @@ def _download(url: str, into: Path, pinned: NpmFile) -> None:
                     out.write(block)
     except httpx.HTTPError as err:
         raise DownloadError(
-            f"could not download {url} ({type(err).__name__}); check the network connection "
-            "to the npm registry, or NPM_CONFIG_REGISTRY."
+            f"could not download {url} ({type(err).__name__}: {err}); check the network "
+            "connection to the npm registry, or NPM_CONFIG_REGISTRY."
         ) from err
     got = "sha512-" + base64.b64encode(digest.digest()).decode()
     if got != pinned.integrity:
