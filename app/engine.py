@@ -4,8 +4,8 @@ It serves ``ENGINE_PARALLEL`` requests at once (its slots, ``-np``, batched toge
 a context of ``ENGINE_CONTEXT_TOKENS`` (``-c`` is the whole KV cache, which llama.cpp shares out
 evenly among the slots: ``src/llama-context.cpp``); a request beyond the slots waits in the
 server's own queue, which the app tells the person waiting (``app.backends.router``). It dies
-with the app (``PR_SET_PDEATHSIG``), so an app killed hard leaves no engine behind, and it is
-started again when it dies while the app runs, a few times a minute at most.
+with the app (``PR_SET_PDEATHSIG``, SIGKILL), so an app killed hard leaves no engine behind,
+and it is started again when it dies while the app runs, a few times a minute at most.
 """
 
 from __future__ import annotations
@@ -57,8 +57,12 @@ def engine_command(settings: Settings, binary: str) -> list[str]:
 
 
 def _die_with_parent() -> None:
+    """In the child, before it runs the engine: no signal blocked (the mask of the thread that
+    forks is inherited; with SIGTERM blocked the engine heeds no request to stop), and killed
+    outright when that thread ends, however the app ended (it has nothing to save)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _binary(settings: Settings) -> str:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -202,6 +203,25 @@ def test_a_killed_engine_is_started_again(start_app: Callable[..., RunningApp]) 
     after = dialogue(app.url, "Write hello world in C.", 16)
     assert done(after)["error"] is None
     assert "".join(sent.get("delta", "") for _, sent in after)
+
+
+def test_the_engine_dies_with_the_app_whatever_signals_it_was_started_with(
+    start_app: Callable[..., RunningApp],
+) -> None:
+    """An app started by a thread that blocks SIGTERM (a thread's mask is inherited through
+    fork and exec) and then killed outright leaves no engine behind: one run left such an
+    engine running, its SIGTERM blocked, for the rest of the session."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        app = start_app()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    engine = engine_pid(app)
+    app.process.kill()
+    app.process.wait()
+    wait_for(lambda: not Path(f"/proc/{engine}").exists()
+             or "\nState:\tZ" in Path(f"/proc/{engine}/status").read_text(),
+             10, "the engine ended with the app")
 
 
 def test_a_message_past_the_context_is_refused_with_a_sentence(
