@@ -189,13 +189,8 @@ class Dialogues:
             name: value for name in STORED_CONTROLS
             if (value := getattr(body, name)) is not None
         }
-        if body.system_prompt is not None:
-            system_prompt = body.system_prompt
-        else:
-            system_prompt = record.system_prompt if record else self.settings.system_prompt
-        asked = TurnRequest(
-            body.message, system_prompt, {**(record.settings if record else {}), **given},
-            record.language if record else None,
+        asked = TurnRequest.to(
+            record, body.message, body.system_prompt, given, self.settings.system_prompt,
             # Text that is not UTF-8 (a lone surrogate) stays so, to be refused as binary.
             [(a.name, a.content.encode(errors="surrogatepass")) for a in body.attachments],
         )

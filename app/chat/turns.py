@@ -42,6 +42,7 @@ from app.chat.languages import LANGUAGE_NAMES, system_prompt_for
 from app.chat.models import Chat, Exchange
 from app.chat.replies import RETRY_AFTER_SECONDS, LiveReply, TooManyReplies
 from app.chat.service import ChatService, Progress
+from app.store import ConversationRecord
 from app.store.models import kept_settings
 
 # Replies are written to the store at least this often while they stream.
@@ -80,6 +81,21 @@ class TurnRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", kept_settings(self.settings))
+
+    @classmethod
+    def to(
+        cls, record: ConversationRecord | None, text: str, system_prompt: str | None,
+        given: Mapping[str, Any], default_system_prompt: str,
+        files: Sequence[tuple[str, bytes]] = (),
+    ) -> TurnRequest:
+        """A message to ``record`` as it stands (None: a new conversation), as a client sends
+        one: its settings kept under those ``given``, its system prompt unless one is given
+        (a new one's: ``default_system_prompt``), its language."""
+        if system_prompt is None:
+            system_prompt = record.system_prompt if record else default_system_prompt
+        kept = record.settings if record else {}
+        return cls(text, system_prompt, {**kept, **given}, record.language if record else None,
+                   files)
 
 
 @dataclass(frozen=True)

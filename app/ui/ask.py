@@ -48,7 +48,8 @@ class AskEndpoint:
         seed: int = -1, request: gr.Request = None,  # type: ignore[assignment]
     ) -> AsyncIterator[dict[str, Any]]:
         """Ask the model, as the page's Send does, and stream its reply. `dialogue_id`
-        continues one of your conversations (its earlier turns are sent, its settings kept);
+        continues one of your conversations (its earlier turns are sent; the generation
+        settings are those given here, the model the conversation's unless one is given);
         empty starts a new one. `system_prompt` empty: the conversation's, else the default.
         `model` empty: the conversation's, else the default (see the page's model menu).
         `max_new_tokens` 0: the server's default. `seed` -1: random. Each update is
@@ -68,12 +69,8 @@ class AskEndpoint:
         }
         if model:
             given["model"] = model
-        kept = record.settings if record else {}
-        asked = TurnRequest(
-            message,
-            system_prompt or (record.system_prompt if record else self.settings.system_prompt),
-            {**kept, **given}, record.language if record else None,
-        )
+        asked = TurnRequest.to(record, message, system_prompt or None, given,
+                               self.settings.system_prompt)
         try:
             turn = await self.turns.start(mine, chat, asked)
         except TurnRefused as err:
