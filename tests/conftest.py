@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from app.backends import BackendClient
 from app.chat import ChatService
 from app.settings import Settings, load_settings
 from app.store import Store
+from tests.docker_engine import DockerEngine, read_env_file
 from tests.fake_backend import FakeBackend
 from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.servers import ServerThread, free_port
@@ -201,3 +203,17 @@ def oauth_app(monkeypatch: pytest.MonkeyPatch) -> None:
                         ("OAUTH_CLIENT_SECRET", OAUTH_SECRET), ("OAUTH_SCOPES", "openid profile"),
                         ("OPENID_PROVIDER_URL", "http://127.0.0.1:1")]:
         monkeypatch.setattr(gr.oauth, name, value)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """The docker tier's private engine (tests/docker_engine.py), with the stand-ins of
+    ``python:3.11-slim`` and TGI's images; one for all the tier's modules."""
+    missing = [tool for tool in ("dockerd", "debootstrap") if shutil.which(tool) is None]
+    if missing or os.geteuid() != 0:
+        pytest.fail(f"the docker tier needs root and {', '.join(missing) or 'dockerd'}: "
+                    "scripts/test installs Debian's docker.io and debootstrap")
+    with DockerEngine() as started:
+        started.build_base()
+        started.build_tgi(read_env_file()["TGI_VERSION"])
+        yield started

@@ -50,18 +50,6 @@ FILES = {
 }
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[DockerEngine]:
-    missing = [tool for tool in ("dockerd", "debootstrap") if shutil.which(tool) is None]
-    if missing or os.geteuid() != 0:
-        pytest.fail(f"the docker tier needs root and {', '.join(missing) or 'dockerd'}: "
-                    "scripts/test installs Debian's docker.io and debootstrap")
-    with DockerEngine() as started:
-        started.build_base()
-        started.build_tgi(DEFAULTS["TGI_VERSION"])
-        yield started
-
-
 def build(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     """scripts/build, and how long it took."""
     started = time.monotonic()
@@ -78,12 +66,13 @@ def image_labels(engine: DockerEngine) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def built(engine: DockerEngine) -> DockerEngine:
+def built(docker_engine: DockerEngine) -> DockerEngine:
     """The app image, built by scripts/build as the docs say: with Buildx, ``buildx bake`` on
     the bake file as it ships (its docker driver, without the cache export that driver
     refuses), twice: the second takes the first's layers. The first is cold: the wheels that
     an earlier run fetched into .image/ are dropped first. The times go to test-output/."""
     shutil.rmtree(REPO / ".image", ignore_errors=True)
+    engine = docker_engine
     (cold, cold_seconds), (warm, warm_seconds) = build(engine.env), build(engine.env)
     for result in (cold, warm):
         assert "Buildx is not installed" not in result.stdout
