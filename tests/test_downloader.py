@@ -262,6 +262,23 @@ def test_an_unknown_model_or_revision(
     assert error_line(result) == message.format(url=hub.url)
 
 
+def test_patterns_that_match_no_file_say_which_files_there_are(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    """A GGUF file name mistyped (the llamacpp profile's LLAMACPP_MODEL_FILE) is an error at
+    once, not an empty snapshot that the server then fails to find."""
+    result = download(hub, tmp_path, "--model-id", "acme/tiny-coder",
+                      "--allow-patterns", "model-q4_k_m.gguf")
+    assert result.returncode == 4
+    assert error_line(result) == (
+        "error: No file of acme/tiny-coder (revision main) matches model-q4_k_m.gguf: it has "
+        ".gitattributes, config.json, model-Q4_K_M.gguf, model.safetensors, pytorch_model.bin, "
+        "tokenizer.json. Check the pattern (LLAMACPP_MODEL_FILE in the llamacpp profiles); "
+        "names are case-sensitive."
+    )
+    assert not (tmp_path / "cache/models--acme--tiny-coder/snapshots").exists()
+
+
 def test_offline_mode_with_an_empty_cache(hub: FakeHub, tmp_path: Path) -> None:
     result = download(hub, tmp_path, "--model-id", "acme/tiny-coder", HF_HUB_OFFLINE="1")
     assert result.returncode == 6

@@ -40,7 +40,7 @@ EXIT_CODES = """exit codes:
     1  the download failed in another way (the line says how)
     2  a wrong setting or option
     3  the Hub model is gated and HF_TOKEN is missing or has no access to it
-    4  no such Hub model, or no such revision of it
+    4  no such Hub model, no such revision of it, or no file of it matches the patterns
     5  no space left on the disk of the model cache
     6  the Hub cannot be reached (or HF_HUB_OFFLINE=1) and the model is not in the cache
   130  stopped with Ctrl-C; run it again to fetch what is still missing

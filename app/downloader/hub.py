@@ -126,6 +126,13 @@ def _download(model: HubModel) -> Path:
     chosen = list(filter_repo_objects(
         sizes, allow_patterns=model.allow_patterns, ignore_patterns=ignore
     ))
+    if not chosen:
+        patterns = " ".join([*(model.allow_patterns or []), *(model.ignore_patterns or [])])
+        raise ModelNotFoundError(
+            f"No file of {model.repo_id} (revision {model.revision}) matches {patterns}: it has "
+            f"{', '.join(sorted(sizes))}. Check the pattern (LLAMACPP_MODEL_FILE in the llamacpp "
+            "profiles); names are case-sensitive."
+        )
     skipped = [
         name for name in filter_repo_objects(
             sizes, allow_patterns=model.allow_patterns, ignore_patterns=model.ignore_patterns
