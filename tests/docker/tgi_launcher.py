@@ -1,8 +1,8 @@
 """Stands in for TGI's launcher (``text-generation-launcher``) in the docker tier: it takes the
-arguments containers/compose.yaml gives TGI, refuses to start unless the model is in ``/data``
-in the Hugging Face cache layout (TGI runs there with ``HF_HUB_OFFLINE=1``), "loads" for a
-moment (``/health`` does not answer yet), then serves tests/fake_backend.py's TGI on
-``--hostname``:``--port``.
+arguments containers/compose.yaml and the Docker Space's start give TGI, refuses to start unless
+the model is in the Hugging Face hub cache (``--huggingface-hub-cache``, ``/data`` by default;
+TGI runs there with ``HF_HUB_OFFLINE=1``), "loads" for a moment (``/health`` does not answer
+yet), then serves tests/fake_backend.py's TGI on ``--hostname``:``--port``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import uvicorn
 
 from tests.fake_backend import FakeBackend
 
-CACHE = Path("/data")
 LOADING_SECONDS = float(os.environ.get("TGI_STANDIN_LOADING_SECONDS", "2"))
 
 
-def snapshot(model_id: str, revision: str) -> Path | None:
-    """The model's snapshot as huggingface_hub finds it offline: ``refs/<revision>`` names
-    the commit, and its folder holds a config and the weights."""
-    repo = CACHE / f"models--{model_id.replace('/', '--')}"
+def snapshot(cache: Path, model_id: str, revision: str) -> Path | None:
+    """The model's snapshot as huggingface_hub finds it offline in the hub cache ``cache``:
+    ``refs/<revision>`` names the commit, and its folder holds a config and the weights."""
+    repo = cache / f"models--{model_id.replace('/', '--')}"
     ref = repo / "refs" / revision
     commit = ref.read_text().strip() if ref.is_file() else revision
     folder = repo / "snapshots" / commit
@@ -43,10 +42,18 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "80")))
     parser.add_argument("--hostname", default=os.environ.get("HOSTNAME", "0.0.0.0"))
     parser.add_argument("--quantize")
+    # As TGI's (launcher/src/main.rs, ``#[clap(long, env)] huggingface_hub_cache``, handed to
+    # its download and shard processes as HUGGINGFACE_HUB_CACHE); its Intel CPU image, which
+    # compose's cpu profile runs with the cache at /data, sets HUGGINGFACE_HUB_CACHE=/data
+    # (Dockerfile_intel). The CUDA image sets HF_HOME=/data instead (Dockerfile), whose hub
+    # cache is /data/hub: the stand-in, one image under both tags, follows the Intel one.
+    parser.add_argument("--huggingface-hub-cache", type=Path,
+                        default=Path(os.environ.get("HUGGINGFACE_HUB_CACHE", "/data")))
     args = parser.parse_args()
-    found = snapshot(args.model_id, args.revision)
+    found = snapshot(args.huggingface_hub_cache, args.model_id, args.revision)
     if found is None:
-        print(f"Error: {args.model_id} at revision {args.revision} is not in {CACHE} and "
+        print(f"Error: {args.model_id} at revision {args.revision} is not in "
+              f"{args.huggingface_hub_cache} and "
               "HF_HUB_OFFLINE=1 forbids downloading it", file=sys.stderr)
         return 1
     print(f"Loading {args.model_id} from {found}", flush=True)
