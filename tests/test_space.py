@@ -296,6 +296,17 @@ def hf_session(username: str) -> str:
     return "session=" + itsdangerous.TimestampSigner(key).sign(data).decode()
 
 
+# What the Hub sets in every Space (SYSTEM, its id and host), and in one with ``hf_oauth: true``
+# the OAuth app's (Gradio reads them on import; ``hf_session`` signs with its secret).
+SPACE_VARIABLES = {
+    "SYSTEM": "spaces", "SPACE_ID": "someone/playground",
+    "SPACE_HOST": "someone-playground.hf.space", "SPACE_AUTHOR_NAME": "someone",
+    "SPACE_REPO_NAME": "playground", "OAUTH_CLIENT_ID": "test-client-id",
+    "OAUTH_CLIENT_SECRET": OAUTH_SECRET, "OAUTH_SCOPES": "openid profile",
+    "OPENID_PROVIDER_URL": "http://127.0.0.1:1",  # never reached here
+}
+
+
 @pytest.fixture
 def providers() -> Iterator[tuple[FakeBackend, ServerThread]]:
     """The Inference Providers router: OpenAI-compatible, serving many models."""
@@ -314,12 +325,7 @@ def space(providers: tuple[FakeBackend, ServerThread], tmp_path: Path) -> Iterat
     storage = tmp_path / "data"
     storage.mkdir()
     env = {
-        **os.environ, "PYTHONPATH": str(REPO), "SYSTEM": "spaces",
-        "SPACE_ID": "someone/playground", "SPACE_HOST": "someone-playground.hf.space",
-        "SPACE_AUTHOR_NAME": "someone", "SPACE_REPO_NAME": "playground",
-        "OAUTH_CLIENT_ID": "test-client-id", "OAUTH_CLIENT_SECRET": OAUTH_SECRET,
-        "OAUTH_SCOPES": "openid profile",
-        "OPENID_PROVIDER_URL": f"http://127.0.0.1:{free_port()}",  # never reached here
+        **os.environ, "PYTHONPATH": str(REPO), **SPACE_VARIABLES,
         "HF_TOKEN": "hf_spaceownertoken", "DEFAULT_MODEL": MODEL,
         "HF_ROUTER_URL": router.url, "SPACE_STORAGE": str(storage),
         "APP_PORT": str(port), "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": str(port),
@@ -383,7 +389,7 @@ def test_a_request_without_a_hugging_face_login_is_refused(
     assert fake.requests == []
 
 
-# -- the Docker Space variant (linted and assembled; it cannot be built here) ---------------
+# -- the Docker Space variant, linted and assembled (tests/test_docker_space.py builds it) --
 
 SPACE_IMAGE = REPO / "containers" / "space"
 
