@@ -189,7 +189,8 @@ def test_the_app_image_installs_the_apps_lock_with_its_hashes() -> None:
 def test_the_docker_space_installs_the_apps_lock_with_its_hashes() -> None:
     text = (REPO / "containers/space/Dockerfile").read_text()
     assert "COPY requirements.txt /tmp/requirements.txt" in text
-    [install] = re.findall(r"uv pip install ([^\n&]*)", text)
+    lines = re.sub(r"\\\n\s*", " ", text)  # a RUN's continued lines, joined
+    [install] = re.findall(r"pip install ([^\n&]*)", lines)
     assert "--require-hashes" in install.split()
     assert "-r /tmp/requirements.txt" in install
 
