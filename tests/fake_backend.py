@@ -47,7 +47,8 @@ The other kinds, from their own sources: ``llama.cpp`` is llama-cpp-python's ser
 (``llama_cpp/server/app.py``, 0.3.36: models ``owned_by: "me"``; ``top_k`` and
 ``repeat_penalty`` taken; ``data: `` framing; a ``: ping - <time>`` comment every 15 s, from
 sse-starlette's ``EventSourceResponse``; no ``stream_options``, so no usage chunk); ``openai``
-is vLLM (``vllm/entrypoints/openai``, 0.10.2: ``owned_by: "vllm"``, no keep-alive; a refused
+is vLLM (``vllm/entrypoints/openai``, 0.10.2: ``owned_by: "vllm"`` and, read in 0.11.0,
+``max_model_len`` on each model of ``/v1/models``; no keep-alive; a refused
 request is HTTP 400 ``{"error": {"message", "type", "param", "code"}}``; an error inside a
 stream is ``data: {"error": {..., "type": "BadRequestError", "code": 400}}`` then ``[DONE]``;
 completions chunks may carry several tokens, with logprob arrays of that length; a usage
@@ -241,9 +242,14 @@ class FakeBackend:
         if self.slots is not None:
             owner = "llamacpp"
         ids = self.served or [self.model_id]
+        # vLLM's model cards carry the served context (0.11.0: protocol.py ``ModelCard``,
+        # serving_models.py ``show_available_models``); a router's do not.
+        context = {"max_model_len": self.max_total_tokens} if self.kind == "openai" and not (
+            self.served) else {}
         return JSONResponse({
             "object": "list",
-            "data": [{"id": i, "object": "model", "created": 0, "owned_by": owner} for i in ids],
+            "data": [{"id": i, "object": "model", "created": 0, "owned_by": owner, **context}
+                     for i in ids],
         })
 
     async def props(self, request: Request) -> Response:

@@ -55,10 +55,22 @@ async def test_probe_falls_back_to_openai_models(
     fake: FakeBackend, kind: str, client_for: ClientFor
 ) -> None:
     fake.kind = kind  # type: ignore[assignment]
+    fake.served = ["org/model"]  # a router: it says nothing of the models' context
     with ServerThread(fake.app()) as server:
         info = await client_for(server.url, context_tokens=4096).probe()
-    assert (info.kind, info.model_id, info.max_total_tokens) == (kind, fake.model_id, 4096)
+    assert (info.kind, info.model_id, info.max_total_tokens) == (kind, "org/model", 4096)
     assert ("top_k" in info.controls) is (kind == "llama.cpp")
+
+
+async def test_vllms_context_comes_from_its_models_list(
+    fake: FakeBackend, client_for: ClientFor
+) -> None:
+    """vLLM lists each model with its max_model_len: the server's own limit wins over the
+    configured context, as TGI's /info and llama-server's /props do."""
+    fake.kind, fake.max_total_tokens = "openai", 8192
+    with ServerThread(fake.app()) as server:
+        info = await client_for(server.url, context_tokens=2048).probe()
+    assert (info.kind, info.max_input_tokens, info.max_total_tokens) == ("openai", 8191, 8192)
 
 
 async def test_llama_cpps_own_server_is_recognised_as_llama_cpp(client_for: ClientFor) -> None:

@@ -329,6 +329,7 @@ def test_the_vllm_profile_on_its_stand_in(stack: Stack, hub: FakeHub) -> None:
     wait_for(lambda: answers(f"{stack.app_url}/healthz"), 60, what="the app to start")
     models = httpx.get(f"{stack.app_url}/api/v1/models", timeout=10).json()
     assert (models["backend"], models["model"]) == ("openai", MODEL)
+    assert models["max_total_tokens"] == int(DEFAULTS["VLLM_MAX_MODEL_LEN"]), "vLLM's own"
     events = say(stack, "Reverse a string in Python.")
     assert events[-1]["error"] is None
     assert "return s[::-1]" in "".join(str(e.get("delta", "")) for e in events)

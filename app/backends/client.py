@@ -311,12 +311,16 @@ class BackendClient:
         kind: BackendKind = "llama.cpp" if first.get("owned_by") in LLAMA_CPP_OWNERS else "openai"
         if self.kind == "hf":
             kind = "hf"
+        # vLLM lists each model with the context it serves (its ModelCard's max_model_len);
+        # other servers' lists say nothing of it, and the configured context stands.
+        served = first.get("max_model_len")
+        total = served if isinstance(served, int) and served > 1 else self.context_tokens
         return BackendInfo(
             kind=kind,
             url=self.url,
             model_id=str(first.get("id", "unknown")),
-            max_input_tokens=self.context_tokens - 1,
-            max_total_tokens=self.context_tokens,
+            max_input_tokens=total - 1,
+            max_total_tokens=total,
             name=self.name,
             models=tuple(str(model["id"]) for model in models if "id" in model),
         )
