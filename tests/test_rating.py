@@ -16,7 +16,7 @@ Z = 1.959963984540054
 
 
 def votes(a: str, b: str, a_won: int, b_won: int, ties: int = 0) -> list[Vote[str]]:
-    return ([Vote(a, b, "a")] * a_won + [Vote(a, b, "b")] * b_won
+    return ([Vote(a, b, "left")] * a_won + [Vote(a, b, "right")] * b_won
             + [Vote(a, b, "tie")] * ties)
 
 
@@ -65,15 +65,15 @@ def minorize_maximize(games: list[Vote[str]], prior_ties: float) -> dict[str, fl
     """Another algorithm, written apart: Hunter's (2004) MM iteration over strengths π (Zermelo's
     of 1929), π_i ← W_i / Σ_j n_ij / (π_i + π_j), W_i the wins of i (a tie half each), the
     virtual player held at π = 1; ratings 400·log10(π) centred on 1000."""
-    models = sorted({v.a for v in games} | {v.b for v in games})
+    models = sorted({v.left for v in games} | {v.right for v in games})
     wins = {m: prior_ties / 2 for m in models}
     met: dict[tuple[str, str], float] = {}
     for v in games:
-        share = {"a": 1.0, "b": 0.0}.get(v.outcome, 0.5)
-        wins[v.a] += share
-        wins[v.b] += 1 - share
-        met[v.a, v.b] = met.get((v.a, v.b), 0) + 1
-        met[v.b, v.a] = met.get((v.b, v.a), 0) + 1
+        share = {"left": 1.0, "right": 0.0}.get(v.outcome, 0.5)
+        wins[v.left] += share
+        wins[v.right] += 1 - share
+        met[v.left, v.right] = met.get((v.left, v.right), 0) + 1
+        met[v.right, v.left] = met.get((v.right, v.left), 0) + 1
     strength = dict.fromkeys(models, 1.0)
     for _ in range(20000):
         strength = {
@@ -120,7 +120,7 @@ def test_simulated_votes_find_the_true_ratings_within_their_intervals() -> None:
     for _ in range(3000):
         a, b = draw.sample(sorted(true), 2)
         p = 1 / (1 + 10 ** ((true[b] - true[a]) / 400))
-        games.append(Vote(a, b, "a" if draw.random() < p else "b"))
+        games.append(Vote(a, b, "left" if draw.random() < p else "right"))
 
     ratings = by_model(rate(games))
 
@@ -153,7 +153,7 @@ def test_no_votes_no_ratings_and_a_model_against_itself_is_refused() -> None:
     with pytest.raises(ValueError, match="against itself"):
         rate([Vote("A", "A", "tie")])
     with pytest.raises(ValueError, match="unknown outcome"):
-        rate([Vote("A", "B", "left")])  # type: ignore[arg-type]
+        rate([Vote("A", "B", "a")])  # type: ignore[arg-type]
 
 
 def test_the_intervals_hold_the_true_ratings_95_times_in_100() -> None:
@@ -168,7 +168,7 @@ def test_the_intervals_hold_the_true_ratings_95_times_in_100() -> None:
         for _ in range(400):
             a, b = draw.sample(sorted(true), 2)
             p = 1 / (1 + 10 ** ((true[b] - true[a]) / 400))
-            games.append(Vote(a, b, "a" if draw.random() < p else "b"))
+            games.append(Vote(a, b, "left" if draw.random() < p else "right"))
         for r in rate(games):
             held += r.low < true[r.model] < r.high
             total += 1

@@ -43,7 +43,7 @@ from typing import Generic, Literal, TypeVar, get_args
 
 K = TypeVar("K", bound=Hashable)
 
-Outcome = Literal["a", "b", "tie", "both_bad"]
+Outcome = Literal["left", "right", "tie", "both_bad"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 # Each model's ties with the virtual player of strength 0 (see the module's docstring).
@@ -58,10 +58,10 @@ MAX_STEPS = 100
 
 @dataclass(frozen=True)
 class Vote(Generic[K]):
-    """One vote: model ``a`` (left) against model ``b`` (right), and which was better."""
+    """One vote: the model on the left against the one on the right, and which was better."""
 
-    a: K
-    b: K
+    left: K
+    right: K
     outcome: Outcome
 
 
@@ -90,13 +90,13 @@ def rate(votes: Iterable[Vote[K]], *, prior_ties: float = PRIOR_TIES) -> list[Ra
     # For each pair i < j: comparisons, and i's wins in them (a tie is half a win).
     games: dict[tuple[int, int], list[float]] = {}
     for vote in votes:
-        if vote.a == vote.b:
-            raise ValueError(f"a vote of {vote.a!r} against itself")
+        if vote.left == vote.right:
+            raise ValueError(f"a vote of {vote.left!r} against itself")
         if vote.outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {vote.outcome!r}; one of {OUTCOMES}")
-        i, j = (index.setdefault(model, len(index)) for model in (vote.a, vote.b))
-        a_won = {"a": 1.0, "b": 0.0}.get(vote.outcome, 0.5)
-        pair, won = ((i, j), a_won) if i < j else ((j, i), 1.0 - a_won)
+        i, j = (index.setdefault(model, len(index)) for model in (vote.left, vote.right))
+        left_won = {"left": 1.0, "right": 0.0}.get(vote.outcome, 0.5)
+        pair, won = ((i, j), left_won) if i < j else ((j, i), 1.0 - left_won)
         count = games.setdefault(pair, [0.0, 0.0])
         count[0] += 1
         count[1] += won
