@@ -14,7 +14,8 @@ would no longer be blind, so the first one is final (``VoteFinal``).
 
 The board (``board``) is one user's, or every user's: the Bradley-Terry rating of each model
 with its 95% interval and its number of votes (``app.arena.rating``), and the median
-first-token time and tokens/s of its replies in all the comparisons counted, voted or not.
+first-token time and tokens/s of its replies in all the comparisons counted, voted or not
+(but for a blind comparison before its vote, which would show the names it hides).
 
 Every call names the user, and another user's comparison or reply is ``NotFound``, as one
 that does not exist. Calls are synchronous and short; async callers run them in a thread.
@@ -185,7 +186,10 @@ class Comparisons:
             Comparison.left_first_token_ms, Comparison.right_first_token_ms,
             Comparison.left_tokens_per_second, Comparison.right_tokens_per_second,
         )
-        query = select(*columns).order_by(Comparison.id)
+        # A blind comparison not voted on yet would show its models' names.
+        query = select(*columns).where(
+            or_(Comparison.blind.is_(False), Comparison.outcome.is_not(None))
+        ).order_by(Comparison.id)
         if user_id is not None:
             query = query.where(Comparison.user_id == user_id)
         with self.store.transaction() as session:
