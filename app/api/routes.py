@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import StreamingResponse
 
 from app.api.checks import add_check_routes
+from app.api.compare import Comparing, add_compare_routes
 from app.api.dialogue import ON_REQUEST, SSE, Dialogues, streamed_responses
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
@@ -79,6 +80,7 @@ class RestApi:
         self.accounts = accounts or Accounts(store)
         self.dialogues = Dialogues(settings, service, store, guard)
         self.checks = checks or Checks(service, self.dialogues.turns)
+        self.comparing = Comparing(settings, service, self.dialogues)
         self.local_user = store.user_id() if settings.auth_mode == "none" else None
         self.logins = logins or LoginThrottle(store)
         self.bearer = HTTPBearer(
@@ -331,6 +333,7 @@ class RestApi:
 
         add_share_routes(router, User, self.settings, self.dialogues)
         add_check_routes(router, User, self.dialogues, self.checks)
+        add_compare_routes(router, User, self.comparing)
 
         @router.api_route(
             "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
