@@ -3,7 +3,7 @@
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMPOSE_FILE="$REPO/containers/compose.yaml"
 ENV_FILE="$REPO/containers/service.env"
-PROFILES=(cpu cuda)
+PROFILES=(cpu cuda vllm llamacpp llamacpp-cuda)
 
 fail() {
     echo "error: $*" >&2
@@ -57,6 +57,21 @@ prepare_cache() {
     HOST_GID="$(id -g)"
     export HOST_UID HOST_GID
     mkdir -p "$(host_path "$MODEL_CACHE")" "$(host_path "$APP_DATA")"
+}
+
+# The compose options that name every profile (to see or stop whatever runs).
+EVERY_PROFILE=()
+for profile in "${PROFILES[@]}"; do
+    EVERY_PROFILE+=(--profile "$profile")
+done
+unset profile
+
+# server_of PROFILE: the Compose service of the profile's inference server.
+server_of() {
+    case "$1" in
+        cpu | cuda) echo "tgi-$1" ;;
+        *) echo "$1" ;;
+    esac
 }
 
 # compose ARGS...: docker compose on the project's file (and COMPOSE_OVERRIDE, a file of

@@ -208,12 +208,20 @@ def oauth_app(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[DockerEngine]:
     """The docker tier's private engine (tests/docker_engine.py), with the stand-ins of
-    ``python:3.11-slim`` and TGI's images; one for all the tier's modules."""
+    ``python:3.11-slim``, TGI's and vLLM's images, and llama.cpp's server image holding the
+    engine's llama-server; one for all the tier's modules."""
     missing = [tool for tool in ("dockerd", "debootstrap") if shutil.which(tool) is None]
     if missing or os.geteuid() != 0:
         pytest.fail(f"the docker tier needs root and {', '.join(missing) or 'dockerd'}: "
                     "scripts/test installs Debian's docker.io and debootstrap")
+    server = shutil.which(ENGINE_SERVER)
+    if server is None:
+        pytest.fail(f"no llama-server at {ENGINE_SERVER!r}: scripts/test builds it and sets "
+                    "ENGINE_SERVER")
+    versions = read_env_file()
     with DockerEngine() as started:
         started.build_base()
-        started.build_tgi(read_env_file()["TGI_VERSION"])
+        started.build_tgi(versions["TGI_VERSION"])
+        started.build_vllm(versions["VLLM_VERSION"])
+        started.build_llamacpp(versions["LLAMACPP_VERSION"], Path(server))
         yield started

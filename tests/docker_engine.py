@@ -25,6 +25,12 @@ Stand-ins:
   The root is kept in the user's cache folder, so only the first run pays for it.
 - TGI's images: tests/docker/tgi.Dockerfile (the TGI fake behind a launcher taking TGI's
   arguments).
+- vLLM's image: tests/docker/vllm.Dockerfile (the fake's vLLM behind a launcher taking the
+  server's arguments).
+
+And one image that is no stand-in but built here: llama.cpp's server image
+(tests/docker/llamacpp.Dockerfile), the official layout holding the llama-server that
+scripts/test built for the embedded engine, from the same pinned llama.cpp.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "codi
 BASE_ROOT = CACHE / "debootstrap-bookworm-python3.11"
 BASE_IMAGE = "python:3.11-slim"
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference"
+VLLM_IMAGE = "vllm/vllm-openai"
+LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILDX_SOURCE = "deb http://deb.debian.org/debian trixie main"
 
@@ -209,23 +217,48 @@ class DockerEngine(Running):
 
     def build_tgi(self, version: str) -> None:
         """The TGI stand-in, tagged as both of TGI's images the stack runs."""
-        context = Path(tempfile.mkdtemp(prefix="pg-tgi-"))
+        self._build_standin(
+            "tgi.Dockerfile", [f"{TGI_IMAGE}:{version}-intel-cpu", f"{TGI_IMAGE}:{version}"],
+            {"tgi_launcher.py": REPO / "tests/docker/tgi_launcher.py"},
+        )
+
+    def build_vllm(self, version: str) -> None:
+        """The vLLM stand-in, tagged as vLLM's image."""
+        self._build_standin(
+            "vllm.Dockerfile", [f"{VLLM_IMAGE}:{version}"],
+            {"vllm_launcher.py": REPO / "tests/docker/vllm_launcher.py"},
+        )
+
+    def build_llamacpp(self, version: str, server: Path) -> None:
+        """llama.cpp's server image, laid out as the official one, holding ``server``: the
+        llama-server that scripts/test built from the engine's pinned llama.cpp."""
+        self._build_standin("llamacpp.Dockerfile", [f"{LLAMACPP_IMAGE}:server-{version}"],
+                            {"llama-server": server})
+
+    def _build_standin(self, dockerfile: str, tags: list[str], files: dict[str, Path]) -> None:
+        """An image of tests/docker/ built on the base stand-in, from a context of
+        ``dockerfile``, ``files`` and tests/ (the fakes the launchers serve). The classic
+        builder with the host's network: a RUN step may install from Debian or PyPI."""
+        context = Path(tempfile.mkdtemp(prefix="pg-standin-"))
         try:
-            shutil.copyfile(REPO / "tests/docker/tgi.Dockerfile", context / "Dockerfile")
-            shutil.copyfile(REPO / "tests/docker/tgi_launcher.py", context / "tgi_launcher.py")
-            (context / "tests").mkdir()
+            shutil.copyfile(REPO / "tests/docker" / dockerfile, context / "Dockerfile")
+            for name, source in files.items():
+                shutil.copy(source, context / name)
+            (context / "tests/docker").mkdir(parents=True)
             (context / "tests/__init__.py").touch()
+            (context / "tests/docker/__init__.py").touch()
             shutil.copyfile(REPO / "tests/fake_backend.py", context / "tests/fake_backend.py")
+            shutil.copyfile(REPO / "tests/docker/hub_cache.py",
+                            context / "tests/docker/hub_cache.py")
             build = subprocess.run(
                 ["docker", "build", "--network", "host",
                  "--build-arg", f"STARLETTE_VERSION={metadata.version('starlette')}",
                  "--build-arg", f"UVICORN_VERSION={metadata.version('uvicorn')}",
-                 "--tag", f"{TGI_IMAGE}:{version}-intel-cpu", "--tag", f"{TGI_IMAGE}:{version}",
-                 str(context)],
+                 *(option for tag in tags for option in ("--tag", tag)), str(context)],
                 env={**os.environ, **self.env, "DOCKER_BUILDKIT": "0"}, capture_output=True,
                 text=True, timeout=900, check=False,
             )
             if build.returncode != 0:
-                raise RuntimeError(f"the TGI stand-in did not build:\n{build.stdout[-3000:]}")
+                raise RuntimeError(f"{tags[0]} did not build:\n{build.stdout[-3000:]}")
         finally:
             shutil.rmtree(context, ignore_errors=True)

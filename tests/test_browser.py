@@ -950,6 +950,15 @@ def test_every_control_has_an_accessible_name(page: Page) -> None:
     assert unnamed == [], tree
 
 
+def assert_typing_in_view(page: Page, height: int) -> None:
+    """The message box and Send are on the screen, not below the fold."""
+    for part in ("#message textarea", "#send"):
+        box = page.locator(part).bounding_box()
+        assert box is not None
+        assert box["y"] >= 0, part
+        assert box["y"] + box["height"] <= height, f"{part} below the fold: {box}"
+
+
 def test_a_phone_sized_page_shows_the_chat_with_the_sidebar_folded(
     browser: Browser, backend: ServerThread, fake: FakeBackend
 ) -> None:
@@ -960,6 +969,7 @@ def test_a_phone_sized_page_shows_the_chat_with_the_sidebar_folded(
             page = context.new_page()
             page.goto(server.url)
             expect(page.locator("#header")).to_contain_text("bigcode/starcoder2-3b")
+            assert_typing_in_view(page, height)
             page.locator("#message textarea").fill("Print a long line.")
             page.locator("#send").click()
             expect(page.locator("#chat .message.bot")).to_contain_text("finished")
@@ -975,6 +985,7 @@ def test_a_phone_sized_page_shows_the_chat_with_the_sidebar_folded(
                 assert page.evaluate("document.documentElement.scrollWidth") <= width
                 code = page.locator("#chat .message.bot pre").first
                 assert code.evaluate("pre => pre.scrollWidth > pre.clientWidth"), "it scrolls"
+                assert_typing_in_view(page, height)
                 page.get_by_role("button", name="Toggle Sidebar").click()
                 expect(page.locator(".sidebar")).to_have_class(re.compile(r"\bopen\b"))
                 page.locator("#new-chat").click()

@@ -97,8 +97,10 @@ def test_services_and_profiles(compose: dict[str, Any]) -> None:
     services = compose["services"]
     profiles = {name: service.get("profiles") for name, service in services.items()}
     assert profiles == {
-        "downloader-cpu": ["cpu"], "downloader-cuda": ["cuda"],
-        "tgi-cpu": ["cpu"], "tgi-cuda": ["cuda"], "app": None,
+        "downloader-cpu": ["cpu"], "downloader-cuda": ["cuda"], "downloader-vllm": ["vllm"],
+        "downloader-llamacpp": ["llamacpp"], "downloader-llamacpp-cuda": ["llamacpp-cuda"],
+        "tgi-cpu": ["cpu"], "tgi-cuda": ["cuda"], "vllm": ["vllm"], "llamacpp": ["llamacpp"],
+        "llamacpp-cuda": ["llamacpp-cuda"], "app": None,
     }
 
 
@@ -121,7 +123,7 @@ def test_tgi_starts_after_the_downloader_offline_from_the_shared_cache(
     assert f"--revision ${{{prefix}_MODEL_REVISION}}" in tgi["command"]
     assert "/health" in " ".join(tgi["healthcheck"]["test"])
     assert tgi["shm_size"] == "1g"
-    assert tgi["networks"]["default"]["aliases"] == ["tgi"]
+    assert tgi["networks"]["default"]["aliases"] == ["backend"]
 
 
 def test_tgi_images_are_pinned_release_tags(compose: dict[str, Any]) -> None:
@@ -139,13 +141,13 @@ def test_cuda_reserves_nvidia_gpus(compose: dict[str, Any]) -> None:
     ]
 
 
-def test_the_app_waits_for_a_healthy_tgi_and_talks_to_it(compose: dict[str, Any]) -> None:
+def test_the_app_waits_for_a_healthy_server_and_talks_to_it(compose: dict[str, Any]) -> None:
     app = compose["services"]["app"]
     assert app["depends_on"] == {
         name: {"condition": "service_healthy", "required": False}
-        for name in ("tgi-cpu", "tgi-cuda")
+        for name in ("tgi-cpu", "tgi-cuda", "vllm", "llamacpp", "llamacpp-cuda")
     }
-    assert app["environment"]["BACKEND_URL"] == "http://tgi:80"
+    assert app["environment"]["BACKEND_URL"] == "http://backend:80"
     assert app["environment"]["DATABASE_URL"] == "sqlite:////data/playground.db"
     assert app["volumes"] == ["${APP_DATA}:/data"], "the database outlives the container"
     assert app["ports"] == ["${PUBLISH_ADDRESS}:${APP_PORT}:7860"]
@@ -447,7 +449,7 @@ def test_doctor_stops_a_model_too_big_for_the_ram(fake_bin: Path, tmp_path: Path
     doctor = run("doctor", "cpu", path=with_fake(fake_bin), env=env)
     assert doctor.returncode == 1
     assert "big/coder-70b needs about 170 GiB (from its 143360 MiB of weights)" in doctor.stderr
-    assert "TGI would be killed for lack of memory" in doctor.stderr
+    assert "the server would be killed for lack of memory" in doctor.stderr
     up = run("up", "cpu", path=with_fake(fake_bin), env=env)
     assert up.returncode == 1
     assert compose_calls(log) == [], "nothing is started"

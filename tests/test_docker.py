@@ -27,7 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import OUTPUT
+from tests.conftest import MODEL as GGUF
+from tests.conftest import OUTPUT, answers
 from tests.docker_engine import DockerEngine, read_env_file
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.servers import free_port
@@ -41,6 +42,7 @@ OVERRIDE = REPO / "tests/docker/compose.test.yaml"
 
 
 DEFAULTS = read_env_file()
+PROFILES = ("cpu", "cuda", "vllm", "llamacpp", "llamacpp-cuda")
 MODEL = DEFAULTS["CPU_MODEL_ID"]
 GATED = "acme/gated-coder"
 FILES = {
@@ -115,15 +117,20 @@ class Stack:
             text=True, timeout=timeout, check=False,
         )
 
-    def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.engine.docker(
-            "compose", "--project-directory", str(REPO / "containers"),
-            "-f", str(REPO / "containers/compose.yaml"), "-f", str(OVERRIDE),
-            "--env-file", str(REPO / "containers/service.env"), *args, check=False,
+    def compose(self, *args: str, profiles: tuple[str, ...] = PROFILES
+                ) -> subprocess.CompletedProcess[str]:
+        """``docker compose`` on the stack's files, as the scripts call it, with ``profiles``
+        (all of them, to see or stop whatever runs)."""
+        options = [option for name in profiles for option in ("--profile", name)]
+        return subprocess.run(
+            ["docker", "compose", "--project-directory", str(REPO / "containers"),
+             "-f", str(REPO / "containers/compose.yaml"), "-f", str(OVERRIDE),
+             "--env-file", str(REPO / "containers/service.env"), *options, *args],
+            env=self.env, capture_output=True, text=True, timeout=600, check=False,
         )
 
     def container(self, service: str) -> dict[str, object]:
-        found = self.compose("--profile", "cpu", "ps", "--all", "--format", "json", service)
+        found = self.compose("ps", "--all", "--format", "json", service)
         rows = [json.loads(line) for line in found.stdout.splitlines() if line.strip()]
         return rows[0] if rows else {}
 
@@ -156,7 +163,7 @@ class Stack:
 @pytest.fixture
 def stack(built: DockerEngine, hub: FakeHub, tmp_path: Path) -> Iterator[Stack]:
     env = {
-        **os.environ, **built.env, "APP_PORT": str(free_port()), "TGI_PORT": str(free_port()),
+        **os.environ, **built.env, "APP_PORT": str(free_port()), "SERVER_PORT": str(free_port()),
         "MODEL_CACHE": str(tmp_path / "models"), "APP_DATA": str(tmp_path / "data"),
         "HF_ENDPOINT": hub.url, "COMPOSE_OVERRIDE": str(OVERRIDE),
         "TGI_STANDIN_LOADING_SECONDS": "2",
@@ -203,7 +210,7 @@ def test_up_chat_status_logs_down_and_up_again(stack: Stack, hub: FakeHub) -> No
         assert service in status.stdout
     assert "(healthy)" in status.stdout
     assert f"app: up (http://127.0.0.1:{stack.env['APP_PORT']}/healthz)" in status.stdout
-    assert f"tgi: up (http://127.0.0.1:{stack.env['TGI_PORT']}/health)" in status.stdout
+    assert f"server: up (http://127.0.0.1:{stack.env['SERVER_PORT']}/health)" in status.stdout
     logged = stack.logs("app", "Uvicorn running", "GET /healthz")
     assert "Uvicorn running" in logged or "GET /healthz" in logged
 
@@ -255,26 +262,127 @@ def test_a_gated_model_stops_up_with_the_downloaders_message_and_code(stack: Sta
 def test_doctor_stops_up_before_compose_when_memory_is_short(stack: Stack) -> None:
     result = stack.run("up", "cpu", CPU_MEMORY_GIB="100000")
     assert result.returncode == 1
-    assert "TGI would be killed for lack of memory" in result.stderr
-    assert stack.compose("--profile", "cpu", "ps", "--all", "-q").stdout.strip() == ""
+    assert "the server would be killed for lack of memory" in result.stderr
+    assert stack.compose("ps", "--all", "-q").stdout.strip() == ""
 
 
-def test_the_cuda_profile_is_configured_for_a_gpu(stack: Stack) -> None:
-    """It cannot run here (no GPU): its configuration is what compose would run."""
+def test_the_llamacpp_profile_serves_the_real_model_from_the_cache(
+    stack: Stack, hub: FakeHub
+) -> None:
+    """llama.cpp's own server for real (the engine's llama-server in llama.cpp's image
+    layout) on the real model, which the downloader fetches from the Hub's stand-in: one GGUF
+    file of a repository that holds others too."""
+    repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+    hub.repos[repo] = FakeRepo({GGUF.name: GGUF.read_bytes(), "other.Q8_0.gguf": b"GGUF" * 64,
+                                "README.md": b"# SmolLM2\n"})
+    stack.env.update(LLAMACPP_MODEL_ID=repo, LLAMACPP_MODEL_FILE=GGUF.name,
+                     LLAMACPP_PARALLEL="2", LLAMACPP_CONTEXT_TOKENS="4096")
+    up = stack.run("up", "llamacpp")
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert f"from its {GGUF.stat().st_size // 1024 // 1024} MiB of weights" not in up.stdout
+    snapshot = next((stack.folder / f"models/models--{repo.replace('/', '--')}/snapshots")
+                    .iterdir())
+    assert [p.name for p in snapshot.iterdir()] == [GGUF.name], "only the file it serves"
+    assert stack.container("llamacpp")["Health"] == "healthy"
+
+    models = httpx.get(f"{stack.app_url}/api/v1/models", timeout=10).json()
+    assert (models["backend"], models["model"]) == ("llama.cpp", repo)
+    assert models["max_total_tokens"] == 2048, "one slot's share of the context, from /props"
+    events = say(stack, "Write a Python function that adds two numbers.")
+    assert events[-1]["error"] is None
+    assert events[-1]["done"] is True
+    reply = "".join(str(event.get("delta", "")) for event in events)
+    assert len(reply.split()) >= 5, reply
+    logged = stack.logs("llamacpp", "Serving /data/models--")
+    assert f"/snapshots/{snapshot.name}/{GGUF.name}" in logged
+
+    # A second time the model is in the cache, and doctor sizes it from its weights.
+    assert stack.run("down").returncode == 0
+    asked = len(hub.requests)
+    again = stack.run("up", "llamacpp")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert len(hub.requests) == asked
+    assert f"from its {GGUF.stat().st_size // 1024 // 1024} MiB of weights" in again.stdout
+
+
+def test_a_mistyped_gguf_file_stops_up_with_the_files_there_are(stack: Stack) -> None:
+    result = stack.run("up", "llamacpp", LLAMACPP_MODEL_ID=MODEL,
+                       LLAMACPP_MODEL_FILE="model-q4_k_m.gguf")
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"No file of {MODEL} (revision main) matches model-q4_k_m.gguf: it has config.json, "\
+        "model.safetensors, tokenizer.json." in result.stderr
+    assert stack.container("llamacpp").get("State", "created") == "created", "never started"
+
+
+def test_the_vllm_profile_on_its_stand_in(stack: Stack, hub: FakeHub) -> None:
+    """vLLM's image cannot run here (a registry, a GPU): its stand-in (tests/docker/
+    vllm_launcher.py) takes the profile's command and finds the model in the cache as vLLM
+    does. Compose is called directly: scripts/up's doctor stops without a GPU, rightly."""
+    stack.env.update(HOST_UID=str(os.getuid()), HOST_GID=str(os.getgid()),
+                     VLLM_MODEL_ID=MODEL)
+    for folder in ("models", "data"):
+        (stack.folder / folder).mkdir()
+    up = stack.compose("up", "--detach", profiles=("vllm",))
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert stack.container("downloader-vllm")["ExitCode"] == 0
+    assert stack.container("vllm")["Health"] == "healthy"
+    wait_for(lambda: answers(f"{stack.app_url}/healthz"), 60, what="the app to start")
+    models = httpx.get(f"{stack.app_url}/api/v1/models", timeout=10).json()
+    assert (models["backend"], models["model"]) == ("openai", MODEL)
+    events = say(stack, "Reverse a string in Python.")
+    assert events[-1]["error"] is None
+    assert "return s[::-1]" in "".join(str(e.get("delta", "")) for e in events)
+    status = stack.run("status")
+    assert f"server: up (http://127.0.0.1:{stack.env['SERVER_PORT']}/health)" in status.stdout
+    assert stack.run("down").returncode == 0
+    assert stack.compose("ps", "--all", "-q").stdout.strip() == "", "down stops every profile"
+
+
+def test_doctor_refuses_a_gpu_profile_without_a_gpu(stack: Stack) -> None:
+    for profile in ("vllm", "llamacpp-cuda"):
+        result = stack.run("doctor", profile)
+        assert result.returncode == 1
+        assert "nvidia-smi is missing: install the NVIDIA driver" in result.stderr
+        assert f"problem(s) found for profile {profile}" in result.stderr
+
+
+def test_doctor_says_how_to_get_buildx(stack: Stack) -> None:
+    with_buildx = stack.run("doctor", "llamacpp")
+    assert "ok    buildx: github.com/docker/buildx" in with_buildx.stdout
+    stack.env.update(stack.engine.classic_env)
+    without = stack.run("doctor", "llamacpp")
+    assert "buildx: missing, so scripts/build falls back to docker build" in without.stdout
+    assert "docker-buildx-plugin" in without.stdout
+    assert without.returncode == 0, "Buildx is not needed to run the stack"
+
+
+def test_the_gpu_profiles_are_configured_for_a_gpu(stack: Stack) -> None:
+    """They cannot run here (no GPU): their configuration is what compose would run, the
+    production file alone."""
     config = stack.engine.docker(
         "compose", "--project-directory", str(REPO / "containers"),
         "-f", str(REPO / "containers/compose.yaml"), "--env-file",
-        str(REPO / "containers/service.env"), "--profile", "cuda", "config", "--format", "json",
+        str(REPO / "containers/service.env"), "--profile", "cuda", "--profile", "vllm",
+        "--profile", "llamacpp-cuda", "config", "--format", "json",
     )
     services = json.loads(config.stdout)["services"]
+    images = {
+        "tgi-cuda": f"ghcr.io/huggingface/text-generation-inference:{DEFAULTS['TGI_VERSION']}",
+        "vllm": f"vllm/vllm-openai:{DEFAULTS['VLLM_VERSION']}",
+        "llamacpp-cuda": f"ghcr.io/ggml-org/llama.cpp:server-cuda-{DEFAULTS['LLAMACPP_VERSION']}",
+    }
+    for name, image in images.items():
+        assert services[name]["image"] == image
+        device = services[name]["deploy"]["resources"]["reservations"]["devices"][0]
+        assert (device["driver"], device["capabilities"]) == ("nvidia", ["gpu"]), name
     tgi = services["tgi-cuda"]
-    image = f"ghcr.io/huggingface/text-generation-inference:{DEFAULTS['TGI_VERSION']}"
-    assert tgi["image"] == image
-    device = tgi["deploy"]["resources"]["reservations"]["devices"][0]
-    assert (device["driver"], device["capabilities"]) == ("nvidia", ["gpu"])
     assert tgi["command"][:2] == ["--model-id", DEFAULTS["CUDA_MODEL_ID"]]
     assert "--max-total-tokens" in tgi["command"]
+    # TGI's CUDA image sets HF_HOME=/data, whose hub cache would be /data/hub: not where the
+    # downloader puts the model.
+    assert tgi["environment"]["HUGGINGFACE_HUB_CACHE"] == "/data"
     assert services["downloader-cuda"]["environment"]["MODEL_ID"] == DEFAULTS["CUDA_MODEL_ID"]
+    assert services["llamacpp-cuda"]["environment"]["LLAMA_ARG_N_GPU_LAYERS"] == "999"
 
 
 def test_without_buildx_the_same_target_is_built_with_docker_build(built: DockerEngine) -> None:

@@ -137,7 +137,7 @@ class PlaygroundUI:
                     self.branches.controls(demo, chatbot, chat)
                     self.attachments.viewer(demo, chat)
                     notice = gr.Markdown(elem_id="notice")
-                    with gr.Row():
+                    with gr.Row(elem_id="message-row"):
                         message = gr.Textbox(
                             placeholder="Type a message; Enter sends, Shift+Enter adds a line",
                             show_label=False, lines=1, max_lines=12, scale=8, elem_id="message",

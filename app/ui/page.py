@@ -65,9 +65,18 @@ PAGE_CSS = f"""
   padding: 0 0.3rem; white-space: nowrap;
 }}
 #shortcuts-overlay td {{ padding: 0.2rem 0.5rem; }}
+/* Gradio's container hides its overflow, which would make it the box the message row sticks
+   in (below); clip cuts the same and lets the row stick to the screen. Outside @media: Gradio
+   puts its own container before the selectors of a media rule, so that rule could not match. */
+.gradio-container {{ overflow: clip !important; }}
 @media (max-width: {NARROW_PX}px) {{
-  .gradio-container {{ padding-left: 0.5rem !important; padding-right: 0.5rem !important; }}
   #send, #stop {{ min-width: 0; }}
+  /* The message box and Send stay at the bottom of the screen, the chat scrolling above them:
+     on a phone the chat alone is taller than the screen. */
+  #message-row {{
+    position: sticky; bottom: 0; z-index: 10;
+    background: var(--background-fill-primary, #fff); padding-bottom: 0.25rem;
+  }}
 }}
 """
 

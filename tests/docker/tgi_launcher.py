@@ -15,20 +15,10 @@ from pathlib import Path
 
 import uvicorn
 
+from tests.docker.hub_cache import snapshot
 from tests.fake_backend import FakeBackend
 
 LOADING_SECONDS = float(os.environ.get("TGI_STANDIN_LOADING_SECONDS", "2"))
-
-
-def snapshot(cache: Path, model_id: str, revision: str) -> Path | None:
-    """The model's snapshot as huggingface_hub finds it offline in the hub cache ``cache``:
-    ``refs/<revision>`` names the commit, and its folder holds a config and the weights."""
-    repo = cache / f"models--{model_id.replace('/', '--')}"
-    ref = repo / "refs" / revision
-    commit = ref.read_text().strip() if ref.is_file() else revision
-    folder = repo / "snapshots" / commit
-    has_weights = any(folder.glob("*.safetensors"))
-    return folder if (folder / "config.json").is_file() and has_weights else None
 
 
 def main() -> int:
