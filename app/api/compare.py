@@ -15,10 +15,8 @@ backends', which could tell them) kept out of every answer, errors included, unt
 """
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
@@ -44,58 +42,19 @@ from app.api.models import (
     SideOut,
     VoteIn,
 )
-from app.arena.rules import ArenaError, board_owner, check_pair
+from app.arena.rules import ArenaError, board_owner
 from app.chat import ChatService
-from app.chat.conversations import NotFound, StoreError
+from app.chat.compare import Comparer, Pair, merged, pick_models
+from app.chat.conversations import NotFound
 from app.chat.turns import Turn
 from app.events import event, event_stream
 from app.settings import Settings
 from app.store.comparisons import Side, StoredComparison, VoteFinal
 
-SideName = Literal["left", "right"]
-HIDDEN = "(hidden)"
-DELETED = "The conversation was deleted before both replies ended; the comparison was not kept."
-T = TypeVar("T")
-
 ComparisonPath = Annotated[int, Path(
     ge=1, le=2**31 - 1, description="One of your comparisons: the `comparison_id` of POST "
     "/compare.",
 )]
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A comparison under way: its two turns, whether it is blind, and the task that records
-    it once both replies have ended (its id, or why it was not kept)."""
-
-    left: Turn
-    right: Turn
-    blind: bool
-    recorded: asyncio.Task[tuple[int | None, str | None]]
-
-    @property
-    def sides(self) -> dict[SideName, Turn]:
-        return {"left": self.left, "right": self.right}
-
-    @property
-    def dialogue_id(self) -> str:
-        return self.left.live.conversation_id
-
-    def model(self, turn: Turn) -> str | None:
-        """The side's model, None while blind."""
-        return None if self.blind else turn.info.model_id
-
-    def shown(self, text: str | None) -> str | None:
-        """``text`` (an error) as the client may see it: while blind, without the models'
-        or backends' names."""
-        if not self.blind or text is None:
-            return text
-        names = {name for turn in (self.left, self.right)
-                 for name in (turn.info.model_id, turn.info.name,
-                              turn.exchange.stats.backend if turn.exchange.stats else "")}
-        for name in sorted(filter(None, names), key=len, reverse=True):
-            text = text.replace(name, HIDDEN)
-        return text
 
 
 class Comparing:
@@ -106,26 +65,15 @@ class Comparing:
         self.settings = settings
         self.service = service
         self.dialogues = dialogues
-        self._recording: set[asyncio.Task[Any]] = set()
+        self.comparer = Comparer(dialogues.turns)
 
     def models(self, body: CompareIn) -> tuple[str, str]:
         """The two models: those named, or two different ones at random among those on
         offer (blind). Raises ``ApiError`` 422 for one model twice, or fewer than two on offer."""
-        if body.blind:
-            offered = sorted(self.service.models())
-            if len(offered) < 2:
-                raise ApiError(422, f"A blind comparison needs two models on offer; this "
-                               f"server offers {len(offered)}. Compare named models instead.")
-            left, right = random.sample(offered, 2)
-        else:
-            assert body.left is not None, "CompareIn asks for both or blind"
-            assert body.right is not None, "CompareIn asks for both or blind"
-            left, right = body.left, body.right
         try:
-            check_pair(left, right)
+            return pick_models(self.service.models(), body.left, body.right, body.blind)
         except ArenaError as err:
             raise ApiError(422, str(err)) from err
-        return left, right
 
     async def start(self, user_id: int, body: CompareIn) -> Pair:
         """Check the request, store the message and start both replies.
@@ -136,24 +84,7 @@ class Comparing:
         models = self.models(body)
         mine, chat, asked = await self.dialogues.asked(user_id, body)
         with refusals(chat):
-            left, right = await self.dialogues.turns.compare(mine, chat, asked, models)
-
-        async def record() -> tuple[int | None, str | None]:
-            tasks = {turn.live.task for turn in (left, right) if turn.live.task is not None}
-            await asyncio.wait(tasks)
-            try:
-                return await mine.record_comparison(
-                    left.live.conversation_id, _side(left), _side(right), body.blind
-                ), None
-            except NotFound:
-                return None, DELETED
-            except StoreError as err:
-                return None, f"The comparison could not be stored: {err}"
-
-        recorded = asyncio.create_task(record())
-        self._recording.add(recorded)  # kept until it has run, whoever waits for it
-        recorded.add_done_callback(self._recording.discard)
-        return Pair(left, right, body.blind, recorded)
+            return await self.comparer.start(mine, chat, asked, models, body.blind)
 
     async def events(self, pair: Pair, stop_if_gone: Request | None) -> AsyncIterator[bytes]:
         """Server-sent events: the dialogue and each side's reply id (and model, unless
@@ -161,7 +92,7 @@ class Comparing:
         end with its stats; last, once both have ended, the comparison's id. The client of
         ``stop_if_gone`` going away stops both."""
         with followed(stop_if_gone, pair.left.live, pair.right.live):
-            yield event({"dialogue_id": pair.dialogue_id, "blind": pair.blind, **{
+            yield event({"dialogue_id": pair.conversation_id, "blind": pair.blind, **{
                 side: {"message_id": turn.exchange.reply_id, "model": pair.model(turn)}
                 for side, turn in pair.sides.items()
             }})
@@ -180,20 +111,8 @@ class Comparing:
             message_id=turn.exchange.reply_id, model=pair.model(turn), reply=turn.exchange.reply,
             stats=stats_out(turn.exchange.stats), error=pair.shown(turn.exchange.error),
         ) for turn in (pair.left, pair.right))
-        return CompareOut(comparison_id=comparison_id, dialogue_id=pair.dialogue_id,
+        return CompareOut(comparison_id=comparison_id, dialogue_id=pair.conversation_id,
                           blind=pair.blind, left=left, right=right, error=error)
-
-
-def _side(turn: Turn) -> Side:
-    """A side of the comparison as recorded: its model, reply, backend and speed."""
-    stats = turn.exchange.stats
-    first = None if stats is None else stats.time_to_first_token
-    return Side(
-        model=turn.info.model_id, reply_id=turn.exchange.reply_id,
-        backend=turn.info.name if stats is None else stats.backend,
-        first_token_ms=None if first is None else first * 1000,
-        tokens_per_second=None if stats is None else stats.tokens_per_second,
-    )
 
 
 async def _side_events(pair: Pair, turn: Turn) -> AsyncIterator[dict[str, Any]]:
@@ -202,26 +121,6 @@ async def _side_events(pair: Pair, turn: Turn) -> AsyncIterator[dict[str, Any]]:
     async for piece in pieces(exchange.log):
         yield piece
     yield ending(exchange.reply_id, stats_out(exchange.stats), pair.shown(exchange.error))
-
-
-async def merged(streams: Mapping[SideName, AsyncIterator[T]]) -> AsyncIterator[tuple[SideName, T]]:
-    """The items of ``streams`` (never None) as each comes, with its stream's name, until
-    all have ended."""
-    def step(side: SideName) -> asyncio.Future[T | None]:
-        return asyncio.ensure_future(anext(streams[side], None))
-
-    pending = {step(side): side for side in streams}
-    try:
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for next_item in done:
-                side = pending.pop(next_item)
-                if (item := next_item.result()) is not None:
-                    pending[step(side)] = side
-                    yield side, item
-    finally:
-        for next_item in pending:
-            next_item.cancel()
 
 
 def comparison_out(stored: StoredComparison) -> ComparisonOut:

@@ -2,6 +2,7 @@
 
     ArenaError       base class; ``str(err)`` is one sentence a user can act on
     ├── SameModel    both sides of a comparison name the same model
+    ├── TooFewModels a blind comparison, with fewer than two models on offer
     └── BoardClosed  the board of all users was asked for, and ALLOW_SHARED_BOARD is off
 """
 
@@ -18,6 +19,10 @@ class SameModel(ArenaError):
     """Raised by ``check_pair`` when both sides name the same model."""
 
 
+class TooFewModels(ArenaError):
+    """Raised by ``check_offered`` when a blind comparison has fewer than two models to pick."""
+
+
 class BoardClosed(ArenaError):
     """Raised by ``board_owner`` for the board of all users while the operator allows none."""
 
@@ -30,6 +35,15 @@ def check_pair(left: str, right: str) -> None:
     """
     if left == right:
         raise SameModel(f"Both sides are {left}: pick two different models to compare.")
+
+
+def check_offered(offered: int) -> None:
+    """Refuse a blind comparison among ``offered`` models, fewer than two."""
+    if offered < 2:
+        raise TooFewModels(
+            f"A blind comparison needs two models on offer; this server offers {offered}. "
+            "Compare named models instead."
+        )
 
 
 def board_owner(settings: Settings, user_id: int, everyone: bool) -> int | None:
