@@ -50,6 +50,13 @@ def pick_models(
     return left, right
 
 
+def hidden(text: str, names: Iterable[str]) -> str:
+    """``text`` without ``names`` (a blind comparison's models and backends)."""
+    for name in sorted(filter(None, set(names)), key=len, reverse=True):
+        text = text.replace(name, HIDDEN)
+    return text
+
+
 @dataclass(frozen=True)
 class Pair:
     """A comparison under way: its two turns, whether it is blind, and the task that records
@@ -82,12 +89,10 @@ class Pair:
         backends' names."""
         if not self.blind or text is None:
             return text
-        names = {name for turn in (self.left, self.right)
-                 for name in (turn.info.model_id, turn.info.name,
-                              turn.exchange.stats.backend if turn.exchange.stats else "")}
-        for name in sorted(filter(None, names), key=len, reverse=True):
-            text = text.replace(name, HIDDEN)
-        return text
+        return hidden(text, [name for turn in (self.left, self.right)
+                             for name in (turn.info.model_id, turn.info.name,
+                                          turn.exchange.stats.backend if turn.exchange.stats
+                                          else "")])
 
     def stop(self) -> None:
         """Ask both replies to end."""
