@@ -4,7 +4,6 @@ stand-in backends of different speeds: a TGI serving one model and a vLLM servin
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from app.store import Store
 from app.store.comparisons import Comparisons, StoredComparison
 from app.store.store import LOCAL_USER
 from app.ui.page import NARROW_PX
-from tests.conftest import OUTPUT, REPO, settings_for
+from tests.conftest import OUTPUT, settings_for
 from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
 from tests.test_api_compare import FAST, SLOW
@@ -133,7 +132,6 @@ def test_two_models_stream_side_by_side_a_vote_is_stored_and_the_board_shows_bot
     expect(rows.first).to_contain_text(FAST)  # rated best first
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "browser-compare.png"), full_page=True)
-    shutil.copy(OUTPUT / "browser-compare.png", REPO / "docs" / "images" / "compare-1280.png")
 
     # Going on with the left reply shows it in the Chat tab.
     page.locator("#compare-keep-left").click()
