@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.chat.export import export_markdown
 from app.server import create_app
 from app.store import Store, transfer
 from tests.conftest import settings_for
@@ -192,6 +193,40 @@ def test_a_blind_comparison_hides_the_names_until_the_vote(arena: Api) -> None:
     assert "final" in assert_error_shape(again, 409)["error"]
     assert {row["model"] for row in arena.http.get("/board", headers=alice).json()} == {
         FAST, SLOW}
+
+
+def test_a_blind_comparisons_replies_hide_their_models_until_the_vote(arena: Api) -> None:
+    alice = arena.user("alice")
+    wait_for(lambda: len(arena.http.get("/models", headers=alice).json()["models"]) == 2)
+    compared = compare(arena, alice, blind=True).json()
+    dialogue = compared["dialogue_id"]
+    store = Store(arena.database_url)
+
+    def readable() -> dict[str, str]:
+        """Where the user reads the conversation: its messages (branch and tree) and its
+        exports."""
+        user_id = store.user_id("alice")
+        return {"branch": arena.messages(alice, dialogue).text,
+                "tree": arena.messages(alice, dialogue, view="tree").text,
+                "json": transfer.export_json(store, user_id, dialogue),
+                "markdown": export_markdown(store, user_id, dialogue)}
+
+    try:
+        for where, text in readable().items():
+            for name in (FAST, SLOW, '"gpu"', '"vllm"'):
+                assert name not in text, (where, name)
+        assert json.loads(readable()["json"])["conversations"][0]["comparisons"] == []
+        arena.http.post(f"/comparisons/{compared['comparison_id']}/vote", headers=alice,
+                        json={"outcome": "tie"})
+        tree = arena.messages(alice, dialogue, view="tree").json()
+        assert {m["model"] for m in tree["messages"] if m["role"] == "assistant"} == {
+            FAST, SLOW}, "shown once voted"
+        shown = readable()
+        assert FAST in shown["json"]
+        assert SLOW in shown["json"]
+        assert FAST in shown["markdown"] or SLOW in shown["markdown"], "the branch on screen"
+    finally:
+        store.engine.dispose()
 
 
 def test_the_same_model_twice_and_a_half_named_pair_are_refused_and_nothing_stored(

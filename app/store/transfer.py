@@ -12,7 +12,9 @@ version 4 without runs and checks, version 4 is version 5 without comparisons.
 
 A conversation's comparisons (Compare: one message answered by two models, and the vote
 between them; ``app.store.comparisons``) are exported with it, each naming its two replies by
-their local ids, with their models, speeds and vote. An import reads and checks them but
+their local ids, with their models, speeds and vote; a blind one not voted on yet is left out,
+and its replies' models and backends are null (they would tell which model wrote which side;
+``Store.blind_replies``). An import reads and checks them but
 does not restore them: the board counts the votes cast, and the speeds measured, on this
 server. The readable Markdown export is the chat's
 (``app.chat.export``): the store knows no presentation.
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -45,10 +47,11 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import ErrorDetails, to_json
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from app.settings import ATTACHMENT_MAX_BYTES, ATTACHMENTS_PER_MESSAGE
 from app.store.models import Comparison, Conversation, Message, kept_settings, now
+from app.store.records import blind_names
 from app.store.store import Store, StoreError
 
 FORMAT = "coding-playground.conversations"
@@ -300,11 +303,13 @@ def export_json(store: Store, user_id: int, conversation_id: str | None = None) 
     """
     conversations = store.conversation_rows(user_id, conversation_id)
     compared = _comparisons(store, user_id, [c.id for c in conversations])
+    hidden = store.blind_replies([c.id for c in conversations])
     document = {
         "format": FORMAT,
         "version": VERSION,
         "exported_at": _iso(now()),
-        "conversations": [_conversation_dict(c, compared.get(c.id, [])) for c in conversations],
+        "conversations": [_conversation_dict(c, compared.get(c.id, []), hidden)
+                          for c in conversations],
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
 
@@ -312,9 +317,11 @@ def export_json(store: Store, user_id: int, conversation_id: str | None = None) 
 def _comparisons(
     store: Store, user_id: int, conversation_ids: Sequence[str]
 ) -> dict[str, list[Comparison]]:
-    """The user's comparisons in these conversations, oldest first, by conversation."""
+    """The user's comparisons in these conversations, oldest first, by conversation; a blind
+    one not voted on yet is left out (its models are what it hides)."""
     query = select(Comparison).where(
-        Comparison.user_id == user_id, Comparison.conversation_id.in_(conversation_ids)
+        Comparison.user_id == user_id, Comparison.conversation_id.in_(conversation_ids),
+        or_(~Comparison.blind, Comparison.outcome.is_not(None)),
     ).order_by(Comparison.id)
     found: dict[str, list[Comparison]] = {}
     with store.transaction() as session:
@@ -325,22 +332,26 @@ def _comparisons(
 
 
 def _conversation_dict(
-    conversation: Conversation, comparisons: Sequence[Comparison]
+    conversation: Conversation, comparisons: Sequence[Comparison], hidden: Collection[int]
 ) -> dict[str, Any]:
+    """The conversation as exported; the models and backends of the ``hidden`` replies (and
+    the conversation's, when it is theirs) are null."""
+    model, backend = blind_names(conversation, conversation.messages, hidden)
     local_ids = {message.id: n for n, message in enumerate(conversation.messages, start=1)}
     # A leaf that is gone reads as none: the newest child at each step.
     leaf = local_ids.get(conversation.leaf_id) if conversation.leaf_id is not None else None
     return {
         "id": conversation.id,
         "title": conversation.title,
-        "model": conversation.model,
-        "backend": conversation.backend,
+        "model": model,
+        "backend": backend,
         "language": conversation.language,
         "system_prompt": conversation.system_prompt,
         "settings": conversation.settings or {},
         "created_at": _iso(conversation.created_at),
         "updated_at": _iso(conversation.updated_at),
-        "messages": [_message_dict(m, local_ids) for m in conversation.messages],
+        "messages": [_message_dict(m, local_ids, m.id in hidden)
+                     for m in conversation.messages],
         "leaf": leaf,
         "comparisons": [_comparison_dict(c, local_ids) for c in comparisons],
     }
@@ -366,7 +377,7 @@ def _comparison_dict(comparison: Comparison, local_ids: dict[int, int]) -> dict[
     }
 
 
-def _message_dict(message: Message, local_ids: dict[int, int]) -> dict[str, Any]:
+def _message_dict(message: Message, local_ids: dict[int, int], hidden: bool) -> dict[str, Any]:
     return {
         "id": local_ids[message.id],
         "role": message.role,
@@ -377,8 +388,8 @@ def _message_dict(message: Message, local_ids: dict[int, int]) -> dict[str, Any]
         "tokens": message.tokens,
         "time_to_first_token": _finite(message.time_to_first_token),
         "tokens_per_second": _finite(message.tokens_per_second),
-        "model": message.model,
-        "backend": message.backend,
+        "model": None if hidden else message.model,
+        "backend": None if hidden else message.backend,
         "attachments": message.attachments or [],
         "runs": message.runs,
         "check": None if message.check is None else _relinked(message.check, local_ids),
