@@ -315,6 +315,30 @@ def test_a_client_that_leaves_stops_both(
     wait_for(lambda: len(arena.http.get("/comparisons", headers=alice).json()) == 1)
 
 
+def test_stopping_the_dialogue_stops_both_and_following_it_follows_the_reply_on_screen(
+    arena: Api, fake: FakeBackend, slow: FakeBackend
+) -> None:
+    fake.tokens = [f"fast{i} " for i in range(200)]
+    slow.tokens = [f"slow{i} " for i in range(200)]
+    alice = arena.user("alice")
+    with arena.http.stream("POST", "/compare", headers=alice, json={
+        "message": "long", "left": FAST, "right": SLOW, "stream": True,
+    }) as answer:
+        received = events(answer)
+        opened = next(received)
+        next(event for event in received if "delta" in event)
+    dialogue = f"/dialogues/{opened['dialogue_id']}"
+    with arena.http.stream("GET", f"{dialogue}/stream", headers=alice) as followed:
+        first = next(events(followed))
+    assert first["message_id"] == opened["right"]["message_id"], "the conversation's leaf"
+
+    assert arena.http.post(f"{dialogue}/stop", headers=alice).status_code == 204
+    wait_for(lambda: (fake.cancelled, slow.cancelled) == (1, 1))
+    tree = arena.messages(alice, opened["dialogue_id"], view="tree").json()
+    assert [m["status"] for m in tree["messages"] if m["role"] == "assistant"] == [
+        "stopped", "stopped"]
+
+
 def test_the_board_of_everyone_only_where_the_operator_allows_it(
     start_arena: Callable[..., Api],
 ) -> None:

@@ -253,15 +253,16 @@ class Dialogues:
                            reply.error if reply else None))
 
     async def follow(self, user_id: int, dialogue_id: str) -> LiveReply | StoredExchange:
-        """The reply of the dialogue being written now, or else its last stored exchange.
+        """The reply of the dialogue being written now (of a comparison's two, the one on
+        screen: its right side), or else its last stored exchange.
 
         Raises ``ApiError`` 404 for a dialogue that is not the user's, or one without a
         message yet; 409 for a reply that another process is writing.
         """
         with yours(dialogue_id):
-            live = self.replies.running(user_id, dialogue_id)
-            if live is not None:
-                return live
+            running = self.replies.running(user_id, dialogue_id)
+            if running:
+                return running[-1]
             record = await self.of(user_id).record(dialogue_id)
         if not record.exchanges:
             raise ApiError(404, f"The dialogue {dialogue_id!r} has no message yet.")
@@ -273,17 +274,17 @@ class Dialogues:
         return last
 
     async def stop(self, user_id: int, dialogue_id: str) -> bool:
-        """Stop the dialogue's reply being written, if any, and wait until it has ended:
-        stored as stopped, its places among the running replies given back (a client that
-        sends again at once is not refused for it). Returns whether one was running."""
+        """Stop the dialogue's replies being written (one, or a comparison's two), if any,
+        and wait until they have ended: stored as stopped, their places among the running
+        replies given back (a client that sends again at once is not refused for it).
+        Returns whether one was running."""
         with yours(dialogue_id):
-            live = self.replies.running(user_id, dialogue_id)
-        if live is None:
-            return False
-        live.stop()
-        if live.task is not None:
-            await asyncio.wait({live.task})  # a client leaving does not cancel the reply
-        return True
+            running = self.replies.running(user_id, dialogue_id)
+        _stop(running)
+        tasks = {live.task for live in running if live.task is not None}
+        if tasks:
+            await asyncio.wait(tasks)  # a client leaving does not cancel the replies
+        return bool(running)
 
     async def listed(self, user_id: int, search: str, limit: int) -> list[DialogueSummary]:
         """The user's dialogues, newest first."""

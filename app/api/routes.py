@@ -266,7 +266,8 @@ class RestApi:
         ) -> StreamingResponse:
             """The reply of the conversation, as server-sent events: the text so far (from
             `offset`), then each new piece as it is written, then its end. A reply that has
-            already ended comes whole, at once. Going away does not stop it."""
+            already ended comes whole, at once. Going away does not stop it. Of a comparison's
+            two replies, the one on screen (its right side): POST /compare streams both."""
             found = await self.dialogues.follow(user_id, dialogue_id)
             if isinstance(found, StoredExchange):
                 return event_stream(self.dialogues.stored_events(dialogue_id, found, offset))
@@ -280,9 +281,9 @@ class RestApi:
             user_id: User,
             dialogue_id: DialoguePath,
         ) -> Response:
-            """Stop the conversation's reply, for every page and client following it; it is
-            stored as stopped, with its text so far, before this answers. Nothing happens
-            when none is running."""
+            """Stop the conversation's reply (a comparison's two), for every page and client
+            following it; it is stored as stopped, with its text so far, before this answers.
+            Nothing happens when none is running."""
             if not await self.dialogues.stop(user_id, dialogue_id):
                 await self.dialogues.follow(user_id, dialogue_id)  # 404 if not the user's
             return Response(status_code=204)
