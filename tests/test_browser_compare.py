@@ -20,6 +20,7 @@ from tests.fake_backend import FakeBackend
 from tests.servers import ServerThread
 from tests.test_api_compare import FAST, SLOW
 from tests.test_browser import browser  # noqa: F401  (a fixture)
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -197,3 +198,20 @@ def test_on_a_phone_the_columns_stack_and_the_votes_and_message_box_are_reachabl
     page.screenshot(path=str(OUTPUT / "browser-compare-390.png"))
     page.locator("#vote-both-bad").click()
     expect(page.locator("#compare-notice")).to_contain_text("Your vote: Both bad")
+
+
+def test_stop_stops_both_replies(
+    browser: Browser, arena: tuple[str, str], fake: FakeBackend, slow: FakeBackend  # noqa: F811
+) -> None:
+    fake.tokens = slow.tokens = [f"w{i} " for i in range(400)]
+    fake.token_delay = 0.05
+    url, _ = arena
+    page = open_compare(browser, url, 1280, 1000)
+    left, right = page.locator("#compare-left"), page.locator("#compare-right")
+    send(page, "Write a long one.")
+    expect(left).to_contain_text("w3", timeout=15_000)
+    expect(right).to_contain_text("w3", timeout=15_000)
+    page.locator("#compare-stop").click()
+    expect(left).to_contain_text("stopped", timeout=15_000)
+    expect(right).to_contain_text("stopped", timeout=15_000)
+    wait_for(lambda: (fake.cancelled, slow.cancelled) == (1, 1))
