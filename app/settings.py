@@ -165,6 +165,7 @@ class Settings(BaseSettings):
     auth_mode: Literal["none", "password", "hf"] = "none"
     allow_signup: bool = False
     allow_sharing: bool = True
+    allow_shared_board: bool = False
     token_ttl_hours: float = Field(24 * 7, gt=0)
 
     snippet_runs: Literal["auto", "on", "off"] = "auto"

@@ -893,6 +893,8 @@ def test_no_input_makes_the_api_fail(
         "POST /api/v1/dialogues/{dialogue_id}/share", "GET /api/v1/shares",
         "DELETE /api/v1/shares/{share_id}", "POST /api/v1/messages/{message_id}/run",
         "POST /api/v1/messages/{message_id}/check", "GET /api/v1/messages/{message_id}/check",
+        "POST /api/v1/compare", "POST /api/v1/comparisons/{comparison_id}/vote",
+        "GET /api/v1/comparisons", "GET /api/v1/board",
     }
     assert no_invalid_input <= {
         "GET /api/v1/me", "GET /api/v1/models", "GET /healthz", "GET /api/v1/tokens",

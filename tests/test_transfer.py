@@ -210,7 +210,7 @@ def test_the_json_holds_every_reply_version_with_local_links(tmp_path: Path) -> 
     exported = json.loads(export_json(store, user, first))
 
     assert exported["format"] == "coding-playground.conversations"
-    assert exported["version"] == 4
+    assert exported["version"] == 5
     [only] = exported["conversations"]
     assert only["id"] == first
     assert only["title"] == "Ünïcode & code 🐍"
@@ -425,7 +425,7 @@ BAD_DOCUMENTS: list[tuple[str, str | bytes | dict[str, Any], str]] = [
     ("not utf-8", b'{"format": "\xff"}', "document: Invalid JSON"),
     ("not an object", "[1, 2]", "document: Input should be an object"),
     ("another format", {**good(), "format": "chatgpt"}, "format: Value error, not a conv"),
-    ("another version", {**good(), "version": 5}, "version: Value error, version 5 is not sup"),
+    ("another version", {**good(), "version": 6}, "version: Value error, version 6 is not sup"),
     ("no version", {k: v for k, v in good().items() if k != "version"}, "version: Field req"),
     ("unknown field", {**good(), "extra": 1}, "extra: Extra inputs are not permitted"),
     ("system role", with_message(role="system"), "conversations[0].messages[1].role: Input sh"),

@@ -8,6 +8,8 @@
     sharing.py   links to read-only snapshots of conversations (``app.store.shares``)
     checks.py    a reply's code blocks run and the reply checked and repaired
                  (``app.chat.checks``)
+    compare.py   one message to two models side by side, the vote between the replies, and
+                 the board of votes (``app.store.comparisons``)
 """
 
 from fastapi import FastAPI

@@ -26,6 +26,7 @@ from app.api.models import (
     DialogueOut,
     DialogueSummary,
     ExchangeOut,
+    MessageIn,
     MessageOut,
     MessagesOut,
     ReplyOut,
@@ -179,6 +180,15 @@ class Dialogues:
         running, 503 when the backend does not answer or the process writes as many replies
         as it takes (with Retry-After). Nothing is stored when it raises.
         """
+        mine, chat, asked = await self.asked(user_id, body)
+        with refusals(chat):
+            return await self.turns.start(mine, chat, asked)
+
+    async def asked(
+        self, user_id: int, body: MessageIn
+    ) -> tuple[Conversations, Chat, TurnRequest]:
+        """The user's conversations, the one ``body`` continues (a new one without
+        ``dialogue_id``), and what it asks; ``ApiError`` 404 for a dialogue not the user's."""
         mine = self.of(user_id)
         record: ConversationRecord | None = None
         chat = Chat()
@@ -187,24 +197,16 @@ class Dialogues:
                 record, chat = await mine.open(dialogue_id)
         given = {
             name: value for name in STORED_CONTROLS
-            if (value := getattr(body, name)) is not None
+            if (value := getattr(body, name, None)) is not None
         }
         asked = TurnRequest.to(
             record, body.message, body.system_prompt, given, self.settings.system_prompt,
             # Text that is not UTF-8 (a lone surrogate) stays so, to be refused as binary.
             [(a.name, a.content.encode(errors="surrogatepass")) for a in body.attachments],
         )
-        try:
-            return await self.turns.start(mine, chat, asked)
-        except TurnRefused as err:
-            headers = None
-            if err.retry_after is not None:
-                headers = {"Retry-After": str(math.ceil(err.retry_after))}
-            raise ApiError(err.status, str(err), headers=headers) from err
-        except NotFound as err:  # deleted meanwhile
-            raise not_found(chat.id or "") from err
+        return mine, chat, asked
 
-    def stopped_by(self, body: DialogueIn, request: Request) -> Request | None:
+    def stopped_by(self, body: MessageIn, request: Request) -> Request | None:
         """The request whose client, going away, stops the reply it asked for; None when the
         reply goes on without it."""
         stops = body.stop_on_disconnect or not self.settings.reply_keeps_running
@@ -215,16 +217,8 @@ class Dialogues:
         it."""
         live = turn.live
         assert live.task is not None
-        gone = _stop_when_gone(stop_if_gone, live) if stop_if_gone else None
-        try:
+        with followed(stop_if_gone, live):
             await asyncio.shield(live.task)
-        except asyncio.CancelledError:
-            if stop_if_gone:
-                live.stop()
-            raise
-        finally:
-            if gone is not None:
-                gone.cancel()
         exchange = live.exchange
         return DialogueOut(
             dialogue_id=live.conversation_id, message_id=exchange.reply_id,
@@ -238,19 +232,12 @@ class Dialogues:
         """Server-sent events: the dialogue and reply ids, the reply's text from ``offset``
         (code points, ``app.chat.log``) on as it comes, then the end with the stats. The
         client of ``stop_if_gone`` going away stops the reply."""
-        gone = _stop_when_gone(stop_if_gone, live) if stop_if_gone else None
         exchange = live.exchange
-        try:
+        with followed(stop_if_gone, live):
             async for sent in _events(live.conversation_id, exchange.reply_id, exchange.log,
                                       offset):
                 yield sent
-            yield _end(exchange.reply_id, stats_out(exchange.stats), exchange.error)
-        finally:
-            # Cancelled or closed before the end: the client is gone.
-            if stop_if_gone and not live.done:
-                live.stop()
-            if gone is not None:
-                gone.cancel()
+            yield event(ending(exchange.reply_id, stats_out(exchange.stats), exchange.error))
 
     @staticmethod
     async def stored_events(
@@ -262,19 +249,20 @@ class Dialogues:
         log.end()
         async for sent in _events(dialogue_id, reply.id if reply else None, log, offset):
             yield sent
-        yield _end(reply.id if reply else None, reply.stats if reply else None,
-                   reply.error if reply else None)
+        yield event(ending(reply.id if reply else None, reply.stats if reply else None,
+                           reply.error if reply else None))
 
     async def follow(self, user_id: int, dialogue_id: str) -> LiveReply | StoredExchange:
-        """The reply of the dialogue being written now, or else its last stored exchange.
+        """The reply of the dialogue being written now (of a comparison's two, the one on
+        screen: its right side), or else its last stored exchange.
 
         Raises ``ApiError`` 404 for a dialogue that is not the user's, or one without a
         message yet; 409 for a reply that another process is writing.
         """
         with yours(dialogue_id):
-            live = self.replies.running(user_id, dialogue_id)
-            if live is not None:
-                return live
+            running = self.replies.running(user_id, dialogue_id)
+            if running:
+                return running[-1]
             record = await self.of(user_id).record(dialogue_id)
         if not record.exchanges:
             raise ApiError(404, f"The dialogue {dialogue_id!r} has no message yet.")
@@ -286,17 +274,17 @@ class Dialogues:
         return last
 
     async def stop(self, user_id: int, dialogue_id: str) -> bool:
-        """Stop the dialogue's reply being written, if any, and wait until it has ended:
-        stored as stopped, its places among the running replies given back (a client that
-        sends again at once is not refused for it). Returns whether one was running."""
+        """Stop the dialogue's replies being written (one, or a comparison's two), if any,
+        and wait until they have ended: stored as stopped, their places among the running
+        replies given back (a client that sends again at once is not refused for it).
+        Returns whether one was running."""
         with yours(dialogue_id):
-            live = self.replies.running(user_id, dialogue_id)
-        if live is None:
-            return False
-        live.stop()
-        if live.task is not None:
-            await asyncio.wait({live.task})  # a client leaving does not cancel the reply
-        return True
+            running = self.replies.running(user_id, dialogue_id)
+        _stop(running)
+        tasks = {live.task for live in running if live.task is not None}
+        if tasks:
+            await asyncio.wait(tasks)  # a client leaving does not cancel the replies
+        return bool(running)
 
     async def listed(self, user_id: int, search: str, limit: int) -> list[DialogueSummary]:
         """The user's dialogues, newest first."""
@@ -326,25 +314,67 @@ async def _events(
     """The ids, then the text of ``log`` past ``offset`` as it comes, until the log ends;
     before the first text, a ``waiting`` event each time the reply waits for a slot."""
     yield event({"dialogue_id": dialogue_id, "message_id": reply_id})
+    async for piece in pieces(log, offset):
+        yield event(piece)
+
+
+async def pieces(log: ReplyLog, offset: int = 0) -> AsyncIterator[dict[str, Any]]:
+    """The events of a reply's text past ``offset`` as it comes, until its log ends:
+    ``{"delta"}``, and before the first text ``{"waiting", "notice"}`` each time the reply
+    waits for a slot."""
     async for piece in log.chunks(offset):
         if piece.text:
-            yield event({"delta": piece.text})
+            yield {"delta": piece.text}
         elif (before := log.waiting) is not None:
-            yield event({"waiting": before, "notice": waiting_notice(before)})
+            yield {"waiting": before, "notice": waiting_notice(before)}
 
 
-def _end(message_id: int | None, stats: StatsOut | None, error: str | None) -> bytes:
-    return event({"done": True, "message_id": message_id,
-                  "stats": None if stats is None else stats.model_dump(), "error": error})
+def ending(message_id: int | None, stats: StatsOut | None, error: str | None) -> dict[str, Any]:
+    """The event that ends a reply."""
+    return {"done": True, "message_id": message_id,
+            "stats": None if stats is None else stats.model_dump(), "error": error}
 
 
-def _stop_when_gone(request: Request, live: LiveReply) -> asyncio.Future[None]:
-    """A task that stops the reply once the client has gone away (the request's body is
-    already read); cancel it when the reply has ended."""
+@contextmanager
+def refusals(chat: Chat) -> Iterator[None]:
+    """A turn refused (``TurnRefused``) as the API answers it, with Retry-After where it
+    helps; the conversation of ``chat`` deleted meanwhile as a 404."""
+    try:
+        yield
+    except TurnRefused as err:
+        headers = None
+        if err.retry_after is not None:
+            headers = {"Retry-After": str(math.ceil(err.retry_after))}
+        raise ApiError(err.status, str(err), headers=headers) from err
+    except NotFound as err:
+        raise not_found(chat.id or "") from err
 
-    async def watch() -> None:
+
+@contextmanager
+def followed(stop_if_gone: Request | None, *lives: LiveReply) -> Iterator[None]:
+    """A block that follows ``lives`` for the client of ``stop_if_gone`` (None: a client
+    whose going away changes nothing): that client going away (the request's body is
+    already read), or the block ending before the replies have (closed or cancelled: the
+    client is gone), stops them."""
+    if stop_if_gone is None:
+        yield
+        return
+    request = stop_if_gone
+
+    async def stop_when_gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        live.stop()
+        _stop(lives)
 
-    return asyncio.ensure_future(watch())
+    gone = asyncio.ensure_future(stop_when_gone())
+    try:
+        yield
+    finally:
+        gone.cancel()
+        _stop(lives)
+
+
+def _stop(lives: Sequence[LiveReply]) -> None:
+    for live in lives:
+        if not live.done:
+            live.stop()

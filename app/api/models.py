@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from app.arena.rating import Outcome
 from app.backends import BackendKind
 from app.chat.models import Finish
 from app.store.models import as_utc
@@ -142,7 +143,9 @@ class AttachmentOut(BaseModel):
     content: str = Field(description="Its text.")
 
 
-class DialogueIn(Body):
+class MessageIn(Body):
+    """A message to a conversation, with its settings (``POST /dialogue``, ``POST /compare``)."""
+
     message: StorableText = Field(
         min_length=1, max_length=MAX_PROMPT_CHARS,
         description="Your message. At most MAX_MESSAGE_CHARS characters (8000 by default).",
@@ -180,8 +183,21 @@ class DialogueIn(Body):
     seed: int | None = Field(
         None, ge=0, le=2**32 - 1, description="Seed for reproducible sampling.",
     )
-    model: str | None = Field(
-        None, max_length=MAX_ID_CHARS * 4, description="The model to answer (see GET "
+    stop_on_disconnect: bool = Field(
+        False, description="Stop the reply (stored as stopped) when this request goes away "
+        "before it ends. By default it goes on, stored as it ends, and `GET "
+        "/dialogues/{id}/stream` reads it again (unless the server runs with "
+        "REPLY_KEEPS_RUNNING=false, where going away always stops it).",
+    )
+
+
+ModelId = Annotated[str, Field(max_length=MAX_ID_CHARS * 4)]
+ComparedModel = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS * 4)]
+
+
+class DialogueIn(MessageIn):
+    model: ModelId | None = Field(
+        None, description="The model to answer (see GET "
         "/models). Default: the conversation's own when continuing one, else the default.",
     )
     stream: bool = Field(
@@ -192,12 +208,6 @@ class DialogueIn(Body):
         "the model's slots (the embedded engine answers a few people at once), "
         "`{\"waiting\", \"notice\"}`: how many requests wait before it, and a sentence "
         "saying so.",
-    )
-    stop_on_disconnect: bool = Field(
-        False, description="Stop the reply (stored as stopped) when this request goes away "
-        "before it ends. By default it goes on, stored as it ends, and `GET "
-        "/dialogues/{id}/stream` reads it again (unless the server runs with "
-        "REPLY_KEEPS_RUNNING=false, where going away always stops it).",
     )
 
 
@@ -222,6 +232,108 @@ class DialogueOut(BaseModel):
         description="Why the reply was interrupted (e.g. the backend failed mid-way); null "
         "when it was not."
     )
+
+
+# -- comparisons ----------------------------------------------------------------------------
+
+
+class CompareIn(MessageIn):
+    left: ComparedModel | None = Field(
+        None, description="The model on the left (see GET /models); with `right`, unless "
+        "`blind`.", examples=["bigcode/starcoder2-3b"],
+    )
+    right: ComparedModel | None = Field(
+        None, description="The model on the right, another than `left`.",
+    )
+    blind: bool = Field(
+        False, description="Two different models picked at random among those on offer "
+        "(give neither `left` nor `right`), their names hidden until your vote.",
+    )
+    stream: bool = Field(
+        False, description="Answer with server-sent events (as does `Accept: "
+        "text/event-stream`): `{\"dialogue_id\", \"blind\", \"left\": {\"message_id\", "
+        "\"model\"}, \"right\": {...}}` first (`model` null when blind), then events of "
+        "either side as they come, each naming its `side` (`left` or `right`): "
+        "`{\"side\", \"delta\"}`, `{\"side\", \"waiting\", \"notice\"}`, and once that "
+        "side has ended `{\"side\", \"done\": true, \"message_id\", \"stats\", "
+        "\"error\"}`; last `{\"done\": true, \"comparison_id\", \"error\"}` once both "
+        "have ended and the comparison is stored.",
+    )
+
+    @model_validator(mode="after")
+    def _two_models_or_blind(self) -> CompareIn:
+        named = (self.left is not None) + (self.right is not None)
+        if self.blind and named:
+            raise ValueError("a blind comparison picks its models: give neither left nor right")
+        if not self.blind and named < 2:
+            raise ValueError("give both left and right (see GET /models), or blind: true")
+        return self
+
+
+class SideOut(BaseModel):
+    message_id: int | None = Field(description="This side's reply (a message id).")
+    model: str | None = Field(description="The model that wrote it; null while blind.")
+    reply: str = Field(description="Its text (partial when it was interrupted).")
+    stats: StatsOut | None = Field(description="Its stats: first-token time and tokens/s.")
+    error: str | None = Field(description="Why this side was interrupted; null when it "
+                              "was not.")
+
+
+class CompareOut(BaseModel):
+    comparison_id: int | None = Field(
+        description="Vote on it with POST /comparisons/{id}/vote; null when it could not be "
+        "stored (see `error`)."
+    )
+    dialogue_id: str = Field(description="The conversation: both replies answer the same "
+                             "message in it, as two versions of one reply.")
+    blind: bool = Field(description="Whether the models' names are hidden until the vote.")
+    left: SideOut
+    right: SideOut
+    error: str | None = Field(description="Why the comparison was not stored (its "
+                              "conversation was deleted meanwhile); null when it was.")
+
+
+class ComparedOut(BaseModel):
+    model: str | None = Field(description="The model; null in a blind comparison not yet "
+                              "voted on.")
+    message_id: int | None = Field(description="Its reply; null once the conversation is "
+                                   "deleted.")
+    backend: str | None = Field(description="The backend that answered (null while blind).")
+    first_token_ms: float | None = Field(description="Milliseconds to its first token.")
+    tokens_per_second: float | None = Field(description="Its speed after the first token.")
+
+
+class ComparisonOut(BaseModel):
+    id: int = Field(description="The comparison's id.")
+    dialogue_id: str | None = Field(description="Its conversation; null once deleted (the "
+                                    "vote still counts).")
+    blind: bool = Field(description="Whether the names were hidden until the vote.")
+    left: ComparedOut
+    right: ComparedOut
+    outcome: Outcome | None = Field(description="The vote: `left` or `right` better, `tie`, "
+                                    "`both_bad`; null before it.")
+    created_at: UtcTime = Field(description="When it was compared (UTC).")
+    voted_at: UtcTime | None = Field(description="When it was last voted on (UTC).")
+
+
+class VoteIn(Body):
+    outcome: Outcome = Field(description="`left` or `right` better, `tie`, or `both_bad`.",
+                             examples=["left"])
+
+
+class BoardRowOut(BaseModel):
+    model: str = Field(description="The model.")
+    rating: float | None = Field(
+        description="Bradley-Terry rating on Elo's scale (1000: average); null without a vote."
+    )
+    low: float | None = Field(description="Low end of its 95% interval.")
+    high: float | None = Field(description="High end of its 95% interval.")
+    votes: int = Field(description="Votes it took part in.")
+    comparisons: int = Field(description="Comparisons it took part in, voted or not.")
+    first_token_ms: float | None = Field(description="Median milliseconds to the first token "
+                                         "in those comparisons.")
+    tokens_per_second: float | None = Field(description="Median tokens/s in them.")
+    backends: list[str] = Field(description="The backends that answered for it.")
 
 
 class DialogueSummary(BaseModel):

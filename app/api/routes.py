@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import StreamingResponse
 
 from app.api.checks import add_check_routes
+from app.api.compare import Comparing, add_compare_routes
 from app.api.dialogue import ON_REQUEST, SSE, Dialogues, streamed_responses
 from app.api.errors import ApiError
 from app.api.errors import error_responses as _errors
@@ -79,6 +80,7 @@ class RestApi:
         self.accounts = accounts or Accounts(store)
         self.dialogues = Dialogues(settings, service, store, guard)
         self.checks = checks or Checks(service, self.dialogues.turns)
+        self.comparing = Comparing(settings, service, self.dialogues)
         self.local_user = store.user_id() if settings.auth_mode == "none" else None
         self.logins = logins or LoginThrottle(store)
         self.bearer = HTTPBearer(
@@ -264,7 +266,8 @@ class RestApi:
         ) -> StreamingResponse:
             """The reply of the conversation, as server-sent events: the text so far (from
             `offset`), then each new piece as it is written, then its end. A reply that has
-            already ended comes whole, at once. Going away does not stop it."""
+            already ended comes whole, at once. Going away does not stop it. Of a comparison's
+            two replies, the one on screen (its right side): POST /compare streams both."""
             found = await self.dialogues.follow(user_id, dialogue_id)
             if isinstance(found, StoredExchange):
                 return event_stream(self.dialogues.stored_events(dialogue_id, found, offset))
@@ -278,9 +281,9 @@ class RestApi:
             user_id: User,
             dialogue_id: DialoguePath,
         ) -> Response:
-            """Stop the conversation's reply, for every page and client following it; it is
-            stored as stopped, with its text so far, before this answers. Nothing happens
-            when none is running."""
+            """Stop the conversation's reply (a comparison's two), for every page and client
+            following it; it is stored as stopped, with its text so far, before this answers.
+            Nothing happens when none is running."""
             if not await self.dialogues.stop(user_id, dialogue_id):
                 await self.dialogues.follow(user_id, dialogue_id)  # 404 if not the user's
             return Response(status_code=204)
@@ -331,6 +334,7 @@ class RestApi:
 
         add_share_routes(router, User, self.settings, self.dialogues)
         add_check_routes(router, User, self.dialogues, self.checks)
+        add_compare_routes(router, User, self.comparing)
 
         @router.api_route(
             "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],

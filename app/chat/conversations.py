@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
+from app.arena.rating import Outcome
 from app.backends import BackendInfo
 from app.chat.attachments import Attachment
 from app.chat.export import export_markdown
@@ -41,6 +42,7 @@ from app.store import (
     StoreError,
     transfer,
 )
+from app.store.comparisons import BoardRow, Comparisons, Side, StoredComparison
 from app.store.shares import Shares, ShareSummary
 from app.store.transfer import AttachmentLimits, TransferError
 
@@ -280,6 +282,32 @@ class Conversations:
     async def import_share(self, token: str) -> str:
         """A copy of the shared conversation as one of the user's; returns its id."""
         return await self._call(Shares(self.store).import_into, token)
+
+    # -- comparisons -------------------------------------------------------------------
+
+    async def record_comparison(
+        self, conversation_id: str, left: Side, right: Side, blind: bool
+    ) -> int:
+        """Keep a comparison of two replies in the conversation (``Comparisons.record``);
+        returns its id."""
+        return await self._call(Comparisons(self.store).record, conversation_id, left, right,
+                                blind=blind)
+
+    async def vote(self, comparison_id: int, outcome: Outcome) -> StoredComparison:
+        """The user's vote on their comparison (``Comparisons.vote``: ``VoteFinal`` for a
+        second vote on a blind one)."""
+        return await self._call(Comparisons(self.store).vote, comparison_id, outcome)
+
+    async def comparisons(self, limit: int = 200) -> list[StoredComparison]:
+        """The user's comparisons, newest first."""
+        return await self._call(Comparisons(self.store).list, limit)
+
+    async def board(self, everyone: bool) -> list[BoardRow]:
+        """The board of the user's comparisons, or of every user's (whether the user may see
+        that one is ``app.arena.rules.board_owner``'s to say)."""
+        return await self._call(
+            lambda user_id: Comparisons(self.store).board(None if everyone else user_id)
+        )
 
     # -- export and import ---------------------------------------------------------------
 

@@ -41,12 +41,16 @@ class TurnStats:
     def line(self) -> str:
         if self.cached:
             return f"{self.tokens} tokens · from the response cache"
+        return f"{self.speed()} · {FINISH_TEXT[self.finish]}"
+
+    def speed(self) -> str:
+        """The tokens so far, the first-token time and tokens/s, as they are while the reply
+        streams."""
         parts = [f"{self.tokens} tokens"]
         if self.time_to_first_token is not None:
             parts.append(f"first token {self.time_to_first_token:.2f} s")
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:.1f} tokens/s")
-        parts.append(FINISH_TEXT[self.finish])
         return " · ".join(parts)
 
 

@@ -118,12 +118,11 @@ class Replies:
             exchange.live = None
             exchange.log.end()
 
-    def running(self, user_id: int, conversation_id: str) -> LiveReply | None:
-        """The reply of the user's conversation that is being written, if any."""
-        for live in self._by_reply.values():
-            if live.user_id == user_id and live.conversation_id == conversation_id:
-                return live
-        return None
+    def running(self, user_id: int, conversation_id: str) -> list[LiveReply]:
+        """The replies of the user's conversation being written, oldest first: one, or a
+        comparison's two (the newer one, its right side, is the one on screen)."""
+        return [live for live in self._by_reply.values()
+                if live.user_id == user_id and live.conversation_id == conversation_id]
 
     def by_key(self, key: str) -> LiveReply | None:
         """The reply being written whose key is ``key``, if any."""

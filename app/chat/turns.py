@@ -227,9 +227,50 @@ class Turns:
                 retried=retried, language=request.language, edited=edited,
                 attachments=attachments,
             )
-            assert chat.id is not None, "a begun turn has a stored conversation"
-            writing = place.take(write(call, conversations, exchange))
-            live = self.service.replies.run(exchange, conversations.user_id, chat.id, writing)
+            return self._run(place, call, conversations, chat, exchange)
+
+    async def compare(
+        self, conversations: Conversations, chat: Chat, request: TurnRequest,
+        models: tuple[str, str],
+    ) -> tuple[Turn, Turn]:
+        """One message answered by two models side by side (Compare): each side admitted and
+        checked as a message of its own (two places among the user's running replies, two
+        messages against the rate), then the message stored with the first model's reply and
+        the second's as a retry of it (its sibling, now on screen), and both replies started.
+        The conversation keeps the settings of ``request``, not the models compared.
+
+        Raises ``TurnRefused`` as ``start`` does, with nothing stored.
+        """
+        user_id = conversations.user_id
+        async with self._admitted(user_id) as left_place, self._admitted(user_id) as right_place:
+            attachments = self.attachments(request, None)
+            sent = with_attachments(request.text, attachments)
+            left_call, right_call = [
+                await self._prepared(
+                    user_id, replace(request, settings={**request.settings, "model": model}),
+                    sent, chat.exchanges, attachments,
+                )
+                for model in models
+            ]
+            begun: list[Exchange] = []
+            for call in (left_call, right_call):
+                begun.append(await conversations.begin(
+                    chat, request.text, call.info, request.system_prompt,
+                    dict(request.settings), retried=begun[0] if begun else None,
+                    language=request.language, attachments=attachments,
+                ))
+            return (self._run(left_place, left_call, conversations, chat, begun[0]),
+                    self._run(right_place, right_call, conversations, chat, begun[1]))
+
+    def _run(
+        self, place: Place, call: Call, conversations: Conversations, chat: Chat,
+        exchange: Exchange,
+    ) -> Turn:
+        """Start the reply of ``exchange`` (just begun in ``chat``) on the server, holding
+        ``place`` until it ends."""
+        assert chat.id is not None, "a begun turn has a stored conversation"
+        writing = place.take(write(call, conversations, exchange))
+        live = self.service.replies.run(exchange, conversations.user_id, chat.id, writing)
         return Turn(chat, live, call.info, call.fitted.dropped_exchanges, call.fitted.budget)
 
     @asynccontextmanager

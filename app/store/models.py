@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -282,3 +283,44 @@ class RunningPlace(Base):
     lease_id: Mapped[str | None] = mapped_column(
         String(32), ForeignKey("leases.id", ondelete="CASCADE"), index=True
     )
+
+
+class Comparison(Base):
+    """One message sent to two models side by side, and the user's vote between the replies
+    (app.store.comparisons).
+
+    The replies are two versions of one reply in the conversation's tree (siblings, as a
+    retry makes), so the user continues with either; the comparison points at them. Each
+    side keeps its model, the backend that answered, and the speed measured in this
+    comparison, so that the board keeps the vote and the speed when the conversation is
+    deleted (the pointers are then set to null, and the texts are gone with it).
+    """
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), default=None, index=True
+    )
+    left_reply_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), default=None, index=True
+    )
+    right_reply_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), default=None, index=True
+    )
+    left_model: Mapped[str] = mapped_column(String(200))
+    right_model: Mapped[str] = mapped_column(String(200))
+    left_backend: Mapped[str | None] = mapped_column(String(50), default=None)
+    right_backend: Mapped[str | None] = mapped_column(String(50), default=None)
+    # None: the side wrote no token (it failed first), or wrote too few to measure.
+    left_first_token_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    right_first_token_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    left_tokens_per_second: Mapped[float | None] = mapped_column(Float, default=None)
+    right_tokens_per_second: Mapped[float | None] = mapped_column(Float, default=None)
+    # Blind: the models' names were hidden until the vote.
+    blind: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # "left", "right", "tie" or "both_bad" (app.arena.rating.Outcome); None: no vote yet.
+    outcome: Mapped[str | None] = mapped_column(String(20), default=None)
+    voted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

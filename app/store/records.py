@@ -4,7 +4,7 @@ the rows as a tree (``Tree``). Nothing here opens a session; ``app.store.store``
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,8 +51,8 @@ class StoredReply:
     check: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, message: Message) -> StoredReply:
-        return cls(**_reply_fields(message))
+    def of(cls, message: Message, hidden: Collection[int] = ()) -> StoredReply:
+        return cls(**_reply_fields(message, hidden))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,20 +65,23 @@ class StoredMessage(StoredReply):
     attachments: tuple[dict[str, str], ...] = ()
 
     @classmethod
-    def of(cls, message: Message) -> StoredMessage:
+    def of(cls, message: Message, hidden: Collection[int] = ()) -> StoredMessage:
         return cls(
-            **_reply_fields(message), role=message.role, parent_id=message.reply_to_id,
+            **_reply_fields(message, hidden), role=message.role, parent_id=message.reply_to_id,
             attachments=tuple(message.attachments or ()),
         )
 
 
-def _reply_fields(message: Message) -> dict[str, Any]:
+def _reply_fields(message: Message, hidden: Collection[int]) -> dict[str, Any]:
+    """The message's fields, its model and backend None where it is among ``hidden``."""
+    shown = message.id not in hidden
     return {
         "id": message.id, "content": message.content, "status": message.status,
         "error": message.error, "tokens": message.tokens,
         "time_to_first_token": message.time_to_first_token,
-        "tokens_per_second": message.tokens_per_second, "model": message.model,
-        "backend": message.backend, "runs": message.runs, "check": message.check,
+        "tokens_per_second": message.tokens_per_second,
+        "model": message.model if shown else None, "backend": message.backend if shown else None,
+        "runs": message.runs, "check": message.check,
     }
 
 
@@ -163,11 +166,22 @@ class Tree:
         return found
 
 
+def blind_names(
+    conversation: Conversation, messages: Sequence[Message], hidden: Collection[int]
+) -> tuple[str | None, str | None]:
+    """The conversation's model and backend, None while they are those of one of the
+    ``hidden`` replies (a blind comparison's before its vote, ``Store.blind_replies``)."""
+    if any(m.id in hidden and m.model == conversation.model for m in messages):
+        return None, None
+    return conversation.model, conversation.backend
+
+
 def conversation_record(
-    conversation: Conversation, messages: Sequence[Message]
+    conversation: Conversation, messages: Sequence[Message], hidden: Collection[int] = ()
 ) -> ConversationRecord:
     """The conversation with the exchanges of its branch on screen; ``messages`` are all of
-    its messages, in id order."""
+    its messages, in id order; the models and backends of the ``hidden`` replies (and the
+    conversation's, when it is theirs) are None."""
     tree = Tree(messages)
     exchanges: list[tuple[Message, Message | None]] = []
     for message in tree.branch(conversation.leaf_id):
@@ -175,14 +189,15 @@ def conversation_record(
             exchanges.append((message, None))
         elif exchanges:
             exchanges[-1] = (exchanges[-1][0], message)
+    model, backend = blind_names(conversation, messages, hidden)
     return ConversationRecord(
         id=conversation.id, title=conversation.title,
-        system_prompt=conversation.system_prompt, model=conversation.model,
-        backend=conversation.backend, language=conversation.language,
+        system_prompt=conversation.system_prompt, model=model,
+        backend=backend, language=conversation.language,
         settings=dict(conversation.settings or {}), created_at=as_utc(conversation.created_at),
         exchanges=[
             StoredExchange(
-                user.id, user.content, None if reply is None else StoredReply.of(reply),
+                user.id, user.content, None if reply is None else StoredReply.of(reply, hidden),
                 tree.alternatives(user),
                 tree.alternatives(reply) if reply is not None else (),
                 tuple(user.attachments or ()),
@@ -192,11 +207,14 @@ def conversation_record(
     )
 
 
-def conversation_tree(conversation: Conversation, messages: Sequence[Message]) -> ConversationTree:
-    """The conversation's every message, on every branch; ``messages`` in id order."""
+def conversation_tree(
+    conversation: Conversation, messages: Sequence[Message], hidden: Collection[int] = ()
+) -> ConversationTree:
+    """The conversation's every message, on every branch; ``messages`` in id order; the
+    models and backends of the ``hidden`` replies are None."""
     branch = Tree(messages).branch(conversation.leaf_id)
     return ConversationTree(
         id=conversation.id, title=conversation.title, system_prompt=conversation.system_prompt,
         leaf_id=branch[-1].id if branch else None,
-        messages=[StoredMessage.of(m) for m in messages],
+        messages=[StoredMessage.of(m, hidden) for m in messages],
     )

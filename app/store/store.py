@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, 
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from app.store.models import Conversation, Message, User, escape_like, now
+from app.store.models import Comparison, Conversation, Message, User, escape_like, now
 from app.store.records import (
     BegunTurn,
     ConversationRecord,
@@ -149,13 +149,15 @@ class Store:
         """The conversation with the exchanges of its branch on screen."""
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            return conversation_record(conversation, self._messages(session, conversation))
+            return conversation_record(conversation, self._messages(session, conversation),
+                                       self._blind_replies(session, [conversation_id]))
 
     def get_tree(self, user_id: int, conversation_id: str) -> ConversationTree:
         """The conversation's every message, on every branch."""
         with self.transaction() as session:
             conversation = self._owned(session, user_id, conversation_id)
-            return conversation_tree(conversation, self._messages(session, conversation))
+            return conversation_tree(conversation, self._messages(session, conversation),
+                                     self._blind_replies(session, [conversation_id]))
 
     def switch_branch(self, user_id: int, conversation_id: str, message_id: int) -> None:
         """Put on screen the branch through ``message_id``: from it down, the newest child
@@ -284,6 +286,24 @@ class Store:
                 Message.reply_to_id.is_(None) if parent is None else Message.reply_to_id == parent,
             ).order_by(Message.id)
         ))
+
+    def blind_replies(self, conversation_ids: Sequence[str]) -> set[int]:
+        """The replies of the conversations' blind comparisons not voted on yet, whose models
+        and backends no reading shows until the vote (it would tell which model wrote which
+        side)."""
+        with self.transaction() as session:
+            return self._blind_replies(session, conversation_ids)
+
+    @staticmethod
+    def _blind_replies(session: Session, conversation_ids: Sequence[str]) -> set[int]:
+        """``blind_replies`` in ``session``."""
+        rows = session.execute(
+            select(Comparison.left_reply_id, Comparison.right_reply_id).where(
+                Comparison.conversation_id.in_(conversation_ids), Comparison.blind,
+                Comparison.outcome.is_(None),
+            )
+        )
+        return {reply_id for row in rows for reply_id in row if reply_id is not None}
 
     @staticmethod
     def _messages(session: Session, conversation: Conversation) -> Sequence[Message]:
@@ -418,10 +438,10 @@ class Store:
 
         Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
         """
-        return [
-            conversation_record(conversation, conversation.messages)
-            for conversation in self.conversation_rows(user_id, conversation_id)
-        ]
+        rows = self.conversation_rows(user_id, conversation_id)
+        hidden = self.blind_replies([conversation.id for conversation in rows])
+        return [conversation_record(conversation, conversation.messages, hidden)
+                for conversation in rows]
 
     def add_conversations(
         self,

@@ -8,7 +8,15 @@ reply's code blocks and the check it is a version of (``app.chat.checks``; a che
 replies of its versions by ids local to the conversation too). Version 1 (before branches)
 linked replies alone; it is still read, each user message following the latest reply before
 it, as that version showed it. Version 2 is version 3 without attached files, version 3 is
-version 4 without runs and checks. The readable Markdown export is the chat's
+version 4 without runs and checks, version 4 is version 5 without comparisons.
+
+A conversation's comparisons (Compare: one message answered by two models, and the vote
+between them; ``app.store.comparisons``) are exported with it, each naming its two replies by
+their local ids, with their models, speeds and vote; a blind one not voted on yet is left out,
+and its replies' models and backends are null (they would tell which model wrote which side;
+``Store.blind_replies``). An import reads and checks them but
+does not restore them: the board counts the votes cast, and the speeds measured, on this
+server. The readable Markdown export is the chat's
 (``app.chat.export``): the store knows no presentation.
 
 Import reads untrusted files: the document is size-limited, parsed and validated against the
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -39,14 +47,16 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import ErrorDetails, to_json
+from sqlalchemy import or_, select
 
 from app.settings import ATTACHMENT_MAX_BYTES, ATTACHMENTS_PER_MESSAGE
-from app.store.models import Conversation, Message, kept_settings, now
+from app.store.models import Comparison, Conversation, Message, kept_settings, now
+from app.store.records import blind_names
 from app.store.store import Store, StoreError
 
 FORMAT = "coding-playground.conversations"
-VERSION = 4
-VERSIONS_READ = (1, 2, 3, 4)
+VERSION = 5
+VERSIONS_READ = (1, 2, 3, 4, 5)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 MAX_CONVERSATIONS = 1_000
@@ -195,6 +205,28 @@ class MessageDoc(_Strict):
         return value
 
 
+class ComparedDoc(_Strict):
+    """One side of a comparison: its reply (a local id; none once deleted), model, backend
+    and speed."""
+
+    reply: LocalId | None
+    model: Name
+    backend: Kind | None
+    first_token_ms: float | None = Field(ge=0)
+    tokens_per_second: float | None = Field(ge=0)
+
+
+class ComparisonDoc(_Strict):
+    """A comparison of two replies of the conversation, and its vote (version 5)."""
+
+    left: ComparedDoc
+    right: ComparedDoc
+    blind: bool
+    outcome: Literal["left", "right", "tie", "both_bad"] | None
+    created_at: Moment
+    voted_at: Moment | None
+
+
 class ConversationDoc(_Strict):
     """One conversation; ``id`` is the exporting store's and is not used by an import."""
 
@@ -209,6 +241,7 @@ class ConversationDoc(_Strict):
     updated_at: Moment
     messages: list[MessageDoc] = Field(default_factory=list, max_length=MAX_MESSAGES)
     leaf: LocalId | None = None  # the last message of the branch on screen; version 2
+    comparisons: list[ComparisonDoc] = Field(default_factory=list, max_length=MAX_MESSAGES)
 
     @field_validator("settings")
     @classmethod
@@ -268,37 +301,83 @@ def export_json(store: Store, user_id: int, conversation_id: str | None = None) 
 
     Raises ``NotFound`` when ``conversation_id`` is not one of the user's conversations.
     """
+    conversations = store.conversation_rows(user_id, conversation_id)
+    compared = _comparisons(store, user_id, [c.id for c in conversations])
+    hidden = store.blind_replies([c.id for c in conversations])
     document = {
         "format": FORMAT,
         "version": VERSION,
         "exported_at": _iso(now()),
-        "conversations": [
-            _conversation_dict(c) for c in store.conversation_rows(user_id, conversation_id)
-        ],
+        "conversations": [_conversation_dict(c, compared.get(c.id, []), hidden)
+                          for c in conversations],
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
 
 
-def _conversation_dict(conversation: Conversation) -> dict[str, Any]:
+def _comparisons(
+    store: Store, user_id: int, conversation_ids: Sequence[str]
+) -> dict[str, list[Comparison]]:
+    """The user's comparisons in these conversations, oldest first, by conversation; a blind
+    one not voted on yet is left out (its models are what it hides)."""
+    query = select(Comparison).where(
+        Comparison.user_id == user_id, Comparison.conversation_id.in_(conversation_ids),
+        or_(~Comparison.blind, Comparison.outcome.is_not(None)),
+    ).order_by(Comparison.id)
+    found: dict[str, list[Comparison]] = {}
+    with store.transaction() as session:
+        for comparison in session.scalars(query):
+            assert comparison.conversation_id is not None, "one of the conversations"
+            found.setdefault(comparison.conversation_id, []).append(comparison)
+    return found
+
+
+def _conversation_dict(
+    conversation: Conversation, comparisons: Sequence[Comparison], hidden: Collection[int]
+) -> dict[str, Any]:
+    """The conversation as exported; the models and backends of the ``hidden`` replies (and
+    the conversation's, when it is theirs) are null."""
+    model, backend = blind_names(conversation, conversation.messages, hidden)
     local_ids = {message.id: n for n, message in enumerate(conversation.messages, start=1)}
     # A leaf that is gone reads as none: the newest child at each step.
     leaf = local_ids.get(conversation.leaf_id) if conversation.leaf_id is not None else None
     return {
         "id": conversation.id,
         "title": conversation.title,
-        "model": conversation.model,
-        "backend": conversation.backend,
+        "model": model,
+        "backend": backend,
         "language": conversation.language,
         "system_prompt": conversation.system_prompt,
         "settings": conversation.settings or {},
         "created_at": _iso(conversation.created_at),
         "updated_at": _iso(conversation.updated_at),
-        "messages": [_message_dict(m, local_ids) for m in conversation.messages],
+        "messages": [_message_dict(m, local_ids, m.id in hidden)
+                     for m in conversation.messages],
         "leaf": leaf,
+        "comparisons": [_comparison_dict(c, local_ids) for c in comparisons],
     }
 
 
-def _message_dict(message: Message, local_ids: dict[int, int]) -> dict[str, Any]:
+def _comparison_dict(comparison: Comparison, local_ids: dict[int, int]) -> dict[str, Any]:
+    def side(reply_id: int | None, model: str, backend: str | None, first_token_ms:
+             float | None, tokens_per_second: float | None) -> dict[str, Any]:
+        return {"reply": None if reply_id is None else local_ids.get(reply_id), "model": model,
+                "backend": backend, "first_token_ms": _finite(first_token_ms),
+                "tokens_per_second": _finite(tokens_per_second)}
+
+    c = comparison
+    return {
+        "left": side(c.left_reply_id, c.left_model, c.left_backend, c.left_first_token_ms,
+                     c.left_tokens_per_second),
+        "right": side(c.right_reply_id, c.right_model, c.right_backend,
+                      c.right_first_token_ms, c.right_tokens_per_second),
+        "blind": c.blind,
+        "outcome": c.outcome,
+        "created_at": _iso(c.created_at),
+        "voted_at": None if c.voted_at is None else _iso(c.voted_at),
+    }
+
+
+def _message_dict(message: Message, local_ids: dict[int, int], hidden: bool) -> dict[str, Any]:
     return {
         "id": local_ids[message.id],
         "role": message.role,
@@ -309,8 +388,8 @@ def _message_dict(message: Message, local_ids: dict[int, int]) -> dict[str, Any]
         "tokens": message.tokens,
         "time_to_first_token": _finite(message.time_to_first_token),
         "tokens_per_second": _finite(message.tokens_per_second),
-        "model": message.model,
-        "backend": message.backend,
+        "model": None if hidden else message.model,
+        "backend": None if hidden else message.backend,
         "attachments": message.attachments or [],
         "runs": message.runs,
         "check": None if message.check is None else _relinked(message.check, local_ids),

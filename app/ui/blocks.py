@@ -7,6 +7,7 @@ import gradio as gr
 
 from app.chat import Chat, ChatService
 from app.chat.checks import Checks
+from app.chat.compare import Comparer
 from app.chat.conversations import AttachmentLimits
 from app.chat.guard import Guard
 from app.chat.languages import LANGUAGE_NAMES
@@ -20,6 +21,7 @@ from app.ui.backends import BackendsPanel
 from app.ui.branches import BranchesUI
 from app.ui.chat import ChatButtons, ChatUI, ChatView
 from app.ui.checks import ChecksUI, CheckView
+from app.ui.compare import ChatParts, CompareUI
 from app.ui.controls import generation_controls
 from app.ui.downloads import Downloads
 from app.ui.gradio_compat import SkippingBlocks
@@ -71,6 +73,7 @@ class PlaygroundUI:
             settings.runs_allowed, self.downloads, self.preview,
         )
         self.raw = RawUI(service, self.turns, self.users)
+        self.compare = CompareUI(service, Comparer(self.turns), self.users, self.branches)
         self.sharing = SharingUI(self.users) if settings.allow_sharing else None
         self.ask = AskEndpoint(self.turns, self.users, settings)
 
@@ -125,8 +128,8 @@ class PlaygroundUI:
                     "settings.", elem_id="storage-warning",
                 )
             backends, check = self.backends.panel()
-            with gr.Tabs():
-                with gr.Tab("Chat", elem_id="chat-tab"):
+            with gr.Tabs() as tabs:
+                with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
                     with gr.Row():
                         chatbot = gr.Chatbot(
                             height=520, buttons=["copy", "copy_all"], elem_id="chat",
@@ -137,7 +140,7 @@ class PlaygroundUI:
                     self.branches.controls(demo, chatbot, chat)
                     self.attachments.viewer(demo, chat)
                     notice = gr.Markdown(elem_id="notice")
-                    with gr.Row(elem_id="message-row"):
+                    with gr.Row(elem_id="message-row", elem_classes=["message-row"]):
                         message = gr.Textbox(
                             placeholder="Type a message; Enter sends, Shift+Enter adds a line",
                             show_label=False, lines=1, max_lines=12, scale=8, elem_id="message",
@@ -169,6 +172,7 @@ class PlaygroundUI:
 
                 self.raw.tab(chat, model, system_prompt, language, message, controls)
                 snippets.tab(demo, saving, chat, model)
+                self.compare.tab()
             # The browser keeps the conversation on screen, to show it again after a reload.
             last = gr.BrowserState(None, storage_key="coding-playground-conversation")
             self.chat.wire(demo, ChatView(
@@ -176,6 +180,9 @@ class PlaygroundUI:
                 confirm_row, system_prompt, language, model, controls, backends, last,
             ), ChatButtons(send, stop, retry, undo, clear, new, search, rename, delete,
                            confirm, cancel, check))
+            self.compare.wire(demo, ChatParts(
+                chat, system_prompt, language, controls, chatbot, tabs, conversations, last,
+            ))
             self.ask.wire(demo)
         blocks: gr.Blocks = demo
         return blocks

@@ -27,6 +27,17 @@ from app.ui.render import chat_messages, dropped_notice, header_markdown
 from app.ui.users import PageUsers
 
 
+def page_request(
+    text: str, system_prompt: str, language: str, model: str | None, controls: tuple[Any, ...]
+) -> TurnRequest:
+    """A message as the page sends it: the chat tab's prompt, language and controls (in
+    ``CONTROL_NAMES``' order), and the model picked (none: the conversation's)."""
+    settings = dict(zip(CONTROL_NAMES, controls, strict=True))
+    if model:
+        settings["model"] = model
+    return TurnRequest(text, system_prompt, settings, language)
+
+
 @dataclass
 class ChatView:
     """The components the chat's handlers update (the page builds them)."""
@@ -142,7 +153,7 @@ class ChatUI:
             return
         mine = await self.users.conversations(request)
         asked = replace(
-            self._request(text, system_prompt, language, model, controls),
+            page_request(text, system_prompt, language, model, controls),
             files=self.attachments.read(files),
         )
         emptied = {self.view.attach: None}
@@ -161,7 +172,7 @@ class ChatUI:
             return
         last = chat.exchanges[-1]
         mine = await self.users.conversations(request)
-        asked = self._request(last.user, system_prompt, language, model, controls)
+        asked = page_request(last.user, system_prompt, language, model, controls)
         async for update in self._reply(mine, chat, asked, retried=last):
             yield update
 
@@ -176,18 +187,9 @@ class ChatUI:
             yield {self.view.chatbot: chat_messages(chat.exchanges)}
             return
         mine = await self.users.conversations(request)
-        asked = self._request(found[1], system_prompt, language, model, controls)
+        asked = page_request(found[1], system_prompt, language, model, controls)
         async for update in self._reply(mine, chat, asked, edited=found[0]):
             yield update
-
-    @staticmethod
-    def _request(
-        text: str, system_prompt: str, language: str, model: str | None, controls: tuple[Any, ...]
-    ) -> TurnRequest:
-        settings = dict(zip(CONTROL_NAMES, controls, strict=True))
-        if model:
-            settings["model"] = model
-        return TurnRequest(text, system_prompt, settings, language)
 
     async def _reply(
         self, mine: Conversations, chat: Chat, asked: TurnRequest,

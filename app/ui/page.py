@@ -70,10 +70,11 @@ PAGE_CSS = f"""
    puts its own container before the selectors of a media rule, so that rule could not match. */
 .gradio-container {{ overflow: clip !important; }}
 @media (max-width: {NARROW_PX}px) {{
-  #send, #stop {{ min-width: 0; }}
-  /* The message box and Send stay at the bottom of the screen, the chat scrolling above them:
-     on a phone the chat alone is taller than the screen. */
-  #message-row {{
+  #send, #stop, #compare-send, #compare-stop {{ min-width: 0; }}
+  /* The message box and Send (of the Chat and Compare tabs) stay at the bottom of the
+     screen, the replies scrolling above them: on a phone the chat alone is taller than the
+     screen. */
+  .message-row {{
     position: sticky; bottom: 0; z-index: 10;
     background: var(--background-fill-primary, #fff); padding-bottom: 0.25rem;
   }}

@@ -39,6 +39,7 @@ from app.sizes import size_text
 from app.snippets.bwrap import languages
 from app.snippets.extract import TEXT, CodeBlock, extract_blocks
 from app.snippets.sandbox import RunResult
+from app.store.comparisons import BoardRow
 from app.ui.trace import check_badge, check_markdown, version_shown
 
 TITLE = "## Coding Playground"
@@ -126,16 +127,57 @@ class Checking:
     answer: str = ""
 
 
+def _live_reply(key: str, reply: str) -> str:
+    """A reply being written, rendered with the marker after which the page's script shows
+    the text that comes next (``live_marker``)."""
+    shown, in_code = escape_html_open(reply)
+    # A code block left open shows the text up to the line breaks it ends with (the closing
+    # fence takes their place): they are left to the live text, which live.js puts before
+    # the line break Markdown ends the block's text with.
+    covered = len(reply.rstrip("\r\n") if in_code else reply)
+    return shown + ("\n\n" if in_code else "") + live_marker(key, covered, in_code)
+
+
+def compared_markdown(name: str, exchange: Exchange, error: str | None) -> str:
+    """One side of a comparison (the Compare tab): the model's ``name`` (or what stands for
+    it while blind), the reply as it comes, ``error`` (the reply's, as the user may see it),
+    and its speed, live while it streams and with how it ended once it has."""
+    parts = [f"**{escape_markdown(name)}**"]
+    if exchange.live is not None and not exchange.done:
+        parts.append(_live_reply(exchange.live, exchange.reply))
+    elif exchange.reply:
+        parts.append((_kept_reply_shown if exchange.done else _reply_shown)(exchange.reply))
+    if error:
+        parts.append(f"⚠️ Failed: {escape_html(error)}")
+    stats = exchange.stats
+    if stats is None:
+        parts.append("_Ended before its first token_" if exchange.done
+                     else "_Waiting for the first token …_")
+    else:
+        parts.append(f"_{stats.line() if exchange.done else stats.speed()}_")
+    return "\n\n".join(parts)
+
+
+def board_markdown(rows: Sequence[BoardRow]) -> str:
+    """The Compare board: each model, rated best first, with its votes and median speed."""
+    if not rows:
+        return "No comparisons yet: send one, then vote."
+    lines = ["| Model | Rating (95% interval) | Votes | Compared | First token | Tokens/s |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        rating = ("no vote yet" if row.rating is None or row.low is None or row.high is None
+                  else f"{row.rating:.0f} ({row.low:.0f} to {row.high:.0f})")
+        first = "n/a" if row.first_token_ms is None else f"{row.first_token_ms / 1000:.2f} s"
+        speed = "n/a" if row.tokens_per_second is None else f"{row.tokens_per_second:.1f}"
+        lines.append(f"| {escape_markdown(row.model)} | {rating} | {row.votes} | "
+                     f"{row.comparisons} | {first} | {speed} |")
+    return "\n".join(lines)
+
+
 def assistant_markdown(exchange: Exchange, checking: Checking | None = None) -> str:
     actions = ""  # the line of a finished reply's code: Check and its badge
     if exchange.live is not None and not exchange.done:
-        shown, in_code = escape_html_open(exchange.reply)
-        # A code block left open shows the text up to the line breaks it ends with (the
-        # closing fence takes their place): they are left to the live text, which live.js
-        # puts before the line break Markdown ends the block's text with.
-        covered = len(exchange.reply.rstrip("\r\n") if in_code else exchange.reply)
-        marker = live_marker(exchange.live, covered, in_code)
-        parts = [shown + ("\n\n" if in_code else "") + marker]
+        parts = [_live_reply(exchange.live, exchange.reply)]
     elif exchange.done and exchange.reply and exchange.reply_id is not None:
         body, actions = _finished(exchange.reply, exchange.reply_id)
         if exchange.runs:
