@@ -4,14 +4,16 @@ stand-in backends of different speeds: a TGI serving one model and a vLLM servin
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from app.server import create_app
-from app.store import Store
+from app.store import Accounts, Store
 from app.store.comparisons import Comparisons, StoredComparison
 from app.store.store import LOCAL_USER
 from app.ui.page import NARROW_PX
@@ -34,21 +36,30 @@ def slow() -> FakeBackend:
 
 
 @pytest.fixture
-def arena(
+def start_arena(
     backend: ServerThread, fake: FakeBackend, slow: FakeBackend, tmp_path: Path
-) -> Iterator[tuple[str, str]]:
-    """The app with both backends (the fast one is the ``backend`` fixture's TGI): its URL
-    and its database's."""
+) -> Iterator[Callable[..., tuple[str, str]]]:
+    """Start the app with both backends (the fast one is the ``backend`` fixture's TGI) and
+    the settings given: its URL and its database's."""
     fake.tokens, fake.token_delay = list(TOKENS), 0.01
     database_url = f"sqlite:///{tmp_path / 'arena.db'}"
-    with ServerThread(slow.app()) as second:
-        settings = settings_for(backend.url, **{
-            "backends": [{"name": "gpu", "kind": "tgi", "url": backend.url},
-                         {"name": "vllm", "kind": "openai", "url": second.url}],
-            "database_url": database_url, "stream_render_interval": 0.3,
-        })
-        with ServerThread(create_app(settings)) as server:
-            yield server.url, database_url
+    with ExitStack() as started:
+        def start(**overrides: Any) -> tuple[str, str]:
+            second = started.enter_context(ServerThread(slow.app()))
+            settings = settings_for(backend.url, **{
+                "backends": [{"name": "gpu", "kind": "tgi", "url": backend.url},
+                             {"name": "vllm", "kind": "openai", "url": second.url}],
+                "database_url": database_url, "stream_render_interval": 0.3, **overrides,
+            })
+            server = started.enter_context(ServerThread(create_app(settings)))
+            return server.url, database_url
+
+        yield start
+
+
+@pytest.fixture
+def arena(start_arena: Callable[..., tuple[str, str]]) -> tuple[str, str]:
+    return start_arena()
 
 
 def stored(database_url: str) -> list[StoredComparison]:
@@ -60,9 +71,17 @@ def stored(database_url: str) -> list[StoredComparison]:
         store.engine.dispose()
 
 
-def open_compare(browser: Browser, url: str, width: int, height: int) -> Page:  # noqa: F811
+def open_compare(
+    browser: Browser, url: str, width: int, height: int,  # noqa: F811
+    account: tuple[str, str] | None = None,
+) -> Page:
+    """The Compare tab, signed in with ``account`` (name, password) where given."""
     page = browser.new_context(viewport={"width": width, "height": height}).new_page()
     page.goto(url)
+    if account is not None:
+        page.get_by_label("username").fill(account[0])
+        page.get_by_label("password").fill(account[1])
+        page.get_by_role("button", name="Login").click()
     expect(page.locator("#header")).to_contain_text(FAST)
     if width < NARROW_PX:  # the tabs that do not fit are in Gradio's "More tabs" menu
         page.get_by_role("button", name="More tabs").click()
@@ -215,3 +234,85 @@ def test_stop_stops_both_replies(
     expect(left).to_contain_text("stopped", timeout=15_000)
     expect(right).to_contain_text("stopped", timeout=15_000)
     wait_for(lambda: (fake.cancelled, slow.cancelled) == (1, 1))
+
+
+def test_one_side_failing_mid_stream_leaves_the_other_whole_and_says_which_failed(
+    browser: Browser, arena: tuple[str, str], slow: FakeBackend  # noqa: F811
+) -> None:
+    slow.mode = "die_mid_stream"  # the right side's backend drops its stream at its third token
+    url, database_url = arena
+    page = open_compare(browser, url, 1280, 1000)
+    left, right = page.locator("#compare-left"), page.locator("#compare-right")
+    send(page, "Reverse a string.")
+    expect(right).to_contain_text(
+        "Failed: The stream from 'vllm' at http://127.0.0.1:", timeout=15_000)
+    expect(right).to_contain_text("broke before the reply was finished")
+    expect(right).to_contain_text("2 tokens")
+    expect(right).to_contain_text("interrupted")
+    expect(right).to_contain_text("w0 w1")
+    expect(right).not_to_contain_text("w2")
+    expect(left).to_contain_text("w39", timeout=15_000)
+    expect(left).to_contain_text("finished")
+    expect(left).not_to_contain_text("Failed")
+    # The vote follows: the comparison is stored, the fast side whole.
+    expect(page.locator("#compare-votes")).to_be_visible(timeout=15_000)
+    [compared] = stored(database_url)
+    assert compared.outcome is None
+    page.locator("#vote-left").click()
+    expect(page.locator("#compare-notice")).to_contain_text("Your vote: Left better")
+    assert stored(database_url)[0].outcome == "left"
+    page.locator("#compare-keep-left").click()
+    expect(page.locator("#chat .message.bot").last).to_contain_text("w0 w1 w2 w3")
+    expect(page.locator("#chat .message.bot").last).to_contain_text("w39")
+
+
+def board_votes(page: Page, model: str) -> Locator:
+    """The Votes cell of ``model``'s row of the board."""
+    row = page.locator("#compare-board tbody tr").filter(has_text=model)
+    return row.locator("td").nth(2)
+
+
+def test_the_board_of_all_users_where_the_operator_allows_it(
+    browser: Browser, start_arena: Callable[..., tuple[str, str]]  # noqa: F811
+) -> None:
+    url, database_url = start_arena(auth_mode="password", allow_shared_board=True)
+    store = Store(database_url)
+    try:
+        accounts = Accounts(store)
+        accounts.signup("alice", "correct horse")
+        accounts.signup("bob", "battery staple")
+    finally:
+        store.engine.dispose()
+    pages = {}
+    for name, password, vote in (("alice", "correct horse", "left"),
+                                 ("bob", "battery staple", "right")):
+        page = pages[name] = open_compare(browser, url, 1280, 1000, (name, password))
+        send(page, "Reverse a string.")
+        expect(page.locator("#compare-votes")).to_be_visible(timeout=15_000)
+        page.locator(f"#vote-{vote}").click()
+        expect(page.locator("#compare-notice")).to_contain_text("Your vote:")
+    # Each sees their own vote alone, and both with "All users' votes".
+    for name, best in (("alice", FAST), ("bob", SLOW)):
+        page = pages[name]
+        page.locator("#compare-board-panel").get_by_text("Board").click()
+        rows = page.locator("#compare-board tbody tr")
+        expect(rows.first).to_contain_text(best)
+        for model in (FAST, SLOW):
+            expect(board_votes(page, model)).to_have_text("1")
+        page.locator("#compare-everyone input").check()
+        for model in (FAST, SLOW):
+            expect(board_votes(page, model)).to_have_text("2")
+        page.locator("#compare-everyone input").uncheck()
+        expect(rows.first).to_contain_text(best)
+        expect(board_votes(page, FAST)).to_have_text("1")
+
+
+def test_without_the_shared_board_there_is_no_toggle(
+    browser: Browser, arena: tuple[str, str]  # noqa: F811
+) -> None:
+    url, _ = arena
+    page = open_compare(browser, url, 1280, 1000)
+    page.locator("#compare-board-panel").get_by_text("Board").click()
+    expect(page.locator("#compare-board")).to_contain_text("No comparisons yet")
+    expect(page.locator("#compare-everyone")).to_have_count(0)
+    expect(page.get_by_text("All users' votes")).to_have_count(0)
