@@ -16,6 +16,7 @@ from app.server import create_app
 from app.store import Accounts, Store
 from app.store.comparisons import Comparisons, StoredComparison
 from app.store.store import LOCAL_USER
+from app.ui.compare import CHECK_OFF, NO_TESTS
 from app.ui.page import NARROW_PX
 from tests.conftest import OUTPUT, settings_for
 from tests.fake_backend import FakeBackend
@@ -316,3 +317,59 @@ def test_without_the_shared_board_there_is_no_toggle(
     expect(page.locator("#compare-board")).to_contain_text("No comparisons yet")
     expect(page.locator("#compare-everyone")).to_have_count(0)
     expect(page.get_by_text("All users' votes")).to_have_count(0)
+
+
+def code_reply(body: str) -> list[str]:
+    """A reply, in tokens, whose Python code is ``add`` returning ``body``."""
+    return ["Here:\n\n", "```python\n", "def add(a, b):\n", f"    return {body}\n", "```\n"]
+
+
+def test_check_both_runs_the_same_tests_on_both_answers_and_shows_each_result(
+    browser: Browser, start_arena: Callable[..., tuple[str, str]],  # noqa: F811
+    fake: FakeBackend, slow: FakeBackend,
+) -> None:
+    """The fast model's code passes the user's tests, the slow one's fails one: each column
+    shows its badge and the failing test's values; the notice says which passed; the vote
+    follows."""
+    url, database_url = start_arena(snippet_runs="on")
+    fake.tokens, slow.tokens = code_reply("a + b"), code_reply("a - b")
+    page = open_compare(browser, url, 1280, 1100)
+    send(page, "Write add(a, b).")
+    check = page.locator("#compare-check")
+    expect(check).to_be_visible(timeout=15_000)
+    check.click()
+    expect(page.locator("#compare-notice")).to_contain_text(NO_TESTS)
+    page.locator("#compare-check-fold").get_by_text("Tests for Check both").click()
+    page.locator("#compare-tests textarea").fill("assert add(2, 2) == 4\nassert add(1, 0) == 1")
+    check.click()
+    left, right = (page.locator(f"#compare-check-{side}") for side in ("left", "right"))
+    expect(left.locator(".check-badge")).to_have_text("2/2 tests pass", timeout=15_000)
+    expect(left.locator(".check-pass").first).to_be_visible()
+    expect(right.locator(".check-badge")).to_have_text("1 of 2 fails")
+    expect(right).to_contain_text("assert add(2, 2) == 4 → add(2, 2) is 0, expected 4")
+    for column in (left, right):
+        expect(column).to_contain_text("against your tests")
+    expect(page.locator("#compare-notice")).to_contain_text(
+        "Tests: left 2/2 tests pass; right 1 of 2 fails. Only the left answer passes the tests.")
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "browser-compare-check.png"), full_page=True)
+    page.locator("#vote-left").click()
+    expect(page.locator("#compare-notice")).to_contain_text("Your vote: Left better")
+    assert stored(database_url)[0].outcome == "left"
+    # Each check is kept with its reply: the chat shows the badge once it goes on with it.
+    page.locator("#compare-keep-right").click()
+    expect(page.locator("#chat .message.bot").last.locator(".check-badge").first).to_have_text(
+        "1 of 2 fails")
+
+
+def test_without_runs_there_is_no_check_both_and_the_tab_says_why(
+    browser: Browser, start_arena: Callable[..., tuple[str, str]]  # noqa: F811
+) -> None:
+    url, _ = start_arena(snippet_runs="off")
+    page = open_compare(browser, url, 1280, 1000)
+    expect(page.locator("#compare-check-off")).to_have_text(CHECK_OFF)
+    assert "SNIPPET_RUNS" in CHECK_OFF
+    send(page, "Write add(a, b).")
+    expect(page.locator("#compare-votes")).to_be_visible(timeout=15_000)
+    expect(page.locator("#compare-check")).to_have_count(0)
+    expect(page.locator("#compare-tests")).to_have_count(0)

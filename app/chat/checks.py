@@ -148,7 +148,7 @@ class Checks:
         code, held = _program(extract_blocks(reply.content))
         if not code.strip():
             raise CheckRefused(_no_python(extract_blocks(reply.content)))
-        given = parse(tests, "user") if tests.strip() else _test_files(asked.attachments)
+        given = parse(tests, "user") if tests.strip() else attached_tests(asked.attachments)
         if tests.strip() and not given:
             raise CheckRefused("The tests given hold no test: write `assert` statements or "
                                "`test_…` functions.")
@@ -242,7 +242,7 @@ def _program(blocks: list[CodeBlock]) -> tuple[str, tuple[Case, ...]]:
     return code, tests
 
 
-def _test_files(attachments: tuple[dict[str, str], ...]) -> tuple[Case, ...]:
+def attached_tests(attachments: tuple[dict[str, str], ...]) -> tuple[Case, ...]:
     """The tests of the Python test files attached to the message (``test_*.py``,
     ``*_test.py``, ``tests.py``): the user's own."""
     found: tuple[Case, ...] = ()

@@ -73,7 +73,9 @@ class PlaygroundUI:
             settings.runs_allowed, self.downloads, self.preview,
         )
         self.raw = RawUI(service, self.turns, self.users)
-        self.compare = CompareUI(service, Comparer(self.turns), self.users, self.branches)
+        self.compare = CompareUI(
+            service, Comparer(self.turns), self.users, self.branches, self.checks,
+        )
         self.sharing = SharingUI(self.users) if settings.allow_sharing else None
         self.ask = AskEndpoint(self.turns, self.users, settings)
 

@@ -10,12 +10,20 @@ between); Stop stops both, and one side failing leaves the other whole. Once bot
 the four vote buttons, and under each side "Continue with this one", which puts that reply
 on the conversation's branch and shows it in the Chat tab. Blind: two models at random, their
 names shown once the vote is in (that vote is final).
+
+Check both: once both replies have ended, the same tests (the tab's Tests box, else a test file
+attached to the message) run on both replies' Python code through the chat's own check
+(``Checks.check``, without repair: the answers are compared as written), and each side's
+result, its badge and each test's outcome, shows under its column; the notice says which
+passed, for the vote to follow. Each check is kept with its reply, as a check from the chat
+is. Where code does not run here (SNIPPET_RUNS), the tab has no Check both and says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +32,18 @@ import gradio as gr
 from app.arena.rating import Outcome
 from app.arena.rules import ArenaError, board_owner
 from app.chat import Chat, ChatService
+from app.chat.checks import RUNS_OFF, CheckRefused, Checks, attached_tests
 from app.chat.compare import Comparer, Pair, SideName, hidden, merged, pick_models
-from app.chat.conversations import NotFound
+from app.chat.conversations import NotFound, StoreError
 from app.chat.turns import TurnRefused
 from app.markdown import escape_markdown
 from app.store.comparisons import StoredComparison, VoteFinal
 from app.ui.branches import BUSY, BranchesUI, busy
 from app.ui.chat import page_request
+from app.ui.checks import TESTS_PLACEHOLDER
 from app.ui.gradio_compat import Outputs
 from app.ui.render import board_markdown, chat_messages, compared_markdown, model_choices
+from app.ui.trace import check_markdown, version_shown
 from app.ui.users import PageUsers
 
 # The vote buttons: (label, outcome).
@@ -42,6 +53,9 @@ VOTES: list[tuple[str, Outcome]] = [
 SIDE_NAMES: dict[SideName, str] = {"left": "Left", "right": "Right"}
 # The id of the page's Chat tab, which "Continue with this one" selects.
 CHAT_TAB = "chat"
+NO_TESTS = ("Check both runs the same tests on both answers: write them in Tests for Check "
+            "both, or attach a test file to the message.")
+CHECK_OFF = f"Check both is off: {RUNS_OFF}"
 
 
 @dataclass
@@ -63,6 +77,10 @@ class CompareView:
     board: gr.Markdown
     everyone: gr.Checkbox | None
     pair: gr.State
+    # Check both (None where code does not run here) and each side's result.
+    tests: gr.Textbox | None
+    check: gr.Button | None
+    checked: dict[SideName, gr.Markdown]
 
 
 @dataclass
@@ -84,9 +102,11 @@ class ChatParts:
 class CompareUI:
     def __init__(
         self, service: ChatService, comparer: Comparer, users: PageUsers, branches: BranchesUI,
+        checks: Checks,
     ) -> None:
         self.service = service
         self.comparer = comparer
+        self.checks = checks
         self.users = users
         self.branches = branches
         self.settings = service.settings
@@ -117,9 +137,11 @@ class CompareUI:
         return shown
 
     def _ended(self, pair: Pair, visible: bool) -> Outputs:
-        """The vote buttons and the "Continue" ones, shown once both replies have ended."""
+        """The vote buttons, the "Continue" ones and Check both, shown once both replies have
+        ended."""
         v = self.view
-        return {v.votes_row: gr.update(visible=visible),
+        check = {v.check: gr.update(visible=visible)} if v.check is not None else {}
+        return {v.votes_row: gr.update(visible=visible), **check,
                 **{button: gr.update(visible=visible) for button in v.keep.values()}}
 
     async def send(
@@ -152,6 +174,7 @@ class CompareUI:
         listed = gr.update(choices=await mine.choices(),
                            value=chat.id if chat.on_screen else None)
         yield {**self._columns(pair), **self._ended(pair, False), v.notice: "", v.message: "",
+               **{box: "" for box in v.checked.values()},
                v.pair: pair, self.parts.conversations: listed, self.parts.last: chat.id}
         async for update in self._follow(pair, shown):
             yield update
@@ -176,6 +199,59 @@ class CompareUI:
         finally:
             if not pair.done and not self.service.replies.keeps_running:
                 pair.stop()
+
+    async def check_both(
+        self, request: gr.Request | None, pair: Pair | None, tests: str | None
+    ) -> AsyncIterator[Outputs]:
+        """Run ``tests`` (none: a test file attached to the message) on both replies' code, at
+        once, without repair (``Checks.check``), and show each side's result under its column;
+        the notice says which passed. A side that cannot be checked (no Python code, a
+        failed reply) says why in its place."""
+        v = self.view
+        if pair is None or not pair.recorded.done():
+            yield {v.notice: "Check both once both replies have ended."}
+            return
+        mine = await self.users.conversations(request)
+        tests = tests or ""
+        if not tests.strip():
+            try:
+                _, asked, _ = await mine.exchange_of(pair.left.exchange.reply_id or 0)
+            except NotFound:
+                yield {v.notice: "That comparison's conversation is gone; send another."}
+                return
+            if not attached_tests(asked.attachments):
+                yield {v.notice: NO_TESTS}
+                return
+        yield {v.notice: "", **{box: check_markdown(None, None, None)
+                                for box in v.checked.values()}}
+
+        async def checked(side: SideName) -> dict[str, Any] | str:
+            reply_id = pair.sides[side].exchange.reply_id
+            if reply_id is None:
+                return "This side has no stored reply to check."
+            trace: dict[str, Any] | None = None
+            try:
+                steps = self.checks.check(mine, reply_id, tests, repair=False)
+                async with aclosing(steps) as progress:
+                    async for step in progress:
+                        trace = step.trace
+            except (CheckRefused, StoreError) as err:
+                return pair.shown(str(err)) or ""
+            return trace or "The check ended before its first result."
+
+        left, right = await asyncio.gather(checked("left"), checked("right"))
+        shown: Outputs = {}
+        badges: dict[SideName, dict[str, Any] | None] = {}
+        results: dict[SideName, dict[str, Any] | str] = {"left": left, "right": right}
+        for side, result in results.items():
+            if isinstance(result, str):
+                shown[v.checked[side]] = f"**Check**: {result}"
+                badges[side] = None
+                continue
+            reply_id = pair.sides[side].exchange.reply_id
+            shown[v.checked[side]] = check_markdown(result, reply_id, None)
+            badges[side] = version_shown(result, reply_id)
+        yield {**shown, v.notice: checked_notice(badges["left"], badges["right"])}
 
     async def stop(self, pair: Pair | None) -> None:
         """Ask both replies to end."""
@@ -260,11 +336,14 @@ class CompareUI:
             notice = gr.Markdown(elem_id="compare-notice")
             columns: dict[SideName, gr.Markdown] = {}
             keep: dict[SideName, gr.Button] = {}
+            checked: dict[SideName, gr.Markdown] = {}
             with gr.Row(elem_id="compare-columns"):
                 for side, name in SIDE_NAMES.items():
                     with gr.Column(min_width=300):
                         columns[side] = gr.Markdown(f"**{name}**", elem_id=f"compare-{side}",
                                                     container=True)
+                        checked[side] = gr.Markdown(elem_id=f"compare-check-{side}",
+                                                    elem_classes=["compare-check"])
                         keep[side] = gr.Button(
                             "Continue with this one", size="sm", visible=False,
                             elem_id=f"compare-keep-{side}",
@@ -273,6 +352,7 @@ class CompareUI:
                 votes = [gr.Button(label, size="sm", min_width=100,
                                    elem_id=f"vote-{outcome.replace('_', '-')}")
                          for label, outcome in VOTES]
+            tests, check = self._check_parts()
             with gr.Row(elem_id="compare-message-row", elem_classes=["message-row"]):
                 message = gr.Textbox(
                     placeholder="A message for both models", show_label=False, lines=1,
@@ -288,8 +368,22 @@ class CompareUI:
                 board = gr.Markdown(elem_id="compare-board")
         self.view = CompareView(left_model, right_model, blind, notice, columns, keep,
                                 votes_row, votes, message, send, stop, board_panel, board,
-                                everyone, gr.State(None))
+                                everyone, gr.State(None), tests, check, checked)
         return self.view
+
+    def _check_parts(self) -> tuple[gr.Textbox | None, gr.Button | None]:
+        """Check both and its tests, where code runs here; else why it is not there."""
+        if not self.settings.runs_allowed:
+            gr.Markdown(CHECK_OFF, elem_id="compare-check-off")
+            return None, None
+        with gr.Accordion("Tests for Check both", open=False, elem_id="compare-check-fold"):
+            tests = gr.Textbox(
+                label="Tests run on both answers (Python: assert lines, test_ functions); "
+                      "empty: those of a test file attached to the message",
+                placeholder=TESTS_PLACEHOLDER, lines=4, max_lines=20, elem_id="compare-tests",
+            )
+        check = gr.Button("Check both", size="sm", visible=False, elem_id="compare-check")
+        return tests, check
 
     def wire(self, page: gr.Blocks, parts: ChatParts) -> None:
         """Connect the tab's components to the handlers above, and to the Chat tab's
@@ -301,8 +395,10 @@ class CompareUI:
                   api_visibility="private")
         v.blind.change(lambda blind: [gr.update(interactive=not blind)] * 2, [v.blind],
                        [v.left_model, v.right_model], queue=False, api_visibility="private")
+        check = [v.check] if v.check is not None else []
         outputs = [*v.columns.values(), *v.keep.values(), v.votes_row, v.notice, v.message,
-                   v.pair, parts.chatbot, parts.conversations, parts.last]
+                   v.pair, parts.chatbot, parts.conversations, parts.last, *check,
+                   *v.checked.values()]
         gr.on(
             [v.message.submit, v.send.click], self.send,
             [v.message, v.left_model, v.right_model, v.blind, parts.chat, parts.system_prompt,
@@ -310,6 +406,9 @@ class CompareUI:
             outputs, api_name="compare", show_progress_on=[v.notice],
         )
         v.stop.click(self.stop, [v.pair], None, queue=False, api_name="compare_stop")
+        if v.check is not None and v.tests is not None:
+            v.check.click(self.check_both, [v.pair, v.tests], [*v.checked.values(), v.notice],
+                          api_visibility="private", show_progress_on=[v.notice])
         for button, (_, outcome) in zip(v.votes, VOTES, strict=True):
             button.click(self.voter(outcome), [v.pair, *everyone],
                          [*v.columns.values(), v.notice, v.board, v.votes_row],
@@ -326,3 +425,17 @@ def voted_notice(voted: StoredComparison) -> str:
     label = next(label for label, outcome in VOTES if outcome == voted.outcome)
     left, right = (escape_markdown(side.model) for side in (voted.left, voted.right))
     return f"Your vote: **{label}**. Left: {left}; right: {right}."
+
+
+def checked_notice(left: dict[str, Any] | None, right: dict[str, Any] | None) -> str:
+    """What the tests say of the two answers (each side's version checked, None where it could
+    not be), for the vote to follow."""
+    def said(version: dict[str, Any] | None) -> str:
+        return "not checked" if version is None else str(version["badge"])
+
+    passed = [name for name, version in (("left", left), ("right", right))
+              if version is not None and version["ok"]]
+    verdict = {0: "Neither answer passes the tests.", 2: "Both answers pass the tests."}.get(
+        len(passed), f"Only the {passed[0]} answer passes the tests."
+    )
+    return f"Tests: left {said(left)}; right {said(right)}. {verdict}"

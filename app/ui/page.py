@@ -39,16 +39,19 @@ PAGE_CSS = f"""
   display: inline-block; padding: 0 0.45rem; border: 1px solid #d1d9e0; border-radius: 4px;
   font-size: 0.875em; text-decoration: none; white-space: nowrap;
 }}
-#chat .check-badge {{
+#chat .check-badge, #compare-columns .check-badge {{
   display: inline-block; padding: 0 0.5rem; border: 1px solid currentColor;
   border-radius: 999px; font-size: 0.875em; font-weight: 600; white-space: nowrap;
 }}
-#chat .check-pass {{ color: #1a7f37; }}
-#chat .check-fail {{ color: #cf222e; }}
-#chat .check-none {{ color: #59636e; }}
-#chat .check-trace {{ border-left: 3px solid #d1d9e0; padding-left: 0.6rem; }}
-#chat .check-trace ul {{ padding-left: 1.1rem; }}
-#chat .check-trace pre, #chat .check-trace code {{
+#chat .check-pass, #compare-columns .check-pass {{ color: #1a7f37; }}
+#chat .check-fail, #compare-columns .check-fail {{ color: #cf222e; }}
+#chat .check-none, #compare-columns .check-none {{ color: #59636e; }}
+#chat .check-trace, #compare-columns .check-trace {{
+  border-left: 3px solid #d1d9e0; padding-left: 0.6rem;
+}}
+#chat .check-trace ul, #compare-columns .check-trace ul {{ padding-left: 1.1rem; }}
+#chat .check-trace pre, #chat .check-trace code,
+#compare-columns .check-trace pre, #compare-columns .check-trace code {{
   white-space: pre-wrap; overflow-wrap: anywhere;
 }}
 #shortcuts-overlay {{
