@@ -1,6 +1,7 @@
 """The processes a benchmark drives: the paced stand-in, the app (``python -m app``), Gradio's
-``gr.load_chat`` (``python -m bench.peer``), each a child process on a free loopback port; and a
-sampler of a process's CPU time and resident memory (from ``/proc``, Linux only).
+``gr.load_chat`` (``python -m bench.peer``), the floor (``python -m bench.floor``), each a
+child process on a free loopback port; and a sampler of a process's CPU time and resident
+memory (from ``/proc``, Linux only).
 
 Children die with the benchmark (``PR_SET_PDEATHSIG``), so an interrupted run leaves nothing
 behind. The app and the peer run without matplotlib, as they are deployed (``served``).
@@ -165,6 +166,15 @@ def peer(folder: Path, backend_url: str, concurrency: int) -> Child:
         served("bench.peer", "--port", str(port), "--backend", backend_url,
                "--concurrency", str(concurrency)),
         base_env(), folder, port, "/config",
+    )
+
+
+def floor(folder: Path, backend_url: str) -> Child:
+    """The least a Python proxy does, on the same stand-in (``bench/floor.py``)."""
+    port = free_port()
+    return Child(
+        "floor", served("bench.floor", "--port", str(port), "--backend", backend_url),
+        base_env(), folder, port, "/health",
     )
 
 

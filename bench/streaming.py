@@ -13,7 +13,10 @@ The targets, one after another for each N, against one stand-in (``bench/standin
 - ``app``: ``python -m app`` (a SQLite database in a temporary folder, the per-user rate limit
   off, every other setting at its default), through Gradio's queue as the page speaks it;
 - ``gr.load_chat``: ``python -m bench.peer``, Gradio's ``gr.load_chat`` on the stand-in, with
-  the same queue concurrency and worker threads as the app.
+  the same queue concurrency and worker threads as the app;
+- ``floor``: ``python -m bench.floor``, the least a Python proxy does (the stand-in's stream
+  read with the app's client library and written on, line by line, over uvicorn; no app): the
+  app's CPU a token is also given as a multiple of the floor's.
 
 Each Gradio user first opens the page (a session, and its load events), before any clock
 starts, as a browser does when the page opens; then it sends messages. Two ways of loading:
@@ -60,7 +63,7 @@ from bench.client import (
 )
 from bench.machine import code_version
 
-PEERS = ("direct", "gr.load_chat")
+PEERS = ("direct", "gr.load_chat", "floor")
 MODES = ("steady", "burst")
 
 
@@ -96,6 +99,7 @@ class Row:
     stream_tokens_per_second_median: float | None
     aggregate_tokens_per_second: float
     aggregate_vs_direct: float | None
+    cpu_vs_floor: float | None  # CPU a token, as a multiple of the floor's in the same row
     tokens: int
     seconds: float  # the span the aggregate is taken over
     updates_per_stream: float
@@ -116,11 +120,17 @@ class Target:
     multi_turn: bool = True  # whether a user's messages go on in one conversation
 
 
-async def direct_target(url: str) -> Target:
-    async def nothing() -> None:
-        return None
+async def nothing() -> None:
+    return None
 
+
+async def direct_target(url: str) -> Target:
     return Target("direct", nothing, lambda _: direct_stream(url), None)
+
+
+async def floor_target(url: str, pid: int) -> Target:
+    """The floor speaks the server's own API: its clients are the direct ones."""
+    return Target("floor", nothing, lambda _: direct_stream(url), pid)
 
 
 async def gradio_target(name: str, url: str, pid: int, multi_turn: bool = True) -> Target:
@@ -155,7 +165,7 @@ def summarize(
         first_update_ms_median=_median(echoes, 1),
         stream_tokens_per_second_median=_median(rates, 2),
         aggregate_tokens_per_second=round(tokens / seconds, 1) if seconds > 0 else 0.0,
-        aggregate_vs_direct=None, tokens=tokens, seconds=round(seconds, 3),
+        aggregate_vs_direct=None, cpu_vs_floor=None, tokens=tokens, seconds=round(seconds, 3),
         updates_per_stream=round(sum(r.updates for r in results) / len(results), 1),
         server_cpu_percent=round(usage.cpu_percent, 1) if usage else None,
         server_cpu_ms_per_token=(
@@ -216,13 +226,22 @@ async def measure(target: Target, mode: str, streams: int, p: Parameters) -> Row
 
 
 def with_ratios(rows: list[Row]) -> list[Row]:
+    """Each row's aggregate as a share of direct's, and its CPU a token as a multiple of the
+    floor's, in the same mode and N."""
     direct = {(row.mode, row.streams): row.aggregate_tokens_per_second for row in rows
               if row.target == "direct"}
+    floor = {(row.mode, row.streams): row.server_cpu_ms_per_token for row in rows
+             if row.target == "floor"}
     out = []
     for row in rows:
-        base = direct.get((row.mode, row.streams))
-        out.append(replace(row, aggregate_vs_direct=(
-            round(row.aggregate_tokens_per_second / base, 3) if base else None)))
+        base, least = direct.get((row.mode, row.streams)), floor.get((row.mode, row.streams))
+        out.append(replace(
+            row,
+            aggregate_vs_direct=(round(row.aggregate_tokens_per_second / base, 3)
+                                 if base else None),
+            cpu_vs_floor=(round(row.server_cpu_ms_per_token / least, 2)
+                          if least and row.server_cpu_ms_per_token is not None else None),
+        ))
     return out
 
 
@@ -256,6 +275,9 @@ async def run_all(
             # messages opens a new session.
             available["gr.load_chat"] = await gradio_target(
                 "gr.load_chat", peer.url, peer.pid, multi_turn=False)
+        if "floor" in targets:
+            relay = running.enter_context(procs.floor(folder / "floor", standin.url))
+            available["floor"] = await floor_target(relay.url, relay.pid)
         chosen = [available[name] for name in targets]
         for target in chosen:  # one warm-up stream each: first-request costs are not load
             warm = await target.send(await target.prepare())
@@ -291,8 +313,8 @@ def markdown(rows: list[Row], p: Parameters) -> str:
             "",
             "| N | target | TTFT median (ms) | TTFT p90 (ms) | tokens/s a stream (median) "
             "| aggregate tokens/s | of direct | errors | server CPU (% of a core) "
-            "| CPU ms a token | peak RSS (MiB) |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| CPU ms a token | of the floor's | peak RSS (MiB) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             if r.mode != mode:
@@ -304,6 +326,7 @@ def markdown(rows: list[Row], p: Parameters) -> str:
                 f"| {r.aggregate_tokens_per_second:,.0f} | {show(r.aggregate_vs_direct, '.0%')} "
                 f"| {r.errors}/{r.messages} | {show(r.server_cpu_percent, '.0f')} "
                 f"| {show(r.server_cpu_ms_per_token, '.2f')} "
+                f"| {'—' if r.cpu_vs_floor is None else f'{r.cpu_vs_floor:.1f}x'} "
                 f"| {show(r.server_peak_rss_mib, '.0f')} |"
             )
         lines.append("")
@@ -382,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, nargs="+", default=None,
                         help="the values of N (default 1 16 64 128; --quick: 1 4)")
     parser.add_argument("--targets", nargs="+", default=None,
-                        help="which to run: direct, gr.load_chat and the app labels "
+                        help="which to run: direct, floor, gr.load_chat and the app labels "
                              "(default: all)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--app", action="append", default=[], metavar="LABEL=PATH",
@@ -399,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(item.split("=", 1) for item in args.app_setting)
     apps = {label: Path(path).resolve() for label, _, path in
             (item.partition("=") for item in args.app)} or {"app": procs.REPO}
-    targets = tuple(args.targets or ["direct", *apps, "gr.load_chat"])
+    targets = tuple(args.targets or ["direct", "floor", *apps, "gr.load_chat"])
     unknown = set(targets) - {*PEERS, *apps}
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")

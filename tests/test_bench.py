@@ -202,10 +202,17 @@ def test_the_streaming_comparison_runs_without_errors(tmp_path: Path) -> None:
     rows = report["results"]
     assert {(r["mode"], r["target"], r["streams"]) for r in rows} == {
         (mode, target, n) for mode in ("steady", "burst")
-        for target in ("direct", "app", "gr.load_chat") for n in (1, 4)
+        for target in ("direct", "floor", "app", "gr.load_chat") for n in (1, 4)
     }
     assert [(r["target"], r["first_errors"]) for r in rows if r["errors"]] == []
     assert all(r["tokens"] > 0 for r in rows)
+    # The app's CPU a token as a multiple of the floor's, the floor's own being 1.
+    floor = {(r["mode"], r["streams"]): r["server_cpu_ms_per_token"] for r in rows
+             if r["target"] == "floor"}
+    for row in rows:
+        if row["target"] in ("app", "floor"):
+            expected = row["server_cpu_ms_per_token"] / floor[row["mode"], row["streams"]]
+            assert row["cpu_vs_floor"] == pytest.approx(expected, abs=0.01)
     assert report["machine"]["cpu_count"] >= 1
     assert (tmp_path / "streaming.png").stat().st_size > 0
     assert "| 4 | app |" in (tmp_path / "streaming.md").read_text()
