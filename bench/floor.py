@@ -4,9 +4,10 @@ the server, to tell how far the app's cost per token is from what a proxy cannot
     python -m bench.floor --port 7871 --backend http://127.0.0.1:8080
 
 ``POST /v1/chat/completions`` opens the same request to ``--backend`` with the app's client
-library (httpx, one ``AsyncClient`` with its connections kept) and writes each line of the
-server's stream to the client as it comes, unparsed, over uvicorn as the app is served: no
-queue, no state, no page, no store. Its clients read it as they read the server itself.
+library for streams (aiohttp, one session with its connections kept, as
+``app.backends.client`` reads them) and writes what the server sends on to the client as it
+comes, unparsed, over uvicorn as the app is served: no queue, no state, no page, no store. Its
+clients read it as they read the server itself.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,23 +25,25 @@ from starlette.routing import Route
 
 
 def floor_app(backend: str) -> Starlette:
-    client = httpx.AsyncClient(base_url=backend, timeout=None,
-                               limits=httpx.Limits(max_connections=None))
+    sessions: list[aiohttp.ClientSession] = []
 
     async def relay(request: Request) -> Response:
-        body = await request.body()
-        upstream = client.build_request("POST", "/v1/chat/completions", content=body,
-                                        headers={"content-type": "application/json"})
-        response = await client.send(upstream, stream=True)
+        if not sessions:  # on the server's event loop, once
+            sessions.append(aiohttp.ClientSession(
+                backend, connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None),
+            ))
+        response = await sessions[0].post("/v1/chat/completions", data=await request.body(),
+                                          headers={"content-type": "application/json"})
 
-        async def lines() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes]:
             try:
-                async for line in response.aiter_lines():
-                    yield (line + "\n").encode()
+                while chunk := await response.content.readany():
+                    yield chunk
             finally:
-                await response.aclose()
+                response.release()
 
-        return StreamingResponse(lines(), status_code=response.status_code,
+        return StreamingResponse(chunks(), status_code=response.status,
                                  media_type="text/event-stream")
 
     async def health(request: Request) -> Response:

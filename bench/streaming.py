@@ -15,7 +15,7 @@ The targets, one after another for each N, against one stand-in (``bench/standin
 - ``gr.load_chat``: ``python -m bench.peer``, Gradio's ``gr.load_chat`` on the stand-in, with
   the same queue concurrency and worker threads as the app;
 - ``floor``: ``python -m bench.floor``, the least a Python proxy does (the stand-in's stream
-  read with the app's client library and written on, line by line, over uvicorn; no app): the
+  read with the app's client library, aiohttp, and written on as it comes over uvicorn; no app): the
   app's CPU a token is also given as a multiple of the floor's.
 
 Each Gradio user first opens the page (a session, and its load events), before any clock
