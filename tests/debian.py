@@ -30,8 +30,8 @@ def unpacked(name: str, version: str | None = None, source: str = TRIXIE) -> Pat
     work = Path(tempfile.mkdtemp(prefix=f"pg-{name}-"))
     try:
         (work / "sources.list").write_text(source + "\n")
-        for folder in ("lists/partial", "archives/partial"):
-            (work / folder).mkdir(parents=True)
+        for part in ("lists/partial", "archives/partial"):
+            (work / part).mkdir(parents=True)
         apt = ["apt-get", "-o", f"Dir::Etc::sourcelist={work}/sources.list",
                "-o", "Dir::Etc::sourceparts=/nonexistent", "-o", f"Dir::State::Lists={work}/lists",
                "-o", f"Dir::Cache::archives={work}/archives", "-o", "Debug::NoLocking=1"]
