@@ -13,7 +13,7 @@ are fetched first: scripts/build). The stack's containers share the host's netwo
 
 Buildx is Debian trixie's ``docker-buildx`` (0.13, a static binary needing only libc6 >= 2.34,
 which bookworm has), fetched once with apt's own client from a source list of its own (the
-machine's apt sources stay as they are) and kept in the cache folder (``buildx_plugin``). Its
+machine's apt sources stay as they are) and kept in the cache folder (tests/debian.py). Its
 ``docker`` driver builds with the engine's own BuildKit (v0.8 in Engine 20.10): no BuildKit
 image is pulled.
 
@@ -44,17 +44,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Self
 
+from tests.debian import CACHE, unpacked
 from tests.servers import Running
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coding-playground"
 BASE_ROOT = CACHE / "debootstrap-bookworm-python3.11"
 BASE_IMAGE = "python:3.11-slim"
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference"
 VLLM_IMAGE = "vllm/vllm-openai"
 LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
-BUILDX_SOURCE = "deb http://deb.debian.org/debian trixie main"
 
 
 def read_env_file() -> dict[str, str]:
@@ -76,30 +75,8 @@ def compose_plugin() -> Path:
 
 
 def buildx_plugin() -> Path:
-    """Buildx's CLI plugin, fetched the first time (the module says how)."""
-    found = sorted(CACHE.glob("docker-buildx-*/usr/libexec/docker/cli-plugins/docker-buildx"))
-    if found:
-        return found[-1]
-    work = Path(tempfile.mkdtemp(prefix="pg-buildx-"))
-    try:
-        (work / "sources.list").write_text(BUILDX_SOURCE + "\n")
-        for folder in ("lists/partial", "archives/partial"):
-            (work / folder).mkdir(parents=True)
-        apt = ["apt-get", "-o", f"Dir::Etc::sourcelist={work}/sources.list",
-               "-o", "Dir::Etc::sourceparts=/nonexistent", "-o", f"Dir::State::Lists={work}/lists",
-               "-o", f"Dir::Cache::archives={work}/archives", "-o", "Debug::NoLocking=1"]
-        for step in ("update", "download docker-buildx"):
-            subprocess.run([*apt, *step.split()], cwd=work, check=True, capture_output=True,
-                           timeout=600)
-        [package] = work.glob("docker-buildx_*.deb")
-        kept = CACHE / f"docker-buildx-{package.name.split('_')[1]}"
-        partial = kept.with_name(kept.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        subprocess.run(["dpkg", "-x", str(package), str(partial)], check=True)
-        partial.rename(kept)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return buildx_plugin()
+    """Buildx's CLI plugin, Debian trixie's ``docker-buildx``, fetched the first time."""
+    return unpacked("docker-buildx") / "usr/libexec/docker/cli-plugins/docker-buildx"
 
 
 def free_subnet() -> str:
