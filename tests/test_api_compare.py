@@ -291,11 +291,16 @@ def test_both_replies_count_against_the_users_limits(
     assert len(fake.requests) + len(slow.requests) == 3, "only the first comparison's and one"
 
 
+def long_replies(fake: FakeBackend, slow: FakeBackend) -> None:
+    """Replies of 200 tokens a side, still streaming when a test stops or leaves them."""
+    fake.tokens = [f"fast{i} " for i in range(200)]
+    slow.tokens = [f"slow{i} " for i in range(200)]
+
+
 def test_a_client_that_leaves_stops_both(
     arena: Api, fake: FakeBackend, slow: FakeBackend
 ) -> None:
-    fake.tokens = [f"fast{i} " for i in range(200)]
-    slow.tokens = [f"slow{i} " for i in range(200)]
+    long_replies(fake, slow)
     alice = arena.user("alice")
     with arena.http.stream("POST", "/compare", headers=alice, json={
         "message": "long", "left": FAST, "right": SLOW, "stream": True,
@@ -318,8 +323,7 @@ def test_a_client_that_leaves_stops_both(
 def test_stopping_the_dialogue_stops_both_and_following_it_follows_the_reply_on_screen(
     arena: Api, fake: FakeBackend, slow: FakeBackend
 ) -> None:
-    fake.tokens = [f"fast{i} " for i in range(200)]
-    slow.tokens = [f"slow{i} " for i in range(200)]
+    long_replies(fake, slow)
     alice = arena.user("alice")
     with arena.http.stream("POST", "/compare", headers=alice, json={
         "message": "long", "left": FAST, "right": SLOW, "stream": True,
