@@ -12,6 +12,14 @@ The schema is created first with the command the ``migrate`` service of compose.
 runs. Checked: no errors; each app replica and each TGI replica served some of the streams;
 every message is in the shared database; and, for contrast, that without the route cookie
 (no sticky session) Gradio's queue loses the pages that land on the other replica.
+
+Then the load (``loads``): N users pressing Send at once, through one replica alone (its own
+port, no nginx) and through nginx to both, the two taking turns (``repeats`` each, since runs
+on a shared machine move by a third). Each wave gives the aggregate (all tokens over the span
+from the first request to the last token, also as a share of N streams at the stand-in's
+pace), the first token's median and 90th percentile, and the CPU a token of each replica
+(its CPU over the wave, over the tokens of the replies it finished), of nginx and of
+PostgreSQL, all in this one run on one database.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,12 +65,14 @@ class Parameters:
     users: int
     tokens: int
     rate: float
+    loads: tuple[int, ...]  # N users at once in the load waves
+    repeats: int  # waves of each way, alternated, per N
 
 
-FULL = Parameters(users=32, tokens=200, rate=50.0)
+FULL = Parameters(users=32, tokens=200, rate=50.0, loads=(64, 128), repeats=2)
 # nginx sends each new page to a replica picked at random: of 6 pages all went to one replica
 # in one run in about 32 (the test failed on it); of 16, one in about 32,000.
-QUICK = Parameters(users=16, tokens=20, rate=50.0)
+QUICK = Parameters(users=16, tokens=20, rate=50.0, loads=(16,), repeats=1)
 
 
 def render_conf(name: str, folder: Path, listen: int, servers: dict[str, list[int]]) -> str:
@@ -182,6 +193,12 @@ async def run(p: Parameters, folder: Path, app_path: Path) -> dict[str, Any]:
                     ))
                     served = [replies_served(app.url) for app in apps]
                     streams = [(await get_json(s.url, "/stats"))["started"] for s in standins]
+                    one = GradioTarget(apps[0].url, await find_endpoint(apps[0].url))
+                    ways = {"one replica": (one, [apps[0]]), "two replicas": (sticky, apps)}
+                    report["load"] = [
+                        await loaded(ways, way, users, p, postgres.pid(), door_pid(folder))
+                        for users in p.loads for _ in range(p.repeats) for way in ways
+                    ]
             with psycopg.connect(database.replace("postgresql+psycopg://", "postgresql://")
                                  ) as connection:
                 stored = connection.execute(
@@ -209,6 +226,60 @@ async def run(p: Parameters, folder: Path, app_path: Path) -> dict[str, Any]:
     report["passed"] = (report["errors"] == 0 and all(served) and all(streams)
                         and report["messages_stored"] == p.users)
     return report
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and the processes it started that still run (nginx's workers,
+    PostgreSQL's backends)."""
+    return procs.cpu_seconds(pid) + sum(procs.cpu_seconds(child) for child in procs.children(pid))
+
+
+def door_pid(folder: Path) -> int:
+    return int((folder / "door" / "nginx.pid").read_text())
+
+
+async def loaded(
+    ways: dict[str, tuple[GradioTarget, list[procs.Child]]], way: str, users: int,
+    p: Parameters, postgres_pid: int, nginx_pid: int,
+) -> dict[str, Any]:
+    """One wave of ``users`` pressing Send at once, the way ``way`` says."""
+    target, replicas = ways[way]
+    sessions = await asyncio.gather(*(open_page_(target) for _ in range(users)))
+    cpu = [procs.cpu_seconds(app.pid) for app in replicas]
+    served = [replies_served(app.url) for app in replicas]
+    others = [tree_cpu(nginx_pid), tree_cpu(postgres_pid)]
+    results = list(await asyncio.gather(*(
+        gradio_stream(target, f"Write a function (user {i}, {way})", session)
+        for i, session in enumerate(sessions)
+    )))
+    # A reply is counted once stored, a moment after its last token reached the browser.
+    deadline = time.monotonic() + 10
+    while True:
+        finished = [replies_served(app.url) - before
+                    for app, before in zip(replicas, served, strict=True)]
+        if sum(finished) >= users or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    cpu = [procs.cpu_seconds(app.pid) - before for app, before in zip(replicas, cpu, strict=True)]
+    tokens = [p.tokens * count for count in finished]
+    nginx, database = (tree_cpu(pid) - before
+                       for pid, before in zip((nginx_pid, postgres_pid), others, strict=True))
+    span = max((r.last_token or r.ended) for r in results) - min(r.started for r in results)
+    received = sum(r.tokens for r in results)
+    ttfts = sorted(1000 * r.ttft for r in results if r.ttft is not None)
+    return {
+        "way": way, "users": users,
+        "errors": sum(1 for r in results if r.error is not None or r.tokens != p.tokens),
+        "aggregate_tokens_per_second": round(received / span, 1),
+        "of_the_pace": round(received / span / (users * p.rate), 3),
+        "ttft_ms_median": round(statistics.median(ttfts), 1) if ttfts else None,
+        "ttft_ms_p90": round(ttfts[int(0.9 * (len(ttfts) - 1))], 1) if ttfts else None,
+        "replica_cpu_ms_per_token": [round(1000 * c / t, 3) if t else None
+                                     for c, t in zip(cpu, tokens, strict=True)],
+        "replica_cpu_percent": [round(100 * c / span, 1) for c in cpu],
+        "nginx_cpu_ms_per_token": round(1000 * nginx / received, 3) if received else None,
+        "postgres_cpu_ms_per_token": round(1000 * database / received, 3) if received else None,
+    }
 
 
 async def _attempt(target: GradioTarget, index: int, expected: int) -> bool:

@@ -408,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="which to run: direct, floor, gr.load_chat and the app labels "
                              "(default: all)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="tokens a stream (default 200; --quick: 20): with two values in "
+                             "two runs, the CPU a token splits into what each token costs "
+                             "and what each message costs")
     parser.add_argument("--app", action="append", default=[], metavar="LABEL=PATH",
                         help="an app to measure, run from the checkout at PATH (repeatable, "
                              "to compare changes side by side; default: app=this checkout)")
@@ -419,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     p = replace(p, modes=tuple(args.modes))
     if args.streams:
         p = replace(p, streams=tuple(args.streams))
+    if args.tokens:
+        p = replace(p, tokens=args.tokens)
     settings = dict(item.split("=", 1) for item in args.app_setting)
     apps = {label: Path(path).resolve() for label, _, path in
             (item.partition("=") for item in args.app)} or {"app": procs.REPO}

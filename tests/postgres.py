@@ -105,6 +105,10 @@ class PostgresServer(Running):
             self._run("pg_ctl", "stop", "-D", str(self._data), "-m", "fast", "-w", "-t", "60")
         self._remove_root()
 
+    def pid(self) -> int:
+        """The server's main process (its backends are its children)."""
+        return int((self._data / "postmaster.pid").read_text().split()[0])
+
     def create_database(self, name: str) -> str:
         """Create an empty database and return its URL."""
         with self._admin() as connection:

@@ -279,6 +279,13 @@ def test_the_scale_out_stack_streams_through_nginx_with_sticky_sessions(tmp_path
     assert all(report["streams_per_tgi_replica"]), "each TGI replica serves streams"
     assert report["messages_stored"] == report["users"]
     assert report["without_the_route_cookie"]["failed"] > 0, "stickiness is what makes it work"
+    # The load waves: one replica alone and both behind nginx, each replica's CPU a token.
+    assert [(wave["way"], wave["errors"]) for wave in report["load"]] == [
+        ("one replica", 0), ("two replicas", 0)]
+    one, two = report["load"]
+    assert one["replica_cpu_ms_per_token"][0] > 0
+    assert all(cost > 0 for cost in two["replica_cpu_ms_per_token"]), "both replicas streamed"
+    assert 0 < two["of_the_pace"] <= 1.05
     assert done.returncode == 0, done.stderr[-3000:]
 
 
