@@ -229,9 +229,13 @@ async def run(p: Parameters, folder: Path, app_path: Path) -> dict[str, Any]:
 
 
 def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and the processes it started that still run (nginx's workers,
-    PostgreSQL's backends)."""
-    return procs.cpu_seconds(pid) + sum(procs.cpu_seconds(child) for child in procs.children(pid))
+    """CPU seconds of ``pid`` and of the processes it started (nginx's workers, PostgreSQL's
+    backends): those that still run, and those that ended (counted in its own ``/proc`` stat
+    once it has waited for them)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ended = (int(fields[13]) + int(fields[14])) / procs.CLOCK_TICKS
+    return procs.cpu_seconds(pid) + ended + sum(
+        procs.cpu_seconds(child) for child in procs.children(pid))
 
 
 def door_pid(folder: Path) -> int:

@@ -4,7 +4,10 @@ source has them (tests/fake_backend.py), and OpenAI-compatible ones."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
 from starlette.applications import Starlette
@@ -333,3 +336,76 @@ async def test_probe_of_a_server_loading_its_model_says_it_is_starting(
     with ServerThread(site) as server, pytest.raises(BackendError, match="is starting: it "
                                                      "answered HTTP 503"):
         await client_for(server.url).probe()
+
+
+async def test_requests_do_not_wait_for_the_loops_threads(
+    backend: ServerThread, client_for: ClientFor
+) -> None:
+    # The store's calls run in the loop's default executor: 64 messages at once kept its
+    # threads busy, and each backend request, which went through it twice (aiohttp's
+    # trust_env reading the proxy settings and ~/.netrc), waited there for half a second.
+    # Here every thread of the executor is held until the reply has come: a request that
+    # needs one never gets it.
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=2)
+    loop.set_default_executor(executor)
+    release = threading.Event()
+    held = [loop.run_in_executor(None, release.wait) for _ in range(2)]
+    try:
+        client = client_for(backend.url)
+        deltas = await asyncio.wait_for(collect(client), timeout=10)
+        assert "".join(d.text for d in deltas) == "Hello, world!"
+    finally:
+        release.set()
+        await asyncio.gather(*held)
+
+
+class ForwardingProxy:
+    """An HTTP proxy for ``http://`` URLs: it notes each request's absolute URL, sends the
+    request on in origin form with ``Connection: close``, and relays the answer."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        line, _, fields = head.partition(b"\r\n")
+        method, target, version = line.split(b" ")
+        self.seen.append(target.decode())
+        url = urlsplit(target.decode())
+        up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
+        kept = [f for f in fields.split(b"\r\n") if not f.lower().startswith(b"connection:")]
+        path = url.path + (f"?{url.query}" if url.query else "")
+        up_writer.write(b"\r\n".join([b" ".join([method, path.encode(), version]),
+                                      b"Connection: close", *kept]))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
+                             return_exceptions=True)
+
+
+async def test_http_proxy_carries_the_requests_unless_no_proxy_says_otherwise(
+    backend: ServerThread, client_for: ClientFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = ForwardingProxy()
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    try:
+        deltas = await collect(client_for(backend.url))
+        assert "".join(d.text for d in deltas) == "Hello, world!"
+        assert proxy.seen == [f"{backend.url}/info", f"{backend.url}/v1/chat/completions"]
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        deltas = await collect(client_for(backend.url))
+        assert "".join(d.text for d in deltas) == "Hello, world!"
+        assert len(proxy.seen) == 2, "NO_PROXY: straight to the backend"
+    finally:
+        server.close()
+        await server.wait_closed()

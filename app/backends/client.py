@@ -39,6 +39,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import httpx
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from app.backends.errors import (
     BackendError,
@@ -133,6 +135,8 @@ class BackendClient:
     models: tuple[str, ...] = ()
     provider: str | None = None
     _headers: dict[str, str] = field(init=False, repr=False)
+    # The proxy HTTP(S)_PROXY and NO_PROXY give for the backend, and its credentials.
+    _proxy: tuple[URL | None, aiohttp.BasicAuth | None] = field(init=False, repr=False)
     # One session for each event loop that uses the client: the app has one loop; tests also
     # run servers in threads, each with its own (a session works only on its loop).
     _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = field(
@@ -142,6 +146,7 @@ class BackendClient:
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._proxy = env_proxy(self.url)
 
     @property
     def label(self) -> str:
@@ -159,10 +164,11 @@ class BackendClient:
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
-            # trust_env: HTTP(S)_PROXY and NO_PROXY apply. limit=0: as many connections at
-            # once as there are requests (a reply never waits for another's connection).
+            # No trust_env: the proxy is read once (``env_proxy``). limit=0: as many
+            # connections at once as there are requests (a reply never waits for another's
+            # connection).
             session = self._sessions[loop] = aiohttp.ClientSession(
-                headers=self._headers, trust_env=True,
+                headers=self._headers,
                 connector=aiohttp.TCPConnector(
                     ssl=_tls_context(), limit=0, keepalive_timeout=KEEPALIVE_SECONDS
                 ),
@@ -198,14 +204,24 @@ class BackendClient:
             connect=self.probe_timeout if probe else None, sock_connect=self.probe_timeout,
             sock_read=read_timeout,
         )
-        async with (
-            mapped_errors(self.label, read_timeout, self.token, probe=probe),
-            (await self._session()).request(
-                method, f"{self.url}{path}", json=body, timeout=timeout,
-                allow_redirects=not probe,
-            ) as response,
-        ):
-            yield response
+        async with mapped_errors(self.label, read_timeout, self.token, probe=probe):
+            session = await self._session()
+            for attempt in range(2):
+                try:
+                    response = await session.request(
+                        method, f"{self.url}{path}", json=body, timeout=timeout,
+                        allow_redirects=not probe, proxy=self._proxy[0],
+                        proxy_auth=self._proxy[1],
+                    )
+                    break
+                except aiohttp.ServerDisconnectedError:
+                    # Closed before any answer: a pooled connection that the backend closed
+                    # while it was idle (it restarted, or its keep-alive ran out). Once more,
+                    # on a new connection, which says whether the backend is there.
+                    if attempt:
+                        raise
+            async with response:
+                yield response
 
     @asynccontextmanager
     async def post(
@@ -382,6 +398,17 @@ class BackendClient:
             raise StreamError(
                 f"The backend {self.label} closed the stream before the reply was finished."
             )
+
+
+def env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy that ``HTTP(S)_PROXY`` and ``NO_PROXY`` name for ``url`` (none: None), with
+    the credentials in its URL or in ``~/.netrc``, as aiohttp reads them: once, when the
+    client is made. aiohttp's ``trust_env`` would read them (and ``~/.netrc``) again for every
+    request, in two calls through the loop's default executor, which the store's calls also
+    use: when 64 messages came at once, each backend request waited half a second there."""
+    with suppress(LookupError):
+        return get_env_proxy_for_url(URL(url))
+    return None, None
 
 
 @functools.cache
