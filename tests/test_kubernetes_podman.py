@@ -75,6 +75,12 @@ NOT_RUN = {"Namespace", "Service", "Ingress", "HorizontalPodAutoscaler", "PodDis
            "NetworkPolicy"}
 # Kubernetes' $(VAR) references in command and args (k8s.io/kubernetes
 # third_party/forked/golang/expansion): $$ is a literal $, an unknown name stays as written.
+# What podman 4.3.1 run as root writes outside its --root and --runroot whatever it is told:
+# netavark's run folder (vendor/github.com/containers/common/libnetwork/network/interface.go:
+# rootful instances share it) and the image copier's blob-info cache
+# (vendor/github.com/containers/image/v5/pkg/blobinfocache/default.go). Removed after the test
+# unless they were there before it.
+OUTSIDE = (Path("/run/containers"), Path("/var/lib/containers"))
 REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -101,6 +107,7 @@ class Podman:
             '[storage]\ndriver = "overlay"\n'
             f'graphroot = "{self.folder / "root"}"\nrunroot = "{self.folder / "run"}"\n'
         )
+        self.created = [path for path in OUTSIDE if not path.exists()]
         self.env = {**os.environ, "CONTAINERS_CONF": str(self.folder / "containers.conf"),
                     "CONTAINERS_STORAGE_CONF": str(self.folder / "storage.conf")}
 
@@ -144,6 +151,8 @@ class Podman:
         for mount in sorted((m for m in mounts if m.startswith(f"{self.folder}/")), reverse=True):
             subprocess.run(["umount", "--lazy", mount], check=False, capture_output=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+        for path in self.created:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
