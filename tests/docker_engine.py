@@ -27,6 +27,9 @@ Stand-ins:
   arguments).
 - vLLM's image: tests/docker/vllm.Dockerfile (the fake's vLLM behind a launcher taking the
   server's arguments).
+- PostgreSQL's official image (``postgres:17``, for the kubernetes tier's podman run):
+  tests/docker/postgres.Dockerfile, Debian's own PostgreSQL behind an entry point written from
+  the official one's.
 
 And one image that is no stand-in but built here: llama.cpp's server image
 (tests/docker/llamacpp.Dockerfile), the official layout holding the llama-server that
@@ -53,6 +56,7 @@ BASE_IMAGE = "python:3.11-slim"
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference"
 VLLM_IMAGE = "vllm/vllm-openai"
 LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp"
+POSTGRES_IMAGE = "postgres:17"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -205,6 +209,12 @@ class DockerEngine(Running):
             "vllm.Dockerfile", [f"{VLLM_IMAGE}:{version}"],
             {"vllm_launcher.py": REPO / "tests/docker/vllm_launcher.py"},
         )
+
+    def build_postgres(self) -> None:
+        """The stand-in for PostgreSQL's official image, tagged as deploy/kubernetes names it."""
+        entrypoint = REPO / "tests/docker/postgres_entrypoint.sh"
+        self._build_standin("postgres.Dockerfile", [POSTGRES_IMAGE],
+                            {"postgres_entrypoint.sh": entrypoint})
 
     def build_llamacpp(self, version: str, server: Path) -> None:
         """llama.cpp's server image, laid out as the official one, holding ``server``: the

@@ -2,8 +2,8 @@
 ``kubectl`` (1.32.3, its Kustomize v5.5.0; fetched once by tests/debian.py), every object
 checked against the Kubernetes API's schema of that version (``kubernetes-validate``'s bundled
 schemas, strict: a field the API does not know fails), and what a user relies on asserted on
-the rendered objects. Nothing here runs in a cluster: docs/kubernetes.md says what has and has
-not been verified.
+the rendered objects. Nothing here runs: tests/test_kubernetes_podman.py plays the cpu overlay
+with podman, and docs/kubernetes.md says what has and has not been verified.
 """
 
 from __future__ import annotations
