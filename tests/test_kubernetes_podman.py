@@ -94,10 +94,12 @@ class Podman:
         # (pkg/specgen/generate/oci.go, addRlimits), which needs CAP_SYS_RESOURCE: root here
         # has none, and runc fails "error setting rlimit type 7: operation not permitted".
         # So: this process's own open-files limit, and 32768 processes (per user, as on the
-        # host: the most runc could set here).
+        # host), or fewer where this process may have fewer.
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        nproc = 32768 if nproc == resource.RLIM_INFINITY else min(nproc, 32768)
         (self.folder / "containers.conf").write_text(
             "[containers]\n"
-            f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc=32768:32768"]\n'
+            f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
             "[engine]\n"
             'cgroup_manager = "cgroupfs"\n'
             'events_logger = "file"\n'
