@@ -181,10 +181,14 @@ def floor(folder: Path, backend_url: str) -> Child:
 # -- CPU and memory of a process, sampled ------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of ``pid`` so far."""
+def cpu_seconds(pid: int, ended_children: bool = False) -> float:
+    """User plus system CPU time of ``pid`` so far; with ``ended_children``, also that of the
+    processes it started that have ended (once it has waited for them)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if ended_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def rss_bytes(pid: int) -> int:

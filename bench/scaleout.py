@@ -232,9 +232,7 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds of ``pid`` and of the processes it started (nginx's workers, PostgreSQL's
     backends): those that still run, and those that ended (counted in its own ``/proc`` stat
     once it has waited for them)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    ended = (int(fields[13]) + int(fields[14])) / procs.CLOCK_TICKS
-    return procs.cpu_seconds(pid) + ended + sum(
+    return procs.cpu_seconds(pid, ended_children=True) + sum(
         procs.cpu_seconds(child) for child in procs.children(pid))
 
 
